@@ -1,0 +1,47 @@
+"""ws_multipath: many WebSocket paths on one port, for synchronous Python.
+
+    from ws_multipath import MultipathServer
+
+    with MultipathServer(port=8080) as server:
+        echo = server.create_handler(path="/echo")
+
+        @echo.on("connection")
+        def on_connection(ws, request):
+            ws.on("message", lambda data, is_binary: ws.send(data))
+
+        server.serve_forever()
+"""
+
+from .connection import ReadyState, WebSocket
+from .errors import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    HandshakeError,
+    PayloadTooBig,
+    ProtocolError,
+    WebSocketError,
+)
+from .handler import WebSocketHandler
+from .options import HandlerOptions
+from .request import Headers, Request
+from .server import MultipathServer
+
+__all__ = [
+    "MultipathServer",
+    "WebSocketHandler",
+    "HandlerOptions",
+    "WebSocket",
+    "ReadyState",
+    "Request",
+    "Headers",
+    "WebSocketError",
+    "ConnectionClosed",
+    "ConnectionClosedOK",
+    "ConnectionClosedError",
+    "ProtocolError",
+    "PayloadTooBig",
+    "HandshakeError",
+]
+
+__version__ = "0.1.0"

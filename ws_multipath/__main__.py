@@ -1,0 +1,56 @@
+"""The demo server: ``python -m ws_multipath --port 8080``.
+
+Serves ``/echo`` (sends every message back) and ``/chat`` (sends every
+message to every chat client) until Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from .server import MultipathServer
+
+
+def build_demo(server: MultipathServer) -> None:
+    """Add the demo's two paths to ``server``."""
+    echo = server.create_handler(path="/echo")
+    chat = server.create_handler(path="/chat")
+
+    @echo.on("connection")
+    def echo_back(ws, request):  # type: ignore[no-untyped-def]
+        ws.on("message", lambda data, is_binary: ws.send(data))
+
+    @chat.on("connection")
+    def join_chat(ws, request):  # type: ignore[no-untyped-def]
+        ws.on("message", lambda data, is_binary: chat.broadcast(data))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ws_multipath", description="ws_multipath demo: /echo and /chat on one port")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (0 picks a free one; default 8080)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; '' for all)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log connections and drops")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        server = MultipathServer(port=args.port, host=args.host or None)
+    except (OSError, ValueError) as exc:
+        print(f"cannot listen on port {args.port}: {exc}", file=sys.stderr)
+        return 1
+    with server:
+        build_demo(server)
+        shown = args.host or "localhost"
+        if ":" in shown:
+            shown = f"[{shown}]"
+        for path in ("/echo", "/chat"):
+            print(f"ws://{shown}:{server.port}{path}", flush=True)
+        print("Ctrl-C to stop", flush=True)
+        server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""One open WebSocket connection on the server side: ``WebSocket``.
+
+Threads. A connection has one reader thread: the server's request thread,
+which after the handshake runs ``'connection'`` listeners and then reads
+frames until the connection ends. ``'message'``, ``'ping'``, ``'pong'`` and
+``'close'`` listeners run on that thread, in order, one at a time; there is no
+hand-off per message. When a ``'connection'`` listener itself blocks on
+``receive()`` (the ``for message in ws`` style), a second thread is started to
+read, and that style costs two threads per connection.
+
+Where messages go: to the ``'message'`` listeners when there are any at the
+time the message is complete, otherwise to a queue of at most ``max_queue``
+messages that ``receive()`` and iteration read. When the queue is full the
+reader stops reading the socket (backpressure) until the application takes a
+message.
+
+Closing: ``close()`` sends a close frame and waits (in the background) for
+the peer's, up to ``close_timeout``; when the peer closes first, its code and
+reason are echoed. A protocol violation fails the connection with the RFC
+6455 close code. Either way the TCP connection is then closed, ``'close'`` is
+emitted once with the final code and reason, and ``receive()`` raises
+``ConnectionClosed`` once the queue is empty.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import threading
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
+
+from .emitter import EventEmitter, logger
+from .errors import ConnectionClosed, ProtocolError, connection_closed
+from .events import CloseReceived, Failure, Message, Ping, Pong
+from .protocol import FrameReader, FrameWriter, Payload, check_close_code
+from .request import Request
+from .timers import Timer, Timers
+from .transport import Transport
+
+if TYPE_CHECKING:
+    from .options import HandlerOptions
+
+__all__ = ["WebSocket", "ReadyState"]
+
+_RECV_SIZE = 256 * 1024
+
+
+class ReadyState(enum.IntEnum):
+    """``ws.ready_state`` values, numbered as in the browser API and ``ws``."""
+
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+class WebSocket(EventEmitter):
+    """A server-side WebSocket connection, handed to ``'connection'`` listeners.
+
+    Events: ``'message'`` ``(data, is_binary)``, ``'close'`` ``(code, reason)``,
+    ``'error'`` ``(exc)`` (protocol errors, listener errors), ``'ping'``
+    ``(payload)``, ``'pong'`` ``(payload)``.
+
+    State: ``_lock`` guards the ready state, the close code and reason, and
+    the queue (``_queue_cond`` is built on it). It is never held while
+    writing or calling listeners.
+    """
+
+    EVENTS = frozenset({"message", "close", "error", "ping", "pong"})
+
+    CONNECTING = ReadyState.CONNECTING
+    OPEN = ReadyState.OPEN
+    CLOSING = ReadyState.CLOSING
+    CLOSED = ReadyState.CLOSED
+
+    def __init__(
+        self,
+        transport: Transport,
+        request: Request,
+        options: "HandlerOptions",
+        reader: FrameReader,
+        writer: FrameWriter,
+        timers: Timers,
+        protocol: str = "",
+        extensions: str = "",
+        parent: Optional[EventEmitter] = None,
+        on_closed: Any = None,
+    ) -> None:
+        super().__init__(error_parent=parent)
+        self.request = request
+        self.protocol = protocol
+        self.extensions = extensions
+        self.close_code: Optional[int] = None
+        self.close_reason: str = ""
+        self._transport = transport
+        self._options = options
+        self._reader = reader
+        self._writer = writer
+        self._timers = timers
+        self._on_closed = on_closed
+        self._lock = threading.Lock()
+        self._queue: collections.deque[Union[str, bytes]] = collections.deque()
+        self._queue_cond = threading.Condition(self._lock)
+        self._state = ReadyState.OPEN
+        self._close_sent = False
+        self._discarding = False  # failed: read and drop until EOF
+        self._home_thread = threading.current_thread()
+        self._reader_thread: Optional[threading.Thread] = None
+        self._reading = False
+        self._close_timer: Optional[Timer] = None
+        self._heartbeat_timer: Optional[Timer] = None
+        self._pong_timer: Optional[Timer] = None
+        self._awaiting_pong = False
+
+    # -- attributes ---------------------------------------------------------
+
+    @property
+    def ready_state(self) -> ReadyState:
+        return self._state
+
+    @property
+    def path(self) -> str:
+        return self.request.path
+
+    @property
+    def remote_address(self) -> Optional[tuple]:
+        return self.request.remote_address
+
+    def __repr__(self) -> str:
+        return f"<WebSocket {self.path} {self.remote_address} {self._state.name}>"
+
+    # -- sending ------------------------------------------------------------
+
+    def send(self, data: Union[str, Payload]) -> None:
+        """Send one message: ``str`` as text, bytes-like as binary.
+
+        Thread-safe; returns once the whole frame is in the kernel's buffer.
+        Blocks while the client does not read, for at most ``write_timeout``,
+        after which the connection is dropped (code 1011). Raises
+        ``ConnectionClosed`` once the connection is closing or closed.
+        """
+        if not isinstance(data, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
+        self._check_open()
+        try:
+            with self._transport.writing() as write:
+                self._check_open()
+                header, payload = self._writer.message(data)
+                write(header, payload)
+        except OSError:
+            self._transport.abort()
+            raise self._closed_error() from None
+
+    def ping(self, data: Payload = b"") -> None:
+        """Send a ping; its ``'pong'`` arrives as an event. At most 125 bytes."""
+        self._send_control(self._writer.ping(bytes(data)))
+
+    def pong(self, data: Payload = b"") -> None:
+        """Send an unsolicited pong. At most 125 bytes."""
+        self._send_control(self._writer.pong(bytes(data)))
+
+    def _send_control(self, frame: bytes) -> None:
+        self._check_open()
+        try:
+            with self._transport.writing() as write:
+                write(frame)
+        except OSError:
+            self._transport.abort()
+            raise self._closed_error() from None
+
+    def _post(self, data: Union[str, bytes], shared_frame: Optional[bytes]) -> bool:
+        """Queue a message without blocking (``broadcast``); False if not open."""
+        if self._state is not ReadyState.OPEN:
+            return False
+        if shared_frame is not None and self._writer.shares_frames:
+            self._transport.post(shared_frame)
+        else:
+            self._transport.post(lambda: b"".join(self._writer.message(data)))
+        return True
+
+    def _check_open(self) -> None:
+        if self._state is not ReadyState.OPEN:
+            raise self._closed_error()
+
+    def _closed_error(self) -> ConnectionClosed:
+        return connection_closed(self.close_code or 1006, self.close_reason)
+
+    # -- closing ------------------------------------------------------------
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; return without waiting for it.
+
+        Invalid codes (1005, 1006, 999, ...) and reasons over 123 UTF-8 bytes
+        raise ``ValueError``. Does nothing if the connection is already
+        closing or closed. If the client does not answer within
+        ``close_timeout`` seconds, the TCP connection is dropped.
+        """
+        encoded = check_close_code(code, reason)
+        self._start_close(code, reason, encoded)
+
+    def _start_close(self, code: int, reason: str, encoded: bytes, blocking: bool = True) -> bool:
+        """Send a close frame (or post it, when ``blocking`` is False: used by
+        the server and handler so that one stuck client delays nobody)."""
+        with self._lock:
+            if self._state is not ReadyState.OPEN:
+                return False
+            self._state = ReadyState.CLOSING
+            self.close_code, self.close_reason = code, reason
+            self._queue_cond.notify_all()
+        self._close_timer = self._timers.call_later(self._options.close_timeout, self._on_close_timeout)
+        if blocking:
+            self._send_close_frame(code, encoded)
+        elif not self._close_sent:
+            self._close_sent = True
+            self._transport.post(self._writer.close(code, encoded))
+        return True
+
+    def _send_close_frame(self, code: Optional[int], encoded: bytes = b"") -> None:
+        if self._close_sent:
+            return
+        self._close_sent = True
+        try:
+            with self._transport.writing() as write:
+                write(self._writer.close(code, encoded))
+        except OSError:
+            self._transport.abort()
+
+    def _on_close_timeout(self) -> None:
+        if self._state is not ReadyState.CLOSED:
+            logger.info("dropping %s: no close frame within %ss", self.remote_address, self._options.close_timeout)
+            self.terminate()
+
+    def terminate(self) -> None:
+        """Drop the TCP connection at once, without a closing handshake."""
+        with self._lock:
+            if self._state is ReadyState.OPEN:
+                self._state = ReadyState.CLOSING
+            self._queue_cond.notify_all()
+        self._transport.abort()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Record why the connection must end (from a timer or the transport)."""
+        with self._lock:
+            if self.close_code is None or self._state is ReadyState.OPEN:
+                self.close_code, self.close_reason = code, reason
+            if self._state is ReadyState.OPEN:
+                self._state = ReadyState.CLOSING
+            self._queue_cond.notify_all()
+
+    # -- receiving ----------------------------------------------------------
+
+    def receive(self, timeout: Optional[float] = None) -> Union[str, bytes]:
+        """The next queued message: ``str`` (text) or ``bytes`` (binary).
+
+        Raises ``TimeoutError`` after ``timeout`` seconds without one, and
+        ``ConnectionClosed`` once the connection is closed and the queue is
+        empty. Only messages that found no ``'message'`` listener are queued.
+        Must not be called from a ``'message'`` listener (it would wait for
+        itself): that raises ``RuntimeError``.
+        """
+        current = threading.current_thread()
+        if self._reading and (current is self._reader_thread or (self._reader_thread is None and current is self._home_thread)):
+            raise RuntimeError("receive() called on the connection's reader thread (from a listener): it would never return")
+        if not self._reading and current is self._home_thread and self._reader_thread is None:
+            self._start_reader_thread()
+        with self._queue_cond:
+            if not self._queue_cond.wait_for(lambda: self._queue or self._state is ReadyState.CLOSED, timeout):
+                raise TimeoutError(f"no message within {timeout} s")
+            if self._queue:
+                message = self._queue.popleft()
+                self._queue_cond.notify_all()
+                return message
+        raise self._closed_error()
+
+    def __iter__(self) -> Iterator[Union[str, bytes]]:
+        """Yield messages until the connection closes."""
+        while True:
+            try:
+                yield self.receive()
+            except ConnectionClosed:
+                return
+
+    def _start_reader_thread(self) -> None:
+        self._reading = True
+        self._reader_thread = threading.Thread(target=self._run, name=f"ws_multipath-reader {self.path}", daemon=True)
+        self._reader_thread.start()
+
+    # -- the reader ---------------------------------------------------------
+
+    def _serve(self) -> None:
+        """Run on the request thread after ``'connection'`` listeners: read
+        until the end, or wait for the reader thread that a listener started."""
+        if self._reader_thread is not None:
+            self._reader_thread.join()
+        else:
+            self._reading = True
+            self._run()
+
+    def _run(self) -> None:
+        try:
+            self._schedule_heartbeat()
+            if self.request.buffered:
+                self._feed(self.request.buffered)
+            sock = self._transport.sock
+            while self._state is not ReadyState.CLOSED:
+                try:
+                    data = sock.recv(_RECV_SIZE)
+                except OSError:
+                    break
+                if not data:
+                    break
+                if not self._discarding:
+                    self._feed(data)
+        except Exception:  # noqa: BLE001 - a bug in this module: log, never leak the socket
+            logger.exception("reader of %r failed", self)
+        finally:
+            self._finish()
+
+    def _feed(self, data: bytes) -> None:
+        for event in self._reader.receive_data(data):
+            kind = type(event)
+            if kind is Message:
+                self._deliver(event.data)  # type: ignore[union-attr]
+            elif kind is Ping:
+                self._on_ping(event.payload)  # type: ignore[union-attr]
+            elif kind is Pong:
+                self._awaiting_pong = False
+                self.emit("pong", event.payload)  # type: ignore[union-attr]
+            elif kind is CloseReceived:
+                self._on_close_frame(event.code, event.reason)  # type: ignore[union-attr]
+            elif kind is Failure:
+                self._on_protocol_error(event.error)  # type: ignore[union-attr]
+
+    def _deliver(self, data: Union[str, bytes]) -> None:
+        if self._listeners.get("message"):
+            self.emit("message", data, not isinstance(data, str))
+            return
+        with self._queue_cond:
+            self._queue_cond.wait_for(lambda: len(self._queue) < self._options.max_queue or self._state is not ReadyState.OPEN)
+            self._queue.append(data)
+            self._queue_cond.notify_all()
+
+    def _on_ping(self, payload: bytes) -> None:
+        if self._options.auto_pong and self._state is ReadyState.OPEN:
+            try:
+                with self._transport.writing() as write:
+                    write(self._writer.pong(payload))
+            except OSError:
+                self._transport.abort()
+        self.emit("ping", payload)
+
+    def _on_close_frame(self, code: int, reason: str) -> None:
+        with self._lock:
+            if self._state is ReadyState.OPEN:
+                self._state = ReadyState.CLOSING
+                self.close_code, self.close_reason = code, reason
+            elif self.close_code is None:
+                self.close_code, self.close_reason = code, reason
+        # RFC 6455 section 5.5.1: echo the status code; 1005 means "none sent".
+        self._send_close_frame(None if code == 1005 else code, reason.encode("utf-8"))
+        with self._lock:
+            self._state = ReadyState.CLOSED  # stops the read loop; the server closes TCP first (section 7.1.1)
+
+    def _on_protocol_error(self, error: ProtocolError) -> None:
+        logger.info("failing %s: %s", self.remote_address, error)
+        with self._lock:
+            self.close_code, self.close_reason = error.code, error.reason[:120]
+            self._state = ReadyState.CLOSING
+            self._queue_cond.notify_all()
+        self._discarding = True
+        self._send_close_frame(error.code, self.close_reason.encode("utf-8")[:123])
+        self._transport.shutdown_write()
+        self._close_timer = self._timers.call_later(self._options.close_timeout, self._transport.abort)
+        if self._listeners.get("error"):
+            self.emit("error", error)
+
+    def _finish(self) -> None:
+        for timer in (self._close_timer, self._heartbeat_timer, self._pong_timer):
+            if timer is not None:
+                timer.cancel()
+        with self._lock:
+            self._state = ReadyState.CLOSED
+            if self.close_code is None:
+                self.close_code, self.close_reason = 1006, ""
+            self._queue_cond.notify_all()
+        self._transport.close()
+        if self._on_closed is not None:
+            self._on_closed(self)
+        self.emit("close", self.close_code, self.close_reason)
+
+    # -- heartbeat (runs on the timer thread: must not block) ----------------
+
+    def _schedule_heartbeat(self) -> None:
+        interval = self._options.ping_interval
+        if interval is not None and self._state is ReadyState.OPEN:
+            self._heartbeat_timer = self._timers.call_later(interval, self._on_heartbeat)
+
+    def _on_heartbeat(self) -> None:
+        if self._state is not ReadyState.OPEN:
+            return
+        timeout = self._options.ping_timeout
+        self._awaiting_pong = timeout is not None
+        self._transport.post(self._writer.ping(b""))
+        if timeout is not None:
+            self._pong_timer = self._timers.call_later(timeout, self._on_pong_timeout)
+        self._heartbeat_timer = self._timers.call_later(self._options.ping_interval, self._on_heartbeat)  # type: ignore[arg-type]
+
+    def _on_pong_timeout(self) -> None:
+        if self._awaiting_pong and self._state is ReadyState.OPEN:
+            logger.info("dropping %s: no pong within %ss", self.remote_address, self._options.ping_timeout)
+            self._fail(1011, "keepalive ping timeout")
+            self._transport.abort()

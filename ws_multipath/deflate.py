@@ -1,0 +1,198 @@
+"""permessage-deflate (RFC 7692): the handler's settings, the negotiation of
+a client's offer, and wsproto's extension with a cap on inflated size.
+
+wsproto inflates each chunk without a limit, so a few KiB of compressed
+zeros could allocate gigabytes before any size check runs. ``BoundedDeflate``
+inflates at most ``max_payload + 1`` bytes per message and fails the
+connection with 1009 beyond that.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, Opcode
+
+__all__ = ["DeflateSettings", "BoundedDeflate", "negotiate_deflate"]
+
+_SYNC_TAIL = b"\x00\x00\xff\xff"  # RFC 7692 section 7.2.2
+
+
+@dataclass(frozen=True)
+class DeflateSettings:
+    """A handler's ``per_message_deflate`` option, validated.
+
+    ``threshold``: messages shorter than this many bytes are sent
+    uncompressed (``ws`` uses 1024 too). Window bits are 9-15 (zlib cannot
+    produce raw streams with an 8-bit window).
+    """
+
+    server_no_context_takeover: bool = False
+    client_no_context_takeover: bool = False
+    server_max_window_bits: int = 15
+    client_max_window_bits: Optional[int] = None
+    threshold: int = 1024
+
+    @classmethod
+    def from_option(cls, value: Union[bool, dict, "DeflateSettings", None]) -> Optional["DeflateSettings"]:
+        """``False``/``None`` -> None (off); ``True`` -> defaults; a dict -> checked settings."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"per_message_deflate must be a bool or a dict, not {type(value).__name__}")
+        unknown = set(value) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"per_message_deflate: unknown parameter(s) {', '.join(sorted(unknown))}")
+        settings = cls(**value)
+        for name in ("server_max_window_bits", "client_max_window_bits"):
+            bits = getattr(settings, name)
+            if bits is not None and (not isinstance(bits, int) or not 9 <= bits <= 15):
+                raise ValueError(f"per_message_deflate: {name} must be an int from 9 to 15, not {bits!r}")
+        if not isinstance(settings.threshold, int) or settings.threshold < 0:
+            raise ValueError(f"per_message_deflate: threshold must be an int >= 0, not {settings.threshold!r}")
+        return settings
+
+
+class BoundedDeflate(PerMessageDeflate):
+    """wsproto's permessage-deflate, inflating at most ``max_payload`` bytes per message."""
+
+    def __init__(self, max_payload: int, **params: Any) -> None:
+        super().__init__(**params)
+        self._max_payload = max_payload
+        self._inflated = 0
+        self._enabled = True
+
+    def frame_inbound_header(self, proto, opcode, rsv, payload_length):  # type: ignore[no-untyped-def]
+        if opcode is not Opcode.CONTINUATION and not opcode.iscontrol():
+            self._inflated = 0
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_payload_data(self, proto, data):  # type: ignore[no-untyped-def]
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        return self._inflate(data)
+
+    def frame_inbound_complete(self, proto, fin):  # type: ignore[no-untyped-def]
+        if not fin or not self._inbound_is_compressible or not self._inbound_compressed:
+            return super().frame_inbound_complete(proto, fin)
+        result = self._inflate(_SYNC_TAIL)
+        if self.client_no_context_takeover:
+            self._decompressor = None
+        self._inbound_compressed = None
+        return result
+
+    def _inflate(self, data: bytes) -> Union[bytes, CloseReason]:
+        assert self._decompressor is not None
+        budget = self._max_payload - self._inflated
+        try:
+            out = self._decompressor.decompress(data, budget + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(out)
+        if self._inflated > self._max_payload:
+            return CloseReason.MESSAGE_TOO_BIG
+        return out
+
+
+def _parse_offer(offer: str) -> Optional[dict[str, Optional[str]]]:
+    """Parameters of one ``permessage-deflate`` offer, or None if it is another extension."""
+    name, *raw_params = [part.strip() for part in offer.split(";")]
+    if name.lower() != PerMessageDeflate.name:
+        return None
+    params: dict[str, Optional[str]] = {}
+    for raw in raw_params:
+        key, sep, value = raw.partition("=")
+        key = key.strip().lower()
+        if key in params:
+            raise ValueError(f"duplicate parameter {key}")
+        params[key] = value.strip().strip('"') if sep else None
+    return params
+
+
+def _window_bits(value: Optional[str], *, required: bool) -> Optional[int]:
+    if value is None:
+        if required:
+            raise ValueError("window bits value missing")
+        return None
+    if not value.isdigit() or not 8 <= int(value) <= 15:
+        raise ValueError(f"invalid window bits {value!r}")
+    return int(value)
+
+
+def _accept_offer(params: dict[str, Optional[str]], settings: DeflateSettings) -> Optional[dict[str, Any]]:
+    """The agreed parameters for one offer, or None to decline it (RFC 7692 section 7.1)."""
+    known = {"server_no_context_takeover", "client_no_context_takeover", "server_max_window_bits", "client_max_window_bits"}
+    if set(params) - known:
+        return None
+    if params.get("server_no_context_takeover", None) is not None or params.get("client_no_context_takeover", None) is not None:
+        return None  # these take no value
+    try:
+        offered_server_bits = _window_bits(params.get("server_max_window_bits"), required="server_max_window_bits" in params)
+        offered_client_bits = _window_bits(params.get("client_max_window_bits"), required=False)
+    except ValueError:
+        return None
+    server_bits = settings.server_max_window_bits
+    if offered_server_bits is not None:
+        if offered_server_bits < 9:
+            return None  # zlib cannot compress within an 8-bit window
+        server_bits = min(server_bits, offered_server_bits)
+    client_bits = None
+    if "client_max_window_bits" in params:
+        client_bits = settings.client_max_window_bits or offered_client_bits
+        if offered_client_bits is not None and client_bits is not None:
+            client_bits = min(client_bits, offered_client_bits)
+    return {
+        "server_no_context_takeover": settings.server_no_context_takeover or "server_no_context_takeover" in params,
+        "client_no_context_takeover": settings.client_no_context_takeover or "client_no_context_takeover" in params,
+        "server_max_window_bits": server_bits,
+        "client_max_window_bits": client_bits,
+        "send_server_bits": offered_server_bits is not None or server_bits != 15,
+    }
+
+
+def negotiate_deflate(
+    header_values: list[str], settings: DeflateSettings, max_payload: int
+) -> Optional[tuple[str, BoundedDeflate]]:
+    """Accept the first acceptable ``permessage-deflate`` offer.
+
+    Returns the ``Sec-WebSocket-Extensions`` response value and the extension
+    object for the connection, or None when no offer is acceptable.
+    """
+    for offer in ",".join(header_values).split(","):
+        if not offer.strip():
+            continue
+        try:
+            params = _parse_offer(offer)
+        except ValueError:
+            continue
+        if params is None:
+            continue
+        agreed = _accept_offer(params, settings)
+        if agreed is None:
+            continue
+        response = [PerMessageDeflate.name]
+        if agreed["server_no_context_takeover"]:
+            response.append("server_no_context_takeover")
+        if agreed["client_no_context_takeover"]:
+            response.append("client_no_context_takeover")
+        if agreed["send_server_bits"]:
+            response.append(f"server_max_window_bits={agreed['server_max_window_bits']}")
+        if agreed["client_max_window_bits"] is not None:
+            response.append(f"client_max_window_bits={agreed['client_max_window_bits']}")
+        client_bits = agreed["client_max_window_bits"] or 15
+        extension = BoundedDeflate(
+            max_payload,
+            server_no_context_takeover=agreed["server_no_context_takeover"],
+            client_no_context_takeover=agreed["client_no_context_takeover"],
+            server_max_window_bits=agreed["server_max_window_bits"],
+            client_max_window_bits=max(client_bits, 9),
+        )
+        return "; ".join(response), extension
+    return None

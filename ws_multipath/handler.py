@@ -1,0 +1,266 @@
+"""One path's WebSocket endpoint: ``WebSocketHandler``, made by
+``MultipathServer.create_handler``.
+
+It finishes the handshake of the upgrade requests the server routes to it
+(origin check, ``verify_client``, subprotocol, permessage-deflate, the
+``'headers'`` event, the 101 response), keeps its open connections, sends
+broadcasts and closes them all with 1001 when it closes.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from .connection import WebSocket
+from .deflate import negotiate_deflate
+from .emitter import EventEmitter, logger
+from .errors import HandshakeError
+from .options import HandlerOptions
+from .protocol import FrameReader, FrameWriter, Payload
+from .request import Request
+from .transport import Transport
+from .upgrade import accept_token, check_upgrade, error_response, offered_protocols, switching_protocols
+
+if TYPE_CHECKING:
+    from .server import MultipathServer
+
+__all__ = ["WebSocketHandler"]
+
+
+class WebSocketHandler(EventEmitter):
+    """The WebSocket endpoint of one path.
+
+    Events: ``'connection'`` ``(ws, request)`` after the 101 response is sent;
+    ``'headers'`` ``(headers, request)`` with the response headers as a
+    mutable list of ``(name, value)`` pairs, just before they are sent;
+    ``'error'`` ``(exc)``; ``'close'`` ``()`` once the handler is closed and
+    its last connection has ended.
+
+    ``_lock`` guards the set of open connections and the closing state.
+    """
+
+    EVENTS = frozenset({"connection", "headers", "error", "close"})
+
+    def __init__(self, server: "MultipathServer", path: str, options: HandlerOptions) -> None:
+        super().__init__(error_parent=server)
+        self.path = path
+        self.options = options
+        self._server = server
+        self._lock = threading.Lock()
+        self._connections: set[WebSocket] = set()
+        self._closing = False
+        self._closed = False
+        self._close_callbacks: list[Callable[[], Any]] = []
+
+    def __repr__(self) -> str:
+        return f"<WebSocketHandler {self.path} clients={len(self._connections)}>"
+
+    @property
+    def clients(self) -> Optional[frozenset[WebSocket]]:
+        """A snapshot of the open connections; None when ``client_tracking`` is off."""
+        if not self.options.client_tracking:
+            return None
+        with self._lock:
+            return frozenset(self._connections)
+
+    # -- broadcast ------------------------------------------------------------
+
+    def broadcast(self, data: Union[str, Payload], exclude: Union[WebSocket, Collection[WebSocket], None] = None) -> int:
+        """Send ``data`` to every open client of this path except ``exclude``.
+
+        Never blocks on a client: each message is queued per client and
+        written as that client reads, so a slow or dead client delays nobody
+        (a client that falls more than 16 MiB behind is dropped). Returns the
+        number of clients the message was queued for.
+        """
+        if not isinstance(data, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
+        if not isinstance(data, str):
+            data = bytes(data)
+        if isinstance(exclude, WebSocket):
+            exclude = (exclude,)
+        skipped = exclude or ()
+        with self._lock:
+            targets = [ws for ws in self._connections if ws not in skipped]
+        header, payload = FrameWriter().message(data)
+        shared = header + payload
+        return sum(1 for ws in targets if ws._post(data, shared))
+
+    # -- closing --------------------------------------------------------------
+
+    def close(self, callback: Optional[Callable[[], Any]] = None) -> None:
+        """Stop serving this path and close its clients with 1001.
+
+        Returns at once; ``'close'`` is emitted and ``callback()`` called once
+        every client has gone (each within ``close_timeout``). Idempotent.
+        """
+        with self._lock:
+            already_closed = self._closed
+            if callback is not None and not already_closed:
+                self._close_callbacks.append(callback)
+            starting = not self._closing
+            self._closing = True
+            clients = list(self._connections)
+        if already_closed:
+            if callback is not None:
+                callback()
+            return
+        if not starting:
+            return
+        self._server._routes.remove(self.path, self)
+        for ws in clients:
+            ws._start_close(1001, "going away", b"going away", blocking=False)
+        self._maybe_finish_close()
+
+    def _maybe_finish_close(self) -> None:
+        with self._lock:
+            if not self._closing or self._closed or self._connections:
+                return
+            self._closed = True
+            callbacks, self._close_callbacks = self._close_callbacks, []
+        self.emit("close")
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - user code
+                self._listener_failed(exc)
+        self._server._handler_closed(self)
+
+    # -- the handshake ----------------------------------------------------
+
+    def _accept(self, sock: socket.socket, request: Request, end_handshake: Callable[[], None]) -> None:
+        """Answer the upgrade ``request`` on ``sock`` (request thread), then
+        serve the connection until it ends. ``end_handshake`` cancels the
+        server's handshake deadline."""
+        try:
+            headers, protocol, extensions, deflate = self._negotiate(request)
+        except HandshakeError as exc:
+            logger.debug("refused upgrade from %s to %s: %s", request.remote_address, self.path, exc)
+            _send_quietly(sock, error_response(exc))
+            return
+        if not self._server._reserve_connection():
+            _send_quietly(sock, error_response(HandshakeError(503, "too many connections")))
+            return
+        ws = None
+        try:
+            self.emit("headers", headers, request)
+            try:
+                sock.sendall(switching_protocols(headers))
+            except OSError:
+                return
+            end_handshake()
+            ws = self._open(sock, request, protocol, extensions, deflate)
+        finally:
+            if ws is None:
+                self._server._release_connection()
+        self.emit("connection", ws, request)
+        self._server.emit("connection", ws, request, self.path)
+        ws._serve()
+
+    def _negotiate(self, request: Request) -> tuple[list[tuple[str, str]], str, str, Any]:
+        """Check the request and agree on subprotocol and extensions;
+        raises ``HandshakeError`` to refuse."""
+        key = check_upgrade(request)
+        options = self.options
+        if self._closing:
+            raise HandshakeError(503, "this path is closing")
+        if not options.origin_allowed(request.origin):
+            raise HandshakeError(403, "origin not allowed")
+        self._verify(request)
+        protocol = self._choose_protocol(request)
+        headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept_token(key))]
+        if protocol:
+            headers.append(("Sec-WebSocket-Protocol", protocol))
+        extensions, deflate = "", None
+        if options.per_message_deflate is not None:
+            agreed = negotiate_deflate(request.headers.get_all("Sec-WebSocket-Extensions"), options.per_message_deflate, options.max_payload)
+            if agreed is not None:
+                extensions, deflate = agreed
+                headers.append(("Sec-WebSocket-Extensions", extensions))
+        return headers, protocol, extensions, deflate
+
+    def _verify(self, request: Request) -> None:
+        verify = self.options.verify_client
+        if verify is None:
+            return
+        try:
+            verdict = verify(request)
+        except Exception as exc:  # noqa: BLE001 - user code
+            self._listener_failed(exc)
+            raise HandshakeError(500, "verify_client failed") from None
+        status, reason = 401, "unauthorized"
+        if isinstance(verdict, tuple):
+            verdict, *rest = verdict
+            if rest:
+                status = int(rest[0])
+            if len(rest) > 1:
+                reason = str(rest[1])
+        if not verdict:
+            raise HandshakeError(status, reason)
+
+    def _choose_protocol(self, request: Request) -> str:
+        offered = offered_protocols(request)
+        if not offered:
+            return ""
+        choose = self.options.handle_protocols
+        if choose is None:
+            return offered[0]
+        try:
+            chosen = choose(offered, request)
+        except Exception as exc:  # noqa: BLE001 - user code
+            self._listener_failed(exc)
+            raise HandshakeError(500, "handle_protocols failed") from None
+        if not chosen:
+            return ""
+        if chosen not in offered:
+            self._listener_failed(ValueError(f"handle_protocols returned {chosen!r}, which the client did not offer"))
+            raise HandshakeError(500, "handle_protocols failed")
+        return chosen
+
+    def _open(self, sock: socket.socket, request: Request, protocol: str, extensions: str, deflate: Any) -> WebSocket:
+        options = self.options
+        server = self._server
+        ws_box: list[WebSocket] = []
+        transport = Transport(sock, server._timers, options.write_timeout, server._writers, lambda code, reason: ws_box[0]._fail(code, reason))
+        threshold = options.per_message_deflate.threshold if options.per_message_deflate else 0
+        ws = WebSocket(
+            transport,
+            request,
+            options,
+            FrameReader(options.max_payload, deflate, options.skip_utf8_validation),
+            FrameWriter(deflate, threshold),
+            server._timers,
+            protocol=protocol,
+            extensions=extensions,
+            parent=self,
+            on_closed=self._remove,
+        )
+        ws_box.append(ws)
+        with self._lock:
+            closing = self._closing
+            if not closing:
+                self._connections.add(ws)
+        if closing:  # the handler closed during the handshake
+            ws._start_close(1001, "going away", b"going away", blocking=False)
+        return ws
+
+    def _remove(self, ws: WebSocket) -> None:
+        with self._lock:
+            if ws not in self._connections:
+                known = False
+            else:
+                self._connections.discard(ws)
+                known = True
+        self._server._release_connection()
+        if known or self._closing:
+            self._maybe_finish_close()
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass

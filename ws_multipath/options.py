@@ -1,0 +1,113 @@
+"""The options of ``create_handler``, checked once, with their defaults.
+
+Names follow ``ws``'s ``WebSocketServer`` options in snake_case; the ones
+``ws`` lacks (heartbeat, queue and write limits) follow ``websockets``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Optional, Sequence, Union
+
+from .deflate import DeflateSettings
+
+__all__ = ["HandlerOptions"]
+
+MiB = 1024 * 1024
+
+#: Options that belong to the MultipathServer, not to a handler (as in ws-multipath).
+_SERVER_OPTIONS = ("port", "host", "server")
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    """Options of one path's handler. See README.rst for each default's reason.
+
+    - ``max_payload``: largest message accepted, in bytes (after
+      decompression); larger ones fail the connection with 1009. 16 MiB.
+    - ``max_queue``: messages held for ``receive()`` before the connection
+      stops reading from the socket. 16.
+    - ``handle_protocols``: ``(protocols, request) -> str | None`` picks the
+      subprotocol; by default the client's first one is chosen (as ``ws``).
+    - ``verify_client``: ``(request) -> bool | (bool, status, reason)``;
+      False refuses the upgrade (401 unless a status is given).
+    - ``allowed_origins``: list of allowed ``Origin`` values, or a callable
+      ``(origin) -> bool``; other origins get 403. None allows all.
+    - ``client_tracking``: keep ``handler.clients``. True.
+    - ``per_message_deflate``: False, True or a dict (see ``DeflateSettings``).
+    - ``skip_utf8_validation``: replace invalid UTF-8 in text instead of
+      failing with 1007. False.
+    - ``auto_pong``: answer pings. True.
+    - ``close_timeout``: seconds to wait for the peer's close frame. 10.
+    - ``ping_interval`` / ``ping_timeout``: heartbeat; a client that does not
+      answer a ping within ``ping_timeout`` is dropped with 1011. 20 / 20;
+      None turns either off.
+    - ``write_timeout``: longest a write may block on a client that does not
+      read before the connection is dropped with 1011. 10; None waits forever.
+    """
+
+    max_payload: int = 16 * MiB
+    max_queue: int = 16
+    handle_protocols: Optional[Callable[[list, Any], Optional[str]]] = None
+    verify_client: Optional[Callable[[Any], Any]] = None
+    allowed_origins: Optional[Union[Sequence[str], Callable[[Optional[str]], bool]]] = None
+    client_tracking: bool = True
+    per_message_deflate: Optional[DeflateSettings] = None
+    skip_utf8_validation: bool = False
+    auto_pong: bool = True
+    close_timeout: float = 10.0
+    ping_interval: Optional[float] = 20.0
+    ping_timeout: Optional[float] = 20.0
+    write_timeout: Optional[float] = 10.0
+
+    @classmethod
+    def from_kwargs(cls, **options: Any) -> "HandlerOptions":
+        """Build from ``create_handler`` keyword arguments, checking each."""
+        for name in _SERVER_OPTIONS:
+            if name in options:
+                raise TypeError(f"{name!r} is not a handler option: it comes from the MultipathServer")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown handler option(s): {', '.join(unknown)}")
+        if "per_message_deflate" in options:
+            options["per_message_deflate"] = DeflateSettings.from_option(options["per_message_deflate"])
+        result = cls(**options)
+        result._check()
+        return result
+
+    def _check(self) -> None:
+        _positive_int("max_payload", self.max_payload)
+        _positive_int("max_queue", self.max_queue)
+        for name in ("handle_protocols", "verify_client"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable, not {type(value).__name__}")
+        if self.allowed_origins is not None and not callable(self.allowed_origins):
+            if isinstance(self.allowed_origins, str) or not all(isinstance(o, str) for o in self.allowed_origins):
+                raise TypeError("allowed_origins must be a list of origin strings or a callable")
+        for name in ("client_tracking", "skip_utf8_validation", "auto_pong"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, not {type(getattr(self, name)).__name__}")
+        _seconds("close_timeout", self.close_timeout, allow_none=False)
+        for name in ("ping_interval", "ping_timeout", "write_timeout"):
+            _seconds(name, getattr(self, name), allow_none=True)
+
+    def origin_allowed(self, origin: Optional[str]) -> bool:
+        if self.allowed_origins is None:
+            return True
+        if callable(self.allowed_origins):
+            return bool(self.allowed_origins(origin))
+        return origin is not None and origin in self.allowed_origins
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, not {value!r}")
+
+
+def _seconds(name: str, value: Any, *, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a number of seconds > 0{' or None' if allow_none else ''}, not {value!r}")

@@ -1,0 +1,221 @@
+"""The WebSocket protocol of one server-side connection, without I/O.
+
+``FrameReader`` is fed the bytes a client sent and returns ``events``; it is
+built on wsproto's frame parser (RFC 6455 framing, masking, reserved bits,
+incremental UTF-8 validation, close-frame checks) and adds the message size
+limit. ``FrameWriter`` turns messages and control frames into bytes.
+
+The two halves share no state but the negotiated extension, whose inbound
+and outbound parts are separate objects inside it, so one thread may read
+while another writes.
+"""
+
+from __future__ import annotations
+
+import struct
+from codecs import getincrementaldecoder
+from typing import Optional, Union
+
+from wsproto.extensions import Extension
+from wsproto.frame_protocol import (
+    CloseReason,
+    Frame,
+    FrameProtocol,
+    MessageDecoder,
+    Opcode,
+    ParseFailed,
+    RsvBits,
+)
+
+from .deflate import BoundedDeflate
+from .errors import PayloadTooBig, ProtocolError
+from .events import CloseReceived, Event, Failure, Message, Ping, Pong
+
+__all__ = ["FrameReader", "FrameWriter", "check_close_code", "Payload"]
+
+Payload = Union[bytes, bytearray, memoryview]
+
+_NO_RSV = RsvBits(False, False, False)
+
+
+class _PayloadLimit(Extension):
+    """Refuses an uncompressed message as soon as its frame headers add up to
+    more than ``max_payload`` (compressed ones are capped by ``BoundedDeflate``).
+    Not negotiated: it only hooks wsproto's per-frame header check."""
+
+    name = "ws_multipath-payload-limit"
+
+    def __init__(self, max_payload: int) -> None:
+        self._max_payload = max_payload
+        self._message_size = 0
+        self._compressed = False
+
+    def enabled(self) -> bool:
+        return True
+
+    def offer(self) -> bool:
+        return False
+
+    def frame_inbound_header(self, proto, opcode, rsv, payload_length):  # type: ignore[no-untyped-def]
+        if opcode.iscontrol():
+            return _NO_RSV
+        if opcode is not Opcode.CONTINUATION:
+            self._message_size = 0
+            self._compressed = rsv.rsv1
+        self._message_size += payload_length
+        if not self._compressed and self._message_size > self._max_payload:
+            return CloseReason.MESSAGE_TOO_BIG
+        return _NO_RSV
+
+
+class _LenientMessageDecoder(MessageDecoder):
+    """wsproto's message decoder with invalid UTF-8 replaced, not refused
+    (the ``skip_utf8_validation`` option)."""
+
+    def process_frame(self, frame: Frame) -> Frame:
+        if self.opcode is None:
+            if frame.opcode is Opcode.CONTINUATION:
+                raise ParseFailed("unexpected CONTINUATION")
+            self.opcode = frame.opcode
+            if frame.opcode is Opcode.TEXT:
+                self.decoder = getincrementaldecoder("utf-8")(errors="replace")
+        elif frame.opcode is not Opcode.CONTINUATION:
+            raise ParseFailed(f"expected CONTINUATION, got {frame.opcode!r}")
+        finished = frame.frame_finished and frame.message_finished
+        data = frame.payload if self.decoder is None else self.decoder.decode(frame.payload, finished)
+        result = Frame(self.opcode, data, frame.frame_finished, finished)
+        if finished:
+            self.opcode = self.decoder = None
+        return result
+
+
+class FrameReader:
+    """Bytes from the client in, ``Event`` objects out.
+
+    Owned by the connection's reader thread. On the first violation
+    ``receive_data`` ends its list with a ``Failure`` carrying the
+    ``ProtocolError`` (and its RFC 6455 close code); the reader must not be
+    fed after that. After a ``CloseReceived`` it ignores everything.
+    """
+
+    def __init__(
+        self,
+        max_payload: int,
+        deflate: Optional[BoundedDeflate] = None,
+        skip_utf8_validation: bool = False,
+    ) -> None:
+        self._max_payload = max_payload
+        extensions: list[Extension] = [deflate] if deflate is not None else []
+        extensions.append(_PayloadLimit(max_payload))
+        self._frames = FrameProtocol(client=False, extensions=extensions)
+        if skip_utf8_validation:
+            self._frames._message_decoder = _LenientMessageDecoder()
+        self._parts: list[Union[str, bytes]] = []
+        self._size = 0
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Parse ``data``; return the complete events it finished."""
+        self._frames.receive_bytes(data)
+        events: list[Event] = []
+        try:
+            for frame in self._frames.received_frames():
+                event = self._on_frame(frame)
+                if event is not None:
+                    events.append(event)
+        except ParseFailed as exc:
+            if exc.code == CloseReason.MESSAGE_TOO_BIG:
+                events.append(Failure(PayloadTooBig(self._max_payload)))
+            else:
+                events.append(Failure(ProtocolError(int(exc.code), str(exc))))
+        return events
+
+    def _on_frame(self, frame: Frame) -> Optional[Event]:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.message_finished and not self._parts:
+                return Message(frame.payload)
+            self._parts.append(frame.payload)
+            if not frame.message_finished:
+                return None
+            parts, self._parts = self._parts, []
+            return Message(("" if opcode is Opcode.TEXT else b"").join(parts))  # type: ignore[attr-defined]
+        if opcode is Opcode.PING:
+            return Ping(bytes(frame.payload))
+        if opcode is Opcode.PONG:
+            return Pong(bytes(frame.payload))
+        if opcode is Opcode.CLOSE:
+            code, reason = frame.payload
+            return CloseReceived(int(code), reason)
+        return None
+
+
+def check_close_code(code: int, reason: str) -> bytes:
+    """Validate a close code and reason an application passes to ``close``;
+    return the reason encoded. Raises ``ValueError`` naming the argument."""
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise TypeError(f"code must be an int, not {type(code).__name__}")
+    if not (code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        raise ValueError(f"code {code} may not be sent in a close frame (RFC 6455 section 7.4)")
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+    encoded = reason.encode("utf-8")
+    if len(encoded) > 123:
+        raise ValueError(f"reason is {len(encoded)} bytes in UTF-8; at most 123 fit in a close frame")
+    return encoded
+
+
+class FrameWriter:
+    """Messages and control frames out as bytes (unmasked: server to client).
+
+    Owned by whoever holds the connection's write lock, since compression
+    state carries from one message to the next.
+    """
+
+    def __init__(self, deflate: Optional[BoundedDeflate] = None, compress_threshold: int = 0) -> None:
+        self._deflate = deflate
+        self._threshold = compress_threshold
+        self.client = False  # read by wsproto's extension
+
+    @property
+    def shares_frames(self) -> bool:
+        """True when every connection would encode a message identically
+        (no compression context), so one encoding can be sent to many."""
+        return self._deflate is None
+
+    def message(self, data: Union[str, Payload]) -> tuple[bytes, Payload]:
+        """Frame header and payload of one unfragmented data message."""
+        if isinstance(data, str):
+            opcode, payload = 0x81, data.encode("utf-8")
+        else:
+            opcode, payload = 0x82, data
+        if self._deflate is not None and len(payload) >= self._threshold:
+            _, compressed = self._deflate.frame_outbound(self, Opcode(opcode & 0x0F), _NO_RSV, bytes(payload), True)
+            opcode |= 0x40
+            payload = compressed
+        return _header(opcode, len(payload) if not isinstance(payload, memoryview) else payload.nbytes), payload
+
+    def ping(self, payload: bytes = b"") -> bytes:
+        return _control(0x89, payload)
+
+    def pong(self, payload: bytes = b"") -> bytes:
+        return _control(0x8A, payload)
+
+    def close(self, code: Optional[int], reason: bytes = b"") -> bytes:
+        """A close frame; ``code=None`` sends an empty one (for a peer's 1005)."""
+        if code is None:
+            return _control(0x88, b"")
+        return _control(0x88, struct.pack("!H", code) + reason)
+
+
+def _header(first_byte: int, length: int) -> bytes:
+    if length < 126:
+        return bytes((first_byte, length))
+    if length < 65536:
+        return struct.pack("!BBH", first_byte, 126, length)
+    return struct.pack("!BBQ", first_byte, 127, length)
+
+
+def _control(first_byte: int, payload: bytes) -> bytes:
+    if len(payload) > 125:
+        raise ValueError(f"a control frame's payload is at most 125 bytes, not {len(payload)}")
+    return bytes((first_byte, len(payload))) + payload

@@ -1,0 +1,471 @@
+"""``MultipathServer``: one listening socket, many WebSocket paths.
+
+A ``socketserver`` TCP server accepts connections on a background thread and
+starts one request thread per connection. That thread reads the upgrade
+request (within ``open_timeout``, TLS included), looks its path up in the
+routing table and hands the socket to the path's handler, which answers the
+handshake and then reads the connection on the same thread until it ends.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import socket
+import socketserver
+import ssl
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional
+
+from .emitter import EventEmitter, logger
+from .errors import HandshakeError
+from .handler import WebSocketHandler
+from .options import HandlerOptions
+from .request import Request, parse_request_head
+from .routing import RoutingTable
+from .timers import Timers
+from .upgrade import error_response, is_upgrade_request, read_request_head
+
+__all__ = ["MultipathServer"]
+
+_ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() ran out of descriptors
+_library_thread = threading.local()  # .active: this thread runs connections (listeners run here)
+
+
+class _Handshake:
+    """A socket whose handshake is in progress, with its deadline.
+
+    ``_lock`` makes the deadline's ``shutdown`` and the owner's ``finish``
+    exclusive, so the deadline never touches a descriptor that was reused.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._lock = threading.Lock()
+        self._done = False
+        self.timer: Any = None
+
+    def abort(self) -> None:
+        with self._lock:
+            if not self._done:
+                try:
+                    socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+class _RequestHandler(socketserver.BaseRequestHandler):
+    """socketserver's per-connection object: hands the socket to the server."""
+
+    def handle(self) -> None:
+        self.server.owner._handle_connection(self.request, self.client_address)  # type: ignore[attr-defined]
+
+
+class _TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """The accept loop. One daemon thread per accepted connection; sockets the
+    owner detached (unhandled ones given to a listener) are left open."""
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple, family: int, backlog: int, owner: "MultipathServer") -> None:
+        self.address_family = family
+        self.request_queue_size = backlog
+        self.owner = owner
+        self.detached: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
+        self._exhausted = False
+        super().__init__(address, _RequestHandler, bind_and_activate=False)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] in ("::", ""):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+    def get_request(self) -> tuple:
+        try:
+            request = self.socket.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._back_off(f"accept() failed: {exc}")
+            raise
+        self._exhausted = False
+        return request
+
+    def process_request(self, request: socket.socket, client_address: tuple) -> None:
+        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address), name="ws_multipath-connection", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # can't start new thread
+            request.close()
+            self._back_off(f"cannot start a connection thread: {exc}")
+
+    def _back_off(self, message: str) -> None:
+        if not self._exhausted:
+            self._exhausted = True
+            logger.error("%s; backing off (logged once until it recovers)", message)
+        self.owner._closing_event.wait(_ACCEPT_BACKOFF)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        if request not in self.detached:
+            request.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.exception("unexpected error serving %s", client_address)
+
+
+class MultipathServer(EventEmitter):
+    """A WebSocket server that serves many paths on one port.
+
+    ``MultipathServer(port, host=None, auto_listen=True, reject_unhandled=True,
+    *, open_timeout=10, max_connections=None, ssl_context=None, backlog=511,
+    max_header_size=16384, max_headers=100)``
+
+    - ``port``: 0-65535 (0 picks a free port; ``server.port`` tells which).
+    - ``host``: None listens on all interfaces (IPv6 and IPv4 where the
+      system allows both), or one address such as ``"127.0.0.1"``.
+    - ``auto_listen``: listen in the constructor. With False the server has
+      a ``listen()`` method to call; with True it has none (as ws-multipath).
+    - ``reject_unhandled``: answer 400 to paths without a handler.
+    - ``open_timeout``: seconds from accept to the end of the upgrade request,
+      TLS handshake included; slower clients are dropped.
+    - ``max_connections``: open WebSocket connections on all paths together;
+      upgrades past it get 503. None: no limit.
+    - ``ssl_context``: a server-side ``ssl.SSLContext`` to serve ``wss://``.
+    - ``backlog``: the listen queue (the stdlib's default of 5 refuses
+      bursts; Node uses 511).
+    - ``max_header_size`` / ``max_headers``: limits of the request head
+      (431 beyond).
+
+    Events: ``'connection'`` ``(ws, request, path)``, ``'unhandled'``
+    ``(socket)``, ``'close'`` ``()``, ``'error'`` ``(exc)``.
+
+    Binding happens synchronously: ``OSError`` (port in use, ...) is raised by
+    the constructor (or by ``listen()``).
+    """
+
+    EVENTS = frozenset({"connection", "unhandled", "close", "error"})
+
+    def __init__(
+        self,
+        port: int,
+        host: Optional[str] = None,
+        auto_listen: bool = True,
+        reject_unhandled: bool = True,
+        *,
+        open_timeout: float = 10.0,
+        max_connections: Optional[int] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        backlog: int = 511,
+        max_header_size: int = 16384,
+        max_headers: int = 100,
+    ) -> None:
+        super().__init__()
+        _check_arguments(port, host, open_timeout, max_connections, ssl_context, backlog, max_header_size, max_headers)
+        self._requested = (host, port)
+        self._reject_unhandled = bool(reject_unhandled)
+        self._open_timeout = float(open_timeout)
+        self._max_connections = max_connections
+        self._ssl_context = ssl_context
+        self._backlog = backlog
+        self._max_header_size = max_header_size
+        self._max_headers = max_headers
+        self._routes: RoutingTable[WebSocketHandler] = RoutingTable()
+        self._timers = Timers()
+        self._writers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ws_multipath-writer")
+        # _lock guards: the counters, the closing state, the handshakes in progress
+        self._lock = threading.Lock()
+        self._open_connections = 0
+        self._handshakes: set[_Handshake] = set()
+        self._closing_handlers: set[WebSocketHandler] = set()
+        self._close_callbacks: list[Callable[[], Any]] = []
+        self._closing = False
+        self._closing_event = threading.Event()
+        self._closed_event = threading.Event()
+        self._tcp: Optional[_TCPServer] = None
+        self._accept_thread: Optional[threading.Thread] = None
+        self._unhandled_requests: "weakref.WeakKeyDictionary[socket.socket, Request]" = weakref.WeakKeyDictionary()
+        if auto_listen:
+            self._listen()
+        else:
+            self.listen = self._listen
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when 0 was asked), or the requested one before listening."""
+        return self._tcp.server_address[1] if self._tcp is not None else self._requested[1]
+
+    @property
+    def address(self) -> tuple:
+        """``(host, port)`` the server is bound to."""
+        if self._tcp is None:
+            return self._requested
+        return tuple(self._tcp.server_address[:2])
+
+    @property
+    def listening(self) -> bool:
+        """True exactly while the server accepts connections."""
+        return self._tcp is not None and not self._closing
+
+    def __repr__(self) -> str:
+        return f"<MultipathServer {self.address} listening={self.listening}>"
+
+    def __enter__(self) -> "MultipathServer":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- listening ----------------------------------------------------------
+
+    def _listen(self) -> None:
+        """Bind and start accepting on a background thread."""
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the server is closed")
+            if self._tcp is not None:
+                raise RuntimeError("the server is already listening")
+            host, port = self._requested
+            family, address = _bind_address(host, port)
+            tcp = _TCPServer(address, family, self._backlog, self)
+            try:
+                tcp.server_bind()
+                tcp.server_activate()
+            except BaseException:
+                tcp.server_close()
+                raise
+            self._tcp = tcp
+        self._accept_thread = threading.Thread(target=self._accept_loop, name="ws_multipath-accept", daemon=True)
+        self._accept_thread.start()
+
+    def _accept_loop(self) -> None:
+        assert self._tcp is not None
+        try:
+            self._tcp.serve_forever(poll_interval=0.5)
+        except Exception as exc:  # noqa: BLE001 - report; the loop cannot go on
+            if not self.emit("error", exc):
+                logger.exception("the accept loop failed")
+
+    def serve_forever(self) -> None:
+        """Block until the server is closed: by ``close()`` from another
+        thread, or by Ctrl-C or SIGTERM, which close it gracefully."""
+        if self._tcp is None and not self._closing:
+            self._listen()
+        restore = None
+        if threading.current_thread() is threading.main_thread():
+            restore = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            self._closed_event.wait()
+        except (KeyboardInterrupt, _Terminated):
+            self.close()
+        finally:
+            if restore is not None:
+                signal.signal(signal.SIGTERM, restore)
+
+    # -- handlers -----------------------------------------------------------
+
+    def create_handler(self, path: str, **options: Any) -> WebSocketHandler:
+        """Serve WebSocket connections on ``path`` with the given options
+        (see ``HandlerOptions``); returns the handler. ``path`` must start
+        with ``/``; a second handler for one path raises ``ValueError``."""
+        if not isinstance(path, str):
+            raise TypeError(f"path must be a str, not {type(path).__name__}")
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/', not {path!r}")
+        if "?" in path or "#" in path:
+            raise ValueError(f"path must not contain a query or fragment: {path!r}")
+        handler = WebSocketHandler(self, path, HandlerOptions.from_kwargs(**options))
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the server is closed")
+            self._routes.add(path, handler)
+        return handler
+
+    def unhandled_request(self, sock: socket.socket) -> Optional[Request]:
+        """The request read from a socket given to ``'unhandled'`` listeners
+        (with ``reject_unhandled=False``); its ``buffered`` holds any bytes
+        read past the head."""
+        return self._unhandled_requests.get(sock)
+
+    # -- one connection (request thread) -------------------------------------
+
+    def _handle_connection(self, sock: socket.socket, address: tuple) -> None:
+        _library_thread.active = True
+        handshake = _Handshake(sock)
+        with self._lock:
+            if self._closing:
+                return
+            self._handshakes.add(handshake)
+        handshake.timer = self._timers.call_later(self._open_timeout, handshake.abort)
+        detached = False
+        try:
+            if self._ssl_context is not None:
+                sock = handshake.sock = self._ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                sock.do_handshake()
+            head, rest = read_request_head(sock, self._max_header_size, self._max_headers)
+            request = parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest)
+            if not is_upgrade_request(request):
+                raise HandshakeError(426, "this server accepts WebSocket upgrades only", [("Upgrade", "websocket")])
+            handler = self._routes.lookup(request.path)
+            if handler is None:
+                detached = self._unhandled(sock, request, handshake)
+            else:
+                handler._accept(sock, request, handshake.finish)
+        except HandshakeError as exc:
+            logger.debug("refused %s: %s", address, exc)
+            try:
+                sock.sendall(error_response(exc))
+            except OSError:
+                pass
+        except (OSError, ssl.SSLError) as exc:
+            logger.debug("dropped %s during the handshake: %s", address, exc)
+        finally:
+            handshake.finish()
+            with self._lock:
+                self._handshakes.discard(handshake)
+            if not detached:
+                sock.close()
+
+    def _unhandled(self, sock: socket.socket, request: Request, handshake: _Handshake) -> bool:
+        """Reject or hand over a request for a path no handler serves; returns
+        True when a listener now owns the socket."""
+        if self._reject_unhandled or not self.listeners("unhandled"):
+            try:
+                sock.sendall(error_response(HandshakeError(400, f"no handler for path {request.path}")))
+            except OSError:
+                pass
+            sock.close()
+            self.emit("unhandled", sock)
+            return False
+        handshake.finish()
+        self._unhandled_requests[sock] = request
+        assert self._tcp is not None
+        self._tcp.detached.add(sock)
+        self.emit("unhandled", sock)
+        return True
+
+    # -- connection accounting (called by handlers) -------------------------
+
+    def _reserve_connection(self) -> bool:
+        with self._lock:
+            if self._closing or (self._max_connections is not None and self._open_connections >= self._max_connections):
+                return False
+            self._open_connections += 1
+            return True
+
+    def _release_connection(self) -> None:
+        with self._lock:
+            self._open_connections -= 1
+
+    # -- closing --------------------------------------------------------------
+
+    def close(self, callback: Optional[Callable[[], Any]] = None) -> None:
+        """Stop accepting, close every connection on every path with 1001,
+        wait for their closing handshakes (up to each handler's
+        ``close_timeout``), then emit ``'close'`` and call ``callback()``.
+
+        Idempotent. Called from a listener (which runs on a connection's
+        thread) it does not wait: ``'close'`` follows once all have ended.
+        """
+        with self._lock:
+            closed = self._closed_event.is_set()
+            if callback is not None and not closed:
+                self._close_callbacks.append(callback)
+            starting = not self._closing
+            self._closing = True
+            self._closing_event.set()
+            handshakes = list(self._handshakes)
+        if closed and callback is not None:
+            callback()
+        if starting:
+            handlers = self._routes.handlers()
+            with self._lock:
+                self._closing_handlers.update(handlers)
+            self._stop_accepting()
+            for handshake in handshakes:
+                handshake.abort()
+            for handler in handlers:
+                handler.close()
+            self._maybe_finish_close()
+        if not getattr(_library_thread, "active", False):
+            deadline = max((h.options.close_timeout for h in handlers), default=0.0) + 2.0 if starting else None
+            if not self._closed_event.wait(deadline):
+                logger.warning("close(): connections still open after the close timeout (a listener may be blocking)")
+
+    def _stop_accepting(self) -> None:
+        tcp = self._tcp
+        if tcp is None:
+            return
+        try:
+            tcp.socket.shutdown(socket.SHUT_RDWR)  # wakes the accept loop's select()
+        except OSError:
+            pass
+        if threading.current_thread() is self._accept_thread:
+            threading.Thread(target=tcp.shutdown, daemon=True).start()
+        else:
+            tcp.shutdown()
+        tcp.server_close()
+
+    def _handler_closed(self, handler: WebSocketHandler) -> None:
+        with self._lock:
+            self._closing_handlers.discard(handler)
+        self._maybe_finish_close()
+
+    def _maybe_finish_close(self) -> None:
+        with self._lock:
+            if not self._closing or self._closing_handlers or self._closed_event.is_set():
+                return
+            self._closed_event.set()
+            callbacks, self._close_callbacks = self._close_callbacks, []
+        self._timers.stop()
+        self._writers.shutdown(wait=not threading.current_thread().name.startswith("ws_multipath-writer"))
+        self.emit("close")
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - user code
+                self._listener_failed(exc)
+
+
+class _Terminated(Exception):
+    """Raised in the main thread by SIGTERM while ``serve_forever`` waits."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _bind_address(host: Optional[str], port: int) -> tuple[int, tuple]:
+    if host is None:
+        if socket.has_dualstack_ipv6():
+            return socket.AF_INET6, ("::", port)
+        return socket.AF_INET, ("0.0.0.0", port)
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = info[0]
+    return family, address
+
+
+def _check_arguments(port: Any, host: Any, open_timeout: Any, max_connections: Any, ssl_context: Any, backlog: Any, max_header_size: Any, max_headers: Any) -> None:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an int from 0 to 65535, not {port!r}")
+    if host is not None and not isinstance(host, str):
+        raise TypeError(f"host must be a str or None, not {type(host).__name__}")
+    if not isinstance(open_timeout, (int, float)) or isinstance(open_timeout, bool) or open_timeout <= 0:
+        raise ValueError(f"open_timeout must be a number of seconds > 0, not {open_timeout!r}")
+    if max_connections is not None and (not isinstance(max_connections, int) or max_connections < 1):
+        raise ValueError(f"max_connections must be a positive int or None, not {max_connections!r}")
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
+    for name, value in (("backlog", backlog), ("max_header_size", max_header_size), ("max_headers", max_headers)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, not {value!r}")

@@ -1,0 +1,134 @@
+"""The opening handshake of RFC 6455 section 4.2: reading the request head
+within its limits, checking an upgrade request, and the HTTP responses the
+server sends (101, or an error status with a short text body).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import socket
+from http import HTTPStatus
+from typing import Iterable, Optional
+
+from .errors import HandshakeError
+from .request import HEAD_END, Request
+
+__all__ = [
+    "read_request_head",
+    "is_upgrade_request",
+    "check_upgrade",
+    "accept_token",
+    "switching_protocols",
+    "error_response",
+]
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+
+
+def read_request_head(sock: socket.socket, max_size: int, max_headers: int) -> tuple[bytes, bytes]:
+    """Read until the blank line that ends an HTTP request head.
+
+    Returns ``(head, rest)``, ``rest`` being bytes read past the head.
+    Raises ``HandshakeError(431)`` when the head exceeds ``max_size`` bytes or
+    ``max_headers`` fields, ``HandshakeError(400)`` when the client closes
+    before finishing it, and ``OSError`` when the socket fails (for
+    instance when the handshake deadline shut it down).
+    """
+    buffer = bytearray()
+    searched = 0
+    while True:
+        chunk = sock.recv(8192)
+        if not chunk:
+            raise HandshakeError(400, "connection closed before the end of the request head")
+        buffer += chunk
+        end = buffer.find(HEAD_END, max(0, searched - 3))
+        if end >= 0:
+            head, rest = bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
+            break
+        searched = len(buffer)
+        if len(buffer) > max_size:
+            raise HandshakeError(431, f"request head larger than {max_size} bytes")
+    if len(head) > max_size:
+        raise HandshakeError(431, f"request head larger than {max_size} bytes")
+    if head.count(b"\n") - 2 > max_headers:
+        raise HandshakeError(431, f"more than {max_headers} header fields")
+    return head, rest
+
+
+def _tokens(values: Iterable[str]) -> set[str]:
+    return {token.strip().lower() for value in values for token in value.split(",")}
+
+
+def is_upgrade_request(request: Request) -> bool:
+    """True when the request asks for ``Upgrade: websocket`` (in any form)."""
+    return "websocket" in _tokens(request.headers.get_all("Upgrade"))
+
+
+def check_upgrade(request: Request) -> str:
+    """Check a WebSocket upgrade request; return its ``Sec-WebSocket-Key``.
+
+    Raises ``HandshakeError`` with the status RFC 6455 section 4.2.2 asks for.
+    """
+    if request.method != "GET":
+        raise HandshakeError(405, f"method {request.method} not allowed for a WebSocket upgrade", [("Allow", "GET")])
+    if request.http_version not in ("1.1",):
+        raise HandshakeError(400, "a WebSocket upgrade needs HTTP/1.1")
+    if "upgrade" not in _tokens(request.headers.get_all("Connection")):
+        raise HandshakeError(400, "missing 'Connection: Upgrade'")
+    versions = request.headers.get_all("Sec-WebSocket-Version")
+    if versions != ["13"]:
+        raise HandshakeError(426, "unsupported Sec-WebSocket-Version", [("Sec-WebSocket-Version", "13")])
+    keys = request.headers.get_all("Sec-WebSocket-Key")
+    if len(keys) != 1:
+        raise HandshakeError(400, "missing or repeated Sec-WebSocket-Key")
+    key = keys[0].strip()
+    try:
+        raw = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raw = b""
+    if len(raw) != 16:
+        raise HandshakeError(400, "invalid Sec-WebSocket-Key")
+    return key
+
+
+def accept_token(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for ``key`` (RFC 6455 section 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
+
+
+def offered_protocols(request: Request) -> list[str]:
+    """The subprotocols the client offers, in its order."""
+    return [token.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol") for token in value.split(",") if token.strip()]
+
+
+def _response(status: int, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    lines = [f"HTTP/1.1 {status} {phrase}"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def switching_protocols(headers: list[tuple[str, str]]) -> bytes:
+    """The ``101 Switching Protocols`` response with ``headers``."""
+    for name, value in headers:
+        if any(c in str(name) + str(value) for c in "\r\n"):
+            raise ValueError(f"response header {name!r} contains a line break")
+    return _response(101, headers)
+
+
+def error_response(error: HandshakeError, extra_headers: Optional[list[tuple[str, str]]] = None) -> bytes:
+    """A complete HTTP error response that closes the connection."""
+    body = ((error.reason or HTTPStatus(error.status).phrase) + "\n").encode("utf-8", "replace")
+    headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+    ]
+    headers.extend(error.headers)
+    headers.extend(extra_headers or [])
+    return _response(error.status, headers, body)

@@ -188,6 +188,7 @@ class MultipathServer(EventEmitter):
         self._closing_handlers: set[WebSocketHandler] = set()
         self._close_callbacks: list[Callable[[], Any]] = []
         self._closing = False
+        self._finished = False  # 'close' is being or was emitted
         self._closing_event = threading.Event()
         self._closed_event = threading.Event()
         self._tcp: Optional[_TCPServer] = None
@@ -423,14 +424,18 @@ class MultipathServer(EventEmitter):
 
     def _maybe_finish_close(self) -> None:
         with self._lock:
-            if not self._closing or self._closing_handlers or self._closed_event.is_set():
+            if not self._closing or self._closing_handlers or self._finished:
                 return
-            self._closed_event.set()
-            callbacks, self._close_callbacks = self._close_callbacks, []
+            self._finished = True
         self._timers.stop()
         self._writers.shutdown(wait=not threading.current_thread().name.startswith("ws_multipath-writer"))
         self.emit("close")
-        for callback in callbacks:
+        while True:
+            with self._lock:
+                if not self._close_callbacks:
+                    self._closed_event.set()
+                    break
+                callback = self._close_callbacks.pop(0)
             try:
                 callback()
             except Exception as exc:  # noqa: BLE001 - user code

@@ -1,0 +1,336 @@
+'use strict';
+// Load generator of benchmarks/run.py, on Node's `ws` (installed by run.py
+// into benchmarks/.work/). One process, one event loop: it keeps one core
+// at most, and reports its own CPU time so run.py can show that it is not
+// the bottleneck.
+//
+//   node load.js '<json config>'
+//
+// Writes one JSON object per line on stdout:
+//   {"event":"connected",...}  all clients are open (echo, pipeline, broadcast)
+//   {"event":"start"}          the measurement window begins (after warm-up)
+//   {"event":"result",...}     the window ended: ops, seconds, cpu_user_s, cpu_system_s
+//   {"event":"progress"|"held",...}  idle mode
+//   {"event":"error","message":...}  then exit code 1
+// Every loop is bounded in time (cfg.duration, cfg.timeout) and in count (cfg.max_ops).
+// Reads "stop" lines on stdin (idle mode: stop opening connections).
+
+const path = require('path');
+const WebSocket = require(path.join(__dirname, '.work', 'node_modules', 'ws'));
+
+const cfg = JSON.parse(process.argv[2]);
+const WS_OPTIONS = { perMessageDeflate: false, handshakeTimeout: 15000, maxPayload: 64 * 1024 * 1024 };
+
+function out(obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n');
+}
+function now() {
+  return Number(process.hrtime.bigint()) / 1e9;
+}
+function fail(message) {
+  out({ event: 'error', message });
+  process.exit(1);
+}
+
+// Whole-process watchdog: nothing runs longer than cfg.timeout seconds.
+setTimeout(() => fail(`watchdog: no result within ${cfg.timeout} s`), cfg.timeout * 1000).unref();
+
+let stdinBuf = '';
+let stopRequested = false;
+process.stdin.on('data', (chunk) => {
+  stdinBuf += chunk.toString();
+  if (stdinBuf.includes('stop')) stopRequested = true;
+});
+process.stdin.on('error', () => {});
+
+function payload(size, fill) {
+  return Buffer.alloc(size, fill || 'a');
+}
+
+// Open `n` connections, at most `concurrency` handshakes at a time.
+function openMany(n, concurrency, setup) {
+  return new Promise((resolve, reject) => {
+    const sockets = [];
+    let started = 0;
+    let opened = 0;
+    let failed = false;
+    function next() {
+      if (failed || started >= n) return;
+      const index = started++;
+      const ws = new WebSocket(cfg.url, WS_OPTIONS);
+      sockets[index] = ws;
+      setup(ws, index);
+      ws.once('open', () => {
+        opened++;
+        if (opened === n) resolve(sockets);
+        else next();
+      });
+      ws.once('error', (err) => {
+        if (ws.readyState !== WebSocket.OPEN && !failed) {
+          failed = true;
+          reject(new Error(`connection ${index} failed: ${err.message}`));
+        }
+      });
+    }
+    for (let i = 0; i < Math.min(concurrency, n); i++) next();
+  });
+}
+
+// A measurement window: warm-up, then `duration` seconds or `max_ops` ops.
+function makeWindow(onEnd) {
+  const w = { measuring: false, stopped: false, ops: 0, bytes: 0, t0: 0, cpu0: null };
+  w.begin = () => {
+    setTimeout(() => {
+      w.ops = 0;
+      w.bytes = 0;
+      w.cpu0 = process.cpuUsage();
+      w.t0 = now();
+      w.measuring = true;
+      out({ event: 'start' });
+      setTimeout(w.end, cfg.duration * 1000);
+    }, cfg.warmup * 1000);
+  };
+  w.count = (bytes) => {
+    if (!w.measuring) return;
+    w.ops++;
+    w.bytes += bytes;
+    if (w.ops >= cfg.max_ops) w.end();
+  };
+  w.end = () => {
+    if (w.stopped) return;
+    const seconds = now() - w.t0;
+    const cpu = process.cpuUsage(w.cpu0);
+    w.measuring = false;
+    w.stopped = true;
+    out({ event: 'result', ops: w.ops, bytes: w.bytes, seconds, cpu_user_s: cpu.user / 1e6, cpu_system_s: cpu.system / 1e6, ...(onEnd ? onEnd() : {}) });
+    setTimeout(() => process.exit(0), 50);
+  };
+  return w;
+}
+
+// echo / pipeline: every client keeps `inflight` messages outstanding.
+async function runEcho() {
+  const data = payload(cfg.size);
+  const opts = { binary: !!cfg.binary, compress: false };
+  let closedEarly = 0;
+  let badLength = 0;
+  const w = makeWindow(() => ({ closed_early: closedEarly, bad_length: badLength }));
+  const sockets = await openMany(cfg.clients, 64, (ws) => {
+    ws.on('message', (msg, isBinary) => {
+      if (w.stopped) return;
+      if (msg.length !== cfg.size || isBinary !== !!cfg.binary) badLength++;
+      w.count(msg.length);
+      if (!w.stopped) ws.send(data, opts);
+    });
+    ws.on('close', () => {
+      if (!w.stopped) closedEarly++;
+    });
+    ws.on('error', () => {});
+  });
+  out({ event: 'connected', clients: sockets.length });
+  for (const ws of sockets) for (let i = 0; i < cfg.inflight; i++) ws.send(data, opts);
+  w.begin();
+}
+
+// connect: `concurrency` loops of open -> close handshake -> next.
+// A minimal client on raw sockets (fixed key, pre-masked close frame): the
+// `ws` client spends more CPU per handshake than the servers do, which
+// would make the generator the bottleneck. Checks the 101 answer, its
+// Sec-WebSocket-Accept and the server's close frame; an op is counted when
+// the TCP connection is closed after both.
+const net = require('net');
+
+function runConnect() {
+  const u = new URL(cfg.url);
+  const port = Number(u.port);
+  const host = u.hostname;
+  const request = Buffer.from(
+    `GET ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+    'latin1'
+  );
+  const ACCEPT = 's3pPLMBiTxaQ9kYGzzhZRbK+xOo=';
+  const mask = [0x12, 0x34, 0x56, 0x78];
+  const closeFrame = Buffer.from([0x88, 0x82, ...mask, 0x03 ^ mask[0], 0xe8 ^ mask[1]]); // close 1000, masked
+  let errors = 0;
+  let lastError = '';
+  const w = makeWindow(() => ({ errors, last_error: lastError }));
+  function one() {
+    if (w.stopped) return;
+    const sock = net.connect(port, host);
+    sock.setNoDelay(true);
+    let buf = Buffer.alloc(0);
+    let upgraded = false;
+    let closeSeen = false;
+    let failed = false;
+    const bad = (why) => {
+      if (!failed) {
+        failed = true;
+        errors++;
+        lastError = why;
+        sock.destroy();
+      }
+    };
+    sock.on('connect', () => sock.write(request));
+    sock.on('data', (chunk) => {
+      buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+      if (!upgraded) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = buf.toString('latin1', 0, end);
+        if (!head.startsWith('HTTP/1.1 101') || !head.includes(ACCEPT)) return bad('bad handshake answer: ' + head.slice(0, 40));
+        upgraded = true;
+        buf = buf.subarray(end + 4);
+        sock.write(closeFrame);
+      }
+      if (buf.length >= 2) {
+        if (buf[0] === 0x88) closeSeen = true;
+        else if ((buf[0] & 0x0f) < 0x8) return bad('data frame before close');
+        // control frames other than close (a ping) are ignored here
+      }
+    });
+    sock.on('error', (err) => bad(err.message));
+    sock.on('close', () => {
+      if (upgraded && closeSeen && !failed) w.count(0);
+      else if (!failed) {
+        errors++;
+        lastError = 'closed before the closing handshake';
+      }
+      setImmediate(one);
+    });
+  }
+  for (let i = 0; i < cfg.concurrency; i++) one();
+  out({ event: 'connected', clients: 0 });
+  w.begin();
+}
+
+// broadcast: client 0 sends; the server sends each message to every client;
+// at most `window` messages are outstanding (not yet received by all).
+async function runBroadcast() {
+  const n = cfg.clients;
+  const pending = new Map(); // sequence -> receipts still missing
+  let seq = 0;
+  let closedEarly = 0;
+  let completed = 0;
+  const w = makeWindow(() => ({ closed_early: closedEarly, broadcasts_completed: completed }));
+  const opts = { binary: false, compress: false };
+  let driver = null;
+  function sendNext() {
+    if (w.stopped) return;
+    const s = seq++;
+    const body = Buffer.alloc(cfg.size, 'x');
+    body.write(String(s).padStart(10, '0'), 0, 'latin1');
+    pending.set(s, n);
+    driver.send(body, opts);
+  }
+  const sockets = await openMany(n, 64, (ws) => {
+    ws.on('message', (msg) => {
+      if (w.stopped) return;
+      const s = parseInt(msg.toString('latin1', 0, 10), 10);
+      w.count(msg.length);
+      const left = pending.get(s) - 1;
+      if (left > 0) {
+        pending.set(s, left);
+      } else {
+        pending.delete(s);
+        completed++;
+        sendNext();
+      }
+    });
+    ws.on('close', () => {
+      if (!w.stopped) closedEarly++;
+    });
+    ws.on('error', () => {});
+  });
+  driver = sockets[0];
+  out({ event: 'connected', clients: sockets.length });
+  // Let the server finish registering the last connections before broadcasting.
+  setTimeout(() => {
+    for (let i = 0; i < cfg.window; i++) sendNext();
+    w.begin();
+  }, 300);
+}
+
+// idle: open up to `target` connections, keep them, count closes and pings.
+function runIdle() {
+  const t0 = now();
+  let started = 0;
+  let open = 0;
+  let failed = 0;
+  let closedAfterOpen = 0;
+  let pings = 0;
+  let inFlight = 0;
+  let done = false;
+  let heldAt = null;
+  const sockets = [];
+  function report(event, extra) {
+    out({ event, open, failed, closed_after_open: closedAfterOpen, pings, seconds: now() - t0, ...extra });
+  }
+  function finishConnecting(reason) {
+    if (done) return;
+    done = true;
+    clearInterval(progress);
+    heldAt = now();
+    report('held', { stop_reason: reason, connect_seconds: heldAt - t0 });
+    const pings0 = pings;
+    const closed0 = closedAfterOpen;
+    setTimeout(() => {
+      report('result', { hold_seconds: now() - heldAt, pings_during_hold: pings - pings0, closed_during_hold: closedAfterOpen - closed0 });
+      for (const ws of sockets) ws.terminate();
+      setTimeout(() => process.exit(0), 200);
+    }, cfg.hold * 1000);
+  }
+  function maybeDone() {
+    if (done) return;
+    if (stopRequested) return finishConnecting('stopped by run.py (system limit guard)');
+    if (failed >= cfg.max_failures) return finishConnecting(`${failed} connection failures`);
+    if (now() - t0 > cfg.connect_limit) return finishConnecting(`connect time limit ${cfg.connect_limit} s`);
+    if (started >= cfg.target && inFlight === 0) return finishConnecting('target reached');
+  }
+  function next() {
+    maybeDone();
+    if (done || started >= cfg.target) return;
+    started++;
+    inFlight++;
+    const ws = new WebSocket(cfg.url, WS_OPTIONS);
+    let wasOpen = false;
+    let settled = false;
+    const settle = () => {
+      if (!settled) {
+        settled = true;
+        inFlight--;
+        setImmediate(next);
+      }
+    };
+    ws.on('open', () => {
+      wasOpen = true;
+      open++;
+      sockets.push(ws);
+      settle();
+    });
+    ws.on('ping', () => {
+      pings++;
+    });
+    ws.on('error', () => {});
+    ws.on('close', () => {
+      if (wasOpen) {
+        open--;
+        closedAfterOpen++;
+      } else {
+        failed++;
+      }
+      settle();
+    });
+  }
+  const progress = setInterval(() => {
+    report('progress');
+    maybeDone();
+  }, 500);
+  for (let i = 0; i < cfg.concurrency; i++) next();
+}
+
+const modes = { echo: runEcho, connect: runConnect, broadcast: runBroadcast, idle: runIdle };
+if (!modes[cfg.mode]) fail(`unknown mode ${cfg.mode}`);
+Promise.resolve()
+  .then(modes[cfg.mode])
+  .catch((err) => fail(String(err && err.message ? err.message : err)));

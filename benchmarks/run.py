@@ -1,0 +1,898 @@
+#!/usr/bin/env python3
+"""ws_multipath vs websockets (sync), side by side. Needs only python3 and node.
+
+    python3 benchmarks/run.py                 # full run (~10 min)
+    python3 benchmarks/run.py --quick         # ~2 min
+    python3 benchmarks/run.py --scenarios echo_16x1KiB,idle --reps 5
+    python3 benchmarks/run.py --soak 120      # longer memory soak
+    python3 benchmarks/run.py --profile 10    # py-spy profile of the 16-client 1 KiB echo, both servers
+    python3 benchmarks/run.py --list          # scenario names
+
+Setup (done by this script, idempotent): the repo's .venv (as dev.py makes
+it) with ws_multipath, ``websockets>=17,<18`` and (for --profile) ``py-spy``;
+``npm install ws@8 bufferutil@4`` into benchmarks/.work/ (git-ignored).
+
+Each run starts a FRESH server process (benchmarks/servers.py) and one
+Node.js load generator (benchmarks/load.js); the two libraries alternate
+(A B A B ...) for --reps repetitions. The server's CPU time is read from
+/proc/<pid>/stat at the start and end of the measurement window; the
+generator reports its own. Results: a table on stdout and
+benchmarks/results/<date>[-quick|-partial].md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import venv
+from pathlib import Path
+from typing import Any, Optional
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORK = BENCH / ".work"
+RESULTS = BENCH / "results"
+VENV = ROOT / ".venv"
+PYTHON = VENV / "bin" / "python"
+IMPLS = ("ws_multipath", "websockets")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+NOFILE = 20000  # wanted soft limit of open files for servers and generators (capped at the hard limit)
+KiB, MiB = 1024, 1024 * 1024
+
+# name, server mode, load config, unit, what an "op" is
+SCENARIOS: list[dict[str, Any]] = [
+    dict(name="echo_1x32B", server="echo", load=dict(mode="echo", clients=1, size=32, binary=False, inflight=1), unit="msg/s",
+         title="echo, 1 client, 32 B text"),
+    dict(name="echo_16x1KiB", server="echo", load=dict(mode="echo", clients=16, size=KiB, binary=False, inflight=1), unit="msg/s",
+         title="echo, 16 clients, 1 KiB text"),
+    dict(name="echo_256x32B", server="echo", load=dict(mode="echo", clients=256, size=32, binary=False, inflight=1), unit="msg/s",
+         title="echo, 256 clients, 32 B text"),
+    dict(name="echo_16x64KiB", server="echo", load=dict(mode="echo", clients=16, size=64 * KiB, binary=True, inflight=1), unit="msg/s",
+         title="echo, 16 clients, 64 KiB binary"),
+    dict(name="echo_16x1MiB", server="echo", load=dict(mode="echo", clients=16, size=MiB, binary=True, inflight=1), unit="msg/s",
+         title="echo, 16 clients, 1 MiB binary"),
+    dict(name="pipelined_1x32_1KiB", server="echo", load=dict(mode="echo", clients=1, size=KiB, binary=False, inflight=32), unit="msg/s",
+         title="pipelined echo, 1 client, 32 in flight, 1 KiB"),
+    dict(name="iter_16x1KiB", server="iter", load=dict(mode="echo", clients=16, size=KiB, binary=False, inflight=1), unit="msg/s",
+         title="`for message in ws` style, 16 clients, 1 KiB"),
+    dict(name="connect_close_32", server="echo", load=dict(mode="connect", concurrency=32), unit="conn/s",
+         title="connect+handshake+close, 32 at a time"),
+    dict(name="broadcast_1000", server="broadcast", load=dict(mode="broadcast", clients=1000, size=32, window=8), unit="deliveries/s",
+         title="broadcast to 1000 clients, 32 B, 8 outstanding"),
+    dict(name="idle", kind="idle", title="idle connections held, heartbeat every 5 s"),
+    dict(name="soak_256x32B", kind="soak", title="memory under a long 256-client 32 B echo"),
+]
+BY_NAME = {s["name"]: s for s in SCENARIOS}
+
+
+# -- setup ------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def pip_install(*requirements: str) -> None:
+    subprocess.check_call([str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements])
+
+
+def venv_has(check: str) -> bool:
+    return subprocess.call([str(PYTHON), "-c", check], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0
+
+
+def setup(profile: bool) -> None:
+    if not PYTHON.exists():
+        log(f"creating {VENV}")
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    if not venv_has("import ws_multipath"):
+        pip_install("-e", str(ROOT))
+    if not venv_has("import websockets, sys; sys.exit(websockets.__version__.split('.')[0] != '17')"):
+        log("installing websockets 17 into .venv")
+        pip_install("websockets>=17,<18")
+    if profile and shutil.which("py-spy", path=str(VENV / "bin")) is None:
+        log("installing py-spy into .venv")
+        pip_install("py-spy")
+    if shutil.which("node") is None:
+        raise SystemExit("node (Node.js >= 18) is needed for the load generator")
+    if not (WORK / "node_modules" / "ws" / "package.json").exists():
+        log(f"npm install ws into {WORK}")
+        WORK.mkdir(parents=True, exist_ok=True)
+        npm = ["npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(WORK)]
+        if subprocess.call([*npm, "ws@8", "bufferutil@4"]) != 0:  # bufferutil (native masking) is optional
+            subprocess.check_call([*npm, "ws@8"])
+
+
+def versions() -> dict[str, str]:
+    code = (
+        "import json, platform, websockets, ws_multipath, wsproto;"
+        "print(json.dumps({'python': platform.python_version(), 'websockets': websockets.__version__,"
+        " 'ws_multipath': ws_multipath.__version__, 'wsproto': wsproto.__version__ if hasattr(wsproto, '__version__') else '?'}))"
+    )
+    info = json.loads(subprocess.check_output([str(PYTHON), "-c", code], text=True))
+    info["node"] = subprocess.check_output(["node", "--version"], text=True).strip()
+    info["ws (node)"] = json.loads((WORK / "node_modules" / "ws" / "package.json").read_text())["version"]
+    info["bufferutil"] = "yes" if (WORK / "node_modules" / "bufferutil").exists() else "no"
+    try:
+        commit = subprocess.check_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], text=True).strip()
+        dirty = subprocess.check_output(["git", "-C", str(ROOT), "status", "--porcelain", "--", "ws_multipath"], text=True).strip()
+        info["ws_multipath commit"] = commit + (" (+ uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return info
+
+
+def machine() -> dict[str, Any]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        mem_kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        pass
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+    }
+
+
+# -- processes --------------------------------------------------------------
+
+
+def _raise_nofile() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (all threads)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """RSS (bytes), threads and open descriptors of a process."""
+    status = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        status[key] = value.strip()
+    return {
+        "rss": int(status["VmRSS"].split()[0]) * 1024,
+        "threads": int(status["Threads"]),
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+    }
+
+
+def machine_times() -> tuple[float, float]:
+    """(idle, total) jiffies of all CPUs, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields[:8])
+
+
+def machine_busy(seconds: float = 0.5) -> float:
+    """Share (%) of all CPUs busy over `seconds`."""
+    idle0, total0 = machine_times()
+    time.sleep(seconds)
+    idle1, total1 = machine_times()
+    return 100.0 * (1 - (idle1 - idle0) / max(1, total1 - total0))
+
+
+def wait_quiet(opts: argparse.Namespace) -> float:
+    """Wait (up to --quiet-wait s) until other processes leave the machine
+    mostly idle; return the busy share seen last (recorded with each run)."""
+    deadline = time.monotonic() + opts.quiet_wait
+    told = False
+    while True:
+        busy = machine_busy()
+        if busy <= opts.quiet_threshold or time.monotonic() >= deadline:
+            return busy
+        if not told:
+            log(f"  machine {busy:.0f}% busy before the run (other processes); waiting up to {opts.quiet_wait:.0f} s for < {opts.quiet_threshold:.0f}%")
+            told = True
+
+
+def system_tasks() -> int:
+    """Threads on the whole machine (counts against kernel.pid_max)."""
+    return int(Path("/proc/loadavg").read_text().split()[3].split("/")[1])
+
+
+def map_count(pid: int) -> int:
+    with open(f"/proc/{pid}/maps", "rb") as f:
+        return sum(1 for _ in f)
+
+
+def read_sysctl(name: str, default: int) -> int:
+    try:
+        return int(Path("/proc/sys/" + name.replace(".", "/")).read_text().split()[0])
+    except (OSError, ValueError):
+        return default
+
+
+CHILDREN: set = set()  # processes this script started and has not ended yet
+
+
+def _end_children() -> None:
+    for proc in list(CHILDREN):
+        stop_process(proc, grace=1.0)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+atexit.register(_end_children)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 2.0) -> None:
+    """End one process this script started, by its pid: SIGTERM, then SIGKILL."""
+    CHILDREN.discard(proc)
+    if proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
+
+
+class LineReader:
+    """Lines of a child's stdout, with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.buffer = b""
+
+    def readline(self, timeout: float) -> Optional[str]:
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return None
+                self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+    def event(self, timeout: float) -> Optional[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.readline(max(0.0, deadline - time.monotonic()))
+            if line is None:
+                return None
+            line = line.strip()
+            if line.startswith("{"):
+                return json.loads(line)
+
+
+class Sampler(threading.Thread):
+    """Samples a process's RSS and threads every `interval` seconds."""
+
+    def __init__(self, pid: int, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, int, int]] = []
+        self._halt = threading.Event()
+        self.t0 = time.monotonic()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                status = proc_status(self.pid)
+            except (OSError, KeyError):
+                return
+            self.samples.append((time.monotonic() - self.t0, status["rss"], status["threads"]))
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self.is_alive():
+            self.join(5)
+
+
+def start_server(impl: str, mode: str, logs: Path, ping_interval: float = 20.0, ping_timeout: float = 20.0) -> tuple[subprocess.Popen, int]:
+    stderr = open(logs / f"server-{impl}.log", "ab")
+    proc = subprocess.Popen(
+        [str(PYTHON), str(BENCH / "servers.py"), "--impl", impl, "--mode", mode, "--ping-interval", str(ping_interval), "--ping-timeout", str(ping_timeout)],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_raise_nofile,
+        cwd=str(ROOT),
+    )
+    CHILDREN.add(proc)
+    stderr.close()
+    line = LineReader(proc).readline(20)
+    if not line or not line.startswith("PORT "):
+        stop_process(proc)
+        raise RuntimeError(f"{impl} server did not start (see {logs / f'server-{impl}.log'})")
+    return proc, int(line.split()[1])
+
+
+def start_load(config: dict, logs: Path) -> subprocess.Popen:
+    stderr = open(logs / "load.log", "ab")
+    proc = subprocess.Popen(
+        ["node", str(BENCH / "load.js"), json.dumps(config)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stderr=stderr,
+        preexec_fn=_raise_nofile,
+    )
+    CHILDREN.add(proc)
+    stderr.close()
+    return proc
+
+
+# -- one run ------------------------------------------------------------------
+
+
+def run_throughput(scenario: dict, impl: str, opts: argparse.Namespace, logs: Path, duration: Optional[float] = None, sample_every: float = 0.25) -> dict:
+    background = wait_quiet(opts)
+    server, port = start_server(impl, scenario["server"], logs)
+    load = None
+    sampler = None
+    try:
+        duration = duration or opts.duration
+        config = dict(scenario["load"], url=f"ws://127.0.0.1:{port}/", warmup=opts.warmup, duration=duration, max_ops=opts.max_ops, timeout=duration + opts.warmup + 60)
+        baseline = proc_status(server.pid)
+        load = start_load(config, logs)
+        reader = LineReader(load)
+        event = reader.event(45)
+        if event is None or event["event"] != "connected":
+            raise RuntimeError(f"generator did not connect: {event}")
+        event = reader.event(opts.warmup + 20)
+        if event is None or event["event"] != "start":
+            raise RuntimeError(f"generator did not start: {event}")
+        cpu0 = cpu_seconds(server.pid)
+        idle0 = machine_times()
+        sampler = Sampler(server.pid, sample_every)
+        sampler.start()
+        event = reader.event(duration + 30)
+        cpu1 = cpu_seconds(server.pid)
+        idle1 = machine_times()
+        sampler.stop()
+        if event is None or event["event"] != "result":
+            raise RuntimeError(f"generator gave no result: {event}")
+        alive = server.poll() is None
+        ops, seconds = event["ops"], event["seconds"]
+        gen_cpu = event["cpu_user_s"] + event["cpu_system_s"]
+        server_cpu = cpu1 - cpu0
+        rss = [s[1] for s in sampler.samples] or [baseline["rss"]]
+        result = {
+            "impl": impl,
+            "rate": ops / seconds if seconds else 0.0,
+            "ops": ops,
+            "seconds": seconds,
+            "server_cpu_s": server_cpu,
+            "gen_cpu_s": gen_cpu,
+            "server_cpu_per_op_us": server_cpu / ops * 1e6 if ops else None,
+            "gen_cpu_per_op_us": gen_cpu / ops * 1e6 if ops else None,
+            "server_cores": server_cpu / seconds if seconds else 0.0,
+            "gen_cores": gen_cpu / seconds if seconds else 0.0,
+            "machine_idle_pct": 100.0 * (idle1[0] - idle0[0]) / max(1, idle1[1] - idle0[1]),
+            "background_busy_pct": background,
+            "server_rss_peak": max(rss),
+            "server_threads_peak": max((s[2] for s in sampler.samples), default=baseline["threads"]),
+            "server_alive": alive,
+            "rss_samples": [(round(t, 2), r) for t, r, _ in sampler.samples] if scenario.get("keep_samples") else None,
+            "generator": {k: v for k, v in event.items() if k not in ("event", "ops", "seconds", "cpu_user_s", "cpu_system_s")},
+        }
+        return result
+    finally:
+        try:
+            if sampler is not None:
+                sampler.stop()
+            if load is not None:
+                try:
+                    load.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            if load is not None:
+                stop_process(load)
+            stop_process(server)
+
+
+def run_idle(impl: str, opts: argparse.Namespace, logs: Path) -> dict:
+    """Open up to --idle-target connections, hold them with the heartbeat on,
+    and read the server's RSS, threads and descriptors from /proc."""
+    background = wait_quiet(opts)
+    server, port = start_server(impl, "echo", logs, ping_interval=opts.idle_ping, ping_timeout=20.0)
+    load = None
+    pid_max = read_sysctl("kernel.pid_max", 32768)
+    threads_max = read_sysctl("kernel.threads-max", 1 << 30)
+    max_maps = read_sysctl("vm.max_map_count", 65530)
+    task_limit = min(pid_max, threads_max) - opts.idle_margin
+    map_limit = max_maps - 2000
+    try:
+        time.sleep(0.3)
+        baseline = proc_status(server.pid)
+        config = dict(mode="idle", url=f"ws://127.0.0.1:{port}/", target=opts.idle_target, concurrency=100, max_failures=200,
+                      connect_limit=opts.idle_connect_limit, hold=opts.idle_hold, timeout=opts.idle_connect_limit + opts.idle_hold + 60)
+        load = start_load(config, logs)
+        reader = LineReader(load)
+        guard = ""
+        last_map_check = 0.0
+        while True:
+            event = reader.event(opts.idle_connect_limit + 30)
+            if event is None:
+                raise RuntimeError("generator stopped reporting")
+            if event["event"] == "held":
+                break
+            if event["event"] == "error":
+                raise RuntimeError(event["message"])
+            if not guard:
+                tasks = system_tasks()
+                if tasks > task_limit:
+                    guard = f"machine at {tasks} threads (limit {task_limit} = pid/thread limit - margin)"
+                elif time.monotonic() - last_map_check > 2:
+                    last_map_check = time.monotonic()
+                    maps = map_count(server.pid) if server.poll() is None else 0
+                    if maps > map_limit:
+                        guard = f"server at {maps} memory maps (vm.max_map_count {max_maps})"
+                if guard:
+                    load.stdin.write(b"stop\n")  # type: ignore[union-attr]
+                    load.stdin.flush()  # type: ignore[union-attr]
+        held_event = event
+        cpu0 = cpu_seconds(server.pid)
+        time.sleep(1.0)
+        at_held = proc_status(server.pid)
+        event = reader.event(opts.idle_hold + 30)
+        if event is None or event["event"] != "result":
+            raise RuntimeError(f"generator gave no result: {event}")
+        alive = server.poll() is None
+        end = proc_status(server.pid) if alive else at_held
+        cpu1 = cpu_seconds(server.pid) if alive else cpu0
+        held = event["open"]
+        per = (lambda key: (end[key] - baseline[key]) / held if held else None)
+        return {
+            "impl": impl,
+            "target": opts.idle_target,
+            "held": held,
+            "opened": held_event["open"],
+            "failed": held_event["failed"],
+            "stop_reason": guard or held_event["stop_reason"],
+            "connect_seconds": held_event["connect_seconds"],
+            "closed_during_hold": event["closed_during_hold"],
+            "pings_during_hold": event["pings_during_hold"],
+            "hold_seconds": event["hold_seconds"],
+            "baseline": baseline,
+            "at_hold_start": at_held,
+            "at_hold_end": end,
+            "rss_per_conn_kib": per("rss") / 1024 if held else None,
+            "threads_per_conn": per("threads"),
+            "fds_per_conn": per("fds"),
+            "hold_cpu_cores": (cpu1 - cpu0) / event["hold_seconds"] if event["hold_seconds"] else None,
+            "server_alive": alive,
+            "background_busy_pct": background,
+        }
+    finally:
+        try:
+            if load is not None:
+                try:
+                    load.wait(30)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            if load is not None:
+                stop_process(load)
+            stop_process(server, grace=5.0)
+
+
+def soak_summary(result: dict) -> dict:
+    samples = result.get("rss_samples") or []
+    if len(samples) < 4:
+        return {}
+    ts = [t for t, _ in samples]
+    rs = [r / MiB for _, r in samples]
+    skip = len(samples) // 5  # the first fifth: connections and buffers settle
+    tail_t, tail_r = ts[skip:], rs[skip:]
+    mean_t, mean_r = statistics.fmean(tail_t), statistics.fmean(tail_r)
+    var_t = sum((t - mean_t) ** 2 for t in tail_t)
+    slope = sum((t - mean_t) * (r - mean_r) for t, r in zip(tail_t, tail_r)) / var_t if var_t else 0.0
+    return {
+        "rss_start_mib": rs[0],
+        "rss_after_warm_mib": rs[skip],
+        "rss_end_mib": rs[-1],
+        "rss_peak_mib": max(rs),
+        "slope_mib_per_min": slope * 60,
+    }
+
+
+# -- reporting ----------------------------------------------------------------
+
+
+def fmt_rate(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+def fmt(value: Optional[float], digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a is not None and b else None
+
+
+def median(values: list) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def spread(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return ""
+    mid = statistics.median(values)
+    return f" ±{(max(values) - min(values)) / 2 / mid * 100:.0f}%" if mid else ""
+
+
+def summarize(runs: dict[str, dict[str, list]]) -> dict[str, dict]:
+    summary = {}
+    for name, by_impl in runs.items():
+        scenario = BY_NAME[name]
+        kind = scenario.get("kind", "throughput")
+        entry: dict[str, Any] = {"title": scenario["title"], "kind": kind}
+        if kind == "throughput":
+            entry["unit"] = scenario["unit"]
+            for impl in IMPLS:
+                rs = [r for r in by_impl.get(impl, []) if "error" not in r]
+                entry[impl] = {
+                    "rate": median([r["rate"] for r in rs]),
+                    "rate_spread": spread([r["rate"] for r in rs]),
+                    "server_cpu_per_op_us": median([r["server_cpu_per_op_us"] for r in rs]),
+                    "gen_cpu_per_op_us": median([r["gen_cpu_per_op_us"] for r in rs]),
+                    "server_cores": median([r["server_cores"] for r in rs]),
+                    "gen_cores": median([r["gen_cores"] for r in rs]),
+                    "machine_idle_pct": median([r["machine_idle_pct"] for r in rs]),
+                    "background_busy_pct": median([r["background_busy_pct"] for r in rs]),
+                    "server_rss_peak_mib": median([r["server_rss_peak"] / MiB for r in rs]),
+                    "server_threads_peak": median([r["server_threads_peak"] for r in rs]),
+                    "runs": len(rs),
+                    "errors": [r["error"] for r in by_impl.get(impl, []) if "error" in r],
+                }
+            entry["ratio"] = ratio(entry["ws_multipath"]["rate"], entry["websockets"]["rate"])
+        elif kind == "idle":
+            for impl in IMPLS:
+                rs = [r for r in by_impl.get(impl, []) if "error" not in r]
+                best = max(rs, key=lambda r: r["held"]) if rs else None
+                entry[impl] = best or {"errors": [r["error"] for r in by_impl.get(impl, [])]}
+        elif kind == "soak":
+            for impl in IMPLS:
+                rs = [r for r in by_impl.get(impl, []) if "error" not in r]
+                entry[impl] = dict(soak_summary(rs[0]), rate=rs[0]["rate"], server_cpu_per_op_us=rs[0]["server_cpu_per_op_us"]) if rs else {
+                    "errors": [r["error"] for r in by_impl.get(impl, [])]}
+        summary[name] = entry
+    return summary
+
+
+def render(summary: dict, meta: dict) -> str:
+    lines = [f"# ws_multipath vs websockets {meta['versions']['websockets']} (sync) — {meta['date']}", ""]
+    m = meta["machine"]
+    v = meta["versions"]
+    lines += [
+        f"- machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}",
+        f"- Python {v['python']}, ws_multipath {v['ws_multipath']} ({v.get('ws_multipath commit', '?')}), websockets {v['websockets']}, "
+        f"generator: Node {v['node']} + ws {v['ws (node)']} (bufferutil: {v['bufferutil']})",
+        f"- command: `{meta['command']}`; {meta['reps']} interleaved repetitions (A B A B ...), fresh server per run, "
+        f"{meta['warmup']} s warm-up + {meta['duration']} s measured; figures are medians (± half the range)",
+        "- compression off on both; keepalive on (20 s default, both); ratio = ws_multipath / websockets (> 1: ws_multipath is faster)",
+        "- CPU µs/op: CPU time (user+sys) of the server process (/proc/pid/stat) or of the generator, per message (or connection, or delivery)",
+    ]
+    busy = meta.get("max_background_busy_pct")
+    if busy is not None and busy > meta.get("quiet_threshold", 15):
+        lines.append(f"- **WARNING**: other processes kept the machine up to {busy:.0f}% busy just before some runs "
+                     "(see 'busy % before the run'); those figures are disturbed")
+    lines += [
+        "",
+        "## Throughput",
+        "",
+        "| scenario | unit | ws_multipath | websockets | ratio | server CPU µs/op (wm / ws) | generator CPU µs/op (wm / ws) | generator cores (wm / ws) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, e in summary.items():
+        if e["kind"] != "throughput":
+            continue
+        a, b = e["ws_multipath"], e["websockets"]
+        lines.append(
+            f"| {e['title']} | {e['unit']} | {fmt_rate(a['rate'])}{a['rate_spread']} | {fmt_rate(b['rate'])}{b['rate_spread']} | "
+            f"**{fmt(e['ratio'], 2)}** | {fmt(a['server_cpu_per_op_us'])} / {fmt(b['server_cpu_per_op_us'])} | "
+            f"{fmt(a['gen_cpu_per_op_us'])} / {fmt(b['gen_cpu_per_op_us'])} | {fmt(a['gen_cores'], 2)} / {fmt(b['gen_cores'], 2)} |"
+        )
+    errors = [(n, impl, err) for n, e in summary.items() if e["kind"] == "throughput" for impl in IMPLS for err in e[impl]["errors"]]
+    for n, impl, err in errors:
+        lines.append(f"\n- error in {n} / {impl}: {err}")
+    lines += ["", "During the window (medians): cores used by the server process, idle share of the whole machine "
+              f"({meta['machine']['nproc']} CPUs), server peak RSS and threads.", "",
+              "| scenario | server cores (wm / ws) | machine idle % (wm / ws) | busy % before the run (wm / ws) | peak RSS MiB (wm / ws) | threads (wm / ws) |", "|---|---:|---:|---:|---:|---:|"]
+    for name, e in summary.items():
+        if e["kind"] != "throughput":
+            continue
+        a, b = e["ws_multipath"], e["websockets"]
+        lines.append(f"| {e['title']} | {fmt(a['server_cores'], 2)} / {fmt(b['server_cores'], 2)} | "
+                     f"{fmt(a['machine_idle_pct'], 0)} / {fmt(b['machine_idle_pct'], 0)} | "
+                     f"{fmt(a['background_busy_pct'], 0)} / {fmt(b['background_busy_pct'], 0)} | "
+                     f"{fmt(a['server_rss_peak_mib'])} / {fmt(b['server_rss_peak_mib'])} | {fmt(a['server_threads_peak'], 0)} / {fmt(b['server_threads_peak'], 0)} |")
+    if "idle" in summary:
+        e = summary["idle"]
+        lines += ["", f"## Idle connections (target {meta.get('idle_target')}, heartbeat every {meta.get('idle_ping')} s, held {meta.get('idle_hold')} s)", "",
+                  "| | ws_multipath | websockets | ratio |", "|---|---:|---:|---:|"]
+        a, b = e["ws_multipath"], e["websockets"]
+
+        def row(label: str, key: str, digits: int = 1) -> None:
+            lines.append(f"| {label} | {fmt(a.get(key), digits)} | {fmt(b.get(key), digits)} | {fmt(ratio(a.get(key), b.get(key)), 2)} |")
+
+        row("connections held at the end", "held", 0)
+        row("RSS per connection (KiB)", "rss_per_conn_kib")
+        row("threads per connection", "threads_per_conn", 2)
+        row("fds per connection", "fds_per_conn", 2)
+        row("seconds to open them", "connect_seconds")
+        row("server cores while holding", "hold_cpu_cores", 3)
+        row("pings seen by clients during the hold", "pings_during_hold", 0)
+        row("connections dropped during the hold", "closed_during_hold", 0)
+        for impl, x in (("ws_multipath", a), ("websockets", b)):
+            if "stop_reason" in x:
+                s = x["at_hold_end"]
+                lines.append(f"\n- {impl}: stopped opening because: {x['stop_reason']}; {x['failed']} failed; "
+                             f"server at the end: RSS {s['rss'] / MiB:.0f} MiB, {s['threads']} threads, {s['fds']} fds")
+            for err in x.get("errors", []):
+                lines.append(f"\n- {impl}: error: {err}")
+    if "soak_256x32B" in summary:
+        e = summary["soak_256x32B"]
+        lines += ["", f"## Memory under load ({meta.get('soak')} s echo, 256 clients, 32 B; RSS sampled every 0.5 s)", "",
+                  "| | ws_multipath | websockets |", "|---|---:|---:|"]
+        a, b = e["ws_multipath"], e["websockets"]
+        for label, key, digits in (("msg/s", "rate", 0), ("RSS at start of window (MiB)", "rss_start_mib", 1),
+                                   ("RSS after the first fifth (MiB)", "rss_after_warm_mib", 1), ("RSS at the end (MiB)", "rss_end_mib", 1),
+                                   ("peak RSS (MiB)", "rss_peak_mib", 1), ("RSS trend after the first fifth (MiB/min)", "slope_mib_per_min", 2)):
+            lines.append(f"| {label} | {fmt(a.get(key), digits)} | {fmt(b.get(key), digits)} |")
+        for impl, x in (("ws_multipath", a), ("websockets", b)):
+            for err in x.get("errors", []):
+                lines.append(f"\n- {impl}: error: {err}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+# -- profile ----------------------------------------------------------------
+
+
+def run_profile(opts: argparse.Namespace, logs: Path, stamp: str) -> None:
+    """py-spy the server under the 16-client 1 KiB echo: a GIL-holder profile
+    (where the Python time goes) and an all-threads one (incl. native frames)."""
+    pyspy = str(VENV / "bin" / "py-spy")
+    scenario = BY_NAME["echo_16x1KiB"]
+    RESULTS.mkdir(exist_ok=True)
+    report = [f"# py-spy profile, {scenario['title']} — {stamp}", ""]
+    for impl in IMPLS:
+        for label, flags in (("gil", ["--gil"]), ("native", ["--native"])):
+            server, port = start_server(impl, scenario["server"], logs)
+            load = None
+            try:
+                config = dict(scenario["load"], url=f"ws://127.0.0.1:{port}/", warmup=1.0, duration=opts.profile + 3, max_ops=10**9, timeout=opts.profile + 60)
+                load = start_load(config, logs)
+                reader = LineReader(load)
+                for expected in ("connected", "start"):
+                    event = reader.event(30)
+                    if event is None or event["event"] != expected:
+                        raise RuntimeError(f"generator: {event}")
+                raw = RESULTS / f"{stamp}-profile-{impl}-{label}.txt"
+                cpu0 = cpu_seconds(server.pid)
+                subprocess.run([pyspy, "record", "--pid", str(server.pid), "--duration", str(int(opts.profile)), "--rate", "250",
+                                "--format", "raw", "--output", str(raw), *flags],
+                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                cpu1 = cpu_seconds(server.pid)
+                event = reader.event(30)
+                rate = event["ops"] / event["seconds"] if event and event.get("event") == "result" else None
+            finally:
+                try:
+                    if load is not None:
+                        try:
+                            load.wait(15)
+                        except subprocess.TimeoutExpired:
+                            pass
+                finally:
+                    if load is not None:
+                        stop_process(load)
+                    stop_process(server)
+            report += [f"## {impl}, {label} ({'samples of the thread holding the GIL' if label == 'gil' else 'all non-idle threads, native frames'})", "",
+                       f"{fmt_rate(rate)} msg/s while profiled (sampling slows it), server CPU {cpu1 - cpu0:.2f} s in {opts.profile} s; raw stacks: `{raw.name}`", ""]
+            report += profile_tables(raw)
+    out = RESULTS / f"{stamp}-profile.md"
+    out.write_text("\n".join(report) + "\n")
+    log(f"profile written to {out}")
+
+
+def profile_tables(raw: Path, top: int = 25) -> list[str]:
+    self_counts: dict[str, int] = {}
+    incl_counts: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_short_frame(f) for f in stack.split(";")]
+        frames = [f for f in frames if f]
+        if not frames:
+            continue
+        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl_counts[f] = incl_counts.get(f, 0) + n
+    if not total:
+        return ["(no samples)", ""]
+    lines = [f"{total} samples.", "", "| self % | function | | inclusive % | function |", "|---:|---|---|---:|---|"]
+    by_self = sorted(self_counts.items(), key=lambda kv: -kv[1])[:top]
+    by_incl = sorted(incl_counts.items(), key=lambda kv: -kv[1])[:top]
+    for i in range(max(len(by_self), len(by_incl))):
+        s = by_self[i] if i < len(by_self) else ("", 0)
+        c = by_incl[i] if i < len(by_incl) else ("", 0)
+        lines.append(f"| {s[1] / total * 100:.1f} | `{s[0]}` | | {c[1] / total * 100:.1f} | `{c[0]}` |")
+    lines.append("")
+    return lines
+
+
+def _short_frame(frame: str) -> str:
+    """'func (path/to/file.py:123)' -> 'file.py:func' (lines merged); thread names dropped."""
+    frame = frame.strip()
+    if frame.startswith("process ") or frame.startswith("thread "):
+        return ""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    file = where.rsplit(":", 1)[0]
+    parts = file.split("/")
+    short = "/".join(parts[-2:]) if len(parts) > 1 and parts[-2] in ("ws_multipath", "websockets", "sync", "wsproto", "concurrent", "futures") else parts[-1]
+    return f"{short}:{name}" if short else name
+
+
+# -- main -------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short runs (~2 min in all)")
+    parser.add_argument("--scenarios", help="comma-separated names (see --list); default all")
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument("--reps", type=int, help="interleaved repetitions per library (default 3, quick 2)")
+    parser.add_argument("--duration", type=float, help="measured seconds per run (default 4, quick 1)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per run (default 1, quick 0.5)")
+    parser.add_argument("--max-ops", type=int, default=5_000_000, help="ops per run at most (a bound on every load loop)")
+    parser.add_argument("--soak", type=float, help="seconds of the memory soak (default 30, quick 6)")
+    parser.add_argument("--idle-target", type=int, help="idle connections to try (default 10000, quick 2000)")
+    parser.add_argument("--idle-hold", type=float, help="seconds to hold them (default 12, quick 6)")
+    parser.add_argument("--idle-ping", type=float, default=5.0, help="heartbeat interval during the idle test (default 5)")
+    parser.add_argument("--idle-connect-limit", type=float, default=120.0, help="seconds allowed to open them")
+    parser.add_argument("--idle-margin", type=int, default=2500, help="threads left free on the machine (pid_max guard)")
+    parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait before each run for other processes to calm down (default 60)")
+    parser.add_argument("--quiet-threshold", type=float, default=15.0, help="machine busy %% counted as quiet (default 15)")
+    parser.add_argument("--profile", type=float, metavar="SECONDS", help="only profile both servers with py-spy (16-client 1 KiB echo)")
+    parser.add_argument("--no-save", action="store_true", help="print the table only")
+    opts = parser.parse_args()
+    if opts.list:
+        for s in SCENARIOS:
+            print(f"{s['name']:22} {s['title']}")
+        return 0
+    q = opts.quick
+    opts.reps = opts.reps or (2 if q else 3)
+    opts.duration = opts.duration or (1.0 if q else 4.0)
+    opts.warmup = opts.warmup if opts.warmup is not None else (0.5 if q else 1.0)
+    opts.soak = opts.soak or (6.0 if q else 30.0)
+    opts.idle_target = opts.idle_target or (2000 if q else 10000)
+    opts.idle_hold = opts.idle_hold or (6.0 if q else 12.0)
+    names = [s["name"] for s in SCENARIOS]
+    if opts.scenarios:
+        wanted = [n.strip() for n in opts.scenarios.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in BY_NAME]
+        if unknown:
+            parser.error(f"unknown scenario(s) {', '.join(unknown)}; see --list")
+        names = [n for n in names if n in wanted]
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    setup(profile=opts.profile is not None)
+    logs = WORK / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now()
+    stamp = now.strftime("%Y-%m-%d")
+    if opts.profile is not None:
+        run_profile(opts, logs, stamp)
+        return 0
+
+    meta = {
+        "date": now.isoformat(timespec="seconds"),
+        "command": "python3 benchmarks/run.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "versions": versions(),
+        "reps": opts.reps,
+        "duration": opts.duration,
+        "warmup": opts.warmup,
+        "soak": opts.soak,
+        "idle_target": opts.idle_target,
+        "idle_hold": opts.idle_hold,
+        "idle_ping": opts.idle_ping,
+    }
+    log(f"machine: {meta['machine']}\nversions: {meta['versions']}")
+    started = time.monotonic()
+    runs: dict[str, dict[str, list]] = {}
+    for name in names:
+        scenario = BY_NAME[name]
+        kind = scenario.get("kind", "throughput")
+        runs[name] = {impl: [] for impl in IMPLS}
+        reps = 1 if kind in ("idle", "soak") else opts.reps
+        for rep in range(reps):
+            for impl in IMPLS:  # interleaved: A B A B ...
+                t = time.monotonic()
+                try:
+                    if kind == "idle":
+                        result = run_idle(impl, opts, logs)
+                        desc = f"held {result['held']}, {fmt(result['rss_per_conn_kib'])} KiB/conn, {fmt(result['threads_per_conn'], 2)} threads/conn ({result['stop_reason']})"
+                    elif kind == "soak":
+                        soak = dict(server="echo", load=BY_NAME["echo_256x32B"]["load"], keep_samples=True)
+                        result = run_throughput(soak, impl, opts, logs, duration=opts.soak, sample_every=0.5)
+                        s = soak_summary(result)
+                        desc = f"{fmt_rate(result['rate'])} msg/s, RSS {s.get('rss_start_mib', 0):.1f} -> {s.get('rss_end_mib', 0):.1f} MiB"
+                    else:
+                        result = run_throughput(scenario, impl, opts, logs)
+                        desc = (f"{fmt_rate(result['rate'])} {scenario['unit']}, server {fmt(result['server_cpu_per_op_us'])} µs/op "
+                                f"({result['server_cores']:.2f} cores, machine {result['machine_idle_pct']:.0f}% idle), generator {fmt(result['gen_cpu_per_op_us'])} µs/op ({result['gen_cores']:.2f} cores)")
+                        if not result["server_alive"]:
+                            desc += " SERVER DIED"
+                except Exception as exc:  # noqa: BLE001 - record and go on with the other runs
+                    result = {"impl": impl, "error": f"{type(exc).__name__}: {exc}"}
+                    desc = "ERROR " + result["error"]
+                runs[name][impl].append(result)
+                log(f"[{time.monotonic() - started:6.0f}s] {name:22} {impl:12} rep {rep + 1}: {desc} ({time.monotonic() - t:.1f}s)")
+    summary = summarize(runs)
+    meta["max_background_busy_pct"] = max((r.get("background_busy_pct", 0.0) for by in runs.values() for rs in by.values() for r in rs), default=0.0)
+    meta["quiet_threshold"] = opts.quiet_threshold
+    meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    text = render(summary, meta)
+    print()
+    print(text)
+    if not opts.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        suffix = "-partial" if opts.scenarios else ("-quick" if q else "")
+        base = RESULTS / f"{stamp}{suffix}"
+        base.with_suffix(".md").write_text(text + f"\nTotal time: {meta['elapsed_s']} s.\n")
+        base.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1, default=str) + "\n")
+        log(f"written: {base.with_suffix('.md')} and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""The two commands of README.rst, needing only python3:
+
+    python3 dev.py demo --port 8080    # the demo server (/echo and /chat)
+    python3 dev.py test [pytest args]  # the whole test suite
+
+Each creates (or reuses) the virtual environment ``.venv`` in the repo and
+installs what it needs into it from the package index.
+"""
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def ensure_venv(extras: str) -> None:
+    if not PYTHON.exists():
+        print(f"creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    stamp = VENV / f".installed-{extras or 'base'}"
+    setup_files = [ROOT / "setup.cfg", ROOT / "setup.py"]
+    if stamp.exists() and all(stamp.stat().st_mtime >= f.stat().st_mtime for f in setup_files):
+        return
+    target = f"{ROOT}[{extras}]" if extras else str(ROOT)
+    subprocess.check_call([str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", target])
+    stamp.touch()
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    command, rest = sys.argv[1], sys.argv[2:]
+    if command == "demo":
+        ensure_venv("")
+        return subprocess.call([str(PYTHON), "-m", "ws_multipath", *rest], cwd=ROOT)
+    ensure_venv("test")
+    return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""WebSocket (the server-side connection): sending, receiving, listeners,
+closing, attributes, thread safety."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import socket
+import struct
+import threading
+
+import pytest
+from websockets.exceptions import ConnectionClosed as ClientClosed
+from websockets.sync.client import connect
+
+from ws_multipath import ConnectionClosed, ReadyState, WebSocket
+
+from .conftest import TIMEOUT, echo, upgrade_head, url, wait_until
+
+
+def serve_one(server, path="/ws", **options):
+    """A handler whose connections are put on the returned queue."""
+    connections: queue.Queue = queue.Queue()
+    server.create_handler(path=path, **options).on("connection", lambda ws, request: connections.put(ws))
+    return connections
+
+
+# -- send ------------------------------------------------------------------------
+
+
+def test_send_str_is_text_and_bytes_like_are_binary(server):
+    connections = serve_one(server)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
+        ws = connections.get(timeout=TIMEOUT)
+        ws.send("text")
+        ws.send(b"bytes")
+        ws.send(bytearray(b"array"))
+        ws.send(memoryview(b"view"))
+        assert [client.recv(timeout=TIMEOUT) for _ in range(4)] == ["text", b"bytes", b"array", b"view"]
+
+
+@pytest.mark.parametrize("bad", [1, None, ["x"], {"a": 1}])
+def test_send_refuses_other_types(server, bad):
+    connections = serve_one(server)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT):
+        ws = connections.get(timeout=TIMEOUT)
+        with pytest.raises(TypeError, match="data"):
+            ws.send(bad)
+
+
+def test_concurrent_sends_never_interleave(server):
+    connections = serve_one(server)
+    senders, per_sender = 8, 50
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT, max_size=None) as client:
+        ws = connections.get(timeout=TIMEOUT)
+
+        def send_many(n: int) -> None:
+            for i in range(per_sender):
+                ws.send(bytes([n]) * (70_000 + i))  # large frames: a torn one would corrupt the stream
+
+        with concurrent.futures.ThreadPoolExecutor(senders) as pool:
+            futures = [pool.submit(send_many, n) for n in range(senders)]
+            received = [client.recv(timeout=TIMEOUT) for _ in range(senders * per_sender)]
+            for future in futures:
+                future.result(TIMEOUT)
+    for message in received:
+        assert message == message[:1] * len(message)
+    assert sorted(len(m) for m in received) == sorted(70_000 + i for _ in range(senders) for i in range(per_sender))
+
+
+def test_send_after_close_raises_connection_closed_with_code(server):
+    connections = serve_one(server)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
+        ws = connections.get(timeout=TIMEOUT)
+        client.close(4000, "bye")
+        assert wait_until(lambda: ws.ready_state is ReadyState.CLOSED)
+        with pytest.raises(ConnectionClosed) as info:
+            ws.send("late")
+        assert (info.value.code, info.value.reason) == (4000, "bye")
+
+
+def test_16_mib_binary_message_is_echoed_intact(server):
+    server.create_handler(path="/echo", max_payload=32 * 1024 * 1024).on("connection", echo)
+    payload = bytes(range(256)) * (16 * 1024 * 1024 // 256)
+    with connect(url(server, "/echo"), open_timeout=TIMEOUT, max_size=None) as client:
+        client.send(payload)
+        assert client.recv(timeout=30) == payload
+
+
+# -- receive and iteration -----------------------------------------------------
+
+
+def test_receive_returns_messages_in_order_and_times_out(server):
+    connections = serve_one(server)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
+        ws = connections.get(timeout=TIMEOUT)
+        client.send("one")
+        client.send(b"two")
+        assert ws.receive(timeout=TIMEOUT) == "one"
+        assert ws.receive(timeout=TIMEOUT) == b"two"
+        with pytest.raises(TimeoutError):
+            ws.receive(timeout=0.05)
+
+
+def test_receive_raises_connection_closed_after_the_last_message(server):
+    connections = serve_one(server)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
+        ws = connections.get(timeout=TIMEOUT)
+        client.send("last")
+        client.close(1000, "done")
+    assert ws.receive(timeout=TIMEOUT) == "last"
+    with pytest.raises(ConnectionClosed) as info:
+        ws.receive(timeout=TIMEOUT)
+    assert info.value.code == 1000
+
+
+def test_blocking_iteration_inside_the_connection_listener(server):
+    handler = server.create_handler(path="/iter")
+    ended = threading.Event()
+
+    @handler.on("connection")
+    def loop(ws, request):
+        for message in ws:
+            ws.send(message.upper() if isinstance(message, str) else message)
+        ended.set()
+
+    with connect(url(server, "/iter"), open_timeout=TIMEOUT) as client:
+        for word in ("a", "b", "c"):
+            client.send(word)
+            assert client.recv(timeout=TIMEOUT) == word.upper()
+    assert ended.wait(TIMEOUT)
+
+
+def test_receive_inside_a_message_listener_raises_runtime_error(server):
+    handler = server.create_handler(path="/x")
+    errors: queue.Queue = queue.Queue()
+    handler.on("error", errors.put)
+    handler.on("connection", lambda ws, request: ws.on("message", lambda data, is_binary: ws.receive()))
+    with connect(url(server, "/x"), open_timeout=TIMEOUT) as client:
+        client.send("x")
+        assert isinstance(errors.get(timeout=TIMEOUT), RuntimeError)
+
+
+def test_full_queue_stops_reading_and_loses_nothing(server):
+    connections = serve_one(server, max_queue=2)
+    count = 200
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
+        ws = connections.get(timeout=TIMEOUT)
+        sender = threading.Thread(target=lambda: [client.send(str(i)) for i in range(count)])
+        sender.start()
+        assert wait_until(lambda: len(ws._queue) == 2)
+        assert len(ws._queue) <= 2
+        assert [ws.receive(timeout=TIMEOUT) for _ in range(count)] == [str(i) for i in range(count)]
+        sender.join(TIMEOUT)
+
+
+# -- listeners -------------------------------------------------------------------
+
+
+def test_message_listener_gets_data_and_is_binary(server):
+    handler = server.create_handler(path="/l")
+    got: queue.Queue = queue.Queue()
+    handler.on("connection", lambda ws, request: ws.on("message", lambda data, is_binary: got.put((data, is_binary))))
+    with connect(url(server, "/l"), open_timeout=TIMEOUT) as client:
+        client.send("t")
+        client.send(b"b")
+        assert got.get(timeout=TIMEOUT) == ("t", False)
+        assert got.get(timeout=TIMEOUT) == (b"b", True)
+
+
+def test_no_message_is_lost_when_the_client_sends_with_its_handshake(server):
+    """Frames that arrive in the same packet as the upgrade request reach a
+    listener attached in the 'connection' listener."""
+    handler = server.create_handler(path="/early")
+    got: queue.Queue = queue.Queue()
+    handler.on("connection", lambda ws, request: ws.on("message", lambda data, is_binary: got.put(data)))
+    frames = b"".join(_masked_text(f"m{i}") for i in range(5))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/early") + frames)
+        assert [got.get(timeout=TIMEOUT) for _ in range(5)] == [f"m{i}" for i in range(5)]
+
+
+def test_listeners_of_one_connection_run_one_at_a_time_in_order(server):
+    handler = server.create_handler(path="/order")
+    seen: list[int] = []
+    active = [0]
+    overlap = []
+    done = threading.Event()
+
+    def on_message(data, is_binary):
+        active[0] += 1
+        overlap.append(active[0])
+        seen.append(int(data))
+        active[0] -= 1
+        if len(seen) == 300:
+            done.set()
+
+    handler.on("connection", lambda ws, request: ws.on("message", on_message))
+    with connect(url(server, "/order"), open_timeout=TIMEOUT) as client:
+        for i in range(300):
+            client.send(str(i))
+        assert done.wait(TIMEOUT)
+    assert seen == list(range(300)) and max(overlap) == 1
+
+
+def test_ping_pong_and_close_events(server):
+    handler = server.create_handler(path="/events")
+    events: queue.Queue = queue.Queue()
+
+    @handler.on("connection")
+    def attach(ws, request):
+        ws.on("ping", lambda payload: events.put(("ping", payload)))
+        ws.on("pong", lambda payload: events.put(("pong", payload)))
+        ws.on("close", lambda code, reason: events.put(("close", code, reason)))
+        ws.ping(b"srv")
+
+    with connect(url(server, "/events"), open_timeout=TIMEOUT) as client:
+        assert events.get(timeout=TIMEOUT) == ("pong", b"srv")
+        client.ping(b"cli").wait(TIMEOUT)  # auto_pong answered
+        assert events.get(timeout=TIMEOUT) == ("ping", b"cli")
+        client.close(4001, "see you")
+    assert events.get(timeout=TIMEOUT) == ("close", 4001, "see you")
+
+
+def test_auto_pong_off_does_not_answer(server):
+    connections = serve_one(server, auto_pong=False)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
+        connections.get(timeout=TIMEOUT)
+        assert not client.ping(b"x").wait(0.3)
+
+
+# -- closing -------------------------------------------------------------------
+
+
+def test_server_echoes_the_peers_close_code_and_reason(server):
+    serve_one(server)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
+        client.close(4321, "why not")
+        assert client.close_code == 4321 or client.protocol.close_rcvd.code == 4321
+        assert client.protocol.close_rcvd.reason == "why not"
+
+
+def test_close_starts_the_handshake_and_sets_state(server):
+    connections = serve_one(server)
+    closed: queue.Queue = queue.Queue()
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
+        ws = connections.get(timeout=TIMEOUT)
+        ws.on("close", lambda code, reason: closed.put((code, reason)))
+        assert ws.ready_state == WebSocket.OPEN == 1
+        ws.close(4002, "server says bye")
+        assert ws.ready_state in (ReadyState.CLOSING, ReadyState.CLOSED)
+        with pytest.raises(ClientClosed):
+            client.recv(timeout=TIMEOUT)
+        assert client.close_code == 4002 and client.close_reason == "server says bye"
+    assert closed.get(timeout=TIMEOUT) == (4002, "server says bye")
+    assert ws.ready_state == ReadyState.CLOSED == 3
+    assert (ws.close_code, ws.close_reason) == (4002, "server says bye")
+    ws.close()  # idempotent
+
+
+@pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 2999, 5000])
+def test_close_refuses_invalid_codes(server, code):
+    connections = serve_one(server)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT):
+        ws = connections.get(timeout=TIMEOUT)
+        with pytest.raises(ValueError, match=str(code)):
+            ws.close(code)
+
+
+def test_close_refuses_a_reason_over_123_bytes(server):
+    connections = serve_one(server)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT):
+        ws = connections.get(timeout=TIMEOUT)
+        with pytest.raises(ValueError, match="123"):
+            ws.close(1000, "é" * 62)
+        ws.close(1000, "é" * 61)
+
+
+def test_close_timeout_drops_a_peer_that_never_answers(server):
+    connections = serve_one(server, close_timeout=0.3)
+    closed: queue.Queue = queue.Queue()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/ws"))
+        ws = connections.get(timeout=TIMEOUT)
+        ws.on("close", lambda code, reason: closed.put(code))
+        ws.close()
+        assert closed.get(timeout=TIMEOUT) == 1000
+
+
+def test_terminate_drops_at_once_with_1006(server):
+    connections = serve_one(server)
+    closed: queue.Queue = queue.Queue()
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
+        ws = connections.get(timeout=TIMEOUT)
+        ws.on("close", lambda code, reason: closed.put(code))
+        ws.terminate()
+        assert closed.get(timeout=TIMEOUT) == 1006
+        with pytest.raises(ClientClosed):
+            client.recv(timeout=TIMEOUT)
+
+
+def test_heartbeat_pings_and_keeps_an_answering_client(server):
+    connections = serve_one(server, ping_interval=0.05, ping_timeout=1)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
+        ws = connections.get(timeout=TIMEOUT)
+        pongs: queue.Queue = queue.Queue()
+        ws.on("pong", pongs.put)
+        for _ in range(3):
+            pongs.get(timeout=TIMEOUT)
+        assert ws.ready_state is ReadyState.OPEN
+
+
+def test_heartbeat_drops_a_silent_client_with_1011(server):
+    connections = serve_one(server, ping_interval=0.1, ping_timeout=0.2)
+    closed: queue.Queue = queue.Queue()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/ws"))  # then never answers a ping
+        ws = connections.get(timeout=TIMEOUT)
+        ws.on("close", lambda code, reason: closed.put((code, reason)))
+        assert closed.get(timeout=TIMEOUT) == (1011, "keepalive ping timeout")
+
+
+# -- protocol errors ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        (b"\x83\x80" + b"\x00" * 4, 1002),  # reserved opcode 3
+        (b"\x81\x02ab", 1002),  # unmasked client frame
+        (b"\xc1\x80" + b"\x00" * 4, 1002),  # RSV1 without an extension
+        (b"\x09\x80" + b"\x00" * 4, 1002),  # fragmented ping
+        (b"\x89\xfe\x00\x7e" + b"\x00" * 4 + b"x" * 126, 1002),  # ping payload over 125
+        (b"\x81\x82\x00\x00\x00\x00\xc3\x28", 1007),  # invalid UTF-8
+        (b"\x82\xff" + struct.pack("!Q", 1 << 40) + b"\x00" * 4, 1009),  # too big
+    ],
+)
+def test_protocol_violations_fail_the_connection_with_the_right_code(server, frame, code):
+    server.create_handler(path="/echo").on("connection", echo)
+    errors: queue.Queue = queue.Queue()
+    server.on("error", errors.put)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/echo"))
+        _read_http_head(sock)
+        sock.sendall(frame)
+        data = _read_until_eof(sock)
+    assert data[0] == 0x88 and struct.unpack("!H", data[2:4])[0] == code
+    with connect(url(server, "/echo"), open_timeout=TIMEOUT) as client:  # others still served
+        client.send("ok")
+        assert client.recv(timeout=TIMEOUT) == "ok"
+    assert errors.empty()
+
+
+def test_protocol_error_is_emitted_on_the_connection(server):
+    connections = serve_one(server)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/ws"))
+        ws = connections.get(timeout=TIMEOUT)
+        errors: queue.Queue = queue.Queue()
+        ws.on("error", errors.put)
+        _read_http_head(sock)
+        sock.sendall(b"\x81\x02ab")
+        error = errors.get(timeout=TIMEOUT)
+        assert error.code == 1002
+
+
+def test_attributes(server):
+    connections = serve_one(server, handle_protocols=lambda protocols, request: "b")
+    with connect(url(server, "/ws?x=1"), open_timeout=TIMEOUT, subprotocols=["a", "b"]):
+        ws = connections.get(timeout=TIMEOUT)
+        assert ws.protocol == "b" and ws.extensions == ""
+        assert ws.path == "/ws" and ws.request.query == {"x": ["1"]}
+        assert ws.remote_address[0] == "127.0.0.1"
+        assert ws.close_code is None and ws.close_reason == ""
+        assert ws.ready_state == ReadyState.OPEN
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _masked_text(text: str) -> bytes:
+    payload = text.encode()
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x81, 0x80 | len(payload))) + mask + masked
+
+
+def _read_http_head(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(1)
+        assert chunk, "closed during handshake"
+        data += chunk
+    return data
+
+
+def _read_until_eof(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)

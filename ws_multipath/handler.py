@@ -144,21 +144,39 @@ class WebSocketHandler(EventEmitter):
         if not self._server._reserve_connection():
             _send_quietly(sock, error_response(HandshakeError(503, "too many connections")))
             return
-        ws = None
         try:
             self.emit("headers", headers, request)
-            try:
-                sock.sendall(switching_protocols(headers))
-            except OSError:
-                return
-            end_handshake()
-            ws = self._open(sock, request, protocol, extensions, deflate)
-        finally:
-            if ws is None:
-                self._server._release_connection()
+            response = switching_protocols(headers)
+        except ValueError as exc:  # a 'headers' listener added a bad header
+            self._server._release_connection()
+            self._listener_failed(exc)
+            _send_quietly(sock, error_response(HandshakeError(500, "invalid response headers")))
+            return
+        ws = self._open(sock, request, protocol, extensions, deflate)
+        if not self._register_and_respond(ws, response):
+            return
+        end_handshake()
         self.emit("connection", ws, request)
         self._server.emit("connection", ws, request, self.path)
         ws._serve()
+
+    def _register_and_respond(self, ws: WebSocket, response: bytes) -> bool:
+        """Send the 101 while holding the connection's write lock, with the
+        connection already in ``clients``: a broadcast that sees it is queued
+        behind the 101, and a client that has its 101 is sure to be counted."""
+        try:
+            with ws._transport.writing() as write:
+                with self._lock:
+                    closing = self._closing
+                    if not closing:
+                        self._connections.add(ws)
+                write(response)
+        except OSError:
+            self._remove(ws)
+            return False
+        if closing:  # the handler closed during the handshake
+            ws._start_close(1001, "going away", b"going away", blocking=False)
+        return True
 
     def _negotiate(self, request: Request) -> tuple[list[tuple[str, str]], str, str, Any]:
         """Check the request and agree on subprotocol and extensions;
@@ -239,24 +257,14 @@ class WebSocketHandler(EventEmitter):
             on_closed=self._remove,
         )
         ws_box.append(ws)
-        with self._lock:
-            closing = self._closing
-            if not closing:
-                self._connections.add(ws)
-        if closing:  # the handler closed during the handshake
-            ws._start_close(1001, "going away", b"going away", blocking=False)
         return ws
 
     def _remove(self, ws: WebSocket) -> None:
+        """Forget a connection that ended (or whose 101 could not be sent)."""
         with self._lock:
-            if ws not in self._connections:
-                known = False
-            else:
-                self._connections.discard(ws)
-                known = True
+            self._connections.discard(ws)
         self._server._release_connection()
-        if known or self._closing:
-            self._maybe_finish_close()
+        self._maybe_finish_close()
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:

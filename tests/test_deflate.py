@@ -1,0 +1,60 @@
+"""permessage-deflate negotiation (RFC 7692 section 7) and settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from ws_multipath.deflate import DeflateSettings, negotiate_deflate
+
+
+def agree(offer: str, **settings):
+    result = negotiate_deflate([offer], DeflateSettings(**settings), 1 << 20)
+    return None if result is None else result[0]
+
+
+def test_plain_offer_is_accepted():
+    assert agree("permessage-deflate") == "permessage-deflate"
+
+
+def test_client_parameters_are_answered():
+    assert agree("permessage-deflate; client_max_window_bits") == "permessage-deflate"
+    assert agree("permessage-deflate; client_max_window_bits", client_max_window_bits=10) == "permessage-deflate; client_max_window_bits=10"
+    assert agree("permessage-deflate; server_max_window_bits=12") == "permessage-deflate; server_max_window_bits=12"
+    assert agree("permessage-deflate; server_no_context_takeover") == "permessage-deflate; server_no_context_takeover"
+
+
+def test_server_settings_are_announced():
+    assert agree("permessage-deflate", server_no_context_takeover=True, server_max_window_bits=11) == (
+        "permessage-deflate; server_no_context_takeover; server_max_window_bits=11"
+    )
+    assert agree("permessage-deflate", client_no_context_takeover=True) == "permessage-deflate; client_no_context_takeover"
+
+
+@pytest.mark.parametrize(
+    "offer",
+    [
+        "permessage-deflate; server_max_window_bits=8",  # zlib cannot honour an 8-bit window
+        "permessage-deflate; server_max_window_bits",  # value required
+        "permessage-deflate; server_max_window_bits=16",
+        "permessage-deflate; client_max_window_bits=abc",
+        "permessage-deflate; unknown_param",
+        "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+        "x-webkit-deflate-frame",
+    ],
+)
+def test_unacceptable_offers_are_declined(offer):
+    assert agree(offer) is None
+
+
+def test_first_acceptable_offer_wins():
+    offers = "permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=10"
+    assert agree(offers) == "permessage-deflate; server_max_window_bits=10"
+
+
+def test_settings_from_option():
+    assert DeflateSettings.from_option(False) is None and DeflateSettings.from_option(True) == DeflateSettings()
+    assert DeflateSettings.from_option({"threshold": 0}).threshold == 0
+    with pytest.raises(TypeError, match="per_message_deflate"):
+        DeflateSettings.from_option("yes")
+    with pytest.raises(ValueError, match="client_max_window_bits"):
+        DeflateSettings.from_option({"client_max_window_bits": 8})

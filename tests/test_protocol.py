@@ -1,0 +1,96 @@
+"""FrameReader and FrameWriter, fed bytes directly (no sockets)."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from ws_multipath.errors import PayloadTooBig
+from ws_multipath.events import CloseReceived, Failure, Message, Ping, Pong
+from ws_multipath.protocol import FrameReader, FrameWriter, check_close_code
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0) -> bytes:
+    """A masked client frame, as RFC 6455 section 5.2 lays it out."""
+    first = (0x80 if fin else 0) | rsv | opcode
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    n = len(payload)
+    if n < 126:
+        header = bytes((first, 0x80 | n))
+    elif n < 65536:
+        header = struct.pack("!BBH", first, 0xFE, n)
+    else:
+        header = struct.pack("!BBQ", first, 0xFF, n)
+    return header + mask + masked
+
+
+def test_text_and_binary_messages():
+    reader = FrameReader(max_payload=1000)
+    events = reader.receive_data(client_frame(1, "héllo".encode()) + client_frame(2, b"\x00\xff"))
+    assert events == [Message("héllo"), Message(b"\x00\xff")]
+
+
+def test_fragments_are_joined_and_control_frames_pass_between_them():
+    reader = FrameReader(max_payload=1000)
+    data = client_frame(1, b"ab", fin=False) + client_frame(9, b"p") + client_frame(0, b"cd", fin=False) + client_frame(0, b"e")
+    assert reader.receive_data(data) == [Ping(b"p"), Message("abcde")]
+
+
+def test_bytes_fed_one_at_a_time_give_the_same_events():
+    reader = FrameReader(max_payload=1000)
+    data = client_frame(2, b"x" * 300) + client_frame(10, b"pong") + client_frame(8, struct.pack("!H", 1000) + b"bye")
+    events = []
+    for i in range(len(data)):
+        events += reader.receive_data(data[i : i + 1])
+    assert events == [Message(b"x" * 300), Pong(b"pong"), CloseReceived(1000, "bye")]
+
+
+def test_empty_close_means_1005_and_nothing_is_parsed_after_close():
+    reader = FrameReader(max_payload=1000)
+    assert reader.receive_data(client_frame(8, b"") + client_frame(1, b"late")) == [CloseReceived(1005, "")]
+
+
+def test_invalid_utf8_fails_at_the_first_bad_fragment():
+    reader = FrameReader(max_payload=1000)
+    events = reader.receive_data(client_frame(1, b"ok", fin=False) + client_frame(0, b"\xff", fin=False))
+    assert len(events) == 1 and isinstance(events[0], Failure) and events[0].error.code == 1007
+
+
+def test_events_before_a_violation_are_kept():
+    reader = FrameReader(max_payload=1000)
+    events = reader.receive_data(client_frame(1, b"fine") + client_frame(3, b""))
+    assert events[0] == Message("fine") and isinstance(events[1], Failure) and events[1].error.code == 1002
+
+
+def test_max_payload_counts_the_whole_message_and_fails_with_1009():
+    reader = FrameReader(max_payload=10)
+    assert reader.receive_data(client_frame(2, b"x" * 10)) == [Message(b"x" * 10)]
+    events = reader.receive_data(client_frame(2, b"x" * 6, fin=False) + client_frame(0, b"x" * 5))
+    assert isinstance(events[-1].error, PayloadTooBig) and events[-1].error.code == 1009
+
+
+def test_writer_frames_are_unmasked_with_minimal_lengths():
+    writer = FrameWriter()
+    for size, header_size in ((0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)):
+        header, payload = writer.message(b"x" * size)
+        assert len(header) == header_size and header[0] == 0x82 and not header[1] & 0x80
+    header, payload = writer.message("é")
+    assert header == b"\x81\x02" and payload == "é".encode()
+    assert writer.ping(b"p") == b"\x89\x01p" and writer.pong(b"") == b"\x8a\x00"
+    assert writer.close(1001, b"bye") == b"\x88\x05\x03\xe9bye" and writer.close(None) == b"\x88\x00"
+    with pytest.raises(ValueError, match="125"):
+        writer.ping(b"x" * 126)
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1003, 1007, 1011, 1014, 3000, 4999])
+def test_valid_close_codes(code):
+    assert check_close_code(code, "r") == b"r"
+
+
+@pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 5000])
+def test_invalid_close_codes(code):
+    with pytest.raises(ValueError, match=str(code)):
+        check_close_code(code, "")

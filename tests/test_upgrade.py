@@ -1,0 +1,97 @@
+"""The opening handshake: what bad requests get, and the accept token."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from ws_multipath.upgrade import accept_token
+
+from .conftest import TIMEOUT, UPGRADE, raw_request, upgrade_head, wait_until
+
+
+@pytest.fixture
+def echo_server(server):
+    server.create_handler(path="/echo")
+    return server
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def test_accept_token_matches_rfc_6455_example():
+    assert accept_token("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 section 1.3
+
+
+def test_a_valid_upgrade_gets_101_with_the_accept_token(echo_server):
+    with socket.create_connection(("127.0.0.1", echo_server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/echo"))
+        response = sock.recv(4096)
+    assert response.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in response
+
+
+def test_plain_http_gets_426_upgrade_required(echo_server):
+    response = raw_request(echo_server, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(response) == 426
+    assert b"\r\nUpgrade: websocket\r\n" in response
+
+
+@pytest.mark.parametrize(
+    "head, status, header",
+    [
+        (UPGRADE.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""), 400, None),
+        (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "too-short"), 400, None),
+        (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=="), 400, None),
+        (UPGRADE.replace("Version: 13", "Version: 8"), 426, b"Sec-WebSocket-Version: 13"),
+        (UPGRADE.replace("Sec-WebSocket-Version: 13\r\n", ""), 426, b"Sec-WebSocket-Version: 13"),
+        (UPGRADE.replace("GET ", "POST "), 405, b"Allow: GET"),
+        (UPGRADE.replace("Connection: Upgrade", "Connection: keep-alive"), 400, None),
+        (UPGRADE.replace("HTTP/1.1", "HTTP/1.0"), 400, None),
+        (UPGRADE.replace("Host: 127.0.0.1\r\n", ""), 400, None),
+        ("GET /echo HTTP/1.1\r\nHost: x\r\nBad Header\r\n", 400, None),
+        ("NOT HTTP AT ALL\r\n", 400, None),
+    ],
+)
+def test_bad_upgrade_requests_get_4xx_and_a_closed_socket(echo_server, library_log, head, status, header):
+    response = raw_request(echo_server, (head.format(path="/echo") + "\r\n").encode())
+    assert status_of(response) == status, response
+    if header:
+        assert header in response
+    assert not library_log.errors()
+
+
+def test_an_oversized_head_gets_431(make_server):
+    server = make_server(max_header_size=1024)
+    server.create_handler(path="/echo")
+    response = raw_request(server, upgrade_head("/echo", "X-Big: " + "a" * 2000 + "\r\n"))
+    assert status_of(response) == 431
+
+
+def test_too_many_headers_get_431(make_server):
+    server = make_server(max_headers=10)
+    server.create_handler(path="/echo")
+    extra = "".join(f"X-{i}: {i}\r\n" for i in range(10))
+    assert status_of(raw_request(server, upgrade_head("/echo", extra))) == 431
+
+
+def test_a_client_that_vanishes_mid_head_frees_its_thread(echo_server, library_log):
+    raw_request(echo_server, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")  # starts the shared timer thread
+    assert wait_until(lambda: threading.active_count() <= 3)  # main, accept loop, timers
+    baseline = threading.active_count()
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", echo_server.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+    assert wait_until(lambda: threading.active_count() <= baseline)
+    assert not library_log.errors()
+
+
+def test_an_unfinished_handshake_is_dropped_after_open_timeout(make_server):
+    server = make_server(open_timeout=0.3)
+    server.create_handler(path="/echo")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\n")
+        assert sock.recv(100) == b""  # closed by the server, no answer

@@ -40,9 +40,14 @@ from .transport import Transport
 if TYPE_CHECKING:
     from .options import HandlerOptions
 
-__all__ = ["WebSocket", "ReadyState"]
+__all__ = ["WebSocket", "ReadyState", "listener_thread"]
 
 _RECV_SIZE = 256 * 1024
+
+#: ``listener_thread.active`` is True on threads that run a connection (and
+#: so its listeners): the server's request threads and the readers started
+#: for the blocking style. ``server.close()`` must not wait on such a thread.
+listener_thread = threading.local()
 
 
 class ReadyState(enum.IntEnum):
@@ -297,6 +302,7 @@ class WebSocket(EventEmitter):
             self._run()
 
     def _run(self) -> None:
+        listener_thread.active = True
         try:
             self._schedule_heartbeat()
             if self.request.buffered:

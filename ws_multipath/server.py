@@ -19,6 +19,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
+from .connection import listener_thread
 from .emitter import EventEmitter, logger
 from .errors import HandshakeError
 from .handler import WebSocketHandler
@@ -31,7 +32,6 @@ from .upgrade import error_response, is_upgrade_request, read_request_head
 __all__ = ["MultipathServer"]
 
 _ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() ran out of descriptors
-_library_thread = threading.local()  # .active: this thread runs connections (listeners run here)
 
 
 class _Handshake:
@@ -301,7 +301,7 @@ class MultipathServer(EventEmitter):
     # -- one connection (request thread) -------------------------------------
 
     def _handle_connection(self, sock: socket.socket, address: tuple) -> None:
-        _library_thread.active = True
+        listener_thread.active = True
         handshake = _Handshake(sock)
         with self._lock:
             if self._closing:
@@ -398,7 +398,7 @@ class MultipathServer(EventEmitter):
             for handler in handlers:
                 handler.close()
             self._maybe_finish_close()
-        if not getattr(_library_thread, "active", False):
+        if not getattr(listener_thread, "active", False):
             deadline = max((h.options.close_timeout for h in handlers), default=0.0) + 2.0 if starting else None
             if not self._closed_event.wait(deadline):
                 logger.warning("close(): connections still open after the close timeout (a listener may be blocking)")

@@ -386,9 +386,12 @@ class WebSocket(EventEmitter):
                 timer.cancel()
         with self._lock:
             self._state = ReadyState.CLOSED
-            if self.close_code is None:
+            lost = self.close_code is None
+            if lost:
                 self.close_code, self.close_reason = 1006, ""
             self._queue_cond.notify_all()
+        if lost:
+            logger.info("connection from %s on %s lost without a closing handshake (1006)", self.remote_address, self.path)
         self._transport.close()
         if self._on_closed is not None:
             self._on_closed(self)

@@ -142,6 +142,7 @@ class WebSocketHandler(EventEmitter):
             _send_quietly(sock, error_response(exc))
             return
         if not self._server._reserve_connection():
+            logger.info("refused %s on %s: max_connections reached (503)", request.remote_address, self.path)
             _send_quietly(sock, error_response(HandshakeError(503, "too many connections")))
             return
         try:

@@ -45,7 +45,17 @@ class _Handshake:
         self.sock = sock
         self._lock = threading.Lock()
         self._done = False
+        self.expired = False
         self.timer: Any = None
+
+    def expire(self, address: tuple, timeout: float) -> None:
+        """The deadline passed: drop the client (timer thread)."""
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+        logger.info("dropping %s: handshake not completed within %ss", _format_address(address), timeout)
+        self.abort()
 
     def abort(self) -> None:
         with self._lock:
@@ -307,7 +317,7 @@ class MultipathServer(EventEmitter):
             if self._closing:
                 return
             self._handshakes.add(handshake)
-        handshake.timer = self._timers.call_later(self._open_timeout, handshake.abort)
+        handshake.timer = self._timers.call_later(self._open_timeout, lambda: handshake.expire(address, self._open_timeout))
         detached = False
         try:
             if self._ssl_context is not None:
@@ -323,13 +333,14 @@ class MultipathServer(EventEmitter):
             else:
                 handler._accept(sock, request, handshake.finish)
         except HandshakeError as exc:
-            logger.debug("refused %s: %s", address, exc)
+            logger.debug("refused %s: %s", _format_address(address), exc)
             try:
                 sock.sendall(error_response(exc))
             except OSError:
                 pass
         except (OSError, ssl.SSLError) as exc:
-            logger.debug("dropped %s during the handshake: %s", address, exc)
+            if not handshake.expired:
+                logger.debug("dropping %s: connection lost during the handshake (%s)", _format_address(address), exc)
         finally:
             handshake.finish()
             with self._lock:
@@ -448,6 +459,14 @@ class _Terminated(Exception):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
+
+
+def _format_address(address: Any) -> str:
+    try:
+        host, port = address[0], address[1]
+    except (TypeError, IndexError):
+        return str(address)
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _bind_address(host: Optional[str], port: int) -> tuple[int, tuple]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from codecs import getincrementaldecoder
-from typing import Optional, Union
+from typing import Any, Optional, Union, cast
 
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import (
@@ -82,7 +82,8 @@ class _LenientMessageDecoder(MessageDecoder):
         elif frame.opcode is not Opcode.CONTINUATION:
             raise ParseFailed(f"expected CONTINUATION, got {frame.opcode!r}")
         finished = frame.frame_finished and frame.message_finished
-        data = frame.payload if self.decoder is None else self.decoder.decode(frame.payload, finished)
+        payload = cast(bytes, frame.payload)
+        data = payload if self.decoder is None else self.decoder.decode(payload, finished)
         result = Frame(self.opcode, data, frame.frame_finished, finished)
         if finished:
             self.opcode = self.decoder = None
@@ -132,19 +133,22 @@ class FrameReader:
     def _on_frame(self, frame: Frame) -> Optional[Event]:
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            data = cast(Union[str, bytes], frame.payload)
             if frame.message_finished and not self._parts:
-                return Message(frame.payload)
-            self._parts.append(frame.payload)
+                return Message(data)
+            self._parts.append(data)
             if not frame.message_finished:
                 return None
             parts, self._parts = self._parts, []
-            return Message(("" if opcode is Opcode.TEXT else b"").join(parts))  # type: ignore[attr-defined]
+            if opcode is Opcode.TEXT:
+                return Message("".join(cast(list[str], parts)))
+            return Message(b"".join(cast(list[bytes], parts)))
         if opcode is Opcode.PING:
-            return Ping(bytes(frame.payload))
+            return Ping(bytes(cast(bytes, frame.payload)))
         if opcode is Opcode.PONG:
-            return Pong(bytes(frame.payload))
+            return Pong(bytes(cast(bytes, frame.payload)))
         if opcode is Opcode.CLOSE:
-            code, reason = frame.payload
+            code, reason = cast(tuple[int, str], frame.payload)
             return CloseReceived(int(code), reason)
         return None
 
@@ -184,15 +188,16 @@ class FrameWriter:
 
     def message(self, data: Union[str, Payload]) -> tuple[bytes, Payload]:
         """Frame header and payload of one unfragmented data message."""
+        payload: Payload
         if isinstance(data, str):
             opcode, payload = 0x81, data.encode("utf-8")
         else:
             opcode, payload = 0x82, data
         if self._deflate is not None and len(payload) >= self._threshold:
-            _, compressed = self._deflate.frame_outbound(self, Opcode(opcode & 0x0F), _NO_RSV, bytes(payload), True)
+            proto = cast(Any, self)  # wsproto only reads ``proto.client``
+            _, payload = self._deflate.frame_outbound(proto, Opcode(opcode & 0x0F), _NO_RSV, bytes(payload), True)
             opcode |= 0x40
-            payload = compressed
-        return _header(opcode, len(payload) if not isinstance(payload, memoryview) else payload.nbytes), payload
+        return _header(opcode, payload.nbytes if isinstance(payload, memoryview) else len(payload)), payload
 
     def ping(self, payload: bytes = b"") -> bytes:
         return _control(0x89, payload)

@@ -110,7 +110,7 @@ class _TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._exhausted = False
         return request
 
-    def process_request(self, request: socket.socket, client_address: tuple) -> None:
+    def process_request(self, request: Any, client_address: Any) -> None:
         thread = threading.Thread(target=self.process_request_thread, args=(request, client_address), name="ws_multipath-connection", daemon=True)
         try:
             thread.start()
@@ -124,7 +124,7 @@ class _TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             logger.error("%s; backing off (logged once until it recovers)", message)
         self.owner._closing_event.wait(_ACCEPT_BACKOFF)
 
-    def shutdown_request(self, request: socket.socket) -> None:
+    def shutdown_request(self, request: Any) -> None:
         if request not in self.detached:
             request.close()
 

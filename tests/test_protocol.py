@@ -94,3 +94,41 @@ def test_valid_close_codes(code):
 def test_invalid_close_codes(code):
     with pytest.raises(ValueError, match=str(code)):
         check_close_code(code, "")
+
+
+def test_the_whole_message_fast_path_gives_what_wsproto_gives():
+    """Random streams of frames, cut at random places, give the same events
+    with and without the fast path (which only handles whole frames)."""
+    import random
+
+    rng = random.Random(6455)
+    for _ in range(300):
+        frames = []
+        for _ in range(rng.randint(1, 8)):
+            kind = rng.choice(["text", "binary", "fragmented", "ping", "bad_utf8", "long"])
+            if kind == "text":
+                frames.append(client_frame(1, "é€x".encode() * rng.randint(0, 60)))
+            elif kind == "binary":
+                frames.append(client_frame(2, rng.randbytes(rng.randint(0, 300))))
+            elif kind == "long":
+                frames.append(client_frame(2, rng.randbytes(rng.choice([65535, 65536, 70000]))))
+            elif kind == "fragmented":
+                frames.append(client_frame(1, b"ab", fin=False) + client_frame(0, b"cd"))
+            elif kind == "ping":
+                frames.append(client_frame(9, b"p"))
+            else:
+                frames.append(client_frame(1, b"ok\xc3"))
+        stream = b"".join(frames)
+        cuts = sorted(rng.sample(range(1, len(stream)), min(3, len(stream) - 1)))
+        chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
+        results = []
+        for fast in (True, False):
+            reader = FrameReader(max_payload=1 << 20)
+            reader._fast = fast
+            events = []
+            for chunk in chunks:
+                events += reader.receive_data(chunk)
+                if events and isinstance(events[-1], Failure):
+                    break
+            results.append([(type(e).__name__, getattr(e, "data", None) or getattr(e, "payload", None) or getattr(getattr(e, "error", None), "code", None)) for e in events])
+        assert results[0] == results[1]

@@ -39,9 +39,19 @@ def main() -> int:
     command, rest = sys.argv[1], sys.argv[2:]
     if command == "demo":
         ensure_venv("")
-        return subprocess.call([str(PYTHON), "-m", "ws_multipath", *rest], cwd=ROOT)
+        return run([str(PYTHON), "-m", "ws_multipath", *rest])
     ensure_venv("test")
-    return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)
+    return run([str(PYTHON), "-m", "pytest", *rest])
+
+
+def run(argv: list) -> int:
+    """Run ``argv``; Ctrl-C reaches it directly, so wait for it to stop."""
+    child = subprocess.Popen(argv, cwd=ROOT)
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            continue
 
 
 if __name__ == "__main__":

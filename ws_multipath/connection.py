@@ -42,7 +42,12 @@ if TYPE_CHECKING:
 
 __all__ = ["WebSocket", "ReadyState", "listener_thread"]
 
-_RECV_SIZE = 256 * 1024
+# recv() sizes: CPython allocates the full size for every call, so a large
+# fixed size costs an allocation (and page faults) per small message and pins
+# memory in every idle connection. Start small, grow while reads fill the
+# buffer (bulk transfers), shrink back when they stop.
+_RECV_MIN = 4096
+_RECV_MAX = 256 * 1024
 
 #: ``listener_thread.active`` is True on threads that run a connection (and
 #: so its listeners): the server's request threads and the readers started
@@ -307,14 +312,19 @@ class WebSocket(EventEmitter):
             self._schedule_heartbeat()
             if self.request.buffered:
                 self._feed(self.request.buffered)
-            sock = self._transport.sock
+            recv = self._transport.sock.recv
+            size = _RECV_MIN
             while self._state is not ReadyState.CLOSED:
                 try:
-                    data = sock.recv(_RECV_SIZE)
+                    data = recv(size)
                 except OSError:
                     break
                 if not data:
                     break
+                if len(data) == size:
+                    size = min(size * 4, _RECV_MAX)
+                elif size > _RECV_MIN and len(data) < size >> 3:
+                    size >>= 1
                 if not self._discarding:
                     self._feed(data)
         except Exception:  # noqa: BLE001 - a bug in this module: log, never leak the socket

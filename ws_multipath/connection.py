@@ -151,15 +151,19 @@ class WebSocket(EventEmitter):
         """
         if not isinstance(data, (str, bytes, bytearray, memoryview)):
             raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
-        self._check_open()
+        if self._state is not ReadyState.OPEN:
+            raise self._closed_error()
         try:
-            with self._transport.writing() as write:
-                self._check_open()
-                header, payload = self._writer.message(data)
-                write(header, payload)
+            self._transport.write_message(self._encode_if_open, data)
         except OSError:
             self._transport.abort()
             raise self._closed_error() from None
+
+    def _encode_if_open(self, data: Union[str, Payload]) -> tuple[bytes, Payload]:
+        """Encode under the write lock, after a close frame nothing may follow."""
+        if self._close_sent or self._state is not ReadyState.OPEN:
+            raise self._closed_error()
+        return self._writer.message(data)
 
     def ping(self, data: Payload = b"") -> None:
         """Send a ping; its ``'pong'`` arrives as an event. At most 125 bytes."""
@@ -172,8 +176,7 @@ class WebSocket(EventEmitter):
     def _send_control(self, frame: bytes) -> None:
         self._check_open()
         try:
-            with self._transport.writing() as write:
-                write(frame)
+            self._transport.write(frame)
         except OSError:
             self._transport.abort()
             raise self._closed_error() from None
@@ -230,8 +233,7 @@ class WebSocket(EventEmitter):
             return
         self._close_sent = True
         try:
-            with self._transport.writing() as write:
-                write(self._writer.close(code, encoded))
+            self._transport.write(self._writer.close(code, encoded))
         except OSError:
             self._transport.abort()
 
@@ -359,8 +361,7 @@ class WebSocket(EventEmitter):
     def _on_ping(self, payload: bytes) -> None:
         if self._options.auto_pong and self._state is ReadyState.OPEN:
             try:
-                with self._transport.writing() as write:
-                    write(self._writer.pong(payload))
+                self._transport.write(self._writer.pong(payload))
             except OSError:
                 self._transport.abort()
         self.emit("ping", payload)

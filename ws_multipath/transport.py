@@ -26,7 +26,7 @@ import ssl
 import threading
 from concurrent.futures import Executor
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from .emitter import logger
 from .protocol import Payload
@@ -70,6 +70,23 @@ class Transport:
         self._closed = False
 
     # -- blocking writes ------------------------------------------------
+
+    def write(self, frame: bytes) -> None:
+        """Write one complete frame, after everything posted before it.
+        Raises ``OSError`` when the socket fails or the deadline passes."""
+        with self._write_lock:
+            if self._outbox:
+                self._flush_outbox()
+            self._send(frame)
+
+    def write_message(self, encode: Callable[[Any], tuple[bytes, Payload]], data: Any) -> None:
+        """Like ``write``, for a frame that ``encode(data)`` makes under the
+        write lock (compression state and the closing state need it)."""
+        with self._write_lock:
+            if self._outbox:
+                self._flush_outbox()
+            header, payload = encode(data)
+            self._send(header, payload)
 
     @contextmanager
     def writing(self) -> Iterator[Callable[..., None]]:

@@ -82,7 +82,10 @@ class WebSocketHandler(EventEmitter):
             data = bytes(data)
         if isinstance(exclude, WebSocket):
             exclude = (exclude,)
-        skipped = exclude or ()
+        return self._broadcast_local(data, exclude or ())
+
+    def _broadcast_local(self, data: Union[str, bytes], skipped: Collection[WebSocket]) -> int:
+        """Deliver to this process's clients (a broker for other processes would sit in front of this)."""
         with self._lock:
             targets = [ws for ws in self._connections if ws not in skipped]
         header, payload = FrameWriter().message(data)

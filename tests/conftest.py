@@ -60,16 +60,21 @@ def raw_request(server: MultipathServer, head: bytes, timeout: float = TIMEOUT) 
     """Send ``head`` on a raw socket; return everything the server sent until it closed."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
         sock.sendall(head)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return read_until_eof(sock)
+
+
+def read_until_eof(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes (or resets) the connection."""
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 UPGRADE = (

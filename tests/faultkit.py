@@ -424,6 +424,20 @@ def _thread_kind(name: str) -> str:
     return name if name.startswith("ws_multipath") else "other"
 
 
+def receive_queue(local_port: int, remote_port: int) -> Optional[int]:
+    """Bytes waiting unread in the receive queue of the loopback TCP socket
+    ``127.0.0.1:local_port`` connected to ``127.0.0.1:remote_port`` (from
+    /proc/net/tcp); None when there is no such socket."""
+    key = f" 0100007F:{local_port:04X} 0100007F:{remote_port:04X} 01 "  # 01: ESTABLISHED
+    with open("/proc/net/tcp") as table:
+        text = table.read()  # thousands of TIME_WAIT lines after the churn test: search, don't split
+    at = text.find(key)
+    if at < 0:
+        return None
+    queues = text[at + len(key) :].split(None, 1)[0]  # tx_queue:rx_queue
+    return int(queues.split(":")[1], 16)
+
+
 def raise_nofile(wanted: int) -> None:
     """Raise the soft RLIMIT_NOFILE to ``wanted`` (or the hard limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 from ws_multipath import ConnectionClosed, ReadyState, WebSocket
 
-from .conftest import TIMEOUT, echo, upgrade_head, url, wait_until
+from .conftest import TIMEOUT, echo, read_until_eof, upgrade_head, url, wait_until
 
 
 def serve_one(server, path="/ws", **options):
@@ -343,7 +343,7 @@ def test_protocol_violations_fail_the_connection_with_the_right_code(server, fra
         sock.sendall(upgrade_head("/echo"))
         _read_http_head(sock)
         sock.sendall(frame)
-        data = _read_until_eof(sock)
+        data = read_until_eof(sock)
     assert data[0] == 0x88 and struct.unpack("!H", data[2:4])[0] == code
     with connect(url(server, "/echo"), open_timeout=TIMEOUT) as client:  # others still served
         client.send("ok")
@@ -392,16 +392,3 @@ def _read_http_head(sock: socket.socket) -> bytes:
         assert chunk, "closed during handshake"
         data += chunk
     return data
-
-
-def _read_until_eof(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)

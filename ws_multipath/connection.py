@@ -375,8 +375,17 @@ class WebSocket(EventEmitter):
                 self.close_code, self.close_reason = code, reason
         # RFC 6455 section 5.5.1: echo the status code; 1005 means "none sent".
         self._send_close_frame(None if code == 1005 else code, reason.encode("utf-8"))
-        with self._lock:
-            self._state = ReadyState.CLOSED  # stops the read loop; the server closes TCP first (section 7.1.1)
+        self._linger()
+
+    def _linger(self) -> None:
+        """End the TCP connection from this side (RFC 6455 section 7.1.1: the
+        server closes first) by sending FIN, then read and drop until the
+        client's FIN, within ``close_timeout``. Closing with unread bytes
+        would send a reset instead, which can destroy the last frames sent."""
+        self._discarding = True
+        self._transport.shutdown_write()
+        if self._close_timer is None:
+            self._close_timer = self._timers.call_later(self._options.close_timeout, self._transport.abort)
 
     def _on_protocol_error(self, error: ProtocolError) -> None:
         logger.info("failing %s: %s", self.remote_address, error)
@@ -384,10 +393,8 @@ class WebSocket(EventEmitter):
             self.close_code, self.close_reason = error.code, error.reason[:120]
             self._state = ReadyState.CLOSING
             self._queue_cond.notify_all()
-        self._discarding = True
         self._send_close_frame(error.code, self.close_reason.encode("utf-8")[:123])
-        self._transport.shutdown_write()
-        self._close_timer = self._timers.call_later(self._options.close_timeout, self._transport.abort)
+        self._linger()
         if self._listeners.get("error"):
             self.emit("error", error)
 

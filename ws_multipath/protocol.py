@@ -41,13 +41,18 @@ _NO_RSV = RsvBits(False, False, False)
 class _PayloadLimit(Extension):
     """Refuses an uncompressed message as soon as its frame headers add up to
     more than ``max_payload`` (compressed ones are capped by ``BoundedDeflate``).
-    Not negotiated: it only hooks wsproto's per-frame header check."""
+    Not negotiated: it only hooks wsproto's per-frame checks.
+
+    wsproto may call ``frame_inbound_header`` twice for one frame (when the
+    mask key arrives in a later read it parses the header again), so the
+    header hook only checks; the size is added when the frame is complete.
+    """
 
     name = "ws_multipath-payload-limit"
 
     def __init__(self, max_payload: int) -> None:
         self._max_payload = max_payload
-        self._message_size = 0
+        self._earlier_frames = 0  # bytes in the current message's completed frames
         self._compressed = False
 
     def enabled(self) -> bool:
@@ -60,12 +65,18 @@ class _PayloadLimit(Extension):
         if opcode.iscontrol():
             return _NO_RSV
         if opcode is not Opcode.CONTINUATION:
-            self._message_size = 0
+            self._earlier_frames = 0
             self._compressed = rsv.rsv1
-        self._message_size += payload_length
-        if not self._compressed and self._message_size > self._max_payload:
+        if not self._compressed and self._earlier_frames + payload_length > self._max_payload:
             return CloseReason.MESSAGE_TOO_BIG
         return _NO_RSV
+
+    def frame_inbound_complete(self, proto, fin):  # type: ignore[no-untyped-def]
+        header = proto.header
+        if header.opcode.iscontrol():
+            return None
+        self._earlier_frames = 0 if fin else self._earlier_frames + header.payload_len
+        return None
 
 
 class _LenientMessageDecoder(MessageDecoder):

@@ -126,12 +126,22 @@ class FrameReader:
         self._fast = deflate is None  # compressed messages always go through wsproto
         self._parts: list[Union[str, bytes]] = []
         self._closed = False
+        self._waiting: list[bytes] = []  # the start of a frame for the hot path
+        self._waiting_size = 0
+        self._waiting_for = 0
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Parse ``data``; return the complete events it finished."""
         events: list[Event] = []
         if self._closed:
             return events
+        if self._waiting:
+            self._waiting.append(data)
+            self._waiting_size += len(data)
+            if self._waiting_size < self._waiting_for:
+                return events
+            data = b"".join(self._waiting)
+            self._waiting, self._waiting_size = [], 0
         if self._fast and self._between_frames():
             data = self._parse_whole_messages(data, events)
             if not data or (events and type(events[-1]) is Failure):
@@ -158,11 +168,12 @@ class FrameReader:
     def _parse_whole_messages(self, data: bytes, events: list[Event]) -> bytes:
         """The hot path: parse the complete, unfragmented, masked text and
         binary frames at the start of ``data`` (what clients send nearly
-        always) without wsproto's per-frame machinery. Stops at the first
-        frame that is anything else or incomplete, and returns the bytes
-        from there on for wsproto, which then checks them as usual."""
+        always) without wsproto's per-frame machinery. An incomplete one is
+        kept until the rest arrives. Stops at the first frame that is
+        anything else and returns the bytes from there on for wsproto, which
+        then checks them as usual."""
         pos, end_of_data, limit = 0, len(data), self._max_payload
-        while end_of_data - pos >= 6:
+        while end_of_data - pos >= 2:
             first, second = data[pos], data[pos + 1]
             if (first != 0x81 and first != 0x82) or not second & 0x80:
                 break  # fragmented, control, reserved bits or opcodes, unmasked
@@ -170,18 +181,24 @@ class FrameReader:
             if length < 126:
                 start = pos + 6
             elif length == 126:
+                if end_of_data - pos < 4:
+                    return self._wait(data, pos, 4)
                 length = (data[pos + 2] << 8) | data[pos + 3]
                 start = pos + 8
                 if length < 126:
                     break  # not the minimal encoding: wsproto fails it
             else:
+                if end_of_data - pos < 10:
+                    return self._wait(data, pos, 10)
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 start = pos + 14
                 if length < 65536 or length >> 63:
                     break
+            if length > limit:
+                break  # wsproto fails it with 1009
             end = start + length
-            if length > limit or end > end_of_data:
-                break
+            if end > end_of_data:
+                return self._wait(data, pos, end - pos)
             payload = unmask(data[start:end], data[start - 4 : start])
             if first == 0x82:
                 events.append(Message(payload))
@@ -194,6 +211,14 @@ class FrameReader:
                     return b""
             pos = end
         return data[pos:] if pos else data
+
+    def _wait(self, data: bytes, pos: int, needed: int) -> bytes:
+        """Keep the start of a whole-message frame until ``needed`` bytes of it
+        have arrived, so the hot path parses it in one piece."""
+        self._waiting = [data[pos:] if pos else data]
+        self._waiting_size = len(data) - pos
+        self._waiting_for = needed
+        return b""
 
     def _on_frame(self, frame: Frame) -> Optional[Event]:
         opcode = frame.opcode

@@ -148,8 +148,8 @@ def test_full_queue_stops_reading_and_loses_nothing(server):
         ws = connections.get(timeout=TIMEOUT)
         sender = threading.Thread(target=lambda: [client.send(str(i)) for i in range(count)])
         sender.start()
-        assert wait_until(lambda: len(ws._queue) == 2)
-        assert len(ws._queue) <= 2
+        assert wait_until(lambda: len(ws._inbox) == 2)
+        assert len(ws._inbox) <= 2
         assert [ws.receive(timeout=TIMEOUT) for _ in range(count)] == [str(i) for i in range(count)]
         sender.join(TIMEOUT)
 
@@ -392,3 +392,72 @@ def _read_http_head(sock: socket.socket) -> bytes:
         assert chunk, "closed during handshake"
         data += chunk
     return data
+
+
+# -- who reads: one thread per connection, in every style -----------------------
+
+
+def test_blocking_iteration_costs_one_thread_per_connection(server):
+    handler = server.create_handler(path="/iter")
+    handler.on("connection", lambda ws, request: [ws.send(m) for m in ws])
+    clients = [connect(url(server, "/iter"), open_timeout=TIMEOUT, legacy=True) for _ in range(10)]
+    try:
+        for client in clients:
+            client.send("x")
+            assert client.recv(timeout=TIMEOUT) == "x"
+        names = [t.name for t in threading.enumerate() if t.name.startswith("ws_multipath-")]
+        assert names.count("ws_multipath-connection") == 10
+        assert not [name for name in names if name.startswith("ws_multipath-reader")]
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_receive_timeout_while_pulling_then_messages_still_arrive(server):
+    handler = server.create_handler(path="/t")
+    results: queue.Queue = queue.Queue()
+
+    @handler.on("connection")
+    def wait_then_receive(ws, request):
+        try:
+            ws.receive(timeout=0.05)
+        except TimeoutError as exc:
+            results.put(exc)
+        results.put(ws.receive(timeout=TIMEOUT))
+
+    with connect(url(server, "/t"), open_timeout=TIMEOUT) as client:
+        assert isinstance(results.get(timeout=TIMEOUT), TimeoutError)
+        client.send("after")
+        assert results.get(timeout=TIMEOUT) == "after"
+
+
+def test_a_busy_connection_listener_still_gets_pings_answered(server):
+    """A 'connection' listener that blocks without receiving: a reader thread
+    takes over the socket, so the client's ping is answered and the message
+    waits in the inbox."""
+    handler = server.create_handler(path="/busy")
+    release = threading.Event()
+    got: queue.Queue = queue.Queue()
+
+    @handler.on("connection")
+    def busy(ws, request):
+        release.wait(TIMEOUT)
+        got.put(ws.receive(timeout=TIMEOUT))
+
+    with connect(url(server, "/busy"), open_timeout=TIMEOUT) as client:
+        client.send("queued meanwhile")
+        assert client.ping(b"alive?").wait(TIMEOUT)
+        assert [t for t in threading.enumerate() if t.name.startswith("ws_multipath-reader")]
+        release.set()
+        assert got.get(timeout=TIMEOUT) == "queued meanwhile"
+
+
+def test_iteration_answers_a_message_before_the_close_that_followed_it(server):
+    handler = server.create_handler(path="/iter")
+    handler.on("connection", lambda ws, request: [ws.send(m) for m in ws])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        close = bytes((0x88, 0x82)) + b"\x00" * 4 + struct.pack("!H", 1000)
+        sock.sendall(upgrade_head("/iter") + _masked_text("last words") + close)
+        data = read_until_eof(sock)
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert body.startswith(b"\x81\x0alast words\x88\x02\x03\xe8")

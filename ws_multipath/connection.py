@@ -1,38 +1,40 @@
 """One open WebSocket connection on the server side: ``WebSocket``.
 
-Threads. A connection has one reader thread: the server's request thread,
-which after the handshake runs ``'connection'`` listeners and then reads
-frames until the connection ends. ``'message'``, ``'ping'``, ``'pong'`` and
-``'close'`` listeners run on that thread, in order, one at a time; there is no
-hand-off per message. When a ``'connection'`` listener itself blocks on
-``receive()`` (the ``for message in ws`` style), a second thread is started to
-read, and that style costs two threads per connection.
+Threads: see ``reader.py``. In short, a connection costs one thread, the
+server's request thread: it runs the ``'connection'`` listeners, reads for a
+listener that waits in ``receive()``, and reads until the end once they
+return. ``'message'``, ``'ping'``, ``'pong'`` and ``'close'`` listeners run on
+the reading thread, in order, one at a time; there is no hand-off per
+message.
 
 Where messages go: to the ``'message'`` listeners when there are any at the
-time the message is complete, otherwise to a queue of at most ``max_queue``
-messages that ``receive()`` and iteration read. When the queue is full the
-reader stops reading the socket (backpressure) until the application takes a
-message.
+time the message is complete, otherwise to the inbox (at most ``max_queue``
+messages) that ``receive()`` and iteration read. When the inbox is full the
+connection stops reading the socket (backpressure) until the application
+takes a message.
 
 Closing: ``close()`` sends a close frame and waits (in the background) for
 the peer's, up to ``close_timeout``; when the peer closes first, its code and
 reason are echoed. A protocol violation fails the connection with the RFC
 6455 close code. Either way the TCP connection is then closed, ``'close'`` is
 emitted once with the final code and reason, and ``receive()`` raises
-``ConnectionClosed`` once the queue is empty.
+``ConnectionClosed`` once the inbox is empty.
 """
 
 from __future__ import annotations
 
-import collections
 import enum
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 from .emitter import EventEmitter, logger
 from .errors import ConnectionClosed, ProtocolError, connection_closed
 from .events import CloseReceived, Failure, Message, Ping, Pong
+from .heartbeat import Heartbeat
+from .inbox import Inbox
 from .protocol import FrameReader, FrameWriter, Payload, check_close_code
+from .reader import SocketReader
 from .request import Request
 from .timers import Timer, Timers
 from .transport import Transport
@@ -40,20 +42,7 @@ from .transport import Transport
 if TYPE_CHECKING:
     from .options import HandlerOptions
 
-__all__ = ["WebSocket", "ReadyState", "listener_thread"]
-
-# recv() sizes: CPython allocates the full size for every call, so a large
-# fixed size costs an allocation (and page faults) per small message and pins
-# memory in every idle connection. Start small, grow while reads fill the
-# buffer (bulk transfers), shrink back when they stop.
-_RECV_MIN = 4096
-_RECV_MAX = 256 * 1024
-
-#: ``listener_thread.active`` is True on threads that run a connection (and
-#: so its listeners): the server's request threads and the readers started
-#: for the blocking style. ``server.close()`` must not wait on such a thread.
-listener_thread = threading.local()
-
+__all__ = ["WebSocket", "ReadyState"]
 
 class ReadyState(enum.IntEnum):
     """``ws.ready_state`` values, numbered as in the browser API and ``ws``."""
@@ -71,9 +60,9 @@ class WebSocket(EventEmitter):
     ``'error'`` ``(exc)`` (protocol errors, listener errors), ``'ping'``
     ``(payload)``, ``'pong'`` ``(payload)``.
 
-    State: ``_lock`` guards the ready state, the close code and reason, and
-    the queue (``_queue_cond`` is built on it). It is never held while
-    writing or calling listeners.
+    State: ``_lock`` guards the ready state and the close code and reason; it
+    is never held while writing or calling listeners. The inbox, the socket
+    reader and the transport have their own locks.
     """
 
     EVENTS = frozenset({"message", "close", "error", "ping", "pong"})
@@ -109,18 +98,21 @@ class WebSocket(EventEmitter):
         self._timers = timers
         self._on_closed = on_closed
         self._lock = threading.Lock()
-        self._queue: collections.deque[Union[str, bytes]] = collections.deque()
-        self._queue_cond = threading.Condition(self._lock)
+        self._inbox = Inbox(options.max_queue)
         self._state = ReadyState.OPEN
         self._close_sent = False
-        self._discarding = False  # failed: read and drop until EOF
-        self._home_thread = threading.current_thread()
-        self._reader_thread: Optional[threading.Thread] = None
-        self._reading = False
+        self._discarding = False  # closing: read and drop until EOF
+        self._held_back: list = []  # events after a message the puller returns first
         self._close_timer: Optional[Timer] = None
-        self._heartbeat_timer: Optional[Timer] = None
-        self._pong_timer: Optional[Timer] = None
-        self._awaiting_pong = False
+        self._socket_reader = SocketReader(transport.sock, timers, self._feed, self._begin, self._resume, self._finish, request.path)
+        self._heartbeat = Heartbeat(
+            timers,
+            options.ping_interval,
+            options.ping_timeout,
+            lambda: transport.post(writer.ping(b"")),
+            self._on_pong_timeout,
+            self._socket_reader.reading,
+        )
 
     # -- attributes ---------------------------------------------------------
 
@@ -219,7 +211,7 @@ class WebSocket(EventEmitter):
                 return False
             self._state = ReadyState.CLOSING
             self.close_code, self.close_reason = code, reason
-            self._queue_cond.notify_all()
+        self._inbox.unbound()
         self._close_timer = self._timers.call_later(self._options.close_timeout, self._on_close_timeout)
         if blocking:
             self._send_close_frame(code, encoded)
@@ -247,7 +239,7 @@ class WebSocket(EventEmitter):
         with self._lock:
             if self._state is ReadyState.OPEN:
                 self._state = ReadyState.CLOSING
-            self._queue_cond.notify_all()
+        self._inbox.unbound()
         self._transport.abort()
 
     def _fail(self, code: int, reason: str) -> None:
@@ -257,32 +249,46 @@ class WebSocket(EventEmitter):
                 self.close_code, self.close_reason = code, reason
             if self._state is ReadyState.OPEN:
                 self._state = ReadyState.CLOSING
-            self._queue_cond.notify_all()
+        self._inbox.unbound()
 
     # -- receiving ----------------------------------------------------------
 
     def receive(self, timeout: Optional[float] = None) -> Union[str, bytes]:
-        """The next queued message: ``str`` (text) or ``bytes`` (binary).
+        """The next message: ``str`` (text) or ``bytes`` (binary).
 
         Raises ``TimeoutError`` after ``timeout`` seconds without one, and
-        ``ConnectionClosed`` once the connection is closed and the queue is
-        empty. Only messages that found no ``'message'`` listener are queued.
+        ``ConnectionClosed`` once the connection is closed and no message is
+        left. Only messages that found no ``'message'`` listener come here.
         Must not be called from a ``'message'`` listener (it would wait for
         itself): that raises ``RuntimeError``.
         """
-        current = threading.current_thread()
-        if self._reading and (current is self._reader_thread or (self._reader_thread is None and current is self._home_thread)):
-            raise RuntimeError("receive() called on the connection's reader thread (from a listener): it would never return")
-        if not self._reading and current is self._home_thread and self._reader_thread is None:
-            self._start_reader_thread()
-        with self._queue_cond:
-            if not self._queue_cond.wait_for(lambda: self._queue or self._state is ReadyState.CLOSED, timeout):
-                raise TimeoutError(f"no message within {timeout} s")
-            if self._queue:
-                message = self._queue.popleft()
-                self._queue_cond.notify_all()
+        if self._socket_reader.on_reading_thread():
+            raise RuntimeError("receive() called from a listener on the thread that reads this connection: it would never return")
+        if self._socket_reader.claim_pull():
+            try:
+                message = self._pull(timeout)
+            finally:
+                self._socket_reader.release_pull()
+        else:
+            message = self._inbox.get(timeout)
+        if message is None:
+            raise self._closed_error()
+        return message
+
+    def _pull(self, timeout: Optional[float]) -> Optional[Union[str, bytes]]:
+        """Read on this thread until a message is in the inbox (None: closed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            message = self._inbox.get_nowait()
+            if message is not None or self._state is ReadyState.CLOSED:
                 return message
-        raise self._closed_error()
+            if self._held_back:
+                self._feed(b"")
+                continue
+            try:
+                self._socket_reader.pull_once(deadline)
+            except TimeoutError:
+                raise TimeoutError(f"no message within {timeout} s") from None
 
     def __iter__(self) -> Iterator[Union[str, bytes]]:
         """Yield messages until the connection closes."""
@@ -292,71 +298,60 @@ class WebSocket(EventEmitter):
             except ConnectionClosed:
                 return
 
-    def _start_reader_thread(self) -> None:
-        self._reading = True
-        self._reader_thread = threading.Thread(target=self._run, name=f"ws_multipath-reader {self.path}", daemon=True)
-        self._reader_thread.start()
+    # -- reading (on the thread that ``SocketReader`` picks) ----------------
 
-    # -- the reader ---------------------------------------------------------
+    def _watch(self) -> None:
+        """Before the ``'connection'`` listeners: have unread data taken over
+        by a reader thread if they keep the request thread long."""
+        self._socket_reader.watch()
 
     def _serve(self) -> None:
-        """Run on the request thread after ``'connection'`` listeners: read
-        until the end, or wait for the reader thread that a listener started."""
-        if self._reader_thread is not None:
-            self._reader_thread.join()
-        else:
-            self._reading = True
-            self._run()
+        """The request thread, after ``'connection'`` listeners: read to the end."""
+        self._socket_reader.serve()
 
-    def _run(self) -> None:
-        listener_thread.active = True
-        try:
-            self._schedule_heartbeat()
-            if self.request.buffered:
-                self._feed(self.request.buffered)
-            recv = self._transport.sock.recv
-            size = _RECV_MIN
-            while self._state is not ReadyState.CLOSED:
-                try:
-                    data = recv(size)
-                except OSError:
-                    break
-                if not data:
-                    break
-                if len(data) == size:
-                    size = min(size * 4, _RECV_MAX)
-                elif size > _RECV_MIN and len(data) < size >> 3:
-                    size >>= 1
-                if not self._discarding:
-                    self._feed(data)
-        except Exception:  # noqa: BLE001 - a bug in this module: log, never leak the socket
-            logger.exception("reader of %r failed", self)
-        finally:
-            self._finish()
+    def _begin(self) -> None:
+        """Before the first read: start the heartbeat, parse what came with the handshake."""
+        self._heartbeat.start()
+        if self.request.buffered:
+            self._feed(self.request.buffered)
+
+    def _resume(self) -> None:
+        """A thread starts looping: act on events a puller held back."""
+        if self._held_back:
+            self._feed(b"")
 
     def _feed(self, data: bytes) -> None:
-        for event in self._reader.receive_data(data):
+        """Parse ``data`` and act on its events (``b""``: only the held-back ones)."""
+        if self._discarding:
+            return
+        events = self._reader.receive_data(data) if data else []
+        if self._held_back:
+            events, self._held_back = self._held_back + events, []
+        for index, event in enumerate(events):
             kind = type(event)
             if kind is Message:
-                self._deliver(event.data)  # type: ignore[union-attr]
+                if self._deliver(event.data) and self._socket_reader.pulling:  # type: ignore[union-attr]
+                    # The puller returns this message to the application first, so that
+                    # its answer goes out before a close or a violation that followed.
+                    self._held_back = events[index + 1 :]
+                    return
             elif kind is Ping:
                 self._on_ping(event.payload)  # type: ignore[union-attr]
             elif kind is Pong:
-                self._awaiting_pong = False
+                self._heartbeat.pong()
                 self.emit("pong", event.payload)  # type: ignore[union-attr]
             elif kind is CloseReceived:
                 self._on_close_frame(event.code, event.reason)  # type: ignore[union-attr]
             elif kind is Failure:
                 self._on_protocol_error(event.error)  # type: ignore[union-attr]
 
-    def _deliver(self, data: Union[str, bytes]) -> None:
+    def _deliver(self, data: Union[str, bytes]) -> bool:
+        """Give a message to the listeners, or else to the inbox (True)."""
         if self._listeners.get("message"):
             self.emit("message", data, not isinstance(data, str))
-            return
-        with self._queue_cond:
-            self._queue_cond.wait_for(lambda: len(self._queue) < self._options.max_queue or self._state is not ReadyState.OPEN)
-            self._queue.append(data)
-            self._queue_cond.notify_all()
+            return False
+        self._inbox.put(data, wait=not self._socket_reader.pulling)  # the puller is the consumer: never wait on itself
+        return True
 
     def _on_ping(self, payload: bytes) -> None:
         if self._options.auto_pong and self._state is ReadyState.OPEN:
@@ -392,22 +387,22 @@ class WebSocket(EventEmitter):
         with self._lock:
             self.close_code, self.close_reason = error.code, error.reason[:120]
             self._state = ReadyState.CLOSING
-            self._queue_cond.notify_all()
+        self._inbox.unbound()
         self._send_close_frame(error.code, self.close_reason.encode("utf-8")[:123])
         self._linger()
         if self._listeners.get("error"):
             self.emit("error", error)
 
     def _finish(self) -> None:
-        for timer in (self._close_timer, self._heartbeat_timer, self._pong_timer):
-            if timer is not None:
-                timer.cancel()
+        self._heartbeat.stop()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         with self._lock:
             self._state = ReadyState.CLOSED
             lost = self.close_code is None
             if lost:
                 self.close_code, self.close_reason = 1006, ""
-            self._queue_cond.notify_all()
+        self._inbox.close()
         if lost:
             logger.info("connection from %s on %s lost without a closing handshake (1006)", self.remote_address, self.path)
         self._transport.close()
@@ -415,25 +410,9 @@ class WebSocket(EventEmitter):
             self._on_closed(self)
         self.emit("close", self.close_code, self.close_reason)
 
-    # -- heartbeat (runs on the timer thread: must not block) ----------------
-
-    def _schedule_heartbeat(self) -> None:
-        interval = self._options.ping_interval
-        if interval is not None and self._state is ReadyState.OPEN:
-            self._heartbeat_timer = self._timers.call_later(interval, self._on_heartbeat)
-
-    def _on_heartbeat(self) -> None:
-        if self._state is not ReadyState.OPEN:
-            return
-        timeout = self._options.ping_timeout
-        self._awaiting_pong = timeout is not None
-        self._transport.post(self._writer.ping(b""))
-        if timeout is not None:
-            self._pong_timer = self._timers.call_later(timeout, self._on_pong_timeout)
-        self._heartbeat_timer = self._timers.call_later(self._options.ping_interval, self._on_heartbeat)  # type: ignore[arg-type]
-
     def _on_pong_timeout(self) -> None:
-        if self._awaiting_pong and self._state is ReadyState.OPEN:
+        """The heartbeat's verdict (timer thread): the client stopped answering."""
+        if self._state is ReadyState.OPEN:
             logger.info("dropping %s: no pong within %ss", self.remote_address, self._options.ping_timeout)
             self._fail(1011, "keepalive ping timeout")
             self._transport.abort()

@@ -160,6 +160,7 @@ class WebSocketHandler(EventEmitter):
         if not self._register_and_respond(ws, response):
             return
         end_handshake()
+        ws._watch()
         self.emit("connection", ws, request)
         self._server.emit("connection", ws, request, self.path)
         ws._serve()

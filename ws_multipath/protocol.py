@@ -169,7 +169,8 @@ class FrameReader:
         """The hot path: parse the complete, unfragmented, masked text and
         binary frames at the start of ``data`` (what clients send nearly
         always) without wsproto's per-frame machinery. An incomplete one is
-        kept until the rest arrives. Stops at the first frame that is
+        kept until the rest arrives (text only until its payload starts, so
+        that invalid UTF-8 still fails fast). Stops at the first frame that is
         anything else and returns the bytes from there on for wsproto, which
         then checks them as usual."""
         pos, end_of_data, limit = 0, len(data), self._max_payload
@@ -198,6 +199,8 @@ class FrameReader:
                 break  # wsproto fails it with 1009
             end = start + length
             if end > end_of_data:
+                if first == 0x81 and end_of_data > start:
+                    break  # wsproto checks partial text as it comes: invalid UTF-8 fails at once
                 return self._wait(data, pos, end - pos)
             payload = unmask(data[start:end], data[start - 4 : start])
             if first == 0x82:

@@ -19,7 +19,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
-from .connection import listener_thread
+from .reader import listener_thread
 from .emitter import EventEmitter, logger
 from .errors import HandshakeError
 from .handler import WebSocketHandler

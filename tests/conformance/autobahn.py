@@ -1,6 +1,6 @@
 """Run the Autobahn|Testsuite (``../shared/autobahn``) against the echo server.
 
-    python tests/conformance/autobahn.py            # cases 1-10 on /echo (about 25 s)
+    python tests/conformance/autobahn.py            # cases 1-10 on /echo and /iter (about 45 s)
     python tests/conformance/autobahn.py --deflate  # cases 12.* and 13.* on /deflate (about 11 min)
     python tests/conformance/autobahn.py --all      # both, one after the other
 
@@ -59,7 +59,8 @@ def main() -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="autobahn-"))
     runs = []
     if not args.deflate:
-        runs.append(("/echo", "*", "12.*,13.*", out / "cases-1-10"))
+        runs.append(("/echo", "*", "12.*,13.*", out / "cases-1-10-listener"))
+        runs.append(("/iter", "*", "12.*,13.*", out / "cases-1-10-iteration"))
     if args.deflate or args.all:
         runs.append(("/deflate", "12.*,13.*", "", out / "cases-12-13"))
     with tempfile.TemporaryDirectory() as scratch:

@@ -3,7 +3,8 @@ API only: one MultipathServer with several paths, so routing is exercised.
 
     python tests/conformance/echo_server.py [--port 0] [--port-file FILE]
 
-``/echo`` echoes plainly; ``/deflate`` offers permessage-deflate (cases 12.*
+``/echo`` echoes from a ``'message'`` listener, ``/iter`` with
+``for message in ws``; ``/deflate`` offers permessage-deflate (cases 12.*
 and 13.*); ``/other`` is a decoy. Both echo paths accept 16 MiB messages.
 The bound port is printed (and written to ``--port-file``).
 """
@@ -23,6 +24,11 @@ def echo(ws, request):
     ws.on("message", lambda data, is_binary: ws.send(data))
 
 
+def echo_by_iteration(ws, request):
+    for message in ws:
+        ws.send(message)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
@@ -31,6 +37,7 @@ def main() -> None:
     with MultipathServer(port=args.port, host="127.0.0.1") as server:
         server.create_handler(path="/other").on("connection", lambda ws, request: ws.close(1008, "decoy"))
         server.create_handler(path="/echo", max_payload=MAX_PAYLOAD).on("connection", echo)
+        server.create_handler(path="/iter", max_payload=MAX_PAYLOAD).on("connection", echo_by_iteration)
         server.create_handler(path="/deflate", max_payload=MAX_PAYLOAD, per_message_deflate=True).on("connection", echo)
         if args.port_file:
             Path(args.port_file).write_text(str(server.port))

@@ -1,0 +1,73 @@
+"""Keepalive pings for one connection, run on the server's timer thread.
+
+Every ``interval`` seconds a ping is posted (never blocking); if no pong
+has been read ``timeout`` seconds later, ``on_timeout`` is called. A pong can
+only be read while some thread reads the socket, so while nobody does (a
+``'connection'`` listener busy between two ``receive()`` calls) the verdict
+waits for the next read.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from .timers import Timer, Timers
+
+__all__ = ["Heartbeat"]
+
+_RECHECK = 1.0  # seconds between verdict retries while nobody reads
+
+
+class Heartbeat:
+    """Ping timers of one connection. Its fields are touched by the timer
+    thread and by the reader (``pong``); each is a single atomic store."""
+
+    def __init__(
+        self,
+        timers: Timers,
+        interval: Optional[float],
+        timeout: Optional[float],
+        send_ping: Callable[[], None],
+        on_timeout: Callable[[], None],
+        is_reading: Callable[[], bool],
+    ) -> None:
+        self._timers = timers
+        self._interval = interval
+        self._timeout = timeout
+        self._send_ping = send_ping
+        self._on_timeout = on_timeout
+        self._is_reading = is_reading
+        self._awaiting_pong = False
+        self._stopped = False
+        self._ping_timer: Optional[Timer] = None
+        self._verdict_timer: Optional[Timer] = None
+
+    def start(self) -> None:
+        if self._interval is not None:
+            self._ping_timer = self._timers.call_later(self._interval, self._ping)
+
+    def pong(self) -> None:
+        self._awaiting_pong = False
+
+    def stop(self) -> None:
+        self._stopped = True
+        for timer in (self._ping_timer, self._verdict_timer):
+            if timer is not None:
+                timer.cancel()
+
+    def _ping(self) -> None:
+        if self._stopped:
+            return
+        if self._timeout is not None and not self._awaiting_pong:
+            self._awaiting_pong = True
+            self._verdict_timer = self._timers.call_later(self._timeout, self._verdict)
+        self._send_ping()
+        self._ping_timer = self._timers.call_later(self._interval, self._ping)  # type: ignore[arg-type]
+
+    def _verdict(self) -> None:
+        if self._stopped or not self._awaiting_pong:
+            return
+        if not self._is_reading():
+            self._verdict_timer = self._timers.call_later(_RECHECK, self._verdict)
+            return
+        self._on_timeout()

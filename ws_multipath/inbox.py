@@ -1,0 +1,70 @@
+"""The messages of one connection waiting for ``receive()``.
+
+Bounded while the connection is open: the thread that reads the socket
+waits when it is full, so a client cannot make the server buffer more than
+``max_queue`` messages for an application that does not read them.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Optional, Union
+
+__all__ = ["Inbox"]
+
+Message = Union[str, bytes]
+
+
+class Inbox:
+    """A bounded FIFO of messages; ``_cond`` guards the deque and the flags."""
+
+    def __init__(self, max_size: int) -> None:
+        self._messages: collections.deque[Message] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._max_size = max_size
+        self._bounded = True
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def put(self, message: Message, wait: bool = True) -> None:
+        """Append; with ``wait``, first wait while full (unless unbounded)."""
+        with self._cond:
+            if wait:
+                self._cond.wait_for(lambda: len(self._messages) < self._max_size or not self._bounded)
+            self._messages.append(message)
+            self._cond.notify_all()
+
+    def get(self, timeout: Optional[float] = None) -> Optional[Message]:
+        """The oldest message; None once closed and empty. ``TimeoutError``
+        after ``timeout`` seconds with neither."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._messages or self._closed, timeout):
+                raise TimeoutError(f"no message within {timeout} s")
+            return self._pop()
+
+    def get_nowait(self) -> Optional[Message]:
+        with self._cond:
+            return self._pop()
+
+    def _pop(self) -> Optional[Message]:
+        if not self._messages:
+            return None
+        message = self._messages.popleft()
+        self._cond.notify_all()
+        return message
+
+    def unbound(self) -> None:
+        """Stop making ``put`` wait (the connection is closing: read to the end)."""
+        with self._cond:
+            self._bounded = False
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """No more messages will come: ``get`` returns None once empty."""
+        with self._cond:
+            self._bounded = False
+            self._closed = True
+            self._cond.notify_all()

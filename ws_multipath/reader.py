@@ -1,0 +1,249 @@
+"""Who reads a connection's socket, and on which thread.
+
+One thread at a time reads a connection, in one of three modes:
+
+- LOOPING: a thread reads until the connection ends. Normally this is the
+  server's request thread once the ``'connection'`` listeners have returned,
+  so a connection costs one thread and messages reach ``'message'``
+  listeners with no hand-off.
+- PULLING: a ``'connection'`` listener that calls ``receive()`` (the
+  ``for message in ws`` style) reads on its own thread, the request thread,
+  for as long as it waits: still one thread, no hand-off.
+- IDLE: nobody reads. While a ``'connection'`` listener is busy between two
+  ``receive()`` calls, or has not called it yet, a watchdog on the timer
+  thread checks the socket; when data has waited for ``TAKEOVER_AFTER``
+  seconds it starts a thread that reads from then on (LOOPING), so pings,
+  close frames and messages are never left unread for long.
+
+``_lock`` guards the mode; it is never held while reading or calling back.
+"""
+
+from __future__ import annotations
+
+import enum
+import select
+import ssl
+import threading
+import time
+from typing import Callable, Optional
+
+from .emitter import logger
+from .timers import Timer, Timers
+
+__all__ = ["SocketReader", "listener_thread", "TAKEOVER_AFTER"]
+
+#: Seconds that received data may wait unread before a reader thread takes over.
+TAKEOVER_AFTER = 1.0
+
+# recv() sizes: CPython allocates the full size for every call, so a large
+# fixed size costs an allocation (and page faults) per small message and pins
+# memory in every idle connection. Start small, grow while reads fill the
+# buffer (bulk transfers), shrink back when they stop.
+_RECV_MIN = 4096
+_RECV_MAX = 256 * 1024
+
+#: ``listener_thread.active`` is True on threads that run a connection (and
+#: so its listeners): the server's request threads and takeover readers.
+#: ``server.close()`` must not wait on such a thread.
+listener_thread = threading.local()
+
+
+class Mode(enum.Enum):
+    IDLE = "idle"
+    PULLING = "pulling"
+    LOOPING = "looping"
+
+
+class SocketReader:
+    """Reads one socket and hands each chunk to ``feed``.
+
+    ``begin`` runs once, before the first read; ``resume`` when a thread
+    starts looping; ``finish`` runs once, when reading ends (EOF, error, or
+    the socket shut down by another thread).
+    """
+
+    def __init__(
+        self,
+        sock: object,
+        timers: Timers,
+        feed: Callable[[bytes], None],
+        begin: Callable[[], None],
+        resume: Callable[[], None],
+        finish: Callable[[], None],
+        name: str,
+    ) -> None:
+        self._sock = sock
+        self._recv = sock.recv  # type: ignore[attr-defined]
+        self._timers = timers
+        self._feed = feed
+        self._begin = begin
+        self._resume = resume
+        self._finish = finish
+        self._name = name
+        self._recv_size = _RECV_MIN
+        self._lock = threading.Lock()
+        self._mode = Mode.IDLE
+        self._home = threading.current_thread()
+        self._looping_thread: Optional[threading.Thread] = None
+        self._began = False
+        self._done = False
+        self._idle_since = time.monotonic()
+        self._watchdog: Optional[Timer] = None
+
+    @property
+    def pulling(self) -> bool:
+        return self._mode is Mode.PULLING
+
+    def reading(self) -> bool:
+        """True while some thread reads (so an unanswered ping means something)."""
+        return self._mode is not Mode.IDLE or self._done
+
+    def on_reading_thread(self) -> bool:
+        """True on the thread that reads now (a listener called from a read)."""
+        current = threading.current_thread()
+        if self._mode is Mode.PULLING:
+            return current is self._home
+        return self._mode is Mode.LOOPING and current is self._looping_thread
+
+    # -- LOOPING --------------------------------------------------------------
+
+    def serve(self) -> None:
+        """On the home thread once its listeners returned: read to the end,
+        or wait for the takeover thread that already does."""
+        with self._lock:
+            takeover = self._looping_thread
+            self._mode = Mode.LOOPING
+            self._cancel_watchdog()
+        if takeover is not None:
+            takeover.join()
+        else:
+            self._loop()
+
+    def _loop(self) -> None:
+        listener_thread.active = True
+        self._looping_thread = threading.current_thread()
+        try:
+            self._begin_once()
+            self._resume()
+            while self._read_once():
+                pass
+        except Exception:  # noqa: BLE001 - a bug: log it, never leak the socket
+            logger.exception("reader of %s failed", self._name)
+        finally:
+            self._end()
+
+    def _read_once(self) -> bool:
+        """One ``recv`` and its processing; False when reading is over."""
+        size = self._recv_size
+        try:
+            data = self._recv(size)
+        except OSError:
+            return False
+        if not data:
+            return False
+        if len(data) == size:
+            self._recv_size = min(size * 4, _RECV_MAX)
+        elif size > _RECV_MIN and len(data) < size >> 3:
+            self._recv_size = size >> 1
+        self._feed(data)
+        return True
+
+    def _begin_once(self) -> None:
+        if not self._began:
+            self._began = True
+            self._begin()
+
+    def _end(self) -> None:
+        if not self._done:
+            self._done = True
+            self._finish()
+
+    # -- PULLING --------------------------------------------------------------
+
+    def claim_pull(self) -> bool:
+        """Become the reader on the home thread, if nobody reads; True if so."""
+        if threading.current_thread() is not self._home:
+            return False
+        with self._lock:
+            if self._mode is not Mode.IDLE or self._done:
+                return False
+            self._mode = Mode.PULLING
+            return True
+
+    def pull_once(self, deadline: Optional[float]) -> None:
+        """Read once, waiting for data at most until ``deadline``
+        (``TimeoutError`` then). Ends the connection on EOF. The first call
+        only begins (which may already deliver what came with the handshake)."""
+        if not self._began:
+            self._begin_once()
+            return
+        if deadline is not None and not self._readable(deadline - time.monotonic()):
+            raise TimeoutError("no message in time")
+        try:
+            more = self._read_once()
+        except BaseException:
+            self._end()
+            raise
+        if not more:
+            self._end()
+
+    def release_pull(self) -> None:
+        """Stop pulling; the watchdog watches the socket meanwhile."""
+        with self._lock:
+            if self._mode is Mode.PULLING:
+                self._mode = Mode.IDLE
+                self._idle_since = time.monotonic()
+                self._arm_watchdog(TAKEOVER_AFTER)
+
+    # -- IDLE: the watchdog (timer thread) ------------------------------------
+
+    def watch(self) -> None:
+        """Start watching the socket while the ``'connection'`` listeners run."""
+        with self._lock:
+            if self._mode is Mode.IDLE:
+                self._arm_watchdog(TAKEOVER_AFTER)
+
+    def _arm_watchdog(self, delay: float) -> None:
+        if self._watchdog is None:
+            self._watchdog = self._timers.call_later(delay, self._on_watchdog)
+
+    def _cancel_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _on_watchdog(self) -> None:
+        with self._lock:
+            self._watchdog = None
+            if self._mode is not Mode.IDLE or self._done:
+                return
+            waited = time.monotonic() - self._idle_since
+            if waited < TAKEOVER_AFTER:
+                self._arm_watchdog(TAKEOVER_AFTER - waited)
+                return
+        if not self._readable(0):
+            with self._lock:
+                if self._mode is Mode.IDLE:
+                    self._arm_watchdog(TAKEOVER_AFTER)
+            return
+        with self._lock:  # started under the lock, so that serve() never joins an unstarted thread
+            if self._mode is not Mode.IDLE or self._done:
+                return
+            thread = threading.Thread(target=self._loop, name=f"ws_multipath-reader {self._name}", daemon=True)
+            self._mode, self._looping_thread = Mode.LOOPING, thread
+            try:
+                thread.start()
+            except RuntimeError as exc:  # out of threads: try again later
+                logger.error("cannot start a reader thread for %s: %s", self._name, exc)
+                self._mode, self._looping_thread = Mode.IDLE, None
+                self._arm_watchdog(TAKEOVER_AFTER)
+
+    def _readable(self, timeout: float) -> bool:
+        if isinstance(self._sock, ssl.SSLSocket) and self._sock.pending():
+            return True
+        poller = select.poll()
+        try:
+            poller.register(self._sock.fileno(), select.POLLIN)  # type: ignore[attr-defined]
+            return bool(poller.poll(max(0.0, timeout) * 1000))
+        except (OSError, ValueError):
+            return True  # a closed socket: let recv report it

@@ -22,7 +22,13 @@ from .options import HandlerOptions
 from .protocol import FrameReader, FrameWriter, Payload
 from .request import Request
 from .transport import Transport
-from .upgrade import accept_token, check_upgrade, error_response, offered_protocols, switching_protocols
+from .upgrade import (
+    accept_token,
+    check_upgrade,
+    error_response,
+    offered_protocols,
+    switching_protocols,
+)
 
 if TYPE_CHECKING:
     from .server import MultipathServer

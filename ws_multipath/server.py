@@ -9,128 +9,26 @@ handshake and then reads the connection on the same thread until it ends.
 
 from __future__ import annotations
 
-import errno
 import signal
 import socket
-import socketserver
 import ssl
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
-from .reader import listener_thread
 from .emitter import EventEmitter, logger
 from .errors import HandshakeError
 from .handler import WebSocketHandler
+from .listener import Handshake, TCPServer, bind_address, format_address
 from .options import HandlerOptions
+from .reader import listener_thread
 from .request import Request, parse_request_head
 from .routing import RoutingTable
 from .timers import Timers
 from .upgrade import error_response, is_upgrade_request, read_request_head
 
 __all__ = ["MultipathServer"]
-
-_ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() ran out of descriptors
-
-
-class _Handshake:
-    """A socket whose handshake is in progress, with its deadline.
-
-    ``_lock`` makes the deadline's ``shutdown`` and the owner's ``finish``
-    exclusive, so the deadline never touches a descriptor that was reused.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self._lock = threading.Lock()
-        self._done = False
-        self.expired = False
-        self.timer: Any = None
-
-    def expire(self, address: tuple, timeout: float) -> None:
-        """The deadline passed: drop the client (timer thread)."""
-        with self._lock:
-            if self._done:
-                return
-            self.expired = True
-        logger.info("dropping %s: handshake not completed within %ss", _format_address(address), timeout)
-        self.abort()
-
-    def abort(self) -> None:
-        with self._lock:
-            if not self._done:
-                try:
-                    socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def finish(self) -> None:
-        with self._lock:
-            self._done = True
-        if self.timer is not None:
-            self.timer.cancel()
-
-
-class _RequestHandler(socketserver.BaseRequestHandler):
-    """socketserver's per-connection object: hands the socket to the server."""
-
-    def handle(self) -> None:
-        self.server.owner._handle_connection(self.request, self.client_address)  # type: ignore[attr-defined]
-
-
-class _TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    """The accept loop. One daemon thread per accepted connection; sockets the
-    owner detached (unhandled ones given to a listener) are left open."""
-
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple, family: int, backlog: int, owner: "MultipathServer") -> None:
-        self.address_family = family
-        self.request_queue_size = backlog
-        self.owner = owner
-        self.detached: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
-        self._exhausted = False
-        super().__init__(address, _RequestHandler, bind_and_activate=False)
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6 and self.server_address[0] in ("::", ""):
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
-    def get_request(self) -> tuple:
-        try:
-            request = self.socket.accept()
-        except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                self._back_off(f"accept() failed: {exc}")
-            raise
-        self._exhausted = False
-        return request
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address), name="ws_multipath-connection", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError as exc:  # can't start new thread
-            request.close()
-            self._back_off(f"cannot start a connection thread: {exc}")
-
-    def _back_off(self, message: str) -> None:
-        if not self._exhausted:
-            self._exhausted = True
-            logger.error("%s; backing off (logged once until it recovers)", message)
-        self.owner._closing_event.wait(_ACCEPT_BACKOFF)
-
-    def shutdown_request(self, request: Any) -> None:
-        if request not in self.detached:
-            request.close()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.exception("unexpected error serving %s", client_address)
-
 
 class MultipathServer(EventEmitter):
     """A WebSocket server that serves many paths on one port.
@@ -194,14 +92,14 @@ class MultipathServer(EventEmitter):
         # _lock guards: the counters, the closing state, the handshakes in progress
         self._lock = threading.Lock()
         self._open_connections = 0
-        self._handshakes: set[_Handshake] = set()
+        self._handshakes: set[Handshake] = set()
         self._closing_handlers: set[WebSocketHandler] = set()
         self._close_callbacks: list[Callable[[], Any]] = []
         self._closing = False
         self._finished = False  # 'close' is being or was emitted
         self._closing_event = threading.Event()
         self._closed_event = threading.Event()
-        self._tcp: Optional[_TCPServer] = None
+        self._tcp: Optional[TCPServer] = None
         self._accept_thread: Optional[threading.Thread] = None
         self._unhandled_requests: "weakref.WeakKeyDictionary[socket.socket, Request]" = weakref.WeakKeyDictionary()
         if auto_listen:
@@ -247,8 +145,8 @@ class MultipathServer(EventEmitter):
             if self._tcp is not None:
                 raise RuntimeError("the server is already listening")
             host, port = self._requested
-            family, address = _bind_address(host, port)
-            tcp = _TCPServer(address, family, self._backlog, self)
+            family, address = bind_address(host, port)
+            tcp = TCPServer(address, family, self._backlog, self)
             try:
                 tcp.server_bind()
                 tcp.server_activate()
@@ -312,7 +210,7 @@ class MultipathServer(EventEmitter):
 
     def _handle_connection(self, sock: socket.socket, address: tuple) -> None:
         listener_thread.active = True
-        handshake = _Handshake(sock)
+        handshake = Handshake(sock)
         with self._lock:
             if self._closing:
                 return
@@ -333,14 +231,14 @@ class MultipathServer(EventEmitter):
             else:
                 handler._accept(sock, request, handshake.finish)
         except HandshakeError as exc:
-            logger.debug("refused %s: %s", _format_address(address), exc)
+            logger.debug("refused %s: %s", format_address(address), exc)
             try:
                 sock.sendall(error_response(exc))
             except OSError:
                 pass
         except (OSError, ssl.SSLError) as exc:
             if not handshake.expired:
-                logger.debug("dropping %s: connection lost during the handshake (%s)", _format_address(address), exc)
+                logger.debug("dropping %s: connection lost during the handshake (%s)", format_address(address), exc)
         finally:
             handshake.finish()
             with self._lock:
@@ -348,7 +246,7 @@ class MultipathServer(EventEmitter):
             if not detached:
                 sock.close()
 
-    def _unhandled(self, sock: socket.socket, request: Request, handshake: _Handshake) -> bool:
+    def _unhandled(self, sock: socket.socket, request: Request, handshake: Handshake) -> bool:
         """Reject or hand over a request for a path no handler serves; returns
         True when a listener now owns the socket."""
         if self._reject_unhandled or not self.listeners("unhandled"):
@@ -459,24 +357,6 @@ class _Terminated(Exception):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
-
-
-def _format_address(address: Any) -> str:
-    try:
-        host, port = address[0], address[1]
-    except (TypeError, IndexError):
-        return str(address)
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def _bind_address(host: Optional[str], port: int) -> tuple[int, tuple]:
-    if host is None:
-        if socket.has_dualstack_ipv6():
-            return socket.AF_INET6, ("::", port)
-        return socket.AF_INET, ("0.0.0.0", port)
-    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = info[0]
-    return family, address
 
 
 def _check_arguments(port: Any, host: Any, open_timeout: Any, max_connections: Any, ssl_context: Any, backlog: Any, max_header_size: Any, max_headers: Any) -> None:

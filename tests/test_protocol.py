@@ -132,3 +132,15 @@ def test_the_whole_message_fast_path_gives_what_wsproto_gives():
                     break
             results.append([(type(e).__name__, getattr(e, "data", None) or getattr(e, "payload", None) or getattr(getattr(e, "error", None), "code", None)) for e in events])
         assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("size", [0, 1, 5, 4096, 4097, 70_001])
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_unmask_matches_wsproto_for_bytes_and_in_place_bytearrays(size, kind):
+    from wsproto.frame_protocol import XorMaskerSimple
+
+    from ws_multipath.protocol import unmask
+
+    payload, mask = os.urandom(size), os.urandom(4)
+    data = kind(b"head" + payload + b"tail")
+    assert unmask(data, 4, 4 + size, mask) == bytes(XorMaskerSimple(mask).process(bytearray(payload)))

@@ -140,7 +140,7 @@ class FrameReader:
             self._waiting_size += len(data)
             if self._waiting_size < self._waiting_for:
                 return events
-            data = b"".join(self._waiting)
+            data = bytearray().join(self._waiting)  # unmasked in place: one copy less
             self._waiting, self._waiting_size = [], 0
         if self._fast and self._between_frames():
             data = self._parse_whole_messages(data, events)
@@ -202,7 +202,7 @@ class FrameReader:
                 if first == 0x81 and end_of_data > start:
                     break  # wsproto checks partial text as it comes: invalid UTF-8 fails at once
                 return self._wait(data, pos, end - pos)
-            payload = unmask(data[start:end], data[start - 4 : start])
+            payload = unmask(data, start, end, bytes(data[start - 4 : start]))
             if first == 0x82:
                 events.append(Message(payload))
             else:
@@ -247,20 +247,25 @@ class FrameReader:
         return None
 
 
-def unmask(payload: bytes, mask: bytes) -> bytes:
-    """XOR ``payload`` with the 4-byte ``mask`` (RFC 6455 section 5.3).
+def unmask(data: Union[bytes, bytearray], start: int, end: int, mask: bytes) -> bytes:
+    """``data[start:end]`` XORed with the 4-byte ``mask`` (RFC 6455 section 5.3).
 
-    Big integers are fastest for short payloads; past a few KiB, wsproto's
-    per-byte translation tables are (measured: 0.5 vs 1.5 us at 32 bytes,
-    80 vs 180 us at 64 KiB)."""
-    size = len(payload)
+    Big integers are fastest for short payloads (measured 0.5 us against
+    1.5 us at 32 bytes); past a few KiB, translation tables over every
+    fourth byte are (80 against 180 us at 64 KiB). A ``bytearray`` is
+    unmasked in place, which saves a copy of large frames."""
+    size = end - start
     if size <= 4096:
         key = (mask * ((size + 3) >> 2))[:size]
-        return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
-    unmasked = bytearray(payload)
-    for offset in range(4):
-        unmasked[offset::4] = payload[offset::4].translate(_XOR_TABLES[mask[offset]])
-    return bytes(unmasked)
+        return (int.from_bytes(data[start:end], "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+    if isinstance(data, bytearray):
+        buffer, offset = data, start
+    else:
+        buffer, offset = bytearray(memoryview(data)[start:end]), 0
+    for index in range(4):
+        first = offset + index
+        buffer[first : offset + size : 4] = buffer[first : offset + size : 4].translate(_XOR_TABLES[mask[index]])
+    return bytes(memoryview(buffer)[offset : offset + size])
 
 
 _XOR_TABLES = [bytes(byte ^ key for byte in range(256)) for key in range(256)]

@@ -52,6 +52,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 NOFILE = 20000  # wanted soft limit of open files for servers and generators (capped at the hard limit)
 KiB, MiB = 1024, 1024 * 1024
+GEN_BOUND = 0.85  # generator cores from which a figure is marked as possibly generator-bound
 
 # name, server mode, load config, unit, what an "op" is
 SCENARIOS: list[dict[str, Any]] = [
@@ -116,22 +117,47 @@ def setup(profile: bool) -> None:
             subprocess.check_call([*npm, "ws@8"])
 
 
+SERVER_ENV: dict[str, str] = {}  # environment of the server processes (PYTHONPATH of the snapshot)
+
+
+def prepare_library(ref: str) -> dict[str, str]:
+    """Benchmark ws_multipath as committed at `ref` (default HEAD): extract it
+    into benchmarks/.work/snapshots/<commit>/ and put that first on the
+    servers' PYTHONPATH, so edits made to the work tree during a run do not
+    mix into it. `worktree` benchmarks the work tree as it is."""
+    if ref == "worktree":
+        commit = subprocess.check_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], text=True).strip()
+        dirty = subprocess.check_output(["git", "-C", str(ROOT), "status", "--porcelain", "--", "ws_multipath"], text=True).strip()
+        SERVER_ENV.pop("PYTHONPATH", None)
+        return {"ws_multipath source": f"work tree at {commit}" + (" + uncommitted changes" if dirty else ""), "path": str(ROOT)}
+    commit = subprocess.check_output(["git", "-C", str(ROOT), "rev-parse", "--short", ref + "^{commit}"], text=True).strip()
+    target = WORK / "snapshots" / commit
+    if not (target / "ws_multipath" / "__init__.py").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "ws_multipath"], check=True, stdout=subprocess.PIPE).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    subject = subprocess.check_output(["git", "-C", str(ROOT), "log", "-1", "--format=%s", commit], text=True).strip()
+    SERVER_ENV["PYTHONPATH"] = str(target)
+    return {"ws_multipath source": f"commit {commit} ({subject[:70]})", "path": str(target)}
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.update(SERVER_ENV)
+    return env
+
+
 def versions() -> dict[str, str]:
     code = (
         "import json, platform, websockets, ws_multipath, wsproto;"
         "print(json.dumps({'python': platform.python_version(), 'websockets': websockets.__version__,"
         " 'ws_multipath': ws_multipath.__version__, 'wsproto': wsproto.__version__ if hasattr(wsproto, '__version__') else '?'}))"
     )
-    info = json.loads(subprocess.check_output([str(PYTHON), "-c", code], text=True))
+    info = json.loads(subprocess.check_output([str(PYTHON), "-c", code], text=True, env=server_env(), cwd=str(WORK)))
     info["node"] = subprocess.check_output(["node", "--version"], text=True).strip()
     info["ws (node)"] = json.loads((WORK / "node_modules" / "ws" / "package.json").read_text())["version"]
     info["bufferutil"] = "yes" if (WORK / "node_modules" / "bufferutil").exists() else "no"
-    try:
-        commit = subprocess.check_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], text=True).strip()
-        dirty = subprocess.check_output(["git", "-C", str(ROOT), "status", "--porcelain", "--", "ws_multipath"], text=True).strip()
-        info["ws_multipath commit"] = commit + (" (+ uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        pass
     return info
 
 
@@ -204,20 +230,35 @@ def machine_busy(seconds: float = 0.5) -> float:
 def wait_quiet(opts: argparse.Namespace) -> float:
     """Wait (up to --quiet-wait s) until other processes leave the machine
     mostly idle; return the busy share seen last (recorded with each run)."""
-    deadline = time.monotonic() + opts.quiet_wait
+    start = time.monotonic()
+    deadline = start + min(opts.quiet_wait, opts.quiet_budget)
     told = False
-    while True:
-        busy = machine_busy()
-        if busy <= opts.quiet_threshold or time.monotonic() >= deadline:
-            return busy
-        if not told:
-            log(f"  machine {busy:.0f}% busy before the run (other processes); waiting up to {opts.quiet_wait:.0f} s for < {opts.quiet_threshold:.0f}%")
-            told = True
+    try:
+        while True:
+            busy = machine_busy()
+            if busy <= opts.quiet_threshold or time.monotonic() >= deadline:
+                return busy
+            if not told:
+                log(f"  machine {busy:.0f}% busy before the run (other processes); waiting up to "
+                    f"{deadline - time.monotonic():.0f} s for < {opts.quiet_threshold:.0f}%")
+                told = True
+    finally:
+        opts.quiet_budget = max(0.0, opts.quiet_budget - (time.monotonic() - start))
 
 
 def system_tasks() -> int:
     """Threads on the whole machine (counts against kernel.pid_max)."""
     return int(Path("/proc/loadavg").read_text().split()[3].split("/")[1])
+
+
+def nofile_limit(pid: int) -> Optional[int]:
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def map_count(pid: int) -> int:
@@ -330,7 +371,8 @@ def start_server(impl: str, mode: str, logs: Path, ping_interval: float = 20.0, 
         stderr=stderr,
         stdin=subprocess.DEVNULL,
         preexec_fn=_raise_nofile,
-        cwd=str(ROOT),
+        cwd=str(WORK),
+        env=server_env(),
     )
     CHILDREN.add(proc)
     stderr.close()
@@ -338,7 +380,12 @@ def start_server(impl: str, mode: str, logs: Path, ping_interval: float = 20.0, 
     if not line or not line.startswith("PORT "):
         stop_process(proc)
         raise RuntimeError(f"{impl} server did not start (see {logs / f'server-{impl}.log'})")
-    return proc, int(line.split()[1])
+    parts = line.split()
+    wanted = SERVER_ENV.get("PYTHONPATH")
+    if impl == "ws_multipath" and wanted and not parts[2].startswith(wanted):
+        stop_process(proc)
+        raise RuntimeError(f"the server imported {parts[2]}, not the snapshot in {wanted}")
+    return proc, int(parts[1])
 
 
 def start_load(config: dict, logs: Path) -> subprocess.Popen:
@@ -402,6 +449,8 @@ def run_throughput(scenario: dict, impl: str, opts: argparse.Namespace, logs: Pa
             "server_cores": server_cpu / seconds if seconds else 0.0,
             "gen_cores": gen_cpu / seconds if seconds else 0.0,
             "machine_idle_pct": 100.0 * (idle1[0] - idle0[0]) / max(1, idle1[1] - idle0[1]),
+            # cores busy on the machine beyond the server and the generator (other processes, unattributed kernel work)
+            "other_cores": max(0.0, ((idle1[1] - idle0[1]) - (idle1[0] - idle0[0])) / CLK_TCK / seconds - server_cpu / seconds - gen_cpu / seconds) if seconds else None,
             "background_busy_pct": background,
             "server_rss_peak": max(rss),
             "server_threads_peak": max((s[2] for s in sampler.samples), default=baseline["threads"]),
@@ -439,12 +488,14 @@ def run_idle(impl: str, opts: argparse.Namespace, logs: Path) -> dict:
     try:
         time.sleep(0.3)
         baseline = proc_status(server.pid)
+        fd_limit = nofile_limit(server.pid)
         config = dict(mode="idle", url=f"ws://127.0.0.1:{port}/", target=opts.idle_target, concurrency=100, max_failures=200,
                       connect_limit=opts.idle_connect_limit, hold=opts.idle_hold, timeout=opts.idle_connect_limit + opts.idle_hold + 60)
         load = start_load(config, logs)
         reader = LineReader(load)
         guard = ""
         last_map_check = 0.0
+        max_fds = 0
         while True:
             event = reader.event(opts.idle_connect_limit + 30)
             if event is None:
@@ -457,8 +508,12 @@ def run_idle(impl: str, opts: argparse.Namespace, logs: Path) -> dict:
                 tasks = system_tasks()
                 if tasks > task_limit:
                     guard = f"machine at {tasks} threads (limit {task_limit} = pid/thread limit - margin)"
-                elif time.monotonic() - last_map_check > 2:
+                elif time.monotonic() - last_map_check > 1:
                     last_map_check = time.monotonic()
+                    try:
+                        max_fds = max(max_fds, len(os.listdir(f"/proc/{server.pid}/fd")))
+                    except OSError:
+                        pass
                     maps = map_count(server.pid) if server.poll() is None else 0
                     if maps > map_limit:
                         guard = f"server at {maps} memory maps (vm.max_map_count {max_maps})"
@@ -477,13 +532,20 @@ def run_idle(impl: str, opts: argparse.Namespace, logs: Path) -> dict:
         cpu1 = cpu_seconds(server.pid) if alive else cpu0
         held = event["open"]
         per = (lambda key: (end[key] - baseline[key]) / held if held else None)
+        stop_reason = guard or held_event["stop_reason"]
+        max_fds = max(max_fds, at_held["fds"])
+        if fd_limit and max_fds >= fd_limit - 20:
+            stop_reason += f"; the server reached its file descriptor limit ({max_fds} open, limit {fd_limit})"
+        if not alive:
+            stop_reason += f"; the server process exited during the test (exit code {server.returncode})"
         return {
             "impl": impl,
             "target": opts.idle_target,
             "held": held,
             "opened": held_event["open"],
             "failed": held_event["failed"],
-            "stop_reason": guard or held_event["stop_reason"],
+            "stop_reason": stop_reason,
+            "server_fd_limit": fd_limit,
             "connect_seconds": held_event["connect_seconds"],
             "closed_during_hold": event["closed_during_hold"],
             "pings_during_hold": event["pings_during_hold"],
@@ -581,6 +643,7 @@ def summarize(runs: dict[str, dict[str, list]]) -> dict[str, dict]:
                     "server_cores": median([r["server_cores"] for r in rs]),
                     "gen_cores": median([r["gen_cores"] for r in rs]),
                     "machine_idle_pct": median([r["machine_idle_pct"] for r in rs]),
+                    "other_cores": median([r["other_cores"] for r in rs]),
                     "background_busy_pct": median([r["background_busy_pct"] for r in rs]),
                     "server_rss_peak_mib": median([r["server_rss_peak"] / MiB for r in rs]),
                     "server_threads_peak": median([r["server_threads_peak"] for r in rs]),
@@ -608,7 +671,7 @@ def render(summary: dict, meta: dict) -> str:
     v = meta["versions"]
     lines += [
         f"- machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}",
-        f"- Python {v['python']}, ws_multipath {v['ws_multipath']} ({v.get('ws_multipath commit', '?')}), websockets {v['websockets']}, "
+        f"- Python {v['python']}, ws_multipath {v['ws_multipath']} ({meta['library']['ws_multipath source']}), websockets {v['websockets']}, "
         f"generator: Node {v['node']} + ws {v['ws (node)']} (bufferutil: {v['bufferutil']})",
         f"- command: `{meta['command']}`; {meta['reps']} interleaved repetitions (A B A B ...), fresh server per run, "
         f"{meta['warmup']} s warm-up + {meta['duration']} s measured; figures are medians (± half the range)",
@@ -630,23 +693,26 @@ def render(summary: dict, meta: dict) -> str:
         if e["kind"] != "throughput":
             continue
         a, b = e["ws_multipath"], e["websockets"]
+        mark = {impl: (" †" if (e[impl]["gen_cores"] or 0) >= GEN_BOUND else "") for impl in IMPLS}
         lines.append(
-            f"| {e['title']} | {e['unit']} | {fmt_rate(a['rate'])}{a['rate_spread']} | {fmt_rate(b['rate'])}{b['rate_spread']} | "
+            f"| {e['title']} | {e['unit']} | {fmt_rate(a['rate'])}{a['rate_spread']}{mark['ws_multipath']} | {fmt_rate(b['rate'])}{b['rate_spread']}{mark['websockets']} | "
             f"**{fmt(e['ratio'], 2)}** | {fmt(a['server_cpu_per_op_us'])} / {fmt(b['server_cpu_per_op_us'])} | "
             f"{fmt(a['gen_cpu_per_op_us'])} / {fmt(b['gen_cpu_per_op_us'])} | {fmt(a['gen_cores'], 2)} / {fmt(b['gen_cores'], 2)} |"
         )
+    lines.append(f"\n† the generator used >= {GEN_BOUND} of a core: it may have been the limit, so that figure is a lower bound.")
     errors = [(n, impl, err) for n, e in summary.items() if e["kind"] == "throughput" for impl in IMPLS for err in e[impl]["errors"]]
     for n, impl, err in errors:
         lines.append(f"\n- error in {n} / {impl}: {err}")
-    lines += ["", "During the window (medians): cores used by the server process, idle share of the whole machine "
-              f"({meta['machine']['nproc']} CPUs), server peak RSS and threads.", "",
-              "| scenario | server cores (wm / ws) | machine idle % (wm / ws) | busy % before the run (wm / ws) | peak RSS MiB (wm / ws) | threads (wm / ws) |", "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "During the window (medians): cores used by the server process; "
+              f"other load = cores of the {meta['machine']['nproc']} busy beyond the server and the generator (other processes, kernel); "
+              "machine share busy just before the run; server peak RSS and threads.", "",
+              "| scenario | server cores (wm / ws) | other load, cores (wm / ws) | busy % before the run (wm / ws) | peak RSS MiB (wm / ws) | threads (wm / ws) |", "|---|---:|---:|---:|---:|---:|"]
     for name, e in summary.items():
         if e["kind"] != "throughput":
             continue
         a, b = e["ws_multipath"], e["websockets"]
         lines.append(f"| {e['title']} | {fmt(a['server_cores'], 2)} / {fmt(b['server_cores'], 2)} | "
-                     f"{fmt(a['machine_idle_pct'], 0)} / {fmt(b['machine_idle_pct'], 0)} | "
+                     f"{fmt(a['other_cores'], 2)} / {fmt(b['other_cores'], 2)} | "
                      f"{fmt(a['background_busy_pct'], 0)} / {fmt(b['background_busy_pct'], 0)} | "
                      f"{fmt(a['server_rss_peak_mib'])} / {fmt(b['server_rss_peak_mib'])} | {fmt(a['server_threads_peak'], 0)} / {fmt(b['server_threads_peak'], 0)} |")
     if "idle" in summary:
@@ -670,7 +736,7 @@ def render(summary: dict, meta: dict) -> str:
             if "stop_reason" in x:
                 s = x["at_hold_end"]
                 lines.append(f"\n- {impl}: stopped opening because: {x['stop_reason']}; {x['failed']} failed; "
-                             f"server at the end: RSS {s['rss'] / MiB:.0f} MiB, {s['threads']} threads, {s['fds']} fds")
+                             f"server at the end: RSS {s['rss'] / MiB:.0f} MiB, {s['threads']} threads, {s['fds']} fds (limit {x.get('server_fd_limit')})")
             for err in x.get("errors", []):
                 lines.append(f"\n- {impl}: error: {err}")
     if "soak_256x32B" in summary:
@@ -692,15 +758,18 @@ def render(summary: dict, meta: dict) -> str:
 # -- profile ----------------------------------------------------------------
 
 
-def run_profile(opts: argparse.Namespace, logs: Path, stamp: str) -> None:
+def run_profile(opts: argparse.Namespace, logs: Path, stamp: str, library: dict) -> None:
     """py-spy the server under the 16-client 1 KiB echo: a GIL-holder profile
     (where the Python time goes) and an all-threads one (incl. native frames)."""
     pyspy = str(VENV / "bin" / "py-spy")
-    scenario = BY_NAME["echo_16x1KiB"]
+    scenario = BY_NAME[opts.profile_scenario]
+    if scenario.get("kind", "throughput") != "throughput" or scenario["load"]["mode"] != "echo":
+        raise SystemExit("--profile-scenario takes an echo scenario")
     RESULTS.mkdir(exist_ok=True)
-    report = [f"# py-spy profile, {scenario['title']} — {stamp}", ""]
+    tag = "" if opts.profile_scenario == "echo_16x1KiB" else "-" + opts.profile_scenario
+    report = [f"# py-spy profile, {scenario['title']} — {stamp}", "", f"ws_multipath: {library['ws_multipath source']}", ""]
     for impl in IMPLS:
-        for label, flags in (("gil", ["--gil"]), ("native", ["--native"])):
+        for label, flags in (("gil", ["--gil"]), ("gil-native", ["--gil", "--native"])):
             server, port = start_server(impl, scenario["server"], logs)
             load = None
             try:
@@ -711,7 +780,7 @@ def run_profile(opts: argparse.Namespace, logs: Path, stamp: str) -> None:
                     event = reader.event(30)
                     if event is None or event["event"] != expected:
                         raise RuntimeError(f"generator: {event}")
-                raw = RESULTS / f"{stamp}-profile-{impl}-{label}.txt"
+                raw = RESULTS / f"{stamp}-profile{tag}-{impl}-{label}.txt"
                 cpu0 = cpu_seconds(server.pid)
                 subprocess.run([pyspy, "record", "--pid", str(server.pid), "--duration", str(int(opts.profile)), "--rate", "250",
                                 "--format", "raw", "--output", str(raw), *flags],
@@ -730,10 +799,10 @@ def run_profile(opts: argparse.Namespace, logs: Path, stamp: str) -> None:
                     if load is not None:
                         stop_process(load)
                     stop_process(server)
-            report += [f"## {impl}, {label} ({'samples of the thread holding the GIL' if label == 'gil' else 'all non-idle threads, native frames'})", "",
+            report += [f"## {impl}, {label} (samples of the thread holding the GIL{', with native frames' if 'native' in label else ''})", "",
                        f"{fmt_rate(rate)} msg/s while profiled (sampling slows it), server CPU {cpu1 - cpu0:.2f} s in {opts.profile} s; raw stacks: `{raw.name}`", ""]
             report += profile_tables(raw)
-    out = RESULTS / f"{stamp}-profile.md"
+    out = RESULTS / f"{stamp}-profile{tag}.md"
     out.write_text("\n".join(report) + "\n")
     log(f"profile written to {out}")
 
@@ -741,6 +810,7 @@ def run_profile(opts: argparse.Namespace, logs: Path, stamp: str) -> None:
 def profile_tables(raw: Path, top: int = 25) -> list[str]:
     self_counts: dict[str, int] = {}
     incl_counts: dict[str, int] = {}
+    line_counts: dict[str, int] = {}
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -753,6 +823,12 @@ def profile_tables(raw: Path, top: int = 25) -> list[str]:
         if not frames:
             continue
         self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + n
+        python_frames = [f for f in stack.split(";") if ".py:" in f]
+        if python_frames:
+            leaf = python_frames[-1].strip()
+            name, _, where = leaf.partition(" (")
+            key = f"{'/'.join(where.rstrip(')').split('/')[-2:])} {name}"
+            line_counts[key] = line_counts.get(key, 0) + n
         for f in set(frames):
             incl_counts[f] = incl_counts.get(f, 0) + n
     if not total:
@@ -764,6 +840,9 @@ def profile_tables(raw: Path, top: int = 25) -> list[str]:
         s = by_self[i] if i < len(by_self) else ("", 0)
         c = by_incl[i] if i < len(by_incl) else ("", 0)
         lines.append(f"| {s[1] / total * 100:.1f} | `{s[0]}` | | {c[1] / total * 100:.1f} | `{c[0]}` |")
+    lines += ["", "Innermost Python line of each sample (where the time is spent, native calls included):", "", "| % | line |", "|---:|---|"]
+    for key, n in sorted(line_counts.items(), key=lambda kv: -kv[1])[:12]:
+        lines.append(f"| {n / total * 100:.1f} | `{key}` |")
     lines.append("")
     return lines
 
@@ -795,13 +874,16 @@ def main() -> int:
     parser.add_argument("--max-ops", type=int, default=5_000_000, help="ops per run at most (a bound on every load loop)")
     parser.add_argument("--soak", type=float, help="seconds of the memory soak (default 30, quick 6)")
     parser.add_argument("--idle-target", type=int, help="idle connections to try (default 10000, quick 2000)")
-    parser.add_argument("--idle-hold", type=float, help="seconds to hold them (default 12, quick 6)")
-    parser.add_argument("--idle-ping", type=float, default=5.0, help="heartbeat interval during the idle test (default 5)")
+    parser.add_argument("--idle-hold", type=float, help="seconds to hold them (default 25, quick 6)")
+    parser.add_argument("--idle-ping", type=float, help="heartbeat interval during the idle test (default 20, both libraries' default; quick 5)")
     parser.add_argument("--idle-connect-limit", type=float, default=120.0, help="seconds allowed to open them")
     parser.add_argument("--idle-margin", type=int, default=2500, help="threads left free on the machine (pid_max guard)")
-    parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait before each run for other processes to calm down (default 60)")
+    parser.add_argument("--quiet-wait", type=float, default=30.0, help="seconds to wait at most before each run for other processes to calm down (default 30)")
+    parser.add_argument("--quiet-budget", type=float, help="seconds of such waiting in all (default 180, quick 45)")
     parser.add_argument("--quiet-threshold", type=float, default=15.0, help="machine busy %% counted as quiet (default 15)")
     parser.add_argument("--profile", type=float, metavar="SECONDS", help="only profile both servers with py-spy (16-client 1 KiB echo)")
+    parser.add_argument("--ref", default="HEAD", help="git commit of ws_multipath to benchmark (default HEAD; 'worktree' for the work tree as it is)")
+    parser.add_argument("--profile-scenario", default="echo_16x1KiB", help="echo scenario that --profile runs (default echo_16x1KiB)")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
     opts = parser.parse_args()
     if opts.list:
@@ -814,7 +896,9 @@ def main() -> int:
     opts.warmup = opts.warmup if opts.warmup is not None else (0.5 if q else 1.0)
     opts.soak = opts.soak or (6.0 if q else 30.0)
     opts.idle_target = opts.idle_target or (2000 if q else 10000)
-    opts.idle_hold = opts.idle_hold or (6.0 if q else 12.0)
+    opts.idle_hold = opts.idle_hold or (6.0 if q else 25.0)
+    opts.idle_ping = opts.idle_ping or (5.0 if q else 20.0)
+    opts.quiet_budget = opts.quiet_budget if opts.quiet_budget is not None else (45.0 if q else 180.0)
     names = [s["name"] for s in SCENARIOS]
     if opts.scenarios:
         wanted = [n.strip() for n in opts.scenarios.split(",") if n.strip()]
@@ -829,14 +913,17 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now()
     stamp = now.strftime("%Y-%m-%d")
+    library = prepare_library(opts.ref)
+    log(f"ws_multipath under test: {library['ws_multipath source']}")
     if opts.profile is not None:
-        run_profile(opts, logs, stamp)
+        run_profile(opts, logs, stamp, library)
         return 0
 
     meta = {
         "date": now.isoformat(timespec="seconds"),
         "command": "python3 benchmarks/run.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
+        "library": library,
         "versions": versions(),
         "reps": opts.reps,
         "duration": opts.duration,
@@ -869,7 +956,7 @@ def main() -> int:
                     else:
                         result = run_throughput(scenario, impl, opts, logs)
                         desc = (f"{fmt_rate(result['rate'])} {scenario['unit']}, server {fmt(result['server_cpu_per_op_us'])} µs/op "
-                                f"({result['server_cores']:.2f} cores, machine {result['machine_idle_pct']:.0f}% idle), generator {fmt(result['gen_cpu_per_op_us'])} µs/op ({result['gen_cores']:.2f} cores)")
+                                f"({result['server_cores']:.2f} cores, others {result['other_cores']:.2f}), generator {fmt(result['gen_cpu_per_op_us'])} µs/op ({result['gen_cores']:.2f} cores)")
                         if not result["server_alive"]:
                             desc += " SERVER DIED"
                 except Exception as exc:  # noqa: BLE001 - record and go on with the other runs

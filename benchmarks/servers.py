@@ -3,7 +3,7 @@
     python benchmarks/servers.py --impl ws_multipath|websockets --mode echo|iter|broadcast
                                  [--ping-interval S] [--ping-timeout S]
 
-Prints ``PORT <n>`` once it listens on 127.0.0.1, then serves until killed.
+Prints ``PORT <n> <path of the library's module>`` once it listens on 127.0.0.1, then serves until killed.
 Compression is off on both; each library's keepalive is on with the given
 interval (20 s, both libraries' default, unless told otherwise).
 
@@ -56,7 +56,9 @@ def run_ws_multipath(mode: str, ping_interval: float, ping_timeout: float) -> No
 
     else:
         raise SystemExit(f"unknown mode {mode!r}")
-    print(f"PORT {server.port}", flush=True)
+    import ws_multipath
+
+    print(f"PORT {server.port} {ws_multipath.__file__}", flush=True)
     server.serve_forever()
 
 
@@ -93,7 +95,9 @@ def run_websockets(mode: str, ping_interval: float, ping_timeout: float) -> None
         ping_timeout=ping_timeout,
     ) as server:
         holder["server"] = server
-        print(f"PORT {server.socket.getsockname()[1]}", flush=True)
+        import websockets
+
+        print(f"PORT {server.socket.getsockname()[1]} {websockets.__file__}", flush=True)
         server.serve_forever()
 
 

@@ -40,15 +40,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"cannot listen on port {args.port}: {exc}", file=sys.stderr)
         return 1
-    with server:
-        build_demo(server)
-        shown = args.host or "localhost"
-        if ":" in shown:
-            shown = f"[{shown}]"
-        for path in ("/echo", "/chat"):
-            print(f"ws://{shown}:{server.port}{path}", flush=True)
-        print("Ctrl-C to stop", flush=True)
-        server.serve_forever()
+    try:
+        with server:
+            build_demo(server)
+            shown = args.host or "localhost"
+            if ":" in shown:
+                shown = f"[{shown}]"
+            for path in ("/echo", "/chat"):
+                print(f"ws://{shown}:{server.port}{path}", flush=True)
+            print("Ctrl-C to stop", flush=True)
+            server.serve_forever()
+    except KeyboardInterrupt:  # before serve_forever() took over Ctrl-C; leaving the block closed the server
+        pass
     return 0
 
 

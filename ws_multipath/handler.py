@@ -163,8 +163,10 @@ class WebSocketHandler(EventEmitter):
             _send_quietly(sock, error_response(HandshakeError(500, "invalid response headers")))
             return
         ws = self._open(sock, request, protocol, extensions, deflate)
+        del headers, deflate  # this frame lives as long as the connection
         if not self._register_and_respond(ws, response):
             return
+        del response
         end_handshake()
         ws._watch()
         self.emit("connection", ws, request)

@@ -126,11 +126,11 @@ class FrameReader:
         self._fast = deflate is None  # compressed messages always go through wsproto
         self._parts: list[Union[str, bytes]] = []
         self._closed = False
-        self._waiting: list[bytes] = []  # the start of a frame for the hot path
+        self._waiting: list[Union[bytes, bytearray]] = []  # the start of a frame for the hot path
         self._waiting_size = 0
         self._waiting_for = 0
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: Union[bytes, bytearray]) -> list[Event]:
         """Parse ``data``; return the complete events it finished."""
         events: list[Event] = []
         if self._closed:
@@ -146,7 +146,7 @@ class FrameReader:
             data = self._parse_whole_messages(data, events)
             if not data or (events and type(events[-1]) is Failure):
                 return events
-        self._frames.receive_bytes(data)
+        self._frames.receive_bytes(data)  # type: ignore[arg-type]  # wsproto accepts any bytes-like
         try:
             for frame in self._frames.received_frames():
                 event = self._on_frame(frame)
@@ -165,7 +165,7 @@ class FrameReader:
         decoder = self._frames._frame_decoder
         return decoder.header is None and not decoder.buffer.buffer and self._frames._message_decoder.opcode is None
 
-    def _parse_whole_messages(self, data: bytes, events: list[Event]) -> bytes:
+    def _parse_whole_messages(self, data: Union[bytes, bytearray], events: list[Event]) -> Union[bytes, bytearray]:
         """The hot path: parse the complete, unfragmented, masked text and
         binary frames at the start of ``data`` (what clients send nearly
         always) without wsproto's per-frame machinery. An incomplete one is
@@ -215,7 +215,7 @@ class FrameReader:
             pos = end
         return data[pos:] if pos else data
 
-    def _wait(self, data: bytes, pos: int, needed: int) -> bytes:
+    def _wait(self, data: Union[bytes, bytearray], pos: int, needed: int) -> bytes:
         """Keep the start of a whole-message frame until ``needed`` bytes of it
         have arrived, so the hot path parses it in one piece."""
         self._waiting = [data[pos:] if pos else data]

@@ -39,7 +39,7 @@ TAKEOVER_AFTER = 1.0
 # fixed size costs an allocation (and page faults) per small message and pins
 # memory in every idle connection. Start small, grow while reads fill the
 # buffer (bulk transfers), shrink back when they stop.
-_RECV_MIN = 4096
+_RECV_MIN = 1024
 _RECV_MAX = 64 * 1024  # larger reads are over glibc's mmap threshold: 16 us each instead of 2.5 (strace)
 
 #: ``listener_thread.active`` is True on threads that run a connection (and

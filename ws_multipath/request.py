@@ -28,7 +28,10 @@ class Headers(Mapping[str, str]):
     each one; iterating yields the names as the client spelled them.
     """
 
-    __slots__ = ("_items", "_index")
+    __slots__ = ("_items",)
+
+    # Only the fields are kept, and lookups scan them: a request has a few
+    # dozen at most, and every open connection keeps its request.
 
     def __init__(self, items: Union[list[tuple[str, str]], Mapping[str, str], None] = None) -> None:
         if items is None:
@@ -36,16 +39,18 @@ class Headers(Mapping[str, str]):
         elif isinstance(items, Mapping):
             items = list(items.items())
         self._items: tuple[tuple[str, str], ...] = tuple((str(k), str(v)) for k, v in items)
-        index: dict[str, list[str]] = {}
-        for name, value in self._items:
-            index.setdefault(name.lower(), []).append(value)
-        self._index = index
 
     def __getitem__(self, name: str) -> str:
-        return ", ".join(self._index[name.lower()])
+        values = self.get_all(name)
+        if not values:
+            raise KeyError(name)
+        return ", ".join(values)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._index
+        if not isinstance(name, str):
+            return False
+        key = name.lower()
+        return any(field.lower() == key for field, _ in self._items)
 
     def __iter__(self) -> Iterator[str]:
         seen: set[str] = set()
@@ -55,11 +60,12 @@ class Headers(Mapping[str, str]):
                 yield name
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len({name.lower() for name, _ in self._items})
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order; ``[]`` when absent."""
-        return list(self._index.get(name.lower(), ()))
+        key = name.lower()
+        return [value for field, value in self._items if field.lower() == key]
 
     def raw_items(self) -> list[tuple[str, str]]:
         """The fields as received, in order, with repeats."""

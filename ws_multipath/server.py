@@ -223,6 +223,7 @@ class MultipathServer(EventEmitter):
                 sock.do_handshake()
             head, rest = read_request_head(sock, self._max_header_size, self._max_headers)
             request = parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest)
+            del head, rest  # this frame lives as long as the connection
             if not is_upgrade_request(request):  # plain HTTP: where a WSGI app would be served
                 raise HandshakeError(426, "this server accepts WebSocket upgrades only", [("Upgrade", "websocket")])
             handler = self._routes.lookup(request.path)

@@ -109,7 +109,7 @@ class WebSocket(EventEmitter):
             timers,
             options.ping_interval,
             options.ping_timeout,
-            lambda: transport.post(writer.ping(b"")),
+            self._post_heartbeat_ping,
             self._on_pong_timeout,
             self._socket_reader.reading,
         )
@@ -409,6 +409,11 @@ class WebSocket(EventEmitter):
         if self._on_closed is not None:
             self._on_closed(self)
         self.emit("close", self.close_code, self.close_reason)
+
+    def _post_heartbeat_ping(self) -> None:
+        """Heartbeat (timer thread): ping without blocking, while open."""
+        if self._state is ReadyState.OPEN and not self._close_sent:
+            self._transport.post(self._writer.ping(b""))
 
     def _on_pong_timeout(self) -> None:
         """The heartbeat's verdict (timer thread): the client stopped answering."""

@@ -13,6 +13,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
@@ -97,6 +98,7 @@ class MultipathServer(EventEmitter):
         self._close_callbacks: list[Callable[[], Any]] = []
         self._closing = False
         self._finished = False  # 'close' is being or was emitted
+        self._close_deadline = 0.0  # when close() stops waiting (monotonic), set by the first call
         self._closing_event = threading.Event()
         self._closed_event = threading.Event()
         self._tcp: Optional[TCPServer] = None
@@ -293,15 +295,17 @@ class MultipathServer(EventEmitter):
             if callback is not None and not closed:
                 self._close_callbacks.append(callback)
             starting = not self._closing
-            self._closing = True
-            self._closing_event.set()
+            if starting:
+                self._closing = True
+                self._closing_event.set()
+                handlers = self._routes.handlers()  # lock order: server, then routes (as create_handler)
+                self._closing_handlers.update(handlers)
+                wait = max((h.options.close_timeout for h in handlers), default=0.0) + 2.0
+                self._close_deadline = time.monotonic() + wait
             handshakes = list(self._handshakes)
         if closed and callback is not None:
             callback()
         if starting:
-            handlers = self._routes.handlers()
-            with self._lock:
-                self._closing_handlers.update(handlers)
             self._stop_accepting()
             for handshake in handshakes:
                 handshake.abort()
@@ -309,8 +313,7 @@ class MultipathServer(EventEmitter):
                 handler.close()
             self._maybe_finish_close()
         if not getattr(listener_thread, "active", False):
-            deadline = max((h.options.close_timeout for h in handlers), default=0.0) + 2.0 if starting else None
-            if not self._closed_event.wait(deadline):
+            if not self._closed_event.wait(max(0.0, self._close_deadline - time.monotonic())):
                 logger.warning("close(): connections still open after the close timeout (a listener may be blocking)")
 
     def _stop_accepting(self) -> None:

@@ -57,7 +57,7 @@ from faultkit import (  # noqa: E402
 )
 from ws_multipath import ConnectionClosed  # noqa: E402
 
-WRITER_POOL = 16  # the server's writer ThreadPoolExecutor: its threads live until close()
+FLUSHERS = 1  # the server's flusher thread lives until close()
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def test_connection_churn_returns_to_baseline(servers, errors, record_property):
         else:
             reset_before_response()
 
-    # Warm up (timer thread, writer pool, lazily made objects), then measure.
+    # Warm up (timer thread, flusher thread, lazily made objects), then measure.
     for j in range(64):
         cycle(j)
     wait_until(lambda: not handler.clients and len(log.closes) == len(log.opened), 10, message="warm-up connections to end")
@@ -225,12 +225,12 @@ def test_connection_churn_returns_to_baseline(servers, errors, record_property):
 
     def back_to_baseline():
         kinds_now = thread_names()
-        grown_writers = kinds_now["ws_multipath-writer"] - baseline_kinds["ws_multipath-writer"]
+        grown_flushers = kinds_now["ws_multipath-flusher"] - baseline_kinds["ws_multipath-flusher"]
         return (
             kinds_now["ws_multipath-connection"] == 0
             and kinds_now["ws_multipath-reader"] == 0
-            and threading.active_count() <= baseline_threads + max(0, grown_writers)
-            and kinds_now["ws_multipath-writer"] <= WRITER_POOL
+            and threading.active_count() <= baseline_threads + max(0, grown_flushers)
+            and kinds_now["ws_multipath-flusher"] <= FLUSHERS
             and fd_count() <= baseline_fds
         )
 

@@ -13,26 +13,29 @@ messages) that ``receive()`` and iteration read. When the inbox is full the
 connection stops reading the socket (backpressure) until the application
 takes a message.
 
-Closing: ``close()`` sends a close frame and waits (in the background) for
-the peer's, up to ``close_timeout``; when the peer closes first, its code and
-reason are echoed. A protocol violation fails the connection with the RFC
-6455 close code. Either way the TCP connection is then closed, ``'close'`` is
-emitted once with the final code and reason, and ``receive()`` raises
-``ConnectionClosed`` once the inbox is empty.
+Closing (the rules live in ``closing.py``): ``close()`` sends a close frame
+and waits (in the background) for the peer's, up to ``close_timeout``;
+messages that arrive meanwhile are discarded, those already queued stay
+receivable. When the peer closes first, its code and reason are echoed. A
+protocol violation fails the connection with the RFC 6455 close code. Either
+way the TCP connection is then closed, ``'close'`` is emitted once with the
+final code and reason, and ``receive()`` raises ``ConnectionClosed`` once
+the inbox is empty. Nothing is ever written after the close frame.
 """
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
+from .closing import Closing, FrameKind, ReadyState
 from .emitter import EventEmitter, logger
 from .errors import ConnectionClosed, ProtocolError, connection_closed
 from .events import CloseReceived, Failure, Message, Ping, Pong
 from .heartbeat import Heartbeat
 from .inbox import Inbox
+from .listener import format_address
 from .protocol import FrameReader, FrameWriter, Payload, check_close_code
 from .reader import SocketReader
 from .request import Request
@@ -44,14 +47,6 @@ if TYPE_CHECKING:
 
 __all__ = ["WebSocket", "ReadyState"]
 
-class ReadyState(enum.IntEnum):
-    """``ws.ready_state`` values, numbered as in the browser API and ``ws``."""
-
-    CONNECTING = 0
-    OPEN = 1
-    CLOSING = 2
-    CLOSED = 3
-
 
 class WebSocket(EventEmitter):
     """A server-side WebSocket connection, handed to ``'connection'`` listeners.
@@ -60,9 +55,10 @@ class WebSocket(EventEmitter):
     ``'error'`` ``(exc)`` (protocol errors, listener errors), ``'ping'``
     ``(payload)``, ``'pong'`` ``(payload)``.
 
-    State: ``_lock`` guards the ready state and the close code and reason; it
-    is never held while writing or calling listeners. The inbox, the socket
-    reader and the transport have their own locks.
+    State: ``_lock`` guards ``_closing`` (the ready state, close code and
+    reason), except its ``close_sent`` flag, which the transport's write
+    lock guards; ``_lock`` is never held while writing or calling listeners.
+    The inbox, the socket reader and the transport have their own locks.
     """
 
     EVENTS = frozenset({"message", "close", "error", "ping", "pong"})
@@ -89,8 +85,6 @@ class WebSocket(EventEmitter):
         self.request = request
         self.protocol = protocol
         self.extensions = extensions
-        self.close_code: Optional[int] = None
-        self.close_reason: str = ""
         self._transport = transport
         self._options = options
         self._reader = reader
@@ -98,10 +92,9 @@ class WebSocket(EventEmitter):
         self._timers = timers
         self._on_closed = on_closed
         self._lock = threading.Lock()
+        self._closing = Closing()
+        transport.attach(self._closing.may_write, self._fail)
         self._inbox = Inbox(options.max_queue)
-        self._state = ReadyState.OPEN
-        self._close_sent = False
-        self._discarding = False  # closing: read and drop until EOF
         self._held_back: list = []  # events after a message the puller returns first
         self._close_timer: Optional[Timer] = None
         self._socket_reader = SocketReader(transport.sock, timers, self._feed, self._begin, self._resume, self._finish, request.path)
@@ -118,7 +111,16 @@ class WebSocket(EventEmitter):
 
     @property
     def ready_state(self) -> ReadyState:
-        return self._state
+        return self._closing.state
+
+    @property
+    def close_code(self) -> Optional[int]:
+        """The close code once decided (1006: lost without a handshake)."""
+        return self._closing.code
+
+    @property
+    def close_reason(self) -> str:
+        return self._closing.reason
 
     @property
     def path(self) -> str:
@@ -129,7 +131,11 @@ class WebSocket(EventEmitter):
         return self.request.remote_address
 
     def __repr__(self) -> str:
-        return f"<WebSocket {self.path} {self.remote_address} {self._state.name}>"
+        return f"<WebSocket {self.path} {self.remote_address} {self.ready_state.name}>"
+
+    def _label(self) -> str:
+        """Who this is, for log lines: ``host:port on /path``."""
+        return f"{format_address(self.remote_address)} on {self.path}"
 
     # -- sending ------------------------------------------------------------
 
@@ -143,48 +149,53 @@ class WebSocket(EventEmitter):
         """
         if not isinstance(data, (str, bytes, bytearray, memoryview)):
             raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
-        if self._state is not ReadyState.OPEN:
-            raise self._closed_error()
+        self._check_open()
         try:
-            self._transport.write_message(self._encode_if_open, data)
+            written = self._transport.write_message(self._writer.message, data)
         except OSError:
             self._transport.abort()
             raise self._closed_error() from None
-
-    def _encode_if_open(self, data: Union[str, Payload]) -> tuple[bytes, Payload]:
-        """Encode under the write lock, after a close frame nothing may follow."""
-        if self._close_sent or self._state is not ReadyState.OPEN:
+        if not written:
             raise self._closed_error()
-        return self._writer.message(data)
 
     def ping(self, data: Payload = b"") -> None:
         """Send a ping; its ``'pong'`` arrives as an event. At most 125 bytes."""
-        self._send_control(self._writer.ping(bytes(data)))
+        self._send_control(self._writer.ping(bytes(data)), FrameKind.PING)
 
     def pong(self, data: Payload = b"") -> None:
         """Send an unsolicited pong. At most 125 bytes."""
-        self._send_control(self._writer.pong(bytes(data)))
+        self._send_control(self._writer.pong(bytes(data)), FrameKind.PONG)
 
-    def _send_control(self, frame: bytes) -> None:
+    def _send_control(self, frame: bytes, kind: FrameKind) -> None:
         self._check_open()
         try:
-            self._transport.write(frame)
+            written = self._transport.write(frame, kind)
         except OSError:
             self._transport.abort()
             raise self._closed_error() from None
+        if not written:
+            raise self._closed_error()
+
+    def _write_quietly(self, frame: bytes, kind: FrameKind) -> None:
+        """Write a frame the library owes the peer; a failure only aborts
+        (the reader sees it and ends the connection)."""
+        try:
+            self._transport.write(frame, kind)
+        except OSError:
+            self._transport.abort()
 
     def _post(self, data: Union[str, bytes], shared_frame: Optional[bytes]) -> bool:
         """Queue a message without blocking (``broadcast``); False if not open."""
-        if self._state is not ReadyState.OPEN:
+        if not self._closing.is_open:
             return False
         if shared_frame is not None and self._writer.shares_frames:
-            self._transport.post(shared_frame)
-        else:
-            self._transport.post(lambda: b"".join(self._writer.message(data)))
+            self._transport.post(shared_frame, FrameKind.DATA)
+        else:  # compressed: encoded in order under the write lock, counted as its raw size
+            self._transport.post(lambda: b"".join(self._writer.message(data)), FrameKind.DATA, len(data))
         return True
 
     def _check_open(self) -> None:
-        if self._state is not ReadyState.OPEN:
+        if not self._closing.is_open:
             raise self._closed_error()
 
     def _closed_error(self) -> ConnectionClosed:
@@ -207,49 +218,36 @@ class WebSocket(EventEmitter):
         """Send a close frame (or post it, when ``blocking`` is False: used by
         the server and handler so that one stuck client delays nobody)."""
         with self._lock:
-            if self._state is not ReadyState.OPEN:
+            if not self._closing.start(code, reason):
                 return False
-            self._state = ReadyState.CLOSING
-            self.close_code, self.close_reason = code, reason
-        self._inbox.unbound()
+        self._inbox.seal()
         self._close_timer = self._timers.call_later(self._options.close_timeout, self._on_close_timeout)
+        frame = self._writer.close(code, encoded)
         if blocking:
-            self._send_close_frame(code, encoded)
-        elif not self._close_sent:
-            self._close_sent = True
-            self._transport.post(self._writer.close(code, encoded))
+            self._write_quietly(frame, FrameKind.CLOSE)
+        else:
+            self._transport.post(frame, FrameKind.CLOSE)
         return True
 
-    def _send_close_frame(self, code: Optional[int], encoded: bytes = b"") -> None:
-        if self._close_sent:
-            return
-        self._close_sent = True
-        try:
-            self._transport.write(self._writer.close(code, encoded))
-        except OSError:
-            self._transport.abort()
-
     def _on_close_timeout(self) -> None:
-        if self._state is not ReadyState.CLOSED:
-            logger.info("dropping %s: no close frame within %ss", self.remote_address, self._options.close_timeout)
+        if self.ready_state is not ReadyState.CLOSED:
+            logger.info("dropping %s: no close frame within %ss", self._label(), self._options.close_timeout)
             self.terminate()
 
     def terminate(self) -> None:
         """Drop the TCP connection at once, without a closing handshake."""
         with self._lock:
-            if self._state is ReadyState.OPEN:
-                self._state = ReadyState.CLOSING
-        self._inbox.unbound()
+            self._closing.terminated()
+        self._inbox.seal()
         self._transport.abort()
 
     def _fail(self, code: int, reason: str) -> None:
-        """Record why the connection must end (from a timer or the transport)."""
+        """The connection must be dropped (write deadline, outbox overflow,
+        no pong): record why; the caller aborts the socket."""
+        logger.info("dropping %s: %s (%d)", self._label(), reason, code)
         with self._lock:
-            if self.close_code is None or self._state is ReadyState.OPEN:
-                self.close_code, self.close_reason = code, reason
-            if self._state is ReadyState.OPEN:
-                self._state = ReadyState.CLOSING
-        self._inbox.unbound()
+            self._closing.fatal(code, reason)
+        self._inbox.seal()
 
     # -- receiving ----------------------------------------------------------
 
@@ -280,7 +278,7 @@ class WebSocket(EventEmitter):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             message = self._inbox.get_nowait()
-            if message is not None or self._state is ReadyState.CLOSED:
+            if message is not None or self.ready_state is ReadyState.CLOSED:
                 return message
             if self._held_back:
                 self._feed(b"")
@@ -322,7 +320,7 @@ class WebSocket(EventEmitter):
 
     def _feed(self, data: bytes) -> None:
         """Parse ``data`` and act on its events (``b""``: only the held-back ones)."""
-        if self._discarding:
+        if not self._closing.reads_frames:
             return
         events = self._reader.receive_data(data) if data else []
         if self._held_back:
@@ -346,7 +344,10 @@ class WebSocket(EventEmitter):
                 self._on_protocol_error(event.error)  # type: ignore[union-attr]
 
     def _deliver(self, data: Union[str, bytes]) -> bool:
-        """Give a message to the listeners, or else to the inbox (True)."""
+        """Give a message to the listeners, or else to the inbox (True).
+        Once the server is closing, it is discarded."""
+        if not self._closing.delivers_messages:
+            return False
         if self._listeners.get("message"):
             self.emit("message", data, not isinstance(data, str))
             return False
@@ -354,41 +355,33 @@ class WebSocket(EventEmitter):
         return True
 
     def _on_ping(self, payload: bytes) -> None:
-        if self._options.auto_pong and self._state is ReadyState.OPEN:
-            try:
-                self._transport.write(self._writer.pong(payload))
-            except OSError:
-                self._transport.abort()
+        if self._options.auto_pong:
+            self._write_quietly(self._writer.pong(payload), FrameKind.PONG)
         self.emit("ping", payload)
 
     def _on_close_frame(self, code: int, reason: str) -> None:
         with self._lock:
-            if self._state is ReadyState.OPEN:
-                self._state = ReadyState.CLOSING
-                self.close_code, self.close_reason = code, reason
-            elif self.close_code is None:
-                self.close_code, self.close_reason = code, reason
-        # RFC 6455 section 5.5.1: echo the status code; 1005 means "none sent".
-        self._send_close_frame(None if code == 1005 else code, reason.encode("utf-8"))
+            echo = self._closing.received(code, reason)
+        self._write_quietly(self._writer.close(echo, reason.encode("utf-8")), FrameKind.CLOSE)
         self._linger()
 
     def _linger(self) -> None:
         """End the TCP connection from this side (RFC 6455 section 7.1.1: the
-        server closes first) by sending FIN, then read and drop until the
-        client's FIN, within ``close_timeout``. Closing with unread bytes
-        would send a reset instead, which can destroy the last frames sent."""
-        self._discarding = True
+        server closes first) by sending FIN after the close frame, then read
+        and drop until the client's FIN, within ``close_timeout``. Closing
+        with unread bytes would send a reset instead, which can destroy the
+        last frames sent."""
         self._transport.shutdown_write()
         if self._close_timer is None:
             self._close_timer = self._timers.call_later(self._options.close_timeout, self._transport.abort)
 
     def _on_protocol_error(self, error: ProtocolError) -> None:
-        logger.info("failing %s: %s", self.remote_address, error)
+        logger.info("failing %s: %s", self._label(), error)
+        reason = error.reason[:120]
         with self._lock:
-            self.close_code, self.close_reason = error.code, error.reason[:120]
-            self._state = ReadyState.CLOSING
-        self._inbox.unbound()
-        self._send_close_frame(error.code, self.close_reason.encode("utf-8")[:123])
+            self._closing.failed(error.code, reason)
+        self._inbox.seal()
+        self._write_quietly(self._writer.close(error.code, reason.encode("utf-8")[:123]), FrameKind.CLOSE)
         self._linger()
         if self._listeners.get("error"):
             self.emit("error", error)
@@ -398,13 +391,10 @@ class WebSocket(EventEmitter):
         if self._close_timer is not None:
             self._close_timer.cancel()
         with self._lock:
-            self._state = ReadyState.CLOSED
-            lost = self.close_code is None
-            if lost:
-                self.close_code, self.close_reason = 1006, ""
+            lost = self._closing.ended()
         self._inbox.close()
         if lost:
-            logger.info("connection from %s on %s lost without a closing handshake (1006)", self.remote_address, self.path)
+            logger.info("connection from %s lost without a closing handshake (1006)", self._label())
         self._transport.close()
         if self._on_closed is not None:
             self._on_closed(self)
@@ -412,12 +402,11 @@ class WebSocket(EventEmitter):
 
     def _post_heartbeat_ping(self) -> None:
         """Heartbeat (timer thread): ping without blocking, while open."""
-        if self._state is ReadyState.OPEN and not self._close_sent:
-            self._transport.post(self._writer.ping(b""))
+        if self._closing.is_open:
+            self._transport.post(self._writer.ping(b""), FrameKind.PING)
 
     def _on_pong_timeout(self) -> None:
         """The heartbeat's verdict (timer thread): the client stopped answering."""
-        if self._state is ReadyState.OPEN:
-            logger.info("dropping %s: no pong within %ss", self.remote_address, self._options.ping_timeout)
+        if self._closing.is_open:
             self._fail(1011, "keepalive ping timeout")
             self._transport.abort()

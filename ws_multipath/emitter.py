@@ -17,6 +17,8 @@ import logging
 import threading
 from typing import Any, Callable, Optional, TypeVar, overload
 
+from .errors import ConnectionClosed
+
 __all__ = ["EventEmitter", "logger"]
 
 logger = logging.getLogger("ws_multipath")
@@ -154,5 +156,7 @@ class EventEmitter:
             self.emit("error", exc)
         elif self._error_parent is not None:
             self._error_parent._listener_failed(exc)
+        elif isinstance(exc, ConnectionClosed):  # a send to a peer who just left: churn, not a bug
+            logger.debug("a listener of %r met a closed connection: %s", self, exc)
         else:
             logger.error("a listener raised and no 'error' listener was set", exc_info=exc)

@@ -254,8 +254,7 @@ class WebSocketHandler(EventEmitter):
     def _open(self, sock: socket.socket, request: Request, protocol: str, extensions: str, deflate: Any) -> WebSocket:
         options = self.options
         server = self._server
-        ws_box: list[WebSocket] = []
-        transport = Transport(sock, server._timers, options.write_timeout, server._writers, lambda code, reason: ws_box[0]._fail(code, reason))
+        transport = Transport(sock, server._flusher, options.write_timeout)
         threshold = options.per_message_deflate.threshold if options.per_message_deflate else 0
         ws = WebSocket(
             transport,
@@ -269,7 +268,6 @@ class WebSocketHandler(EventEmitter):
             parent=self,
             on_closed=self._remove,
         )
-        ws_box.append(ws)
         return ws
 
     def _remove(self, ws: WebSocket) -> None:

@@ -1,8 +1,11 @@
 """The messages of one connection waiting for ``receive()``.
 
-Bounded while the connection is open: the thread that reads the socket
-waits when it is full, so a client cannot make the server buffer more than
-``max_queue`` messages for an application that does not read them.
+Bounded in every state: while the connection is open, the thread that
+reads the socket waits when it is full, so a client cannot make the server
+buffer more than ``max_queue`` messages for an application that does not
+read them. Once it is closing, the connection discards new messages and
+``seal`` lets a reader that waits append its one message, so the reader can
+go on to the close frame: at most ``max_queue + 1`` messages, ever.
 """
 
 from __future__ import annotations
@@ -23,17 +26,17 @@ class Inbox:
         self._messages: collections.deque[Message] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
         self._max_size = max_size
-        self._bounded = True
+        self._sealed = False
         self._closed = False
 
     def __len__(self) -> int:
         return len(self._messages)
 
     def put(self, message: Message, wait: bool = True) -> None:
-        """Append; with ``wait``, first wait while full (unless unbounded)."""
+        """Append; with ``wait``, first wait while full (unless sealed)."""
         with self._cond:
             if wait:
-                self._cond.wait_for(lambda: len(self._messages) < self._max_size or not self._bounded)
+                self._cond.wait_for(lambda: len(self._messages) < self._max_size or self._sealed)
             self._messages.append(message)
             self._cond.notify_all()
 
@@ -56,15 +59,16 @@ class Inbox:
         self._cond.notify_all()
         return message
 
-    def unbound(self) -> None:
-        """Stop making ``put`` wait (the connection is closing: read to the end)."""
+    def seal(self) -> None:
+        """Stop making ``put`` wait: the connection is closing, its reader must
+        reach the close frame, and it puts no new message after this one."""
         with self._cond:
-            self._bounded = False
+            self._sealed = True
             self._cond.notify_all()
 
     def close(self) -> None:
         """No more messages will come: ``get`` returns None once empty."""
         with self._cond:
-            self._bounded = False
+            self._sealed = True
             self._closed = True
             self._cond.notify_all()

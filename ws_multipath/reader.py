@@ -73,7 +73,7 @@ class SocketReader:
         name: str,
     ) -> None:
         self._sock = sock
-        self._recv = sock.recv  # type: ignore[attr-defined]
+        self._recv = self._recv_tls if isinstance(sock, ssl.SSLSocket) else sock.recv  # type: ignore[attr-defined]
         self._timers = timers
         self._feed = feed
         self._begin = begin
@@ -147,6 +147,18 @@ class SocketReader:
             self._recv_size = size >> 1
         self._feed(data)
         return True
+
+    def _recv_tls(self, size: int) -> bytes:
+        """``recv`` on a TLS socket, which the transport keeps non-blocking
+        so that writes never block: wait for readability here instead."""
+        sock: ssl.SSLSocket = self._sock  # type: ignore[assignment]
+        while True:
+            try:
+                return sock.recv(size)
+            except ssl.SSLWantReadError:
+                self._readable(None)
+            except ssl.SSLWantWriteError:
+                select.select([], [sock], [], 1.0)
 
     def _begin_once(self) -> None:
         if not self._began:
@@ -238,12 +250,14 @@ class SocketReader:
                 self._mode, self._looping_thread = Mode.IDLE, None
                 self._arm_watchdog(TAKEOVER_AFTER)
 
-    def _readable(self, timeout: float) -> bool:
+    def _readable(self, timeout: Optional[float]) -> bool:
+        """Wait until the socket has data (or failed), at most ``timeout``
+        seconds (None: no limit)."""
         if isinstance(self._sock, ssl.SSLSocket) and self._sock.pending():
             return True
         poller = select.poll()
         try:
             poller.register(self._sock.fileno(), select.POLLIN)  # type: ignore[attr-defined]
-            return bool(poller.poll(max(0.0, timeout) * 1000))
+            return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
         except (OSError, ValueError):
             return True  # a closed socket: let recv report it

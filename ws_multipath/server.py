@@ -15,11 +15,11 @@ import ssl
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from .emitter import EventEmitter, logger
 from .errors import HandshakeError
+from .flusher import Flusher
 from .handler import WebSocketHandler
 from .listener import Handshake, TCPServer, bind_address, format_address
 from .options import HandlerOptions
@@ -89,7 +89,7 @@ class MultipathServer(EventEmitter):
         self._max_headers = max_headers
         self._routes: RoutingTable[WebSocketHandler] = RoutingTable()
         self._timers = Timers()
-        self._writers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ws_multipath-writer")
+        self._flusher = Flusher()
         # _lock guards: the counters, the closing state, the handshakes in progress
         self._lock = threading.Lock()
         self._open_connections = 0
@@ -341,7 +341,7 @@ class MultipathServer(EventEmitter):
                 return
             self._finished = True
         self._timers.stop()
-        self._writers.shutdown(wait=not threading.current_thread().name.startswith("ws_multipath-writer"))
+        self._flusher.stop()
         self.emit("close")
         while True:
             with self._lock:

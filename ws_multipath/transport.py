@@ -1,131 +1,186 @@
-"""The socket of one connection: ordered writes with a deadline, writes that
-never block the caller (for broadcasts and heartbeats), and shutting the
-socket down safely from any thread.
+"""The socket of one connection, on the writing side: ordered writes with a
+deadline, writes that never block the caller (broadcasts, heartbeats, a
+handler's close frames), and shutting the socket down from any thread.
+
+Every write is non-blocking at the socket. A blocking ``write`` waits for
+writability itself, up to ``write_timeout``; a ``post`` that does not fit in
+the socket's buffer waits in the outbox, which the server's ``Flusher``
+thread writes as the socket drains. So no thread is ever stuck on a client
+that stops reading, beyond that client's own ``send()`` callers.
+
+Each frame is handed over with its ``FrameKind``, and the connection's
+``may_write`` is asked, in wire order and under the write lock, whether it
+may still go out: that is how nothing follows a close frame.
 
 Locks, and what each guards:
 
-- ``_write_lock``: the right to write to the socket. Its holder writes whole
-  frames, so frames never interleave; it may block in ``sendall`` for at most
-  ``write_timeout`` (then the timer aborts the socket and the write fails).
-  It can be handed from the thread that took it to a drain worker, so it is
-  a plain ``Lock``.
-- ``_state_lock``: the outbox and the closed flag. Held only for list
-  operations and the non-blocking ``shutdown``/``close`` calls, never while
-  writing.
+- ``_write_lock``: the right to write to the socket; its holder writes whole
+  frames, so frames never interleave. Never held while calling user code.
+- ``_state_lock``: the outbox, its byte count, the enrolment with the
+  flusher and the closed flag. Held only for list operations and the
+  non-blocking ``shutdown``/``close`` calls, never while writing.
 
 The socket is closed only by its owner (the connection's reader thread, via
 ``close``); every other thread uses ``abort``, which shuts it down so that a
-blocked ``recv`` or ``sendall`` returns, without freeing the descriptor.
+blocked ``recv`` or a wait for writability returns, without freeing the
+descriptor.
 """
 
 from __future__ import annotations
 
 import collections
+import select
 import socket
 import ssl
 import threading
-from concurrent.futures import Executor
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Union
 
+from .closing import FrameKind
 from .emitter import logger
+from .flusher import Flusher
 from .protocol import Payload
-from .timers import Timers
 
 __all__ = ["Transport", "MAX_OUTBOX_BYTES"]
 
 #: Bytes that may wait for a client that reads slower than it is broadcast
-#: to; past this the client is dropped (close code 1008).
+#: to (frames as queued: a compressed frame counts its uncompressed size);
+#: past this the client is dropped (close code 1008).
 MAX_OUTBOX_BYTES = 16 * 1024 * 1024
 
 #: Below this size a payload is copied behind its header, so that one
 #: ``send`` writes the whole frame; above it, ``sendmsg`` avoids the copy.
 _COALESCE_LIMIT = 64 * 1024
 
-Pending = Union[bytes, Callable[[], bytes]]
+Pending = Union[bytes, memoryview, Callable[[], bytes]]
+#: An outbox entry: the frame (or what encodes it under the write lock), its
+#: kind (None: the rest of a frame already admitted and partly written), and
+#: the bytes it counts against ``MAX_OUTBOX_BYTES``.
+Entry = tuple[Pending, Optional[FrameKind], int]
+
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
 
 
 class Transport:
     """Writes to and shuts down one client socket."""
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        timers: Timers,
-        write_timeout: Optional[float],
-        executor: Executor,
-        on_fatal: Callable[[int, str], None],
-    ) -> None:
+    def __init__(self, sock: socket.socket, flusher: Flusher, write_timeout: Optional[float]) -> None:
         self.sock = sock
-        self._timers = timers
+        self.fd = sock.fileno()
+        self._flusher = flusher
         self._write_timeout = write_timeout
-        self._executor = executor
-        self._on_fatal = on_fatal  # (close code, reason) when a write deadline or the outbox limit is hit
         self._tls = isinstance(sock, ssl.SSLSocket)
+        if self._tls:
+            sock.setblocking(False)  # the reader waits for readability itself (reader.py)
+        self._may_write: Callable[[FrameKind], bool] = lambda kind: True
+        self._on_fatal: Callable[[int, str], None] = lambda code, reason: None
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
-        self._outbox: collections.deque[Pending] = collections.deque()
+        self._outbox: collections.deque[Entry] = collections.deque()
         self._outbox_bytes = 0
-        self._draining = False
+        self._enrolled = False
+        self._progress_at = 0.0  # last write progress while enrolled (monotonic)
         self._closed = False
 
-    # -- blocking writes ------------------------------------------------
+    def attach(self, may_write: Callable[[FrameKind], bool], on_fatal: Callable[[int, str], None]) -> None:
+        """Connect to the connection: ``may_write(kind)`` admits each frame
+        (under the write lock), ``on_fatal(code, reason)`` hears of a write
+        deadline or outbox overflow before the socket is aborted."""
+        self._may_write = may_write
+        self._on_fatal = on_fatal
 
-    def write(self, frame: bytes) -> None:
-        """Write one complete frame, after everything posted before it.
-        Raises ``OSError`` when the socket fails or the deadline passes."""
-        with self._write_lock:
-            if self._outbox:
-                self._flush_outbox()
-            self._send(frame)
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def write_message(self, encode: Callable[[Any], tuple[bytes, Payload]], data: Any) -> None:
-        """Like ``write``, for a frame that ``encode(data)`` makes under the
-        write lock (compression state and the closing state need it)."""
-        with self._write_lock:
-            if self._outbox:
-                self._flush_outbox()
+    # -- blocking writes --------------------------------------------------
+
+    def write(self, frame: bytes, kind: FrameKind) -> bool:
+        """Write one frame after everything posted before it; False when it
+        may not go out any more (a close frame went first). Raises
+        ``OSError`` when the socket fails or the write deadline passes."""
+        self._write_lock.acquire()
+        try:
+            self._flush_outbox()
+            if not self._may_write(kind):
+                return False
+            self._send_all(frame)
+            return True
+        finally:
+            self._release()
+
+    def write_message(self, encode: Callable[[Any], tuple[bytes, Payload]], data: Any) -> bool:
+        """Like ``write`` for a data frame that ``encode(data)`` makes under
+        the write lock (compression state carries between messages)."""
+        self._write_lock.acquire()
+        try:
+            self._flush_outbox()
+            if not self._may_write(FrameKind.DATA):
+                return False
             header, payload = encode(data)
-            self._send(header, payload)
+            self._send_all(header, payload)
+            return True
+        finally:
+            self._release()
 
     @contextmanager
     def writing(self) -> Iterator[Callable[..., None]]:
-        """Hold the write lock; yields ``send(header, payload=b"")``.
-
-        Frames posted earlier are written first, so a thread's own frames
-        keep their order. ``send`` raises ``OSError`` when the socket fails or
-        the write deadline passes.
-        """
-        with self._write_lock:
-            self._flush_outbox()
-            yield self._send
-
-    def _send(self, header: bytes, payload: Payload = b"") -> None:
-        if len(payload) <= _COALESCE_LIMIT or self._tls:
-            data = header + payload if payload else header
-            if self._tls:
-                self._send_blocking([data])
-                return
-            try:
-                sent = self.sock.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                sent = 0
-            if sent < len(data):
-                self._send_blocking([memoryview(data)[sent:]])
-            return
-        self._send_blocking([header, payload])
-
-    def _send_blocking(self, buffers: list) -> None:
-        """``sendall`` each buffer, aborting the socket at the write deadline."""
-        timer = None
-        if self._write_timeout is not None:
-            timer = self._timers.call_later(self._write_timeout, self._on_write_timeout)
+        """Hold the write lock; yields ``send(header, payload=b"")`` for bytes
+        that are no frame (the 101 response). Frames posted meanwhile wait."""
+        self._write_lock.acquire()
         try:
-            for buffer in buffers:
-                self.sock.sendall(buffer)
+            self._flush_outbox()
+            yield self._send_all
         finally:
-            if timer is not None:
-                timer.cancel()
+            self._release()
+
+    def _send_all(self, header: Payload, payload: Payload = b"") -> None:
+        """Write ``header`` and ``payload`` whole, waiting for writability at
+        most ``write_timeout`` (then the connection is dropped: 1011)."""
+        if isinstance(payload, memoryview):
+            payload = _as_bytes_view(payload)
+        if self._tls or len(payload) <= _COALESCE_LIMIT:
+            buffers = [bytes(header) + bytes(payload) if payload else header]
+        else:
+            buffers = [header, payload]
+        deadline: Optional[float] = None
+        while True:
+            buffers = _advance(buffers, self._send_now(buffers))
+            if not buffers:
+                return
+            if deadline is None:
+                deadline = float("inf") if self._write_timeout is None else time.monotonic() + self._write_timeout
+            if not self._wait_writable(deadline):
+                self._on_write_timeout()
+                raise TimeoutError("write timed out")
+
+    def _send_now(self, buffers: list) -> int:
+        """Bytes of ``buffers`` the socket takes without blocking (0 or all of
+        one buffer on TLS, which must retry with the same bytes)."""
+        try:
+            if self._tls:
+                return self.sock.send(buffers[0])
+            if len(buffers) == 1:
+                return self.sock.send(buffers[0], socket.MSG_DONTWAIT)
+            return self.sock.sendmsg(buffers, (), socket.MSG_DONTWAIT)
+        except _WOULD_BLOCK:
+            return 0
+
+    def _wait_writable(self, deadline: float) -> bool:
+        """False if ``deadline`` passes first. A shut down socket counts as
+        writable: the next send reports it."""
+        poller = select.poll()
+        try:
+            poller.register(self.sock, select.POLLOUT)
+        except (OSError, ValueError):
+            return True
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if poller.poll(None if remaining == float("inf") else remaining * 1000):
+                return True
 
     def _on_write_timeout(self) -> None:
         logger.info("dropping %s: write timed out after %ss", _peer(self.sock), self._write_timeout)
@@ -134,132 +189,163 @@ class Transport:
 
     # -- non-blocking writes ----------------------------------------------
 
-    def post(self, frame: Pending) -> None:
-        """Queue ``frame`` (bytes, or a callable that encodes it under the write
-        lock) and return at once; it is written after everything posted
-        before it. A client with more than ``MAX_OUTBOX_BYTES`` waiting is
-        dropped. Errors are not raised: the reader thread sees the socket fail.
-        """
+    def post(self, frame: Pending, kind: FrameKind, size: int = 0) -> None:
+        """Queue ``frame`` (bytes, or a callable that encodes it under the
+        write lock, counted as ``size`` bytes) and return at once; it is
+        written after everything posted before it. A client with more than
+        ``MAX_OUTBOX_BYTES`` waiting is dropped with 1008. Errors are not
+        raised: the reader thread sees the socket fail."""
+        entry: Entry = (frame, kind, size if callable(frame) else len(frame))  # type: ignore[arg-type]
         with self._state_lock:
             if self._closed:
                 return
-            queued = bool(self._outbox) or self._draining or self._tls
-            if queued:
-                action = self._enqueue(frame)
-        if queued:
-            self._after_enqueue(action)
-            return
-        if not self._write_lock.acquire(blocking=False):
-            with self._state_lock:
-                action = self._enqueue(frame)
-            self._after_enqueue(action)
-            return
-        try:
-            data = frame() if callable(frame) else frame
+            direct = not self._outbox and self._write_lock.acquire(blocking=False)
+            if not direct:
+                overflow = self._enqueue(entry)
+        if direct:
             try:
-                sent = self.sock.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                sent = 0
-        except Exception:  # noqa: BLE001 - a dead socket: the reader will see it
-            self._write_lock.release()
-            return
-        if sent == len(data):
-            self._write_lock.release()
-            return
-        with self._state_lock:
-            self._outbox.appendleft(bytes(memoryview(data)[sent:]))
-            self._outbox_bytes += len(data) - sent
-            self._draining = True
-        self._submit_drain(lock_held=True)
-
-    def _enqueue(self, frame: Pending) -> str:
-        """Append to the outbox (``_state_lock`` held); return what the caller
-        must do once it released the lock: "", "drain" or "overflow"."""
-        self._outbox.append(frame)
-        if isinstance(frame, bytes):
-            self._outbox_bytes += len(frame)
-        if self._outbox_bytes > MAX_OUTBOX_BYTES:
-            self._outbox.clear()
-            self._outbox_bytes = 0
-            return "overflow"
-        if self._draining:
-            return ""
-        self._draining = True
-        return "drain"
-
-    def _after_enqueue(self, action: str) -> None:
-        if action == "drain":
-            self._submit_drain(lock_held=False)
-        elif action == "overflow":
+                self._write_entry_now(entry)
+            except OSError:
+                self.abort()
+            finally:
+                self._release()
+        elif overflow:
             logger.info("dropping %s: more than %d bytes waiting to be sent", _peer(self.sock), MAX_OUTBOX_BYTES)
             self._on_fatal(1008, "send queue full")
             self.abort()
+        else:
+            self._enrol_if_waiting()
 
-    def _submit_drain(self, lock_held: bool) -> None:
-        try:
-            self._executor.submit(self._drain, lock_held)
-        except RuntimeError:  # the executor is shut down: the server is closing
-            if lock_held:
-                self._write_lock.release()
-            self.abort()
+    def _enqueue(self, entry: Entry) -> bool:
+        """Append to the outbox (``_state_lock`` held); True on overflow, when
+        the outbox is emptied and the client must be dropped."""
+        self._outbox.append(entry)
+        self._outbox_bytes += entry[2]
+        if self._outbox_bytes <= MAX_OUTBOX_BYTES:
+            return False
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        return True
 
-    def _drain(self, lock_held: bool) -> None:
-        """Write the outbox on a worker thread (the write lock may be inherited)."""
-        if not lock_held:
-            self._write_lock.acquire()
+    def _pop(self) -> Optional[Entry]:
+        with self._state_lock:
+            if not self._outbox:
+                return None
+            entry = self._outbox.popleft()
+            self._outbox_bytes -= entry[2]
+            return entry
+
+    def _admit(self, entry: Entry) -> Optional[Payload]:
+        """The bytes of ``entry`` if it may go on the wire (write lock held)."""
+        frame, kind, _ = entry
+        if kind is not None and not self._may_write(kind):
+            return None
+        return frame() if callable(frame) else frame
+
+    def _write_entry_now(self, entry: Entry) -> bool:
+        """Write what the socket takes of one entry now (write lock held);
+        the rest goes back to the head of the outbox. True if all went."""
+        data = self._admit(entry)
+        if data is None:
+            return True
+        sent = self._send_now([data])
+        if sent == len(data):
+            return True
+        rest = data if sent == 0 else memoryview(data)[sent:]
+        with self._state_lock:
+            self._outbox.appendleft((rest, None, len(rest)))
+            self._outbox_bytes += len(rest)
+        return False
+
+    def _flush_outbox(self) -> None:
+        """Write everything posted so far, blocking (``_write_lock`` held)."""
+        while True:
+            entry = self._pop()
+            if entry is None:
+                return
+            data = self._admit(entry)
+            if data is not None:
+                self._send_all(data)
+
+    def _release(self) -> None:
+        """Give the write lock back; frames posted while it was held are
+        then the flusher's to write."""
+        self._write_lock.release()
+        self._enrol_if_waiting()
+
+    def _enrol_if_waiting(self) -> None:
+        with self._state_lock:
+            enrol = bool(self._outbox) and not self._enrolled and not self._closed
+            if enrol:
+                self._enrolled = True
+                self._progress_at = time.monotonic()
+        if enrol:
+            self._flusher.enrol(self)
+
+    # -- called by the flusher thread ---------------------------------------
+
+    def flush_ready(self) -> bool:
+        """The socket is writable: write what it takes. False when the
+        flusher should stop watching it (done, closed, or another thread
+        holds the write lock and will hand the outbox back on release)."""
+        with self._state_lock:
+            if self._closed or not self._write_lock.acquire(blocking=False):
+                self._enrolled = False
+                return False
+        progressed = False
         try:
-            self._flush_outbox()
+            while True:
+                entry = self._pop()
+                if entry is None:
+                    break
+                progressed = True
+                if not self._write_entry_now(entry):
+                    break
         except OSError:
             with self._state_lock:
                 self._outbox.clear()
                 self._outbox_bytes = 0
-            self.abort()
+            self.abort()  # the reader sees the failure and ends the connection
         finally:
-            with self._state_lock:
-                self._draining = False
-                restart = bool(self._outbox) and not self._closed
-                if restart:
-                    self._draining = True
             self._write_lock.release()
-        if restart:
-            self._submit_drain(lock_held=False)
+        with self._state_lock:
+            if self._outbox and not self._closed:
+                if progressed:
+                    self._progress_at = time.monotonic()
+                return True
+            self._enrolled = False
+            return False
 
-    def _flush_outbox(self) -> None:
-        """Write everything posted so far (``_write_lock`` held)."""
-        while True:
-            with self._state_lock:
-                if not self._outbox:
-                    return
-                frame = self._outbox.popleft()
-                if isinstance(frame, bytes):
-                    self._outbox_bytes -= len(frame)
-            data = frame() if callable(frame) else frame
-            self._send(data)
+    def write_overdue(self, now: float) -> bool:
+        """True (and the client dropped) when the outbox made no progress for
+        ``write_timeout`` seconds."""
+        with self._state_lock:
+            overdue = (
+                self._enrolled
+                and self._write_timeout is not None
+                and now - self._progress_at > self._write_timeout
+                and not self._closed
+            )
+            if overdue:
+                self._enrolled = False
+        if overdue:
+            self._on_write_timeout()
+        return overdue
 
     # -- ending -------------------------------------------------------------
 
     def abort(self) -> None:
         """Shut the socket down both ways (any thread): blocked reads and
-        writes return at once. Does nothing once closed."""
+        waits return at once. Does nothing once closed."""
         with self._state_lock:
-            self._shutdown_locked()
-
-    def _shutdown_locked(self) -> None:
-        if self._closed:
-            return
-        try:
-            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
+            if not self._closed:
+                _shutdown(self.sock, socket.SHUT_RDWR)
 
     def shutdown_write(self) -> None:
         """Send FIN after the last frame (the peer reads EOF), keep reading."""
         with self._state_lock:
             if not self._closed:
-                try:
-                    socket.socket.shutdown(self.sock, socket.SHUT_WR)
-                except OSError:
-                    pass
+                _shutdown(self.sock, socket.SHUT_WR)
 
     def close(self) -> None:
         """Release the socket (its owner only, once it stopped reading)."""
@@ -269,10 +355,41 @@ class Transport:
             self._closed = True
             self._outbox.clear()
             self._outbox_bytes = 0
+            enrolled, self._enrolled = self._enrolled, False
+        if enrolled:
+            self._flusher.withdraw(self)
         try:
             self.sock.close()
         except OSError:
             pass
+
+
+def _advance(buffers: list, sent: int) -> list:
+    """What is left of ``buffers`` after ``sent`` bytes went out."""
+    while sent and buffers:
+        first = len(buffers[0])
+        if sent < first:
+            return [memoryview(buffers[0])[sent:], *buffers[1:]]
+        sent -= first
+        buffers = buffers[1:]
+    return buffers
+
+
+def _as_bytes_view(view: memoryview) -> Payload:
+    """A view of bytes (``len`` counts bytes), whatever the caller's format."""
+    if view.format == "B" and view.ndim == 1:
+        return view
+    try:
+        return view.cast("B")
+    except TypeError:  # not contiguous
+        return view.tobytes()
+
+
+def _shutdown(sock: socket.socket, how: int) -> None:
+    try:
+        socket.socket.shutdown(sock, how)
+    except OSError:
+        pass
 
 
 def _peer(sock: socket.socket) -> str:

@@ -1,0 +1,152 @@
+"""One thread per server that writes queued frames as sockets become writable.
+
+A frame that is posted without blocking (a broadcast, a heartbeat ping, a
+close frame sent by ``handler.close()``) and does not fit in the socket's
+buffer at once waits in its transport's outbox. The transport then enrols
+with the ``Flusher``, whose thread waits in one selector for every enrolled
+socket and writes what each can take without blocking. A client that stops
+reading therefore holds no thread at all: its outbox waits, bounded by
+``transport.MAX_OUTBOX_BYTES``, until it reads, its ``write_timeout`` passes
+without progress, or it is dropped.
+
+``_lock`` guards the list of changes that other threads ask for; the
+selector and the set of enrolled transports belong to the flusher thread.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Optional
+
+from .emitter import logger
+
+if TYPE_CHECKING:
+    from .transport import Transport
+
+__all__ = ["Flusher"]
+
+_DEADLINE_CHECK = 0.25  # seconds between checks of the write deadlines
+
+
+class Flusher:
+    """Writes the outboxes of enrolled transports on one daemon thread,
+    started on the first enrolment."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changes: list[tuple[bool, "Transport"]] = []  # (enrol?, transport), in order
+        self._stopped = False
+        self._thread: Optional[threading.Thread] = None
+        self._wake_r: Optional[socket.socket] = None
+        self._wake_w: Optional[socket.socket] = None
+
+    def enrol(self, transport: "Transport") -> None:
+        """Write ``transport``'s outbox as its socket allows (any thread)."""
+        self._change(True, transport)
+
+    def withdraw(self, transport: "Transport") -> None:
+        """Stop watching ``transport`` (before its socket is closed)."""
+        self._change(False, transport)
+
+    def _change(self, enrol: bool, transport: "Transport") -> None:
+        with self._lock:
+            if self._stopped:
+                if enrol:
+                    transport.abort()  # the server is closing: nothing more will be written
+                return
+            self._changes.append((enrol, transport))
+            if self._thread is None:
+                self._start()
+            wake = self._wake_w
+        try:
+            wake.send(b"x", socket.MSG_DONTWAIT)  # type: ignore[union-attr]
+        except OSError:  # full: the thread is awake already
+            pass
+
+    def _start(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="ws_multipath-flusher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread (the server closed; every connection has ended)."""
+        with self._lock:
+            self._stopped = True
+            thread, wake = self._thread, self._wake_w
+        if thread is None:
+            return
+        try:
+            wake.send(b"x", socket.MSG_DONTWAIT)  # type: ignore[union-attr]
+        except OSError:
+            pass
+        if thread is not threading.current_thread():
+            thread.join()
+
+    # -- the flusher thread ---------------------------------------------------
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        assert self._wake_r is not None
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        enrolled: dict[int, "Transport"] = {}
+        next_check = time.monotonic() + _DEADLINE_CHECK
+        try:
+            while True:
+                with self._lock:
+                    changes, self._changes = self._changes, []
+                    stopped = self._stopped
+                if stopped:
+                    return
+                for enrol, transport in changes:
+                    _apply(selector, enrolled, enrol, transport)
+                for key, _ in selector.select(_DEADLINE_CHECK if enrolled else None):
+                    if key.data is None:
+                        _drain_wakeups(self._wake_r)
+                    elif not key.data.flush_ready():
+                        _apply(selector, enrolled, False, key.data)
+                now = time.monotonic()
+                if enrolled and now >= next_check:
+                    next_check = now + _DEADLINE_CHECK
+                    for transport in list(enrolled.values()):
+                        if transport.write_overdue(now):
+                            _apply(selector, enrolled, False, transport)
+        except Exception:  # noqa: BLE001 - a bug: say so; transports fall back to their deadlines
+            logger.exception("the flusher thread failed")
+        finally:
+            selector.close()
+            for sock in (self._wake_r, self._wake_w):
+                if sock is not None:
+                    sock.close()
+
+
+def _apply(selector: selectors.BaseSelector, enrolled: dict, enrol: bool, transport: "Transport") -> None:
+    """Mirror one enrolment change in the selector (keyed by descriptor: a
+    closed socket's number may already belong to a newer connection)."""
+    fd = transport.fd
+    current = enrolled.get(fd)
+    stale = current is not None and current is not transport  # its socket was closed
+    if current is not None and (stale if enrol else current is transport):
+        del enrolled[fd]
+        try:
+            selector.unregister(fd)
+        except (KeyError, ValueError, OSError):
+            pass
+    if enrol and current is not transport and not transport.closed:
+        try:
+            selector.register(fd, selectors.EVENT_WRITE, transport)
+        except (KeyError, ValueError, OSError):
+            transport.abort()
+            return
+        enrolled[fd] = transport
+
+
+def _drain_wakeups(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass

@@ -417,8 +417,6 @@ def thread_names() -> collections.Counter:
 
 
 def _thread_kind(name: str) -> str:
-    if name.startswith("ws_multipath-writer"):
-        return "ws_multipath-writer"
     if name.startswith("ws_multipath-reader"):
         return "ws_multipath-reader"
     return name if name.startswith("ws_multipath") else "other"

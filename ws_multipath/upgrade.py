@@ -22,6 +22,7 @@ __all__ = [
     "accept_token",
     "switching_protocols",
     "error_response",
+    "check_headers",
 ]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
@@ -103,27 +104,56 @@ def offered_protocols(request: Request) -> list[str]:
     return [token.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol") for token in value.split(",") if token.strip()]
 
 
-def _response(status: int, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+# RFC 9110 section 5.6.2
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def check_headers(headers: Iterable[object]) -> None:
+    """Raise ``ValueError`` unless every item is a ``(name, value)`` pair that
+    can be sent: a token name (RFC 9110 section 5.6.2) and a latin-1 str
+    value without CR, LF or NUL."""
+    for item in headers:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ValueError(f"response header {item!r} is not a (name, value) pair")
+        name, value = item
+        if not isinstance(name, str) or not name or not _TCHAR.issuperset(name):
+            raise ValueError(f"response header name {name!r} is not an HTTP token")
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0") or not _latin1(value):
+            raise ValueError(f"response header {name} has an invalid value {value!r}")
+
+
+def _latin1(value: str) -> bool:
     try:
-        phrase = HTTPStatus(status).phrase
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
     except ValueError:
-        phrase = "Error"
-    lines = [f"HTTP/1.1 {status} {phrase}"]
+        return "Error"
+
+
+def _response(status: int, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+    check_headers(headers)
+    lines = [f"HTTP/1.1 {status} {_phrase(status)}"]
     lines.extend(f"{name}: {value}" for name, value in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def switching_protocols(headers: list[tuple[str, str]]) -> bytes:
-    """The ``101 Switching Protocols`` response with ``headers``."""
-    for name, value in headers:
-        if any(c in str(name) + str(value) for c in "\r\n"):
-            raise ValueError(f"response header {name!r} contains a line break")
+    """The ``101 Switching Protocols`` response with ``headers``; ``ValueError``
+    if one of them cannot be sent (see ``check_headers``)."""
     return _response(101, headers)
 
 
 def error_response(error: HandshakeError, extra_headers: Optional[list[tuple[str, str]]] = None) -> bytes:
-    """A complete HTTP error response that closes the connection."""
-    body = ((error.reason or HTTPStatus(error.status).phrase) + "\n").encode("utf-8", "replace")
+    """A complete HTTP error response that closes the connection;
+    ``ValueError`` if one of ``error.headers`` cannot be sent."""
+    body = ((error.reason or _phrase(error.status)) + "\n").encode("utf-8", "replace")
     headers = [
         ("Content-Type", "text/plain; charset=utf-8"),
         ("Content-Length", str(len(body))),

@@ -9,8 +9,10 @@ traceback, a leaked slot, or a refusal with a nonsense status).
 
 from __future__ import annotations
 
+import logging
 import queue
 import socket
+import time
 from http import HTTPStatus
 
 import pytest
@@ -18,8 +20,9 @@ from websockets.sync.client import connect
 
 from ws_multipath import HandshakeError
 from ws_multipath.errors import HookError
+from ws_multipath.upgrade import read_request_head
 
-from .conftest import TIMEOUT, raw_request, upgrade_head, url, wait_until
+from .conftest import TIMEOUT, UPGRADE, raw_request, upgrade_head, url, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -261,3 +264,79 @@ def test_an_invalid_raised_handshake_error_gets_500(server, library_log, error):
 
     handler = server.create_handler(path="/v", verify_client=verify)
     assert assert_refused_with_500(server, handler, "verify_client", upgrade_head("/v"), library_log).__cause__ is error
+
+
+# -- request-head checks ------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra", ["Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n", "Content-Length: 1, 1\r\n"])
+def test_an_upgrade_request_with_a_body_gets_400(server, library_log, extra):
+    server.create_handler(path="/echo")
+    body = b"5\r\nhello\r\n0\r\n\r\n" if "chunked" in extra else b"hello"
+    response = raw_request(server, upgrade_head("/echo", extra) + body)
+    assert status_of(response) == 400, response
+    assert b"body" in response.partition(b"\r\n\r\n")[2]
+    refusals = [r for r in library_log.records if r.levelno == logging.INFO and "refused" in r.getMessage()]
+    assert refusals and "127.0.0.1:" in refusals[0].getMessage() and "body" in refusals[0].getMessage()
+
+
+def test_content_length_zero_is_no_body(server):
+    server.create_handler(path="/echo")
+    assert status_of(response_head(server, upgrade_head("/echo", "Content-Length: 0\r\n"))) == 101
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        UPGRADE.format(path="/echo").replace("\r\n", "\n") + "\n",
+        UPGRADE.format(path="/echo").replace("Host: 127.0.0.1\r\n", "Host: 127.0.0.1\n") + "\r\n",
+    ],
+    ids=["all-lf", "one-lf"],
+)
+def test_a_head_with_bare_lf_gets_400_at_once(make_server, library_log, head):
+    server = make_server(open_timeout=5)
+    server.create_handler(path="/echo")
+    started = time.monotonic()
+    response = raw_request(server, head.encode(), timeout=4)
+    assert status_of(response) == 400, response
+    assert time.monotonic() - started < 1.0
+    refusals = [r.getMessage() for r in library_log.records if r.levelno == logging.INFO and "refused" in r.getMessage()]
+    assert refusals and "127.0.0.1:" in refusals[0] and "bare LF" in refusals[0]
+
+
+class Chunks:
+    """A socket stand-in whose reads return the given chunks, then EOF."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+
+    def recv(self, size: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def test_a_crlf_split_across_reads_is_not_a_bare_lf():
+    head = upgrade_head("/echo")
+    cut = head.index(b"\r\n") + 1  # between the request line's CR and LF
+    assert read_request_head(Chunks(head[:cut], head[cut:] + b"frames"), 16384, 100) == (head, b"frames")
+
+
+def test_leading_crlfs_split_across_reads_are_skipped():
+    head = upgrade_head("/echo")
+    assert read_request_head(Chunks(b"\r\n\r", b"\n\r", b"\n" + head), 16384, 100) == (head, b"")
+
+
+def test_a_bare_lf_is_refused_before_the_head_ends():
+    with pytest.raises(HandshakeError) as info:
+        read_request_head(Chunks(b"GET / HTTP/1.1\nHost: x\n"), 16384, 100)  # no EOF needed: refused on the first read
+    assert info.value.status == 400 and "LF" in info.value.reason
+
+
+def test_empty_lines_before_the_request_line_are_ignored(server):
+    server.create_handler(path="/echo")
+    assert status_of(response_head(server, b"\r\n\r\n\r\n" + upgrade_head("/echo"))) == 101
+
+
+def test_empty_lines_before_the_request_line_count_towards_the_head_limit(make_server):
+    server = make_server(max_header_size=1024)
+    server.create_handler(path="/echo")
+    assert status_of(raw_request(server, b"\r\n" * 600 + upgrade_head("/echo"))) == 431

@@ -31,31 +31,64 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 def read_request_head(sock: socket.socket, max_size: int, max_headers: int) -> tuple[bytes, bytes]:
     """Read until the blank line that ends an HTTP request head.
 
-    Returns ``(head, rest)``, ``rest`` being bytes read past the head.
-    Raises ``HandshakeError(431)`` when the head exceeds ``max_size`` bytes or
-    ``max_headers`` fields, ``HandshakeError(400)`` when the client closes
-    before finishing it, and ``OSError`` when the socket fails (for
-    instance when the handshake deadline shut it down).
+    Returns ``(head, rest)``, ``rest`` being bytes read past the head. Empty
+    lines before the request line are skipped (RFC 9112 section 2.2) but
+    count towards ``max_size``. Raises ``HandshakeError(431)`` when the head
+    exceeds ``max_size`` bytes or ``max_headers`` fields,
+    ``HandshakeError(400)`` for a line ending in a bare LF (as soon as it
+    arrives: such a head would never end) or when the client closes before
+    finishing the head, and ``OSError`` when the socket fails (for instance
+    when the handshake deadline shut it down).
     """
-    buffer = bytearray()
-    searched = 0
+    buffer, skipped = _skip_empty_lines(sock, max_size)
+    checked = 0  # buffer[:checked] has no bare LF and no HEAD_END
     while True:
-        chunk = sock.recv(8192)
-        if not chunk:
-            raise HandshakeError(400, "connection closed before the end of the request head")
-        buffer += chunk
-        end = buffer.find(HEAD_END, max(0, searched - 3))
-        if end >= 0:
-            head, rest = bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
-            break
-        searched = len(buffer)
-        if len(buffer) > max_size:
+        end = buffer.find(HEAD_END, max(0, checked - 3))
+        limit = len(buffer) if end < 0 else end + len(HEAD_END)
+        _refuse_bare_lf(buffer, checked, limit)
+        if skipped + limit > max_size:
             raise HandshakeError(431, f"request head larger than {max_size} bytes")
-    if len(head) > max_size:
-        raise HandshakeError(431, f"request head larger than {max_size} bytes")
+        if end >= 0:
+            break
+        checked = len(buffer)
+        buffer += _receive(sock)
+    head, rest = bytes(buffer[:limit]), bytes(buffer[limit:])
     if head.count(b"\n") - 2 > max_headers:
         raise HandshakeError(431, f"more than {max_headers} header fields")
     return head, rest
+
+
+def _receive(sock: socket.socket) -> bytes:
+    chunk = sock.recv(8192)
+    if not chunk:
+        raise HandshakeError(400, "connection closed before the end of the request head")
+    return chunk
+
+
+def _skip_empty_lines(sock: socket.socket, max_size: int) -> tuple[bytearray, int]:
+    """Read past the CRLFs a client may send before its request line; returns
+    the bytes read after them (at least the request line's first byte) and
+    how many were skipped."""
+    buffer = bytearray()
+    skipped = 0
+    while True:
+        buffer += _receive(sock)
+        start = 0
+        while buffer.startswith(b"\r\n", start):
+            start += 2
+        del buffer[:start]
+        skipped += start
+        if skipped > max_size:
+            raise HandshakeError(431, f"request head larger than {max_size} bytes")
+        if buffer and buffer != b"\r":  # a lone CR may be the start of one more CRLF
+            return buffer, skipped
+
+
+def _refuse_bare_lf(buffer: bytearray, start: int, end: int) -> None:
+    """400 when an LF in ``buffer[start:end]`` has no CR before it."""
+    crlf_from = max(0, start - 1)  # a CRLF split across two reads
+    if buffer.count(b"\n", start, end) != buffer.count(b"\r\n", crlf_from, end):
+        raise HandshakeError(400, "a line of the request head ends with a bare LF, not CRLF")
 
 
 def _tokens(values: Iterable[str]) -> set[str]:
@@ -76,6 +109,8 @@ def check_upgrade(request: Request) -> str:
         raise HandshakeError(405, f"method {request.method} not allowed for a WebSocket upgrade", [("Allow", "GET")])
     if request.http_version not in ("1.1",):
         raise HandshakeError(400, "a WebSocket upgrade needs HTTP/1.1")
+    if _has_body(request):  # what follows the head must be frames
+        raise HandshakeError(400, "a WebSocket upgrade request must not have a body")
     if "upgrade" not in _tokens(request.headers.get_all("Connection")):
         raise HandshakeError(400, "missing 'Connection: Upgrade'")
     versions = request.headers.get_all("Sec-WebSocket-Version")
@@ -92,6 +127,14 @@ def check_upgrade(request: Request) -> str:
     if len(raw) != 16:
         raise HandshakeError(400, "invalid Sec-WebSocket-Key")
     return key
+
+
+def _has_body(request: Request) -> bool:
+    """True for any ``Transfer-Encoding``, or a ``Content-Length`` other than 0."""
+    if request.headers.get_all("Transfer-Encoding"):
+        return True
+    lengths = _tokens(request.headers.get_all("Content-Length"))
+    return any(not length.isdigit() or int(length) != 0 for length in lengths)
 
 
 def accept_token(key: str) -> str:

@@ -46,6 +46,16 @@ class WebSocketHandler(EventEmitter):
     ``'error'`` ``(exc)``; ``'close'`` ``()`` once the handler is closed and
     its last connection has ended.
 
+    The handshake's hooks (``verify_client``, a callable ``allowed_origins``,
+    ``handle_protocols``, the ``'headers'`` listeners, run in order) may
+    refuse the upgrade by raising ``HandshakeError``, which is sent as
+    given. Any other exception, an invalid result, or a response header
+    that is not an HTTP token name with a str value free of CR, LF and NUL
+    stops the handshake: the client gets 500 and a ``HookError`` naming the
+    hook (``__cause__``: the original exception) goes to ``'error'``, then
+    to the server's, then to the log. Later ``'headers'`` listeners are not
+    called, and the ``max_connections`` slot is released.
+
     ``_lock`` guards the set of open connections and the closing state.
     """
 

@@ -16,6 +16,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 from websockets.sync.client import connect
 
 from ws_multipath import HandlerOptions, ReadyState
+from ws_multipath.errors import HookError
 
 from .conftest import TIMEOUT, echo, raw_request, upgrade_head, url, wait_until
 
@@ -101,7 +102,9 @@ def test_verify_client_that_raises_gives_500_and_an_error_event(server):
     with pytest.raises(InvalidStatus) as info:
         connect(url(server, "/v"), open_timeout=TIMEOUT)
     assert info.value.response.status_code == 500
-    assert isinstance(errors.get(timeout=TIMEOUT), ZeroDivisionError)
+    error = errors.get(timeout=TIMEOUT)
+    assert isinstance(error, HookError) and "verify_client" in str(error)
+    assert isinstance(error.__cause__, ZeroDivisionError)
 
 
 def test_headers_event_can_change_the_response(server):

@@ -18,6 +18,7 @@ from .errors import (
     ConnectionClosedError,
     ConnectionClosedOK,
     HandshakeError,
+    HookError,
     PayloadTooBig,
     ProtocolError,
     WebSocketError,
@@ -42,6 +43,7 @@ __all__ = [
     "ProtocolError",
     "PayloadTooBig",
     "HandshakeError",
+    "HookError",
 ]
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ __all__ = [
     "ProtocolError",
     "PayloadTooBig",
     "HandshakeError",
+    "HookError",
 ]
 
 
@@ -80,3 +81,17 @@ class HandshakeError(WebSocketError):
         self.reason = reason
         self.headers = list(headers or [])
         super().__init__(f"HTTP {status}" + (f": {reason}" if reason else ""))
+
+
+class HookError(WebSocketError):
+    """A hook of the opening handshake raised, or returned something invalid.
+
+    The hooks are ``verify_client``, a callable ``allowed_origins``,
+    ``handle_protocols`` and the ``'headers'`` listeners. The client got a
+    500 response and this error went to the ``'error'`` listeners. ``hook``
+    names the hook; ``__cause__`` is the exception it raised, if it raised.
+    """
+
+    def __init__(self, hook: str, problem: str) -> None:
+        self.hook = hook
+        super().__init__(f"{hook} {problem}")

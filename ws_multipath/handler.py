@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from .connection import WebSocket
 from .deflate import negotiate_deflate
 from .emitter import EventEmitter, logger
-from .errors import HandshakeError
+from .errors import HandshakeError, HookError
+from .hooks import call_hook, chosen_protocol, final_response, verify_verdict
+from .listener import format_address
 from .options import HandlerOptions
 from .protocol import FrameReader, FrameWriter, Payload
 from .request import Request
@@ -27,7 +29,6 @@ from .upgrade import (
     check_upgrade,
     error_response,
     offered_protocols,
-    switching_protocols,
 )
 
 if TYPE_CHECKING:
@@ -44,6 +45,16 @@ class WebSocketHandler(EventEmitter):
     mutable list of ``(name, value)`` pairs, just before they are sent;
     ``'error'`` ``(exc)``; ``'close'`` ``()`` once the handler is closed and
     its last connection has ended.
+
+    The handshake's hooks (``verify_client``, a callable ``allowed_origins``,
+    ``handle_protocols``, the ``'headers'`` listeners, run in order) may
+    refuse the upgrade by raising ``HandshakeError``, which is sent as
+    given. Any other exception, an invalid result, or a response header
+    that is not an HTTP token name with a str value free of CR, LF and NUL
+    stops the handshake: the client gets 500 and a ``HookError`` naming the
+    hook (``__cause__``: the original exception) goes to ``'error'``, then
+    to the server's, then to the log. Later ``'headers'`` listeners are not
+    called, and the ``max_connections`` slot is released.
 
     ``_lock`` guards the set of open connections and the closing state.
     """
@@ -144,34 +155,46 @@ class WebSocketHandler(EventEmitter):
         """Answer the upgrade ``request`` on ``sock`` (request thread), then
         serve the connection until it ends. ``end_handshake`` cancels the
         server's handshake deadline."""
-        try:
-            headers, protocol, extensions, deflate = self._negotiate(request)
-        except HandshakeError as exc:
-            logger.debug("refused upgrade from %s to %s: %s", request.remote_address, self.path, exc)
-            _send_quietly(sock, error_response(exc))
+        ws = self._handshake(sock, request)
+        if ws is None:
             return
-        if not self._server._reserve_connection():
-            logger.info("refused %s on %s: max_connections reached (503)", request.remote_address, self.path)
-            _send_quietly(sock, error_response(HandshakeError(503, "too many connections")))
-            return
-        try:
-            self.emit("headers", headers, request)
-            response = switching_protocols(headers)
-        except ValueError as exc:  # a 'headers' listener added a bad header
-            self._server._release_connection()
-            self._listener_failed(exc)
-            _send_quietly(sock, error_response(HandshakeError(500, "invalid response headers")))
-            return
-        ws = self._open(sock, request, protocol, extensions, deflate)
-        del headers, deflate  # this frame lives as long as the connection
-        if not self._register_and_respond(ws, response):
-            return
-        del response
         end_handshake()
         ws._watch()
         self.emit("connection", ws, request)
         self._server.emit("connection", ws, request, self.path)
         ws._serve()
+
+    def _handshake(self, sock: socket.socket, request: Request) -> Optional[WebSocket]:
+        """Run the checks and hooks, then send the 101; returns the open
+        connection, or None once an error response was sent.
+
+        A ``max_connections`` slot is held from the checks' end; the
+        connection takes it over, or it is released here, whatever happened.
+        """
+        reserved = handed_over = False
+        try:
+            headers, protocol, extensions, deflate = self._negotiate(request)
+            reserved = self._server._reserve_connection()
+            if not reserved:
+                raise HandshakeError(503, "too many connections (max_connections)")
+            response = final_response(self._listeners.get("headers", ()), headers, request)
+            ws = self._open(sock, request, protocol, extensions, deflate)
+            handed_over = True
+        except HookError as exc:
+            self._listener_failed(exc)
+            self._refuse(sock, request, HandshakeError(500))
+            return None
+        except HandshakeError as exc:
+            self._refuse(sock, request, exc)
+            return None
+        finally:
+            if reserved and not handed_over:
+                self._server._release_connection()
+        return ws if self._register_and_respond(ws, response) else None
+
+    def _refuse(self, sock: socket.socket, request: Request, error: HandshakeError) -> None:
+        logger.info("refused %s on %s: %s", format_address(request.remote_address), self.path, error)
+        _send_quietly(sock, error_response(error))
 
     def _register_and_respond(self, ws: WebSocket, response: bytes) -> bool:
         """Send the 101 while holding the connection's write lock, with the
@@ -193,12 +216,12 @@ class WebSocketHandler(EventEmitter):
 
     def _negotiate(self, request: Request) -> tuple[list[tuple[str, str]], str, str, Any]:
         """Check the request and agree on subprotocol and extensions;
-        raises ``HandshakeError`` to refuse."""
+        raises ``HandshakeError`` to refuse, ``HookError`` when a hook failed."""
         key = check_upgrade(request)
         options = self.options
         if self._closing:
             raise HandshakeError(503, "this path is closing")
-        if not options.origin_allowed(request.origin):
+        if not call_hook("allowed_origins", options.origin_allowed, request.origin):
             raise HandshakeError(403, "origin not allowed")
         self._verify(request)
         protocol = self._choose_protocol(request)
@@ -217,20 +240,9 @@ class WebSocketHandler(EventEmitter):
         verify = self.options.verify_client
         if verify is None:
             return
-        try:
-            verdict = verify(request)
-        except Exception as exc:  # noqa: BLE001 - user code
-            self._listener_failed(exc)
-            raise HandshakeError(500, "verify_client failed") from None
-        status, reason = 401, "unauthorized"
-        if isinstance(verdict, tuple):
-            verdict, *rest = verdict
-            if rest:
-                status = int(rest[0])
-            if len(rest) > 1:
-                reason = str(rest[1])
-        if not verdict:
-            raise HandshakeError(status, reason)
+        refusal = verify_verdict(call_hook("verify_client", verify, request))
+        if refusal is not None:
+            raise refusal
 
     def _choose_protocol(self, request: Request) -> str:
         offered = offered_protocols(request)
@@ -239,17 +251,7 @@ class WebSocketHandler(EventEmitter):
         choose = self.options.handle_protocols
         if choose is None:
             return offered[0]
-        try:
-            chosen = choose(offered, request)
-        except Exception as exc:  # noqa: BLE001 - user code
-            self._listener_failed(exc)
-            raise HandshakeError(500, "handle_protocols failed") from None
-        if not chosen:
-            return ""
-        if chosen not in offered:
-            self._listener_failed(ValueError(f"handle_protocols returned {chosen!r}, which the client did not offer"))
-            raise HandshakeError(500, "handle_protocols failed")
-        return chosen
+        return chosen_protocol(call_hook("handle_protocols", choose, offered, request), offered)
 
     def _open(self, sock: socket.socket, request: Request, protocol: str, extensions: str, deflate: Any) -> WebSocket:
         options = self.options

@@ -29,10 +29,24 @@ class HandlerOptions:
       stops reading from the socket. 16.
     - ``handle_protocols``: ``(protocols, request) -> str | None`` picks the
       subprotocol; by default the client's first one is chosen (as ``ws``).
-    - ``verify_client``: ``(request) -> bool | (bool, status, reason)``;
-      False refuses the upgrade (401 unless a status is given).
+      Returning one the client did not offer is a hook failure (below).
+    - ``verify_client``: ``(request) -> result`` where ``result`` is a
+      truthy or falsy value, or ``(ok,)``, ``(ok, status)`` or
+      ``(ok, status, reason)`` with an int ``status`` in 400-599 (default
+      401) and a str ``reason`` (the response body). A falsy ``ok`` refuses
+      the upgrade with that status. It may also raise
+      ``HandshakeError(status, reason, headers=[...])`` to send exactly that
+      response (3xx-5xx, so redirects with a ``Location`` header work).
     - ``allowed_origins``: list of allowed ``Origin`` values, or a callable
       ``(origin) -> bool``; other origins get 403. None allows all.
+
+    Hook failures: when ``handle_protocols``, ``verify_client`` or a callable
+    ``allowed_origins`` raises, or returns something not described above
+    (an empty or longer tuple, a non-int or out-of-range status, a raised
+    ``HandshakeError`` with a 1xx/2xx status or a header that cannot be
+    sent), the client gets 500 and a ``HookError`` naming the hook, with the
+    original exception as its ``__cause__``, goes to the handler's
+    ``'error'`` listeners (then the server's, then the log).
     - ``client_tracking``: keep ``handler.clients``. True.
     - ``per_message_deflate``: False, True or a dict (see ``DeflateSettings``).
     - ``skip_utf8_validation``: replace invalid UTF-8 in text instead of

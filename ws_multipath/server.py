@@ -234,7 +234,7 @@ class MultipathServer(EventEmitter):
             else:
                 handler._accept(sock, request, handshake.finish)
         except HandshakeError as exc:
-            logger.debug("refused %s: %s", format_address(address), exc)
+            logger.info("refused %s: %s", format_address(address), exc)
             try:
                 sock.sendall(error_response(exc))
             except OSError:

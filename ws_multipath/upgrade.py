@@ -22,6 +22,7 @@ __all__ = [
     "accept_token",
     "switching_protocols",
     "error_response",
+    "check_headers",
 ]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
@@ -30,31 +31,64 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 def read_request_head(sock: socket.socket, max_size: int, max_headers: int) -> tuple[bytes, bytes]:
     """Read until the blank line that ends an HTTP request head.
 
-    Returns ``(head, rest)``, ``rest`` being bytes read past the head.
-    Raises ``HandshakeError(431)`` when the head exceeds ``max_size`` bytes or
-    ``max_headers`` fields, ``HandshakeError(400)`` when the client closes
-    before finishing it, and ``OSError`` when the socket fails (for
-    instance when the handshake deadline shut it down).
+    Returns ``(head, rest)``, ``rest`` being bytes read past the head. Empty
+    lines before the request line are skipped (RFC 9112 section 2.2) but
+    count towards ``max_size``. Raises ``HandshakeError(431)`` when the head
+    exceeds ``max_size`` bytes or ``max_headers`` fields,
+    ``HandshakeError(400)`` for a line ending in a bare LF (as soon as it
+    arrives: such a head would never end) or when the client closes before
+    finishing the head, and ``OSError`` when the socket fails (for instance
+    when the handshake deadline shut it down).
     """
-    buffer = bytearray()
-    searched = 0
+    buffer, skipped = _skip_empty_lines(sock, max_size)
+    checked = 0  # buffer[:checked] has no bare LF and no HEAD_END
     while True:
-        chunk = sock.recv(8192)
-        if not chunk:
-            raise HandshakeError(400, "connection closed before the end of the request head")
-        buffer += chunk
-        end = buffer.find(HEAD_END, max(0, searched - 3))
-        if end >= 0:
-            head, rest = bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
-            break
-        searched = len(buffer)
-        if len(buffer) > max_size:
+        end = buffer.find(HEAD_END, max(0, checked - 3))
+        limit = len(buffer) if end < 0 else end + len(HEAD_END)
+        _refuse_bare_lf(buffer, checked, limit)
+        if skipped + limit > max_size:
             raise HandshakeError(431, f"request head larger than {max_size} bytes")
-    if len(head) > max_size:
-        raise HandshakeError(431, f"request head larger than {max_size} bytes")
+        if end >= 0:
+            break
+        checked = len(buffer)
+        buffer += _receive(sock)
+    head, rest = bytes(buffer[:limit]), bytes(buffer[limit:])
     if head.count(b"\n") - 2 > max_headers:
         raise HandshakeError(431, f"more than {max_headers} header fields")
     return head, rest
+
+
+def _receive(sock: socket.socket) -> bytes:
+    chunk = sock.recv(8192)
+    if not chunk:
+        raise HandshakeError(400, "connection closed before the end of the request head")
+    return chunk
+
+
+def _skip_empty_lines(sock: socket.socket, max_size: int) -> tuple[bytearray, int]:
+    """Read past the CRLFs a client may send before its request line; returns
+    the bytes read after them (at least the request line's first byte) and
+    how many were skipped."""
+    buffer = bytearray()
+    skipped = 0
+    while True:
+        buffer += _receive(sock)
+        start = 0
+        while buffer.startswith(b"\r\n", start):
+            start += 2
+        del buffer[:start]
+        skipped += start
+        if skipped > max_size:
+            raise HandshakeError(431, f"request head larger than {max_size} bytes")
+        if buffer and buffer != b"\r":  # a lone CR may be the start of one more CRLF
+            return buffer, skipped
+
+
+def _refuse_bare_lf(buffer: bytearray, start: int, end: int) -> None:
+    """400 when an LF in ``buffer[start:end]`` has no CR before it."""
+    crlf_from = max(0, start - 1)  # a CRLF split across two reads
+    if buffer.count(b"\n", start, end) != buffer.count(b"\r\n", crlf_from, end):
+        raise HandshakeError(400, "a line of the request head ends with a bare LF, not CRLF")
 
 
 def _tokens(values: Iterable[str]) -> set[str]:
@@ -75,6 +109,8 @@ def check_upgrade(request: Request) -> str:
         raise HandshakeError(405, f"method {request.method} not allowed for a WebSocket upgrade", [("Allow", "GET")])
     if request.http_version not in ("1.1",):
         raise HandshakeError(400, "a WebSocket upgrade needs HTTP/1.1")
+    if _has_body(request):  # what follows the head must be frames
+        raise HandshakeError(400, "a WebSocket upgrade request must not have a body")
     if "upgrade" not in _tokens(request.headers.get_all("Connection")):
         raise HandshakeError(400, "missing 'Connection: Upgrade'")
     versions = request.headers.get_all("Sec-WebSocket-Version")
@@ -93,6 +129,14 @@ def check_upgrade(request: Request) -> str:
     return key
 
 
+def _has_body(request: Request) -> bool:
+    """True for any ``Transfer-Encoding``, or a ``Content-Length`` other than 0."""
+    if request.headers.get_all("Transfer-Encoding"):
+        return True
+    lengths = _tokens(request.headers.get_all("Content-Length"))
+    return any(not length.isdigit() or int(length) != 0 for length in lengths)
+
+
 def accept_token(key: str) -> str:
     """``Sec-WebSocket-Accept`` for ``key`` (RFC 6455 section 4.2.2)."""
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
@@ -103,27 +147,56 @@ def offered_protocols(request: Request) -> list[str]:
     return [token.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol") for token in value.split(",") if token.strip()]
 
 
-def _response(status: int, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+# RFC 9110 section 5.6.2
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def check_headers(headers: Iterable[object]) -> None:
+    """Raise ``ValueError`` unless every item is a ``(name, value)`` pair that
+    can be sent: a token name (RFC 9110 section 5.6.2) and a latin-1 str
+    value without CR, LF or NUL."""
+    for item in headers:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ValueError(f"response header {item!r} is not a (name, value) pair")
+        name, value = item
+        if not isinstance(name, str) or not name or not _TCHAR.issuperset(name):
+            raise ValueError(f"response header name {name!r} is not an HTTP token")
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0") or not _latin1(value):
+            raise ValueError(f"response header {name} has an invalid value {value!r}")
+
+
+def _latin1(value: str) -> bool:
     try:
-        phrase = HTTPStatus(status).phrase
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
     except ValueError:
-        phrase = "Error"
-    lines = [f"HTTP/1.1 {status} {phrase}"]
+        return "Error"
+
+
+def _response(status: int, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+    check_headers(headers)
+    lines = [f"HTTP/1.1 {status} {_phrase(status)}"]
     lines.extend(f"{name}: {value}" for name, value in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def switching_protocols(headers: list[tuple[str, str]]) -> bytes:
-    """The ``101 Switching Protocols`` response with ``headers``."""
-    for name, value in headers:
-        if any(c in str(name) + str(value) for c in "\r\n"):
-            raise ValueError(f"response header {name!r} contains a line break")
+    """The ``101 Switching Protocols`` response with ``headers``; ``ValueError``
+    if one of them cannot be sent (see ``check_headers``)."""
     return _response(101, headers)
 
 
 def error_response(error: HandshakeError, extra_headers: Optional[list[tuple[str, str]]] = None) -> bytes:
-    """A complete HTTP error response that closes the connection."""
-    body = ((error.reason or HTTPStatus(error.status).phrase) + "\n").encode("utf-8", "replace")
+    """A complete HTTP error response that closes the connection;
+    ``ValueError`` if one of ``error.headers`` cannot be sent."""
+    body = ((error.reason or _phrase(error.status)) + "\n").encode("utf-8", "replace")
     headers = [
         ("Content-Type", "text/plain; charset=utf-8"),
         ("Content-Length", str(len(body))),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from codecs import getincrementaldecoder
+from io import BytesIO
 from typing import Any, Optional, Union, cast
 
 from wsproto.extensions import Extension
@@ -31,17 +32,30 @@ from .deflate import BoundedDeflate
 from .errors import PayloadTooBig, ProtocolError
 from .events import CloseReceived, Event, Failure, Message, Ping, Pong
 
-__all__ = ["FrameReader", "FrameWriter", "check_close_code", "unmask", "Payload"]
+__all__ = ["FrameReader", "FrameWriter", "check_close_code", "unmask", "Payload", "FRAME_OVERHEAD"]
 
 Payload = Union[bytes, bytearray, memoryview]
 
 _NO_RSV = RsvBits(False, False, False)
 
 
+#: What each frame of a fragmented data message counts against ``max_payload``
+#: besides its payload: a frame costs wsproto microseconds however small it is,
+#: so without it a client could make the reader parse empty frames forever.
+#: 64 lets a message in 64-byte fragments (the smallest ones of Autobahn's
+#: 9.3.x/9.4.x cases) use half of ``max_payload``, and bounds a message to
+#: ``max_payload / 64`` frames (262,144 at the 16 MiB default).
+FRAME_OVERHEAD = 64
+
+
 class _PayloadLimit(Extension):
-    """Refuses an uncompressed message as soon as its frame headers add up to
-    more than ``max_payload`` (compressed ones are capped by ``BoundedDeflate``).
-    Not negotiated: it only hooks wsproto's per-frame checks.
+    """Refuses a message as soon as its frame headers add up to more than
+    ``max_payload``. An unfragmented message counts its payload; in a
+    fragmented one each frame counts its payload plus ``FRAME_OVERHEAD``
+    (64) bytes. A compressed message counts its inflated size (measured by
+    ``BoundedDeflate``, which also caps it) plus 64 bytes per frame, checked
+    at each continuation frame's header. Not negotiated: it only hooks
+    wsproto's per-frame checks.
 
     wsproto may call ``frame_inbound_header`` twice for one frame (when the
     mask key arrives in a later read it parses the header again), so the
@@ -50,9 +64,12 @@ class _PayloadLimit(Extension):
 
     name = "ws_multipath-payload-limit"
 
-    def __init__(self, max_payload: int) -> None:
+    def __init__(self, max_payload: int, deflate: Optional[BoundedDeflate] = None) -> None:
         self._max_payload = max_payload
-        self._earlier_frames = 0  # bytes in the current message's completed frames
+        self._deflate = deflate
+        # the current message's completed frames: FRAME_OVERHEAD each, plus
+        # their payloads when uncompressed
+        self._earlier_frames = 0
         self._compressed = False
 
     def enabled(self) -> bool:
@@ -67,7 +84,15 @@ class _PayloadLimit(Extension):
         if opcode is not Opcode.CONTINUATION:
             self._earlier_frames = 0
             self._compressed = rsv.rsv1
-        if not self._compressed and self._earlier_frames + payload_length > self._max_payload:
+            if not self._compressed and payload_length > self._max_payload:
+                return CloseReason.MESSAGE_TOO_BIG
+            return _NO_RSV
+        size = self._earlier_frames + FRAME_OVERHEAD
+        if not self._compressed:
+            size += payload_length
+        elif self._deflate is not None:
+            size += self._deflate._inflated  # this message's, so far (reset at its first frame)
+        if size > self._max_payload:
             return CloseReason.MESSAGE_TOO_BIG
         return _NO_RSV
 
@@ -75,7 +100,10 @@ class _PayloadLimit(Extension):
         header = proto.header
         if header.opcode.iscontrol():
             return None
-        self._earlier_frames = 0 if fin else self._earlier_frames + header.payload_len
+        if fin:
+            self._earlier_frames = 0
+        else:
+            self._earlier_frames += FRAME_OVERHEAD if self._compressed else FRAME_OVERHEAD + header.payload_len
         return None
 
 
@@ -108,6 +136,14 @@ class FrameReader:
     ``receive_data`` ends its list with a ``Failure`` carrying the
     ``ProtocolError`` (and its RFC 6455 close code); the reader must not be
     fed after that. After a ``CloseReceived`` it ignores everything.
+
+    A fragmented message is joined as its frames come, in one buffer (text
+    as UTF-8, validated piece by piece so that invalid UTF-8 fails at once
+    and decoded when the message ends), so it holds about its payload
+    however small its fragments; each of its frames counts
+    ``FRAME_OVERHEAD`` (64) bytes against ``max_payload`` besides its
+    payload, which bounds the frames, hence the work, of one message (see
+    ``_PayloadLimit``); past the limit it fails with 1009.
     """
 
     def __init__(
@@ -118,13 +154,13 @@ class FrameReader:
     ) -> None:
         self._max_payload = max_payload
         extensions: list[Extension] = [deflate] if deflate is not None else []
-        extensions.append(_PayloadLimit(max_payload))
+        extensions.append(_PayloadLimit(max_payload, deflate))
         self._frames = FrameProtocol(client=False, extensions=extensions)
         if skip_utf8_validation:
             self._frames._message_decoder = _LenientMessageDecoder()
         self._utf8_errors = "replace" if skip_utf8_validation else "strict"
         self._fast = deflate is None  # compressed messages always go through wsproto
-        self._parts: list[Union[str, bytes]] = []
+        self._message: Optional[BytesIO] = None  # the data message in progress, joined as it comes
         self._closed = False
         self._waiting: list[Union[bytes, bytearray]] = []  # the start of a frame for the hot path
         self._waiting_size = 0
@@ -227,15 +263,18 @@ class FrameReader:
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             data = cast(Union[str, bytes], frame.payload)
-            if frame.message_finished and not self._parts:
-                return Message(data)
-            self._parts.append(data)
+            message = self._message
+            if message is None:
+                if frame.message_finished:
+                    return Message(data)
+                message = self._message = BytesIO()
+            if data:  # text comes validated (or repaired) piece by piece: valid UTF-8 again
+                message.write(cast(str, data).encode("utf-8") if opcode is Opcode.TEXT else cast(bytes, data))
             if not frame.message_finished:
                 return None
-            parts, self._parts = self._parts, []
-            if opcode is Opcode.TEXT:
-                return Message("".join(cast(list[str], parts)))
-            return Message(b"".join(cast(list[bytes], parts)))
+            self._message = None
+            joined = message.getvalue()  # no copy: the BytesIO gives up its buffer
+            return Message(joined.decode("utf-8") if opcode is Opcode.TEXT else joined)
         if opcode is Opcode.PING:
             return Ping(bytes(cast(bytes, frame.payload)))
         if opcode is Opcode.PONG:

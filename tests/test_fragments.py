@@ -97,7 +97,7 @@ def test_a_message_in_2_byte_fragments_is_delivered_and_costs_about_its_payload(
     wire = b"".join(frames)
     chunks = [wire[i : i + 64 * KiB] for i in range(0, len(wire), 64 * KiB)]
     del frames, wire
-    reader = FrameReader(max_payload=(size // 2) * (2 + FRAME_OVERHEAD))  # just enough
+    reader = FrameReader(max_payload=(size // 2) * FRAME_OVERHEAD)  # just enough frames
     events: list = []
     tracemalloc.start()
     try:
@@ -110,16 +110,16 @@ def test_a_message_in_2_byte_fragments_is_delivered_and_costs_about_its_payload(
     assert peak < 3 * size, f"peak {peak / size:.2f} x the payload"
 
 
-def test_payload_plus_the_overhead_of_each_frame_is_what_max_payload_bounds():
-    """(d) A fragmented message counts FRAME_OVERHEAD per frame: at the limit
-    exactly it passes, a byte over it fails with 1009 (the old reader
-    counted payloads only, so it let both through); one frame is not charged."""
-    payload = b"x" * 100
-    frames = b"".join(fragments(2, payload, 10))  # 10 frames
-    exact = len(payload) + 10 * FRAME_OVERHEAD
-    assert FrameReader(max_payload=exact).receive_data(frames) == [Message(payload)]
-    assert failure_code(FrameReader(max_payload=exact - 1).receive_data(frames)) == 1009
-    assert FrameReader(max_payload=100).receive_data(frame(2, payload)) == [Message(payload)]
+def test_each_frame_of_a_fragmented_message_counts_64_bytes():
+    """(d) At most max_payload // FRAME_OVERHEAD frames: one more fails with
+    1009 (the old reader let any number through); the payload is bounded by
+    max_payload as before, whatever the frame count."""
+    max_payload = 10 * FRAME_OVERHEAD
+    assert FrameReader(max_payload=max_payload).receive_data(b"".join(fragments(2, b"x" * 100, 10))) == [Message(b"x" * 100)]
+    assert failure_code(FrameReader(max_payload=max_payload).receive_data(b"".join(fragments(2, b"x" * 110, 10)))) == 1009
+    at_limit = b"x" * max_payload
+    assert FrameReader(max_payload=max_payload).receive_data(b"".join(fragments(2, at_limit, max_payload // 2))) == [Message(at_limit)]
+    assert failure_code(FrameReader(max_payload=max_payload).receive_data(b"".join(fragments(2, at_limit + b"x", max_payload // 2)))) == 1009
 
 
 def test_text_in_tiny_fragments_with_characters_split_across_them():
@@ -130,7 +130,7 @@ def test_text_in_tiny_fragments_with_characters_split_across_them():
     for size in (1, 2, 3):
         frames = fragments(1, encoded, size)
         data = b"".join(frames[:3]) + frame(9, b"p") + b"".join(frames[3:])
-        reader = FrameReader(max_payload=len(encoded) * (1 + FRAME_OVERHEAD))
+        reader = FrameReader(max_payload=len(encoded) * FRAME_OVERHEAD)
         assert reader.receive_data(data) == [Ping(b"p"), Message(text)]
 
 
@@ -170,8 +170,7 @@ def test_the_frames_of_compressed_messages_count_too():
         events = reader.receive_data(empty)
         fed += 1
     assert failure_code(events) == 1009
-    # 50 inflated bytes plus 64 per frame: at most 63 frames fit in 4 KiB
-    assert fed == (max_payload - 50) // FRAME_OVERHEAD + 1, fed
+    assert fed == max_payload // FRAME_OVERHEAD + 1, fed  # 64 frames fit in 4 KiB
 
 
 def test_a_client_sending_empty_fragments_is_closed_with_1009(make_server):

@@ -39,37 +39,38 @@ Payload = Union[bytes, bytearray, memoryview]
 _NO_RSV = RsvBits(False, False, False)
 
 
-#: What each frame of a fragmented data message counts against ``max_payload``
-#: besides its payload: a frame costs wsproto microseconds however small it is,
-#: so without it a client could make the reader parse empty frames forever.
-#: 64 lets a message in 64-byte fragments (the smallest ones of Autobahn's
-#: 9.3.x/9.4.x cases) use half of ``max_payload``, and bounds a message to
-#: ``max_payload / 64`` frames (262,144 at the 16 MiB default).
+#: What each frame of a fragmented data message counts against ``max_payload``,
+#: apart from its payload: a fragmented message may have at most
+#: ``max_payload // FRAME_OVERHEAD`` frames (262,144 at the 16 MiB default, 16
+#: at 1 KiB). A frame costs wsproto microseconds however small it is, so
+#: without a cap a client could make the reader parse empty frames forever.
+#: With 64, a message in fragments of 64 bytes or more can reach
+#: ``max_payload``; Autobahn's 9.3.x/9.4.x cases send 4 MiB in 64-byte ones
+#: (65,536 frames, a quarter of the cap at 16 MiB).
 FRAME_OVERHEAD = 64
 
 
 class _PayloadLimit(Extension):
     """Refuses a message as soon as its frame headers add up to more than
-    ``max_payload``. An unfragmented message counts its payload; in a
-    fragmented one each frame counts its payload plus ``FRAME_OVERHEAD``
-    (64) bytes. A compressed message counts its inflated size (measured by
-    ``BoundedDeflate``, which also caps it) plus 64 bytes per frame, checked
-    at each continuation frame's header. Not negotiated: it only hooks
-    wsproto's per-frame checks.
+    ``max_payload``: its payload (uncompressed messages; ``BoundedDeflate``
+    caps the inflated size of compressed ones), and, separately, its frames
+    at ``FRAME_OVERHEAD`` (64) bytes each (compressed messages too), so a
+    fragmented message has at most ``max_payload // 64`` frames however
+    small. Either fails with 1009 (``PayloadTooBig``). Not negotiated: it
+    only hooks wsproto's per-frame checks.
 
     wsproto may call ``frame_inbound_header`` twice for one frame (when the
     mask key arrives in a later read it parses the header again), so the
-    header hook only checks; the size is added when the frame is complete.
+    header hook only checks; sizes and counts are added when the frame is
+    complete.
     """
 
     name = "ws_multipath-payload-limit"
 
-    def __init__(self, max_payload: int, deflate: Optional[BoundedDeflate] = None) -> None:
+    def __init__(self, max_payload: int) -> None:
         self._max_payload = max_payload
-        self._deflate = deflate
-        # the current message's completed frames: FRAME_OVERHEAD each, plus
-        # their payloads when uncompressed
-        self._earlier_frames = 0
+        self._earlier_frames = 0  # bytes in the current message's completed frames
+        self._earlier_count = 0  # and how many there are
         self._compressed = False
 
     def enabled(self) -> bool:
@@ -82,17 +83,11 @@ class _PayloadLimit(Extension):
         if opcode.iscontrol():
             return _NO_RSV
         if opcode is not Opcode.CONTINUATION:
-            self._earlier_frames = 0
+            self._earlier_frames = self._earlier_count = 0
             self._compressed = rsv.rsv1
-            if not self._compressed and payload_length > self._max_payload:
-                return CloseReason.MESSAGE_TOO_BIG
-            return _NO_RSV
-        size = self._earlier_frames + FRAME_OVERHEAD
-        if not self._compressed:
-            size += payload_length
-        elif self._deflate is not None:
-            size += self._deflate._inflated  # this message's, so far (reset at its first frame)
-        if size > self._max_payload:
+        elif (self._earlier_count + 1) * FRAME_OVERHEAD > self._max_payload:
+            return CloseReason.MESSAGE_TOO_BIG  # too many frames
+        if not self._compressed and self._earlier_frames + payload_length > self._max_payload:
             return CloseReason.MESSAGE_TOO_BIG
         return _NO_RSV
 
@@ -101,9 +96,10 @@ class _PayloadLimit(Extension):
         if header.opcode.iscontrol():
             return None
         if fin:
-            self._earlier_frames = 0
+            self._earlier_frames = self._earlier_count = 0
         else:
-            self._earlier_frames += FRAME_OVERHEAD if self._compressed else FRAME_OVERHEAD + header.payload_len
+            self._earlier_frames += header.payload_len
+            self._earlier_count += 1
         return None
 
 
@@ -140,10 +136,11 @@ class FrameReader:
     A fragmented message is joined as its frames come, in one buffer (text
     as UTF-8, validated piece by piece so that invalid UTF-8 fails at once
     and decoded when the message ends), so it holds about its payload
-    however small its fragments; each of its frames counts
-    ``FRAME_OVERHEAD`` (64) bytes against ``max_payload`` besides its
-    payload, which bounds the frames, hence the work, of one message (see
-    ``_PayloadLimit``); past the limit it fails with 1009.
+    however small its fragments. Each of its frames counts
+    ``FRAME_OVERHEAD`` (64) bytes against ``max_payload`` (apart from the
+    payload, which ``max_payload`` bounds as before), so a message has at
+    most ``max_payload // 64`` frames, which bounds the work of one message
+    (see ``_PayloadLimit``); past either limit it fails with 1009.
     """
 
     def __init__(
@@ -154,7 +151,7 @@ class FrameReader:
     ) -> None:
         self._max_payload = max_payload
         extensions: list[Extension] = [deflate] if deflate is not None else []
-        extensions.append(_PayloadLimit(max_payload, deflate))
+        extensions.append(_PayloadLimit(max_payload))
         self._frames = FrameProtocol(client=False, extensions=extensions)
         if skip_utf8_validation:
             self._frames._message_decoder = _LenientMessageDecoder()

@@ -24,7 +24,7 @@ class HandlerOptions:
     """Options of one path's handler. See README.rst for each default's reason.
 
     - ``max_payload``: largest message accepted, in bytes (after
-      decompression); larger ones fail the connection with 1009. 16 MiB.
+      decompression; a fragmented one has at most max_payload // 64 frames); larger ones fail with 1009. 16 MiB.
     - ``max_queue``: messages held for ``receive()`` before the connection
       stops reading from the socket. 16.
     - ``handle_protocols``: ``(protocols, request) -> str | None`` picks the

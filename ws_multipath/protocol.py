@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from codecs import getincrementaldecoder
+from io import BytesIO
 from typing import Any, Optional, Union, cast
 
 from wsproto.extensions import Extension
@@ -31,21 +32,37 @@ from .deflate import BoundedDeflate
 from .errors import PayloadTooBig, ProtocolError
 from .events import CloseReceived, Event, Failure, Message, Ping, Pong
 
-__all__ = ["FrameReader", "FrameWriter", "check_close_code", "unmask", "Payload"]
+__all__ = ["FrameReader", "FrameWriter", "check_close_code", "unmask", "Payload", "FRAME_OVERHEAD"]
 
 Payload = Union[bytes, bytearray, memoryview]
 
 _NO_RSV = RsvBits(False, False, False)
 
 
+#: What each frame of a fragmented data message counts against ``max_payload``,
+#: apart from its payload: a fragmented message may have at most
+#: ``max_payload // FRAME_OVERHEAD`` frames (262,144 at the 16 MiB default, 16
+#: at 1 KiB). A frame costs wsproto microseconds however small it is, so
+#: without a cap a client could make the reader parse empty frames forever.
+#: With 64, a message in fragments of 64 bytes or more can reach
+#: ``max_payload``; Autobahn's 9.3.x/9.4.x cases send 4 MiB in 64-byte ones
+#: (65,536 frames, a quarter of the cap at 16 MiB).
+FRAME_OVERHEAD = 64
+
+
 class _PayloadLimit(Extension):
-    """Refuses an uncompressed message as soon as its frame headers add up to
-    more than ``max_payload`` (compressed ones are capped by ``BoundedDeflate``).
-    Not negotiated: it only hooks wsproto's per-frame checks.
+    """Refuses a message as soon as its frame headers add up to more than
+    ``max_payload``: its payload (uncompressed messages; ``BoundedDeflate``
+    caps the inflated size of compressed ones), and, separately, its frames
+    at ``FRAME_OVERHEAD`` (64) bytes each (compressed messages too), so a
+    fragmented message has at most ``max_payload // 64`` frames however
+    small. Either fails with 1009 (``PayloadTooBig``). Not negotiated: it
+    only hooks wsproto's per-frame checks.
 
     wsproto may call ``frame_inbound_header`` twice for one frame (when the
     mask key arrives in a later read it parses the header again), so the
-    header hook only checks; the size is added when the frame is complete.
+    header hook only checks; sizes and counts are added when the frame is
+    complete.
     """
 
     name = "ws_multipath-payload-limit"
@@ -53,6 +70,7 @@ class _PayloadLimit(Extension):
     def __init__(self, max_payload: int) -> None:
         self._max_payload = max_payload
         self._earlier_frames = 0  # bytes in the current message's completed frames
+        self._earlier_count = 0  # and how many there are
         self._compressed = False
 
     def enabled(self) -> bool:
@@ -65,8 +83,10 @@ class _PayloadLimit(Extension):
         if opcode.iscontrol():
             return _NO_RSV
         if opcode is not Opcode.CONTINUATION:
-            self._earlier_frames = 0
+            self._earlier_frames = self._earlier_count = 0
             self._compressed = rsv.rsv1
+        elif (self._earlier_count + 1) * FRAME_OVERHEAD > self._max_payload:
+            return CloseReason.MESSAGE_TOO_BIG  # too many frames
         if not self._compressed and self._earlier_frames + payload_length > self._max_payload:
             return CloseReason.MESSAGE_TOO_BIG
         return _NO_RSV
@@ -75,7 +95,11 @@ class _PayloadLimit(Extension):
         header = proto.header
         if header.opcode.iscontrol():
             return None
-        self._earlier_frames = 0 if fin else self._earlier_frames + header.payload_len
+        if fin:
+            self._earlier_frames = self._earlier_count = 0
+        else:
+            self._earlier_frames += header.payload_len
+            self._earlier_count += 1
         return None
 
 
@@ -108,6 +132,15 @@ class FrameReader:
     ``receive_data`` ends its list with a ``Failure`` carrying the
     ``ProtocolError`` (and its RFC 6455 close code); the reader must not be
     fed after that. After a ``CloseReceived`` it ignores everything.
+
+    A fragmented message is joined as its frames come, in one buffer (text
+    as UTF-8, validated piece by piece so that invalid UTF-8 fails at once
+    and decoded when the message ends), so it holds about its payload
+    however small its fragments. Each of its frames counts
+    ``FRAME_OVERHEAD`` (64) bytes against ``max_payload`` (apart from the
+    payload, which ``max_payload`` bounds as before), so a message has at
+    most ``max_payload // 64`` frames, which bounds the work of one message
+    (see ``_PayloadLimit``); past either limit it fails with 1009.
     """
 
     def __init__(
@@ -124,7 +157,7 @@ class FrameReader:
             self._frames._message_decoder = _LenientMessageDecoder()
         self._utf8_errors = "replace" if skip_utf8_validation else "strict"
         self._fast = deflate is None  # compressed messages always go through wsproto
-        self._parts: list[Union[str, bytes]] = []
+        self._message: Optional[BytesIO] = None  # the data message in progress, joined as it comes
         self._closed = False
         self._waiting: list[Union[bytes, bytearray]] = []  # the start of a frame for the hot path
         self._waiting_size = 0
@@ -227,15 +260,18 @@ class FrameReader:
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             data = cast(Union[str, bytes], frame.payload)
-            if frame.message_finished and not self._parts:
-                return Message(data)
-            self._parts.append(data)
+            message = self._message
+            if message is None:
+                if frame.message_finished:
+                    return Message(data)
+                message = self._message = BytesIO()
+            if data:  # text comes validated (or repaired) piece by piece: valid UTF-8 again
+                message.write(cast(str, data).encode("utf-8") if opcode is Opcode.TEXT else cast(bytes, data))
             if not frame.message_finished:
                 return None
-            parts, self._parts = self._parts, []
-            if opcode is Opcode.TEXT:
-                return Message("".join(cast(list[str], parts)))
-            return Message(b"".join(cast(list[bytes], parts)))
+            self._message = None
+            joined = message.getvalue()  # no copy: the BytesIO gives up its buffer
+            return Message(joined.decode("utf-8") if opcode is Opcode.TEXT else joined)
         if opcode is Opcode.PING:
             return Ping(bytes(cast(bytes, frame.payload)))
         if opcode is Opcode.PONG:

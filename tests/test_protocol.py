@@ -144,3 +144,12 @@ def test_unmask_matches_wsproto_for_bytes_and_in_place_bytearrays(size, kind):
     payload, mask = os.urandom(size), os.urandom(4)
     data = kind(b"head" + payload + b"tail")
     assert unmask(data, 4, 4 + size, mask) == bytes(XorMaskerSimple(mask).process(bytearray(payload)))
+
+
+def test_invalid_utf8_fails_at_once_when_a_text_frame_arrives_in_pieces():
+    """Found by the fuzz tests: the frame's head alone, then the start of
+    its payload (an invalid lead byte) and nothing more."""
+    reader = FrameReader(max_payload=1024)
+    assert reader.receive_data(b"\x81\x82") == []
+    events = reader.receive_data(b"\x00\x00\x00\x00\x80")
+    assert len(events) == 1 and isinstance(events[0], Failure) and events[0].error.code == 1007

@@ -162,6 +162,7 @@ class FrameReader:
         self._waiting: list[Union[bytes, bytearray]] = []  # the start of a frame for the hot path
         self._waiting_size = 0
         self._waiting_for = 0
+        self._waiting_text = False  # parse again on every read: invalid UTF-8 must fail at once
 
     def receive_data(self, data: Union[bytes, bytearray]) -> list[Event]:
         """Parse ``data``; return the complete events it finished."""
@@ -171,7 +172,7 @@ class FrameReader:
         if self._waiting:
             self._waiting.append(data)
             self._waiting_size += len(data)
-            if self._waiting_size < self._waiting_for:
+            if self._waiting_size < self._waiting_for and not self._waiting_text:
                 return events
             data = bytearray().join(self._waiting)  # unmasked in place: one copy less
             self._waiting, self._waiting_size = [], 0
@@ -250,7 +251,10 @@ class FrameReader:
 
     def _wait(self, data: Union[bytes, bytearray], pos: int, needed: int) -> bytes:
         """Keep the start of a whole-message frame until ``needed`` bytes of it
-        have arrived, so the hot path parses it in one piece."""
+        have arrived, so the hot path parses it in one piece. A text frame is
+        parsed again as each read comes: once its payload has begun, wsproto
+        takes it and checks the UTF-8 as it arrives."""
+        self._waiting_text = data[pos] == 0x81
         self._waiting = [data[pos:] if pos else data]
         self._waiting_size = len(data) - pos
         self._waiting_for = needed

@@ -97,7 +97,7 @@ class WebSocket(EventEmitter):
         self._inbox = Inbox(options.max_queue)
         self._held_back: list = []  # events after a message the puller returns first
         self._close_timer: Optional[Timer] = None
-        self._socket_reader = SocketReader(transport.sock, timers, self._feed, self._begin, self._resume, self._finish, request.path)
+        self._socket_reader = SocketReader(transport.sock, timers, self._feed, self._begin, self._resume, self._finish, request.path, options.max_queue)
         self._heartbeat = Heartbeat(
             timers,
             options.ping_interval,
@@ -220,7 +220,7 @@ class WebSocket(EventEmitter):
         with self._lock:
             if not self._closing.start(code, reason):
                 return False
-        self._inbox.seal()
+        self._seal()
         self._close_timer = self._timers.call_later(self._options.close_timeout, self._on_close_timeout)
         frame = self._writer.close(code, encoded)
         if blocking:
@@ -238,7 +238,7 @@ class WebSocket(EventEmitter):
         """Drop the TCP connection at once, without a closing handshake."""
         with self._lock:
             self._closing.terminated()
-        self._inbox.seal()
+        self._seal()
         self._transport.abort()
 
     def _fail(self, code: int, reason: str) -> None:
@@ -247,7 +247,7 @@ class WebSocket(EventEmitter):
         logger.info("dropping %s: %s (%d)", self._label(), reason, code)
         with self._lock:
             self._closing.fatal(code, reason)
-        self._inbox.seal()
+        self._seal()
 
     # -- receiving ----------------------------------------------------------
 
@@ -337,7 +337,7 @@ class WebSocket(EventEmitter):
                 self._on_ping(event.payload)  # type: ignore[union-attr]
             elif kind is Pong:
                 self._heartbeat.pong()
-                self.emit("pong", event.payload)  # type: ignore[union-attr]
+                self._emit_in_order("pong", event.payload)  # type: ignore[union-attr]
             elif kind is CloseReceived:
                 self._on_close_frame(event.code, event.reason)  # type: ignore[union-attr]
             elif kind is Failure:
@@ -349,15 +349,43 @@ class WebSocket(EventEmitter):
         if not self._closing.delivers_messages:
             return False
         if self._listeners.get("message"):
-            self.emit("message", data, not isinstance(data, str))
+            dispatcher = self._socket_reader.dispatcher
+            if dispatcher is None:
+                self._emit_message(data)
+            else:
+                dispatcher.call(self._emit_message, data, wait=True)
             return False
         self._inbox.put(data, wait=not self._socket_reader.pulling)  # the puller is the consumer: never wait on itself
         return True
 
+    def _emit_message(self, data: Union[str, bytes]) -> None:
+        reader = self._socket_reader
+        reader.enter_listener()
+        try:
+            self.emit("message", data, not isinstance(data, str))
+        finally:
+            reader.leave_listener()
+
+    def _emit_in_order(self, event: str, *args: Any) -> None:
+        """Emit on the thread that runs this connection's listeners, after
+        the messages read before (see ``dispatch.py``)."""
+        dispatcher = self._socket_reader.dispatcher
+        if dispatcher is None:
+            self.emit(event, *args)
+        else:
+            dispatcher.call(self.emit, event, *args)
+
+    def _seal(self) -> None:
+        """Closing: the reader must never wait for the application again."""
+        self._inbox.seal()
+        dispatcher = self._socket_reader.dispatcher
+        if dispatcher is not None:
+            dispatcher.seal()
+
     def _on_ping(self, payload: bytes) -> None:
         if self._options.auto_pong:
             self._write_quietly(self._writer.pong(payload), FrameKind.PONG)
-        self.emit("ping", payload)
+        self._emit_in_order("ping", payload)
 
     def _on_close_frame(self, code: int, reason: str) -> None:
         with self._lock:
@@ -380,11 +408,11 @@ class WebSocket(EventEmitter):
         reason = error.reason[:120]
         with self._lock:
             self._closing.failed(error.code, reason)
-        self._inbox.seal()
+        self._seal()
         self._write_quietly(self._writer.close(error.code, reason.encode("utf-8")[:123]), FrameKind.CLOSE)
         self._linger()
         if self._listeners.get("error"):
-            self.emit("error", error)
+            self._emit_in_order("error", error)
 
     def _finish(self) -> None:
         self._heartbeat.stop()
@@ -398,7 +426,12 @@ class WebSocket(EventEmitter):
         self._transport.close()
         if self._on_closed is not None:
             self._on_closed(self)
-        self.emit("close", self.close_code, self.close_reason)
+        dispatcher = self._socket_reader.dispatcher
+        if dispatcher is None:
+            self.emit("close", self.close_code, self.close_reason)
+        else:
+            dispatcher.call(self.emit, "close", self.close_code, self.close_reason)
+            dispatcher.finish()
 
     def _post_heartbeat_ping(self) -> None:
         """Heartbeat (timer thread): ping without blocking, while open."""

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Optional, Union
+from typing import Any, Optional
 
 __all__ = ["Inbox"]
 
-Message = Union[str, bytes]
+Message = Any  # str or bytes for receive(); the dispatcher queues calls
 
 
 class Inbox:
-    """A bounded FIFO of messages; ``_cond`` guards the deque and the flags."""
+    """A bounded FIFO of messages (or of any items: see ``dispatch.py``);
+    ``_cond`` guards the deque and the flags."""
 
     def __init__(self, max_size: int) -> None:
         self._messages: collections.deque[Message] = collections.deque()

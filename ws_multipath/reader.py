@@ -15,7 +15,15 @@ One thread at a time reads a connection, in one of three modes:
   seconds it starts a thread that reads from then on (LOOPING), so pings,
   close frames and messages are never left unread for long.
 
-``_lock`` guards the mode; it is never held while reading or calling back.
+And while LOOPING, when one ``'message'`` listener call keeps the reading
+thread for ``TAKEOVER_AFTER`` seconds or more while data waits, a busy check
+on the timer thread starts a second thread that reads from then on; the
+first becomes the connection's dispatcher and runs the listener calls the
+reader queues for it (``dispatch.py``), in order. Two threads, from then on,
+for that connection only.
+
+``_lock`` guards the mode, the hand-over and the busy check's timer; it is
+never held while reading or calling back.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+from .dispatch import Dispatcher
 from .emitter import logger
 from .timers import Timer, Timers
 
@@ -71,6 +80,7 @@ class SocketReader:
         resume: Callable[[], None],
         finish: Callable[[], None],
         name: str,
+        max_queue: int = 16,
     ) -> None:
         self._sock = sock
         self._recv = self._recv_tls if isinstance(sock, ssl.SSLSocket) else sock.recv  # type: ignore[attr-defined]
@@ -89,6 +99,13 @@ class SocketReader:
         self._done = False
         self._idle_since = time.monotonic()
         self._watchdog: Optional[Timer] = None
+        self._max_queue = max_queue
+        #: Set once a second thread took over reading from a busy listener.
+        self.dispatcher: Optional[Dispatcher] = None
+        self._listener_calls = 0  # 'message' listener calls so far
+        self._checked_calls = -1  # ... as the last busy check saw them
+        self._in_listener = False
+        self._busy_timer: Optional[Timer] = None
 
     @property
     def pulling(self) -> bool:
@@ -101,6 +118,8 @@ class SocketReader:
     def on_reading_thread(self) -> bool:
         """True on the thread that reads now (a listener called from a read)."""
         current = threading.current_thread()
+        if self.dispatcher is not None and self.dispatcher.on_dispatcher():
+            return True
         if self._mode is Mode.PULLING:
             return current is self._home
         return self._mode is Mode.LOOPING and current is self._looping_thread
@@ -125,6 +144,20 @@ class SocketReader:
         try:
             self._begin_once()
             self._resume()
+            while self.dispatcher is None and self._read_once():
+                pass
+        except Exception:  # noqa: BLE001 - a bug: log it, never leak the socket
+            logger.exception("reader of %s failed", self._name)
+        finally:
+            if self.dispatcher is not None and self.dispatcher.on_dispatcher():
+                self.dispatcher.run()  # the new reader thread ends the connection
+            else:
+                self._end()
+
+    def _loop_after_hand_over(self) -> None:
+        """The second thread, once a busy listener handed reading over."""
+        listener_thread.active = True
+        try:
             while self._read_once():
                 pass
         except Exception:  # noqa: BLE001 - a bug: log it, never leak the socket
@@ -168,6 +201,7 @@ class SocketReader:
     def _end(self) -> None:
         if not self._done:
             self._done = True
+            self._cancel_busy_check()
             self._finish()
 
     # -- PULLING --------------------------------------------------------------
@@ -206,6 +240,61 @@ class SocketReader:
                 self._mode = Mode.IDLE
                 self._idle_since = time.monotonic()
                 self._arm_watchdog(TAKEOVER_AFTER)
+
+    # -- LOOPING: a busy listener (reading thread, then timer thread) ----------
+
+    def enter_listener(self) -> None:
+        """A ``'message'`` listener is about to run on the reading thread."""
+        self._listener_calls += 1
+        self._in_listener = True
+        if self._busy_timer is None and self.dispatcher is None and self._mode is Mode.LOOPING:
+            with self._lock:
+                if self._busy_timer is None and not self._done:
+                    self._busy_timer = self._timers.call_later(TAKEOVER_AFTER, self._on_busy_check)
+
+    def leave_listener(self) -> None:
+        with self._lock:  # exclusive with a hand-over, so that two threads never read
+            self._in_listener = False
+
+    def _on_busy_check(self) -> None:
+        """Timer thread: hand reading over if one listener call has lasted
+        since the last check while data waits; check again while busy."""
+        with self._lock:
+            self._busy_timer = None
+            if self._done or self.dispatcher is not None or self._mode is not Mode.LOOPING:
+                return
+            calls, previous = self._listener_calls, self._checked_calls
+            self._checked_calls = calls
+            stuck = self._in_listener and calls == previous
+            if not stuck and not self._in_listener and calls == previous:
+                return  # idle: the next listener call arms the check again
+        if stuck and self._readable(0):
+            with self._lock:
+                if self._in_listener and not self._done and self._listener_calls == calls:
+                    self._hand_over()
+                    return
+        with self._lock:
+            if self._busy_timer is None and not self._done and self.dispatcher is None:
+                self._busy_timer = self._timers.call_later(TAKEOVER_AFTER, self._on_busy_check)
+
+    def _hand_over(self) -> None:
+        """Start the second reader (``_lock`` held, the listener still running)."""
+        busy = self._looping_thread
+        assert busy is not None
+        thread = threading.Thread(target=self._loop_after_hand_over, name=f"ws_multipath-reader {self._name}", daemon=True)
+        self.dispatcher = Dispatcher(self._max_queue, busy)
+        self._looping_thread = thread
+        try:
+            thread.start()
+        except RuntimeError as exc:  # out of threads: the busy thread keeps reading
+            logger.error("cannot start a reader thread for %s: %s", self._name, exc)
+            self.dispatcher, self._looping_thread = None, busy
+
+    def _cancel_busy_check(self) -> None:
+        with self._lock:
+            if self._busy_timer is not None:
+                self._busy_timer.cancel()
+                self._busy_timer = None
 
     # -- IDLE: the watchdog (timer thread) ------------------------------------
 

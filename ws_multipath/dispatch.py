@@ -1,0 +1,59 @@
+"""Listener calls handed from a reader thread to the thread that runs them.
+
+Normally a connection's listeners run on the thread that reads it. When a
+``'message'`` listener keeps that thread longer than ``reader.TAKEOVER_AFTER``
+while data waits, a second thread takes over reading (``reader.py``) and the
+first one becomes the dispatcher: it runs, in order and one at a time, the
+listener calls the reader queues here, while the reader answers pings and
+sees pongs and close frames at once. So a slow listener no longer gets its
+connection dropped by the heartbeat.
+
+The queue is an ``Inbox``: the reader waits while ``max_queue`` messages are
+pending (read-ahead stays bounded); control-frame events never wait.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from .inbox import Inbox
+
+__all__ = ["Dispatcher"]
+
+
+class Dispatcher:
+    """The calls queued for one connection's dispatcher thread (see above).
+    ``thread`` is set once, before the reader thread starts."""
+
+    def __init__(self, max_queue: int, thread: threading.Thread) -> None:
+        self.thread = thread
+        self._calls = Inbox(max_queue)
+
+    def on_dispatcher(self) -> bool:
+        return threading.current_thread() is self.thread
+
+    def call(self, fn: Callable[..., Any], *args: Any, wait: bool = False) -> None:
+        """Run ``fn(*args)`` now on the dispatcher thread, else queue it
+        (with ``wait``, waiting while the queue is full)."""
+        if self.on_dispatcher():
+            fn(*args)
+        else:
+            self._calls.put((fn, args), wait=wait)  # type: ignore[arg-type]
+
+    def run(self) -> None:
+        """On the dispatcher thread: run queued calls until ``finish``."""
+        while True:
+            item: Any = self._calls.get()
+            if item is None:
+                return
+            fn, args = item
+            fn(*args)
+
+    def seal(self) -> None:
+        """The connection is closing: the reader must never wait here again."""
+        self._calls.seal()
+
+    def finish(self) -> None:
+        """No more calls: ``run`` returns once the queued ones are done."""
+        self._calls.close()

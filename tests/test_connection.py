@@ -461,3 +461,22 @@ def test_iteration_answers_a_message_before_the_close_that_followed_it(server):
         data = read_until_eof(sock)
     body = data.split(b"\r\n\r\n", 1)[1]
     assert body.startswith(b"\x81\x0alast words\x88\x02\x03\xe8")
+
+
+def test_log_lines_about_a_connection_name_its_peer_as_host_port_and_its_path(server, library_log):
+    handler = server.create_handler(path="/logged")
+    closed = threading.Event()
+    handler.on("connection", lambda ws, request: ws.on("close", lambda code, reason: closed.set()))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/logged"))
+        port = sock.getsockname()[1]
+        sock.recv(4096)
+        sock.sendall(b"\x81\x05hello")  # unmasked: a protocol error
+        read_until_eof(sock)
+    assert closed.wait(TIMEOUT)
+    messages = [r.getMessage() for r in library_log.records]
+    about = [m for m in messages if str(port) in m]
+    assert any(m.startswith("failing ") for m in about), messages
+    for message in about:
+        assert f"127.0.0.1:{port} on /logged" in message, message
+    assert not [m for m in messages if "('127.0.0.1'" in m], messages

@@ -97,7 +97,7 @@ class WebSocket(EventEmitter):
         self._inbox = Inbox(options.max_queue)
         self._held_back: list = []  # events after a message the puller returns first
         self._close_timer: Optional[Timer] = None
-        self._socket_reader = SocketReader(transport.sock, timers, self._feed, self._begin, self._resume, self._finish, request.path, options.max_queue)
+        self._socket_reader = SocketReader(transport.sock, timers, self._feed, self._begin, self._resume, self._finish, self._label(), options.max_queue)
         self._heartbeat = Heartbeat(
             timers,
             options.ping_interval,
@@ -131,7 +131,7 @@ class WebSocket(EventEmitter):
         return self.request.remote_address
 
     def __repr__(self) -> str:
-        return f"<WebSocket {self.path} {self.remote_address} {self.ready_state.name}>"
+        return f"<WebSocket {self.path} {format_address(self.remote_address)} {self.ready_state.name}>"
 
     def _label(self) -> str:
         """Who this is, for log lines: ``host:port on /path``."""

@@ -120,7 +120,7 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             request.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.exception("unexpected error serving %s", client_address)
+        logger.exception("unexpected error serving %s", format_address(client_address))
 
 
 def _no_delay(sock: socket.socket) -> None:

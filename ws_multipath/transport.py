@@ -38,7 +38,6 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Union
 
 from .closing import FrameKind
-from .emitter import logger
 from .flusher import Flusher
 from .protocol import Payload
 
@@ -183,7 +182,6 @@ class Transport:
                 return True
 
     def _on_write_timeout(self) -> None:
-        logger.info("dropping %s: write timed out after %ss", _peer(self.sock), self._write_timeout)
         self._on_fatal(1011, "write timeout")
         self.abort()
 
@@ -210,8 +208,7 @@ class Transport:
             finally:
                 self._release()
         elif overflow:
-            logger.info("dropping %s: more than %d bytes waiting to be sent", _peer(self.sock), MAX_OUTBOX_BYTES)
-            self._on_fatal(1008, "send queue full")
+            self._on_fatal(1008, f"send queue full (more than {MAX_OUTBOX_BYTES} bytes waiting)")
             self.abort()
         else:
             self._enrol_if_waiting()
@@ -391,10 +388,3 @@ def _shutdown(sock: socket.socket, how: int) -> None:
     except OSError:
         pass
 
-
-def _peer(sock: socket.socket) -> str:
-    try:
-        address = sock.getpeername()
-    except OSError:
-        return "a client"
-    return f"{address[0]}:{address[1]}"

@@ -224,9 +224,10 @@ class RoutingTable(Generic[H]):
             if handler is not None:
                 return handler, {}
             for route, handler in self._patterns:
-                params = route.match(path)
-                if params is not None:
-                    return handler, params
+                if path.startswith(route.prefix):  # match() checks it too; here it saves a call
+                    params = route.match(path)
+                    if params is not None:
+                        return handler, params
         return None
 
     def handlers(self) -> list[H]:

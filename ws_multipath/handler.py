@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Container, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .connection import WebSocket
@@ -85,8 +85,18 @@ class WebSocketHandler(EventEmitter):
 
     # -- broadcast ------------------------------------------------------------
 
-    def broadcast(self, data: Union[str, Payload], exclude: Union[WebSocket, Collection[WebSocket], None] = None) -> int:
+    def broadcast(
+        self,
+        data: Union[str, Payload],
+        exclude: Union[WebSocket, Collection[WebSocket], None] = None,
+        *,
+        path_params: Optional[Mapping[str, Any]] = None,
+    ) -> int:
         """Send ``data`` to every open client of this path except ``exclude``.
+
+        With ``path_params`` (a route pattern's handler), only to the clients
+        whose ``request.path_params`` have those items: one room of
+        ``/rooms/<room>`` is ``path_params={"room": "lobby"}``.
 
         Never blocks on a client: each message is queued per client and
         written as that client reads, so a slow or dead client delays nobody
@@ -99,9 +109,13 @@ class WebSocketHandler(EventEmitter):
             data = bytes(data)
         if isinstance(exclude, WebSocket):
             exclude = (exclude,)
+        if path_params is not None:
+            if not isinstance(path_params, Mapping):
+                raise TypeError(f"path_params must be a mapping, not {type(path_params).__name__}")
+            return self._broadcast_local(data, _Outside(dict(path_params), exclude or ()))
         return self._broadcast_local(data, exclude or ())
 
-    def _broadcast_local(self, data: Union[str, bytes], skipped: Collection[WebSocket]) -> int:
+    def _broadcast_local(self, data: Union[str, bytes], skipped: Container[WebSocket]) -> int:
         """Deliver to this process's clients (a broker for other processes would sit in front of this)."""
         with self._lock:
             targets = [ws for ws in self._connections if ws not in skipped]
@@ -278,6 +292,25 @@ class WebSocketHandler(EventEmitter):
             self._connections.discard(ws)
         self._server._release_connection()
         self._maybe_finish_close()
+
+
+class _Outside:
+    """The clients to skip in a broadcast to one set of path params: the
+    excluded ones, and those whose ``request.path_params`` lack an item. It
+    is checked against the snapshot of the connections (so a client that
+    connects meanwhile, to another room, is not sent to)."""
+
+    __slots__ = ("params", "exclude")
+
+    def __init__(self, params: dict[str, Any], exclude: Collection[WebSocket]) -> None:
+        self.params = params
+        self.exclude = exclude
+
+    def __contains__(self, ws: object) -> bool:
+        if not isinstance(ws, WebSocket) or ws in self.exclude:
+            return True
+        got = ws.request.path_params
+        return any(name not in got or got[name] != value for name, value in self.params.items())
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:

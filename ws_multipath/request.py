@@ -8,7 +8,7 @@ its result into names a user reads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -82,6 +82,10 @@ class Request:
     ``buffered`` holds bytes the client sent after the head that were read
     along with it (for a WebSocket, the start of its first frames); whoever
     takes over the socket must consume them before reading more.
+
+    ``path_params`` holds the values of the route pattern's variables that
+    matched ``path`` (``{"room": "lobby"}`` for ``/rooms/<room>``),
+    percent-decoded and converted; ``{}`` for an exact path.
     """
 
     method: str
@@ -91,6 +95,7 @@ class Request:
     remote_address: Optional[tuple] = None
     secure: bool = False
     buffered: bytes = field(default=b"", repr=False)
+    path_params: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def path(self) -> str:

@@ -1,33 +1,207 @@
-"""The server's table of paths and their handlers.
+"""The server's table of paths and their handlers: exact paths and route
+patterns such as ``/rooms/<room>`` or ``/users/<int:id>/files/<path:rest>``.
 
-Matching is exact on the request path (the query string is ignored). Route
-patterns would be added here, behind ``lookup``.
+A pattern is a path with variables in ``<converter:name>`` or ``<name>``
+form, anywhere in the path (``/v<int:version>/feed`` too). The converters
+are Werkzeug's defaults (``werkzeug/routing/converters.py``), without their
+arguments:
+
+=========  ===============================================  ==============
+converter  matches                                          value
+=========  ===============================================  ==============
+``string`` one or more characters other than ``/``          ``str``
+           (the default: ``<name>``)
+``int``    ``[0-9]+`` (no sign)                             ``int``
+``float``  ``[0-9]+\\.[0-9]+`` (no sign, no exponent)        ``float``
+``uuid``   8-4-4-4-12 hex digits, either case               ``uuid.UUID``
+``path``   one or more characters, ``/`` included           ``str``
+=========  ===============================================  ==============
+
+(Werkzeug writes ``\\d``, which in a Python ``str`` regex also matches
+non-ASCII digits; here it is ASCII only.)
 """
 
 from __future__ import annotations
 
+import re
 import threading
-from typing import Generic, Optional, TypeVar
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Optional, TypeVar
+from urllib.parse import unquote
 
-__all__ = ["RoutingTable"]
+__all__ = ["RoutingTable", "RoutePattern", "compile_pattern"]
 
 H = TypeVar("H")
 
+# converter -> (regex, conversion of the percent-decoded value)
+CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "string": (r"[^/]+", str),
+    "int": (r"[0-9]+", int),
+    "float": (r"[0-9]+\.[0-9]+", float),
+    "uuid": (r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}", uuid.UUID),
+    "path": (r".+", str),
+}
+
+_VARIABLE = re.compile(r"<(?:([^<>:]*):)?([^<>:]*)>")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass(frozen=True)
+class RoutePattern:
+    """A compiled route pattern (see ``compile_pattern``)."""
+
+    pattern: str
+    regex: "re.Pattern[str]"
+    # name -> conversion, in the order of the pattern
+    conversions: tuple[tuple[str, Callable[[str], Any]], ...]
+    # the pattern with each variable replaced by <converter>: two patterns
+    # with the same shape match exactly the same paths
+    shape: str
+    prefix: str  # the static text before the first variable
+    # sort key, most specific first (see RoutingTable)
+    rank: tuple[int, ...]
+
+    def match(self, path: str) -> Optional[dict[str, Any]]:
+        """The converted values if ``path`` matches, else None."""
+        if not path.startswith(self.prefix):
+            return None
+        found = self.regex.fullmatch(path)
+        if found is None:
+            return None
+        try:
+            return {name: convert(unquote(found.group(name), errors="replace")) for name, convert in self.conversions}
+        except ValueError:  # an int of more than sys.get_int_max_str_digits() digits
+            return None
+
+
+def compile_pattern(pattern: str) -> RoutePattern:
+    """Parse ``pattern``; ``ValueError`` naming it when it is invalid (an
+    unknown converter, an unbalanced ``<`` or ``>``, an empty, invalid or
+    repeated variable name, two variables next to each other)."""
+    parts: list[str] = []
+    shape: list[str] = []
+    conversions: list[tuple[str, Callable[[str], Any]]] = []
+    counts = {name: 0 for name in CONVERTERS}
+    prefix: Optional[str] = None
+    position = 0
+    for found in _VARIABLE.finditer(pattern):
+        static = pattern[position : found.start()]
+        if "<" in static or ">" in static:
+            raise ValueError(f"unbalanced '<' or '>' in route pattern {pattern!r}")
+        if conversions and not static:
+            raise ValueError(f"two variables with nothing between them in route pattern {pattern!r}")
+        converter, name = found.group(1), found.group(2)
+        converter = "string" if converter is None else converter
+        if converter not in CONVERTERS:
+            raise ValueError(f"unknown converter {converter!r} in route pattern {pattern!r} (known: {', '.join(CONVERTERS)})")
+        if not name:
+            raise ValueError(f"empty variable name in route pattern {pattern!r}")
+        if not _NAME.match(name):
+            raise ValueError(f"variable name {name!r} is not an identifier in route pattern {pattern!r}")
+        if any(name == seen for seen, _ in conversions):
+            raise ValueError(f"variable {name!r} appears twice in route pattern {pattern!r}")
+        if prefix is None:
+            prefix = static
+        regex, convert = CONVERTERS[converter]
+        parts.append(re.escape(static))
+        parts.append(f"(?P<{name}>{regex})")
+        shape.append(f"{static}<{converter}>")
+        conversions.append((name, convert))
+        counts[converter] += 1
+        position = found.end()
+    static = pattern[position:]
+    if "<" in static or ">" in static:
+        raise ValueError(f"unbalanced '<' or '>' in route pattern {pattern!r}")
+    if not conversions:
+        raise ValueError(f"route pattern {pattern!r} has no variable")
+    parts.append(re.escape(static))
+    shape.append(static)
+    assert prefix is not None
+    static_length = len(pattern) - sum(found.end() - found.start() for found in _VARIABLE.finditer(pattern))
+    rank = (
+        counts["path"],  # a <path:> pattern comes after every other
+        len(conversions),  # fewer variables
+        counts["string"],  # typed before untyped
+        -len(prefix),  # longer static prefix
+        -static_length,  # more static text
+    )
+    return RoutePattern(pattern, re.compile("".join(parts)), tuple(conversions), "".join(shape), prefix, rank)
+
+
+def is_pattern(path: str) -> bool:
+    """True when ``path`` is to be compiled as a route pattern."""
+    return "<" in path or ">" in path
+
 
 class RoutingTable(Generic[H]):
-    """Path -> handler. Every access holds ``_lock``; lookups return the
-    handler, whose own lock then guards its state."""
+    """Path or route pattern -> handler.
+
+    ``lookup(path)`` takes the request path as received, without the query
+    and not percent-decoded (``Request.path``), and returns ``(handler,
+    params)`` or None:
+
+    1. An exact path is looked up first, in a dict (O(1)); it wins over any
+       pattern that also matches (``/rooms/lobby`` beside ``/rooms/<room>``),
+       and its params are ``{}``.
+    2. Otherwise the patterns are tried one regex each, most specific first:
+
+       - a pattern with a ``<path:>`` variable comes after all without one;
+       - then fewer variables first;
+       - then fewer untyped (``string``) variables, i.e. typed first;
+       - then the longer static prefix (the text before the first variable);
+       - then the more static text in all;
+       - then the one registered first.
+
+       The first match wins. Its params map each variable name to its value:
+       the captured text, percent-decoded (UTF-8, invalid bytes replaced by
+       U+FFFD), then converted (``int``, ``float``, ``uuid.UUID``). Matching
+       is on the path as received, so ``%2F`` in a ``<string:>`` segment does
+       not split it, but the decoded value contains ``/``. A value that
+       cannot be converted (an ``int`` of more digits than Python converts)
+       is no match, and the next pattern is tried.
+
+    ``add`` refuses a path that already has a handler and a pattern of the
+    same shape as a registered one (the same pattern up to the variable
+    names, e.g. ``/rooms/<room>`` and ``/rooms/<name>``: they match exactly
+    the same paths), naming the handler in the way.
+
+    Every access holds ``_lock``; lookups return the handler, whose own lock
+    then guards its state. Compiling a pattern happens before taking it.
+    """
 
     def __init__(self) -> None:
         self._handlers: dict[str, H] = {}
+        # the patterns in lookup order, and by pattern string and by shape
+        self._patterns: list[tuple[RoutePattern, H]] = []
+        self._by_pattern: dict[str, tuple[RoutePattern, H]] = {}
+        self._by_shape: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def add(self, path: str, handler: H) -> None:
-        """Register ``handler``; ``ValueError`` if ``path`` already has one."""
+        """Register ``handler`` for ``path``, an exact path or a pattern.
+
+        ``ValueError`` if ``path`` already has a handler, if it is a pattern
+        of the same shape as a registered one, or if it is an invalid pattern.
+        """
+        route = compile_pattern(path) if is_pattern(path) else None
         with self._lock:
-            if path in self._handlers:
+            if path in self._handlers or path in self._by_pattern:
                 raise ValueError(f"a handler for path {path!r} already exists")
-            self._handlers[path] = handler
+            if route is None:
+                self._handlers[path] = handler
+                return
+            other = self._by_shape.get(route.shape)
+            if other is not None:
+                raise ValueError(f"route pattern {path!r} matches the same paths as the handler for {other!r}")
+            entry = (route, handler)
+            self._by_pattern[path] = entry
+            self._by_shape[route.shape] = path
+            # stable: among equal ranks the one registered first stays first
+            index = len(self._patterns)
+            while index > 0 and self._patterns[index - 1][0].rank > route.rank:
+                index -= 1
+            self._patterns.insert(index, entry)
 
     def remove(self, path: str, handler: H) -> bool:
         """Unregister ``handler`` if it is still the one for ``path``."""
@@ -35,13 +209,28 @@ class RoutingTable(Generic[H]):
             if self._handlers.get(path) is handler:
                 del self._handlers[path]
                 return True
+            entry = self._by_pattern.get(path)
+            if entry is not None and entry[1] is handler:
+                del self._by_pattern[path]
+                del self._by_shape[entry[0].shape]
+                self._patterns.remove(entry)
+                return True
             return False
 
-    def lookup(self, path: str) -> Optional[H]:
+    def lookup(self, path: str) -> Optional[tuple[H, dict[str, Any]]]:
+        """``(handler, params)`` for the request path ``path``, or None."""
         with self._lock:
-            return self._handlers.get(path)
+            handler = self._handlers.get(path)
+            if handler is not None:
+                return handler, {}
+            for route, handler in self._patterns:
+                if path.startswith(route.prefix):  # match() checks it too; here it saves a call
+                    params = route.match(path)
+                    if params is not None:
+                        return handler, params
+        return None
 
     def handlers(self) -> list[H]:
         """A snapshot of the registered handlers."""
         with self._lock:
-            return list(self._handlers.values())
+            return list(self._handlers.values()) + [handler for _, handler in self._patterns]

@@ -9,6 +9,7 @@ handshake and then reads the connection on the same thread until it ends.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import socket
 import ssl
@@ -188,7 +189,13 @@ class MultipathServer(EventEmitter):
     def create_handler(self, path: str, **options: Any) -> WebSocketHandler:
         """Serve WebSocket connections on ``path`` with the given options
         (see ``HandlerOptions``); returns the handler. ``path`` must start
-        with ``/``; a second handler for one path raises ``ValueError``."""
+        with ``/``; a second handler for one path raises ``ValueError``.
+
+        ``path`` may be a route pattern, ``/rooms/<room>``, ``/u/<int:id>``
+        (see ``RoutingTable`` for the converters and which handler wins):
+        the values arrive in ``request.path_params``. An invalid pattern, or
+        one matching the same paths as a registered one (``/rooms/<name>``
+        beside ``/rooms/<room>``), raises ``ValueError``."""
         if not isinstance(path, str):
             raise TypeError(f"path must be a str, not {type(path).__name__}")
         if not path.startswith("/"):
@@ -228,10 +235,13 @@ class MultipathServer(EventEmitter):
             del head, rest  # this frame lives as long as the connection
             if not is_upgrade_request(request):  # plain HTTP: where a WSGI app would be served
                 raise HandshakeError(426, "this server accepts WebSocket upgrades only", [("Upgrade", "websocket")])
-            handler = self._routes.lookup(request.path)
-            if handler is None:
+            route = self._routes.lookup(request.path)
+            if route is None:
                 detached = self._unhandled(sock, request, handshake)
             else:
+                handler, params = route
+                if params:
+                    request = dataclasses.replace(request, path_params=params)
                 handler._accept(sock, request, handshake.finish)
         except HandshakeError as exc:
             logger.info("refused %s: %s", format_address(address), exc)

@@ -30,12 +30,13 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 from .closing import Closing, FrameKind, ReadyState
-from .emitter import EventEmitter, logger
+from .emitter import EventEmitter
+from .log import logger
 from .errors import ConnectionClosed, ProtocolError, connection_closed
 from .events import CloseReceived, Failure, Message, Ping, Pong
 from .heartbeat import Heartbeat
 from .inbox import Inbox
-from .listener import format_address
+from .log import format_address
 from .protocol import FrameReader, FrameWriter, Payload, check_close_code
 from .reader import SocketReader
 from .request import Request

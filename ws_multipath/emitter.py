@@ -13,15 +13,14 @@ traceback on the ``ws_multipath`` logger when nobody listens.
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Any, Callable, Optional, TypeVar, overload
 
 from .errors import ConnectionClosed
+from .log import logger
 
-__all__ = ["EventEmitter", "logger"]
+__all__ = ["EventEmitter"]
 
-logger = logging.getLogger("ws_multipath")
 
 Listener = Callable[..., Any]
 L = TypeVar("L", bound=Listener)

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .connection import WebSocket
 from .deflate import negotiate_deflate
-from .emitter import EventEmitter, logger
+from .emitter import EventEmitter
+from .log import logger
 from .errors import HandshakeError, HookError
 from .hooks import call_hook, chosen_protocol, final_response, verify_verdict
-from .listener import format_address
+from .log import format_address
 from .options import HandlerOptions
 from .protocol import FrameReader, FrameWriter, Payload
 from .request import Request

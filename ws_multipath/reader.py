@@ -36,7 +36,7 @@ import time
 from typing import Callable, Optional
 
 from .dispatch import Dispatcher
-from .emitter import logger
+from .log import logger
 from .timers import Timer, Timers
 
 __all__ = ["SocketReader", "listener_thread", "TAKEOVER_AFTER"]

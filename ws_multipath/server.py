@@ -1,34 +1,33 @@
 """``MultipathServer``: one listening socket, many WebSocket paths.
 
-A ``socketserver`` TCP server accepts connections on a background thread and
-starts one request thread per connection. That thread reads the upgrade
-request (within ``open_timeout``, TLS included), looks its path up in the
-routing table and hands the socket to the path's handler, which answers the
-handshake and then reads the connection on the same thread until it ends.
+The server owns the lifecycle (listening, closing) and the routing table.
+The accept loop (``acceptor.py``) starts one request thread per connection;
+that thread's HTTP side (``handshake.py``) reads the request within
+``open_timeout``, TLS included, and hands the socket to the path's handler,
+which answers the handshake and then reads the connection on the same
+thread until it ends.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import socket
 import ssl
 import threading
 import time
-import weakref
 from typing import Any, Callable, Optional
 
-from .emitter import EventEmitter, logger
-from .errors import HandshakeError
+from .acceptor import TCPServer, bind_address
+from .emitter import EventEmitter
 from .flusher import Flusher
 from .handler import WebSocketHandler
-from .listener import Handshake, TCPServer, bind_address, format_address
+from .handshake import HeadLimits, HTTPSide
+from .log import logger
 from .options import HandlerOptions
 from .reader import listener_thread
-from .request import Request, parse_request_head
+from .request import Request
 from .routing import RoutingTable
 from .timers import Timers
-from .upgrade import error_response, is_upgrade_request, read_request_head
 
 __all__ = ["MultipathServer"]
 
@@ -81,20 +80,14 @@ class MultipathServer(EventEmitter):
         super().__init__()
         _check_arguments(port, host, open_timeout, max_connections, ssl_context, backlog, max_header_size, max_headers)
         self._requested = (host, port)
-        self._reject_unhandled = bool(reject_unhandled)
-        self._open_timeout = float(open_timeout)
         self._max_connections = max_connections
-        self._ssl_context = ssl_context
         self._backlog = backlog
-        self._max_header_size = max_header_size
-        self._max_headers = max_headers
         self._routes: RoutingTable[WebSocketHandler] = RoutingTable()
         self._timers = Timers()
         self._flusher = Flusher()
-        # _lock guards: the counters, the closing state, the handshakes in progress
+        # _lock guards: the connection count and the closing state
         self._lock = threading.Lock()
         self._open_connections = 0
-        self._handshakes: set[Handshake] = set()
         self._closing_handlers: set[WebSocketHandler] = set()
         self._close_callbacks: list[Callable[[], Any]] = []
         self._closing = False
@@ -104,7 +97,15 @@ class MultipathServer(EventEmitter):
         self._closed_event = threading.Event()
         self._tcp: Optional[TCPServer] = None
         self._accept_thread: Optional[threading.Thread] = None
-        self._unhandled_requests: "weakref.WeakKeyDictionary[socket.socket, Request]" = weakref.WeakKeyDictionary()
+        self._http = HTTPSide(
+            self._routes,
+            self._timers,
+            HeadLimits(float(open_timeout), max_header_size, max_headers),
+            ssl_context,
+            bool(reject_unhandled),
+            self,
+            self._detach,
+        )
         if auto_listen:
             self._listen()
         else:
@@ -149,7 +150,7 @@ class MultipathServer(EventEmitter):
                 raise RuntimeError("the server is already listening")
             host, port = self._requested
             family, address = bind_address(host, port)
-            tcp = TCPServer(address, family, self._backlog, self)
+            tcp = TCPServer(address, family, self._backlog, self._http.serve, self._closing_event)
             try:
                 tcp.server_bind()
                 tcp.server_activate()
@@ -213,69 +214,12 @@ class MultipathServer(EventEmitter):
         """The request read from a socket given to ``'unhandled'`` listeners
         (with ``reject_unhandled=False``); its ``buffered`` holds any bytes
         read past the head."""
-        return self._unhandled_requests.get(sock)
+        return self._http.unhandled_request(sock)
 
-    # -- one connection (request thread) -------------------------------------
-
-    def _handle_connection(self, sock: socket.socket, address: tuple) -> None:
-        listener_thread.active = True
-        handshake = Handshake(sock)
-        with self._lock:
-            if self._closing:
-                return
-            self._handshakes.add(handshake)
-        handshake.timer = self._timers.call_later(self._open_timeout, lambda: handshake.expire(address, self._open_timeout))
-        detached = False
-        try:
-            if self._ssl_context is not None:
-                sock = handshake.sock = self._ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-                sock.do_handshake()
-            head, rest = read_request_head(sock, self._max_header_size, self._max_headers)
-            request = parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest)
-            del head, rest  # this frame lives as long as the connection
-            if not is_upgrade_request(request):  # plain HTTP: where a WSGI app would be served
-                raise HandshakeError(426, "this server accepts WebSocket upgrades only", [("Upgrade", "websocket")])
-            route = self._routes.lookup(request.path)
-            if route is None:
-                detached = self._unhandled(sock, request, handshake)
-            else:
-                handler, params = route
-                if params:
-                    request = dataclasses.replace(request, path_params=params)
-                handler._accept(sock, request, handshake.finish)
-        except HandshakeError as exc:
-            logger.info("refused %s: %s", format_address(address), exc)
-            try:
-                sock.sendall(error_response(exc))
-            except OSError:
-                pass
-        except (OSError, ssl.SSLError) as exc:
-            if not handshake.expired:
-                logger.debug("dropping %s: connection lost during the handshake (%s)", format_address(address), exc)
-        finally:
-            handshake.finish()
-            with self._lock:
-                self._handshakes.discard(handshake)
-            if not detached:
-                sock.close()
-
-    def _unhandled(self, sock: socket.socket, request: Request, handshake: Handshake) -> bool:
-        """Reject or hand over a request for a path no handler serves; returns
-        True when a listener now owns the socket."""
-        if self._reject_unhandled or not self.listeners("unhandled"):
-            try:
-                sock.sendall(error_response(HandshakeError(400, f"no handler for path {request.path}")))
-            except OSError:
-                pass
-            sock.close()
-            self.emit("unhandled", sock)
-            return False
-        handshake.finish()
-        self._unhandled_requests[sock] = request
+    def _detach(self, sock: socket.socket) -> None:
+        """An ``'unhandled'`` listener owns ``sock``: the accept loop leaves it open."""
         assert self._tcp is not None
         self._tcp.detached.add(sock)
-        self.emit("unhandled", sock)
-        return True
 
     # -- connection accounting (called by handlers) -------------------------
 
@@ -312,13 +256,11 @@ class MultipathServer(EventEmitter):
                 self._closing_handlers.update(handlers)
                 wait = max((h.options.close_timeout for h in handlers), default=0.0) + 2.0
                 self._close_deadline = time.monotonic() + wait
-            handshakes = list(self._handshakes)
         if closed and callback is not None:
             callback()
         if starting:
             self._stop_accepting()
-            for handshake in handshakes:
-                handshake.abort()
+            self._http.close()
             for handler in handlers:
                 handler.close()
             self._maybe_finish_close()

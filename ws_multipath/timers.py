@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from .emitter import logger
+from .log import logger
 
 __all__ = ["Timers", "Timer"]
 

@@ -1,8 +1,8 @@
 """The listening socket and its accept loop.
 
 A ``socketserver`` TCP server that starts one daemon thread per accepted
-connection and hands the socket to its owner, the ``MultipathServer``; the
-deadline of each connection's handshake; and where to bind.
+connection and hands it the socket (``handshake.HTTPSide.serve`` does the
+rest); and where to bind.
 """
 
 from __future__ import annotations
@@ -12,75 +12,44 @@ import socket
 import socketserver
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Callable, Optional
 
-from .emitter import logger
+from .log import format_address, logger
 
-if TYPE_CHECKING:
-    from .server import MultipathServer
-
-__all__ = ["Handshake", "TCPServer", "bind_address", "format_address"]
+__all__ = ["TCPServer", "bind_address"]
 
 _ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() ran out of descriptors
 
 
-class Handshake:
-    """A socket whose handshake is in progress, with its deadline.
-
-    ``_lock`` makes the deadline's ``shutdown`` and the owner's ``finish``
-    exclusive, so the deadline never touches a descriptor that was reused.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self._lock = threading.Lock()
-        self._done = False
-        self.expired = False
-        self.timer: Any = None
-
-    def expire(self, address: tuple, timeout: float) -> None:
-        """The deadline passed: drop the client (timer thread)."""
-        with self._lock:
-            if self._done:
-                return
-            self.expired = True
-        logger.info("dropping %s: handshake not completed within %ss", format_address(address), timeout)
-        self.abort()
-
-    def abort(self) -> None:
-        with self._lock:
-            if not self._done:
-                try:
-                    socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def finish(self) -> None:
-        with self._lock:
-            self._done = True
-        if self.timer is not None:
-            self.timer.cancel()
-
-
 class _RequestHandler(socketserver.BaseRequestHandler):
-    """socketserver's per-connection object: hands the socket to the server."""
+    """socketserver's per-connection object: hands the socket on."""
 
     def handle(self) -> None:
-        self.server.owner._handle_connection(self.request, self.client_address)  # type: ignore[attr-defined]
+        self.server.serve_connection(self.request, self.client_address)  # type: ignore[attr-defined]
 
 
 class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    """The accept loop. One daemon thread per accepted connection; sockets the
-    owner detached (unhandled ones given to a listener) are left open."""
+    """The accept loop. One daemon thread per accepted connection runs
+    ``serve_connection(sock, address)``; sockets that were detached (unhandled
+    ones given to a listener) are left open. ``stopping`` is set when the
+    server closes (it cuts a back-off short)."""
 
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, address: tuple, family: int, backlog: int, owner: "MultipathServer") -> None:
+    def __init__(
+        self,
+        address: tuple,
+        family: int,
+        backlog: int,
+        serve_connection: Callable[[socket.socket, tuple], None],
+        stopping: threading.Event,
+    ) -> None:
         self.address_family = family
         self.request_queue_size = backlog
-        self.owner = owner
+        self.serve_connection = serve_connection
+        self._stopping = stopping
         self.detached: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
         self._exhausted = False
         super().__init__(address, _RequestHandler, bind_and_activate=False)
@@ -113,7 +82,7 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         if not self._exhausted:
             self._exhausted = True
             logger.error("%s; backing off (logged once until it recovers)", message)
-        self.owner._closing_event.wait(_ACCEPT_BACKOFF)
+        self._stopping.wait(_ACCEPT_BACKOFF)
 
     def shutdown_request(self, request: Any) -> None:
         if request not in self.detached:
@@ -133,14 +102,6 @@ def _no_delay(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # the client is already gone: the handshake read will say so
-
-
-def format_address(address: Any) -> str:
-    try:
-        host, port = address[0], address[1]
-    except (TypeError, IndexError):
-        return str(address)
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def bind_address(host: Optional[str], port: int) -> tuple[int, tuple]:

@@ -1,0 +1,203 @@
+"""The HTTP side of every connection: from the accepted socket to a decision.
+
+On the connection's request thread, within one deadline (``open_timeout``,
+TLS included), ``HTTPSide.serve`` reads and parses the request head, then
+decides what the connection becomes:
+
+- an upgrade to a path a handler serves: the handler answers the handshake
+  and serves the WebSocket on this thread (``handler.py``);
+- an upgrade to a path no handler serves: 400, or the socket handed to the
+  server's ``'unhandled'`` listeners (``reject_unhandled=False``);
+- plain HTTP: 426 (the seam where a WSGI app is served);
+- a malformed or refused request: its error status (``upgrade.py``).
+
+``_lock`` guards the handshakes in progress and the closing flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import ssl
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from .emitter import EventEmitter
+from .errors import HandshakeError
+from .log import format_address, logger
+from .reader import listener_thread
+from .request import Request, parse_request_head
+from .routing import RoutingTable
+from .timers import Timers
+from .upgrade import error_response, is_upgrade_request, read_request_head
+
+if TYPE_CHECKING:
+    from .handler import WebSocketHandler
+
+__all__ = ["HTTPSide", "Deadline", "HeadLimits"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadLimits:
+    """What a request may take before it is answered (server options)."""
+
+    open_timeout: float
+    max_header_size: int
+    max_headers: int
+
+
+class Deadline:
+    """The handshake deadline of one socket.
+
+    ``_lock`` makes the deadline's ``shutdown`` and the owner's ``finish``
+    exclusive, so the deadline never touches a descriptor that was reused.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._lock = threading.Lock()
+        self._done = False
+        self.expired = False
+        self.timer: Any = None
+
+    def expire(self, address: tuple, timeout: float) -> None:
+        """The deadline passed: drop the client (timer thread)."""
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+        logger.info("dropping %s: handshake not completed within %ss", format_address(address), timeout)
+        self.abort()
+
+    def abort(self) -> None:
+        with self._lock:
+            if not self._done:
+                try:
+                    socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+class HTTPSide:
+    """Serves the HTTP side of one server's connections (request threads).
+
+    ``events`` is the emitter of the ``'unhandled'`` event (the server);
+    ``detach(sock)`` tells the accept loop not to close a socket that an
+    ``'unhandled'`` listener now owns.
+    """
+
+    def __init__(
+        self,
+        routes: RoutingTable["WebSocketHandler"],
+        timers: Timers,
+        limits: HeadLimits,
+        ssl_context: Optional[ssl.SSLContext],
+        reject_unhandled: bool,
+        events: EventEmitter,
+        detach: Callable[[socket.socket], None],
+    ) -> None:
+        self._routes = routes
+        self._timers = timers
+        self._limits = limits
+        self._ssl_context = ssl_context
+        self._reject_unhandled = reject_unhandled
+        self._events = events
+        self._detach = detach
+        self._lock = threading.Lock()
+        self._deadlines: set[Deadline] = set()
+        self._closing = False
+        self._unhandled_requests: "weakref.WeakKeyDictionary[socket.socket, Request]" = weakref.WeakKeyDictionary()
+
+    def close(self) -> None:
+        """Stop serving: new connections are dropped, handshakes in progress aborted."""
+        with self._lock:
+            self._closing = True
+            deadlines = list(self._deadlines)
+        for deadline in deadlines:
+            deadline.abort()
+
+    def unhandled_request(self, sock: socket.socket) -> Optional[Request]:
+        return self._unhandled_requests.get(sock)
+
+    # -- one connection (its request thread) ----------------------------------
+
+    def serve(self, sock: socket.socket, address: tuple) -> None:
+        listener_thread.active = True
+        deadline = Deadline(sock)
+        with self._lock:
+            if self._closing:
+                return
+            self._deadlines.add(deadline)
+        timeout = self._limits.open_timeout
+        deadline.timer = self._timers.call_later(timeout, lambda: deadline.expire(address, timeout))
+        detached = False
+        try:
+            sock = self._start_tls(sock, deadline)
+            request = self._read_request(sock, address)
+            detached = self._dispatch(sock, request, deadline)
+        except HandshakeError as exc:
+            logger.info("refused %s: %s", format_address(address), exc)
+            _send_quietly(deadline.sock, error_response(exc))
+        except (OSError, ssl.SSLError) as exc:
+            if not deadline.expired:
+                logger.debug("dropping %s: connection lost during the handshake (%s)", format_address(address), exc)
+        finally:
+            deadline.finish()
+            with self._lock:
+                self._deadlines.discard(deadline)
+            if not detached:
+                deadline.sock.close()  # the TLS socket once wrapped, even when its handshake failed
+
+    def _start_tls(self, sock: socket.socket, deadline: Deadline) -> socket.socket:
+        if self._ssl_context is None:
+            return sock
+        sock = deadline.sock = self._ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        sock.do_handshake()  # the deadline can cut it short now
+        return sock
+
+    def _read_request(self, sock: socket.socket, address: tuple) -> Request:
+        limits = self._limits
+        head, rest = read_request_head(sock, limits.max_header_size, limits.max_headers)
+        return parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest)
+
+    def _dispatch(self, sock: socket.socket, request: Request, deadline: Deadline) -> bool:
+        """Decide what the connection becomes; True when a listener now owns
+        the socket. Raises ``HandshakeError`` to refuse."""
+        if not is_upgrade_request(request):  # plain HTTP: where a WSGI app is served
+            raise HandshakeError(426, "this server accepts WebSocket upgrades only", [("Upgrade", "websocket")])
+        route = self._routes.lookup(request.path)
+        if route is None:
+            return self._unhandled(sock, request, deadline)
+        handler, params = route
+        if params:
+            request = dataclasses.replace(request, path_params=params)
+        handler._accept(sock, request, deadline.finish)
+        return False
+
+    def _unhandled(self, sock: socket.socket, request: Request, deadline: Deadline) -> bool:
+        """Reject or hand over a request for a path no handler serves."""
+        if self._reject_unhandled or not self._events.listeners("unhandled"):
+            logger.info("refused %s: no handler for path %s (400)", format_address(request.remote_address), request.path)
+            _send_quietly(sock, error_response(HandshakeError(400, f"no handler for path {request.path}")))
+            sock.close()
+            self._events.emit("unhandled", sock)
+            return False
+        deadline.finish()
+        self._unhandled_requests[sock] = request
+        self._detach(sock)
+        self._events.emit("unhandled", sock)
+        return True
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ws_multipath import ConnectionClosed
-from ws_multipath.closing import Closing, FrameKind, Initiator, ReadyState
+from ws_multipath.protocol.closing import Closing, FrameKind, Initiator, ReadyState
 
 from .faultkit import (
     close_frame,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ws_multipath.deflate import DeflateSettings, negotiate_deflate
+from ws_multipath.protocol.deflate import DeflateSettings, negotiate_deflate
 
 
 def agree(offer: str, **settings):

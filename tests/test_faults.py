@@ -55,6 +55,7 @@ from faultkit import (  # noqa: E402
     upgrade_request,
     wait_until,
 )
+
 from ws_multipath import ConnectionClosed  # noqa: E402
 
 FLUSHERS = 1  # the server's flusher thread lives until close()

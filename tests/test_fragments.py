@@ -11,10 +11,10 @@ import struct
 import tracemalloc
 import zlib
 
-from ws_multipath.deflate import DeflateSettings, negotiate_deflate
 from ws_multipath.errors import PayloadTooBig
-from ws_multipath.events import Failure, Message, Ping
-from ws_multipath.protocol import FRAME_OVERHEAD, FrameReader
+from ws_multipath.protocol.deflate import DeflateSettings, negotiate_deflate
+from ws_multipath.protocol.events import Failure, Message, Ping
+from ws_multipath.protocol.frames import FRAME_OVERHEAD, FrameReader
 
 from .faultkit import SCALE, add_echo, encode_frame, raw_upgrade, read_server_frame
 

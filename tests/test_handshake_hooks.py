@@ -20,7 +20,7 @@ from websockets.sync.client import connect
 
 from ws_multipath import HandshakeError
 from ws_multipath.errors import HookError
-from ws_multipath.upgrade import read_request_head
+from ws_multipath.http.upgrade import read_request_head
 
 from .conftest import TIMEOUT, UPGRADE, raw_request, upgrade_head, url, wait_until
 

@@ -8,8 +8,8 @@ import struct
 import pytest
 
 from ws_multipath.errors import PayloadTooBig
-from ws_multipath.events import CloseReceived, Failure, Message, Ping, Pong
-from ws_multipath.protocol import FrameReader, FrameWriter, check_close_code
+from ws_multipath.protocol.events import CloseReceived, Failure, Message, Ping, Pong
+from ws_multipath.protocol.frames import FrameReader, FrameWriter, check_close_code
 
 
 def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0) -> bytes:
@@ -139,7 +139,7 @@ def test_the_whole_message_fast_path_gives_what_wsproto_gives():
 def test_unmask_matches_wsproto_for_bytes_and_in_place_bytearrays(size, kind):
     from wsproto.frame_protocol import XorMaskerSimple
 
-    from ws_multipath.protocol import unmask
+    from ws_multipath.protocol.frames import unmask
 
     payload, mask = os.urandom(size), os.urandom(4)
     data = kind(b"head" + payload + b"tail")

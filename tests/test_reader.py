@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import threading
 
-from .faultkit import close_frame, collect_errors, encode_frame, make_server, raw_upgrade, read_server_frame
+from .faultkit import (
+    close_frame,
+    collect_errors,
+    encode_frame,
+    make_server,
+    raw_upgrade,
+    read_server_frame,
+)
 
 
 def test_a_slow_message_listener_keeps_its_connection_alive():

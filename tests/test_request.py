@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ws_multipath import HandshakeError, Headers
-from ws_multipath.request import parse_request_head
+from ws_multipath.http.request import parse_request_head
 
 
 def test_fields_of_a_parsed_request():

@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from ws_multipath.routing import RoutingTable, compile_pattern
+from ws_multipath.http.routing import RoutingTable, compile_pattern
 
 from .conftest import TIMEOUT, url, wait_until
 

@@ -17,7 +17,6 @@ from ws_multipath import MultipathServer, WebSocketHandler
 
 from .conftest import TIMEOUT, echo, raw_request, upgrade_head, url, wait_until
 
-
 # -- arguments ---------------------------------------------------------------
 
 

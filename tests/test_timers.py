@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from ws_multipath.timers import Timers
+from ws_multipath.sync.timers import Timers
 
 
 def test_callbacks_run_in_deadline_order_and_cancelled_ones_do_not():

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ws_multipath.transport import MAX_OUTBOX_BYTES
+from ws_multipath.sync.transport import MAX_OUTBOX_BYTES
 
 from .faultkit import (
     HOST,

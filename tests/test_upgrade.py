@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from ws_multipath.upgrade import accept_token
+from ws_multipath.http.upgrade import accept_token
 
 from .conftest import TIMEOUT, UPGRADE, raw_request, upgrade_head, wait_until
 

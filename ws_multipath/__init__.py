@@ -12,7 +12,6 @@
         server.serve_forever()
 """
 
-from .connection import ReadyState, WebSocket
 from .errors import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -24,9 +23,10 @@ from .errors import (
     WebSocketError,
 )
 from .handler import WebSocketHandler
+from .http.request import Headers, Request
 from .options import HandlerOptions
-from .request import Headers, Request
 from .server import MultipathServer
+from .sync.connection import ReadyState, WebSocket
 
 __all__ = [
     "MultipathServer",

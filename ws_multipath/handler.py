@@ -14,23 +14,22 @@ import threading
 from collections.abc import Collection, Container, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from .connection import WebSocket
-from .deflate import negotiate_deflate
 from .emitter import EventEmitter
-from .log import logger
 from .errors import HandshakeError, HookError
-from .hooks import call_hook, chosen_protocol, final_response, verify_verdict
-from .log import format_address
-from .options import HandlerOptions
-from .protocol import FrameReader, FrameWriter, Payload
-from .request import Request
-from .transport import Transport
-from .upgrade import (
+from .http.hooks import call_hook, chosen_protocol, final_response, verify_verdict
+from .http.request import Request
+from .http.upgrade import (
     accept_token,
     check_upgrade,
     error_response,
     offered_protocols,
 )
+from .log import format_address, logger
+from .options import HandlerOptions
+from .protocol.deflate import negotiate_deflate
+from .protocol.frames import FrameReader, FrameWriter, Payload
+from .sync.connection import WebSocket
+from .sync.transport import Transport
 
 if TYPE_CHECKING:
     from .server import MultipathServer

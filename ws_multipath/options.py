@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Optional, Sequence, Union
 
-from .deflate import DeflateSettings
+from .protocol.deflate import DeflateSettings
 
 __all__ = ["HandlerOptions"]
 

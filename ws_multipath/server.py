@@ -1,8 +1,8 @@
 """``MultipathServer``: one listening socket, many WebSocket paths.
 
 The server owns the lifecycle (listening, closing) and the routing table.
-The accept loop (``acceptor.py``) starts one request thread per connection;
-that thread's HTTP side (``handshake.py``) reads the request within
+The accept loop (``sync/acceptor.py``) starts one request thread per connection;
+that thread's HTTP side (``http/handshake.py``) reads the request within
 ``open_timeout``, TLS included, and hands the socket to the path's handler,
 which answers the handshake and then reads the connection on the same
 thread until it ends.
@@ -17,17 +17,17 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from .acceptor import TCPServer, bind_address
 from .emitter import EventEmitter
-from .flusher import Flusher
 from .handler import WebSocketHandler
-from .handshake import HeadLimits, HTTPSide
+from .http.handshake import HeadLimits, HTTPSide
+from .http.request import Request
+from .http.routing import RoutingTable
 from .log import logger
 from .options import HandlerOptions
-from .reader import listener_thread
-from .request import Request
-from .routing import RoutingTable
-from .timers import Timers
+from .sync.acceptor import TCPServer, bind_address
+from .sync.flusher import Flusher
+from .sync.reader import listener_thread
+from .sync.timers import Timers
 
 __all__ = ["MultipathServer"]
 

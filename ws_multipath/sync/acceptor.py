@@ -14,7 +14,7 @@ import threading
 import weakref
 from typing import Any, Callable, Optional
 
-from .log import format_address, logger
+from ..log import format_address, logger
 
 __all__ = ["TCPServer", "bind_address"]
 

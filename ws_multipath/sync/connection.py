@@ -13,7 +13,7 @@ messages) that ``receive()`` and iteration read. When the inbox is full the
 connection stops reading the socket (backpressure) until the application
 takes a message.
 
-Closing (the rules live in ``closing.py``): ``close()`` sends a close frame
+Closing (the rules live in ``protocol/closing.py``): ``close()`` sends a close frame
 and waits (in the background) for the peer's, up to ``close_timeout``;
 messages that arrive meanwhile are discarded, those already queued stay
 receivable. When the peer closes first, its code and reason are echoed. A
@@ -29,22 +29,21 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
-from .closing import Closing, FrameKind, ReadyState
-from .emitter import EventEmitter
-from .log import logger
-from .errors import ConnectionClosed, ProtocolError, connection_closed
-from .events import CloseReceived, Failure, Message, Ping, Pong
+from ..emitter import EventEmitter
+from ..errors import ConnectionClosed, ProtocolError, connection_closed
+from ..http.request import Request
+from ..log import format_address, logger
+from ..protocol.closing import Closing, FrameKind, ReadyState
+from ..protocol.events import CloseReceived, Failure, Message, Ping, Pong
+from ..protocol.frames import FrameReader, FrameWriter, Payload, check_close_code
 from .heartbeat import Heartbeat
 from .inbox import Inbox
-from .log import format_address
-from .protocol import FrameReader, FrameWriter, Payload, check_close_code
 from .reader import SocketReader
-from .request import Request
 from .timers import Timer, Timers
 from .transport import Transport
 
 if TYPE_CHECKING:
-    from .options import HandlerOptions
+    from ..options import HandlerOptions
 
 __all__ = ["WebSocket", "ReadyState"]
 

@@ -12,7 +12,7 @@ import socket
 from http import HTTPStatus
 from typing import Iterable, Optional
 
-from .errors import HandshakeError
+from ..errors import HandshakeError
 from .request import HEAD_END, Request
 
 __all__ = [

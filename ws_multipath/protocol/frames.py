@@ -28,8 +28,8 @@ from wsproto.frame_protocol import (
     RsvBits,
 )
 
+from ..errors import PayloadTooBig, ProtocolError
 from .deflate import BoundedDeflate
-from .errors import PayloadTooBig, ProtocolError
 from .events import CloseReceived, Event, Failure, Message, Ping, Pong
 
 __all__ = ["FrameReader", "FrameWriter", "check_close_code", "unmask", "Payload", "FRAME_OVERHEAD"]

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Optional
 
-from .log import logger
+from ..log import logger
 
 if TYPE_CHECKING:
     from .transport import Transport

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
-from .errors import HandshakeError
+from ..errors import HandshakeError
 
 __all__ = ["Headers", "Request", "parse_request_head", "HEAD_END"]
 

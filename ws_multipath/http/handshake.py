@@ -23,17 +23,17 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from .emitter import EventEmitter
-from .errors import HandshakeError
-from .log import format_address, logger
-from .reader import listener_thread
+from ..emitter import EventEmitter
+from ..errors import HandshakeError
+from ..log import format_address, logger
+from ..sync.reader import listener_thread
+from ..sync.timers import Timers
 from .request import Request, parse_request_head
 from .routing import RoutingTable
-from .timers import Timers
 from .upgrade import error_response, is_upgrade_request, read_request_head
 
 if TYPE_CHECKING:
-    from .handler import WebSocketHandler
+    from ..handler import WebSocketHandler
 
 __all__ = ["HTTPSide", "Deadline", "HeadLimits"]
 

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from .log import logger
+from ..log import logger
 
 __all__ = ["Timers", "Timer"]
 

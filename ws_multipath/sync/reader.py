@@ -35,8 +35,8 @@ import threading
 import time
 from typing import Callable, Optional
 
+from ..log import logger
 from .dispatch import Dispatcher
-from .log import logger
 from .timers import Timer, Timers
 
 __all__ = ["SocketReader", "listener_thread", "TAKEOVER_AFTER"]

@@ -37,9 +37,9 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Union
 
-from .closing import FrameKind
+from ..protocol.closing import FrameKind
+from ..protocol.frames import Payload
 from .flusher import Flusher
-from .protocol import Payload
 
 __all__ = ["Transport", "MAX_OUTBOX_BYTES"]
 
@@ -52,7 +52,7 @@ MAX_OUTBOX_BYTES = 16 * 1024 * 1024
 #: ``send`` writes the whole frame; above it, ``sendmsg`` avoids the copy.
 _COALESCE_LIMIT = 64 * 1024
 
-Pending = Union[bytes, memoryview, Callable[[], bytes]]
+Pending = Union[bytes, bytearray, memoryview, Callable[[], bytes]]
 #: An outbox entry: the frame (or what encodes it under the write lock), its
 #: kind (None: the rest of a frame already admitted and partly written), and
 #: the bytes it counts against ``MAX_OUTBOX_BYTES``.

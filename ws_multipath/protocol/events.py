@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
-    from .errors import ProtocolError
+    from ..errors import ProtocolError
 
 __all__ = ["Message", "Ping", "Pong", "CloseReceived", "Failure", "Event"]
 

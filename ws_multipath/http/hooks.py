@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
-from .errors import HandshakeError, HookError
+from ..errors import HandshakeError, HookError
 from .request import Request
 from .upgrade import check_headers, switching_protocols
 

@@ -1,0 +1,3 @@
+"""The WebSocket protocol without I/O: frames in and out (``frames``), the
+closing state machine (``closing``), permessage-deflate (``deflate``) and the
+events the frame reader returns (``events``)."""

@@ -1,0 +1,4 @@
+"""Threads and sockets: the accept loop (``acceptor``), one connection
+(``connection``) with its reader thread choice (``reader``), writes
+(``transport``, ``flusher``), queues (``inbox``, ``dispatch``), keepalive
+(``heartbeat``) and the server's timer thread (``timers``)."""

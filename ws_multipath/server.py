@@ -15,11 +15,12 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .emitter import EventEmitter
 from .handler import WebSocketHandler
 from .http.handshake import HeadLimits, HTTPSide
+from .http.proxies import TrustedProxies
 from .http.request import Request
 from .http.routing import RoutingTable
 from .log import logger
@@ -53,6 +54,11 @@ class MultipathServer(EventEmitter):
       bursts; Node uses 511).
     - ``max_header_size`` / ``max_headers``: limits of the request head
       (431 beyond).
+    - ``trusted_proxies``: addresses and networks (``"10.0.0.0/8"``,
+      ``"::1"``), ``"unix"`` or ``"*"`` whose ``Forwarded`` /
+      ``X-Forwarded-*`` headers say who the client is
+      (``request.remote_address``, ``secure``, ``host``); see
+      ``http/proxies.py``. None by default: the headers are ignored.
 
     Events: ``'connection'`` ``(ws, request, path)``, ``'unhandled'``
     ``(socket)``, ``'close'`` ``()``, ``'error'`` ``(exc)``.
@@ -76,6 +82,7 @@ class MultipathServer(EventEmitter):
         backlog: int = 511,
         max_header_size: int = 16384,
         max_headers: int = 100,
+        trusted_proxies: Optional[Iterable[str]] = None,
     ) -> None:
         super().__init__()
         _check_arguments(port, host, open_timeout, max_connections, ssl_context, backlog, max_header_size, max_headers)
@@ -100,7 +107,7 @@ class MultipathServer(EventEmitter):
         self._http = HTTPSide(
             self._routes,
             self._timers,
-            HeadLimits(float(open_timeout), max_header_size, max_headers),
+            HeadLimits(float(open_timeout), max_header_size, max_headers, TrustedProxies(trusted_proxies or ())),
             ssl_context,
             bool(reject_unhandled),
             self,

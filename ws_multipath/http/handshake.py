@@ -28,6 +28,7 @@ from ..errors import HandshakeError
 from ..log import format_address, logger
 from ..sync.reader import listener_thread
 from ..sync.timers import Timers
+from .proxies import TrustedProxies
 from .request import Request, parse_request_head
 from .routing import RoutingTable
 from .upgrade import error_response, is_upgrade_request, read_request_head
@@ -45,6 +46,7 @@ class HeadLimits:
     open_timeout: float
     max_header_size: int
     max_headers: int
+    proxies: TrustedProxies = dataclasses.field(default_factory=TrustedProxies)
 
 
 class Deadline:
@@ -165,7 +167,7 @@ class HTTPSide:
     def _read_request(self, sock: socket.socket, address: tuple) -> Request:
         limits = self._limits
         head, rest = read_request_head(sock, limits.max_header_size, limits.max_headers)
-        return parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest)
+        return parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest, proxies=limits.proxies)
 
     def _dispatch(self, sock: socket.socket, request: Request, deadline: Deadline) -> bool:
         """Decide what the connection becomes; True when a listener now owns

@@ -8,12 +8,16 @@ its result into names a user reads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional, Union
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 
 from ..errors import HandshakeError
+
+if TYPE_CHECKING:
+    from .proxies import TrustedProxies
 
 __all__ = ["Headers", "Request", "parse_request_head", "HEAD_END"]
 
@@ -86,6 +90,18 @@ class Request:
     ``path_params`` holds the values of the route pattern's variables that
     matched ``path`` (``{"room": "lobby"}`` for ``/rooms/<room>``),
     percent-decoded and converted; ``{}`` for an exact path.
+
+    ``remote_address`` is the client: the TCP peer, or what a trusted proxy
+    says (``http/proxies.py``); ``peer_address`` is always the TCP peer.
+    ``secure`` and ``host`` likewise follow a trusted proxy's
+    ``X-Forwarded-Proto`` / ``X-Forwarded-Host`` (or ``Forwarded``).
+
+    ``state`` is a namespace of the application's own: the handshake hooks
+    (``verify_client``, ``allowed_origins``, ``handle_protocols``) may set
+    attributes on it (``request.state.user = ...``), and the connection
+    keeps the request, so ``ws.request.state.user`` is there in every
+    listener for the connection's whole life. Not thread-safe by itself:
+    it is written during the handshake, on the connection's thread.
     """
 
     method: str
@@ -96,6 +112,18 @@ class Request:
     secure: bool = False
     buffered: bytes = field(default=b"", repr=False)
     path_params: dict[str, Any] = field(default_factory=dict, hash=False)
+    peer_address: Optional[tuple] = None
+    forwarded_host: Optional[str] = field(default=None, repr=False)
+    state: SimpleNamespace = field(default_factory=SimpleNamespace, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.peer_address is None:
+            object.__setattr__(self, "peer_address", self.remote_address)
+
+    @property
+    def host(self) -> Optional[str]:
+        """The host the client asked for: a trusted proxy's, else ``Host``."""
+        return self.forwarded_host or self.headers.get("Host")
 
     @property
     def path(self) -> str:
@@ -124,9 +152,16 @@ def _split_target(target: str) -> tuple[str, str]:
 
 
 def parse_request_head(
-    head: bytes, *, remote_address: Optional[tuple] = None, secure: bool = False, buffered: bytes = b""
+    head: bytes,
+    *,
+    remote_address: Optional[tuple] = None,
+    secure: bool = False,
+    buffered: bytes = b"",
+    proxies: Optional["TrustedProxies"] = None,
 ) -> Request:
-    """Parse ``head`` (ending with a blank line) into a ``Request``.
+    """Parse ``head`` (ending with a blank line) into a ``Request``;
+    ``remote_address`` is the TCP peer, and ``proxies`` may say who the
+    client behind it is.
 
     Raises ``HandshakeError(400)`` for anything h11 rejects as malformed.
     """
@@ -139,12 +174,15 @@ def parse_request_head(
     if not isinstance(event, h11.Request):
         raise HandshakeError(400, "malformed HTTP request")
     headers = Headers([(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers.raw_items()])
+    forwarding = proxies.resolve(remote_address, headers) if proxies else None
     return Request(
         method=event.method.decode("ascii"),
         target=event.target.decode("latin-1"),
         headers=headers,
         http_version=event.http_version.decode("ascii"),
-        remote_address=remote_address,
-        secure=secure,
+        remote_address=forwarding.remote_address if forwarding else remote_address,
+        secure=secure if forwarding is None or forwarding.secure is None else forwarding.secure,
         buffered=buffered,
+        peer_address=remote_address,
+        forwarded_host=forwarding.host if forwarding else None,
     )

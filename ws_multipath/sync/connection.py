@@ -134,8 +134,11 @@ class WebSocket(EventEmitter):
         return f"<WebSocket {self.path} {format_address(self.remote_address)} {self.ready_state.name}>"
 
     def _label(self) -> str:
-        """Who this is, for log lines: ``host:port on /path``."""
-        return f"{format_address(self.remote_address)} on {self.path}"
+        """Who this is, for log lines: ``host:port on /path`` (``client via
+        proxy`` when a trusted proxy said who the client is)."""
+        request = self.request
+        via = f" via {format_address(request.peer_address)}" if request.peer_address != request.remote_address else ""
+        return f"{format_address(request.remote_address)}{via} on {self.path}"
 
     # -- sending ------------------------------------------------------------
 

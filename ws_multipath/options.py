@@ -7,11 +7,11 @@ Names follow ``ws``'s ``WebSocketServer`` options in snake_case; the ones
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, TypedDict, Union
 
 from .protocol.deflate import DeflateSettings
 
-__all__ = ["HandlerOptions"]
+__all__ = ["HandlerOptions", "HandlerOptionsDict"]
 
 MiB = 1024 * 1024
 
@@ -62,7 +62,7 @@ class HandlerOptions:
 
     max_payload: int = 16 * MiB
     max_queue: int = 16
-    handle_protocols: Optional[Callable[[list, Any], Optional[str]]] = None
+    handle_protocols: Optional[Callable[[list[str], Any], Optional[str]]] = None
     verify_client: Optional[Callable[[Any], Any]] = None
     allowed_origins: Optional[Union[Sequence[str], Callable[[Optional[str]], bool]]] = None
     client_tracking: bool = True
@@ -113,6 +113,26 @@ class HandlerOptions:
         if callable(self.allowed_origins):
             return bool(self.allowed_origins(origin))
         return origin is not None and origin in self.allowed_origins
+
+
+class HandlerOptionsDict(TypedDict, total=False):
+    """The keyword arguments of ``create_handler``, for type checkers: a
+    misspelt option (``ping_intervall=5``) is an error before it runs (and a
+    ``TypeError`` when it runs). Kept equal to ``HandlerOptions``' fields."""
+
+    max_payload: int
+    max_queue: int
+    handle_protocols: Optional[Callable[[list[str], Any], Optional[str]]]
+    verify_client: Optional[Callable[[Any], Any]]
+    allowed_origins: Optional[Union[Sequence[str], Callable[[Optional[str]], bool]]]
+    client_tracking: bool
+    per_message_deflate: Union[bool, dict[str, Any], DeflateSettings, None]
+    skip_utf8_validation: bool
+    auto_pong: bool
+    close_timeout: float
+    ping_interval: Optional[float]
+    ping_timeout: Optional[float]
+    write_timeout: Optional[float]
 
 
 def _positive_int(name: str, value: Any) -> None:

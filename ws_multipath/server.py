@@ -15,7 +15,8 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Callable, Iterable, Optional
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from .emitter import EventEmitter
 from .handler import WebSocketHandler
@@ -24,11 +25,17 @@ from .http.proxies import TrustedProxies
 from .http.request import Request
 from .http.routing import RoutingTable
 from .log import logger
-from .options import HandlerOptions
+from .options import HandlerOptions, HandlerOptionsDict
 from .sync.acceptor import TCPServer, bind_address
 from .sync.flusher import Flusher
 from .sync.reader import listener_thread
 from .sync.timers import Timers
+
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 11):
+        from typing import Unpack
+    else:
+        from typing_extensions import Unpack
 
 __all__ = ["MultipathServer"]
 
@@ -126,7 +133,7 @@ class MultipathServer(EventEmitter):
         return self._tcp.server_address[1] if self._tcp is not None else self._requested[1]
 
     @property
-    def address(self) -> tuple:
+    def address(self) -> tuple[Any, ...]:
         """``(host, port)`` the server is bound to."""
         if self._tcp is None:
             return self._requested
@@ -194,7 +201,7 @@ class MultipathServer(EventEmitter):
 
     # -- handlers -----------------------------------------------------------
 
-    def create_handler(self, path: str, **options: Any) -> WebSocketHandler:
+    def create_handler(self, path: str, **options: Unpack[HandlerOptionsDict]) -> WebSocketHandler:
         """Serve WebSocket connections on ``path`` with the given options
         (see ``HandlerOptions``); returns the handler. ``path`` must start
         with ``/``; a second handler for one path raises ``ValueError``.

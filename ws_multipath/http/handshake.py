@@ -63,7 +63,7 @@ class Deadline:
         self.expired = False
         self.timer: Any = None
 
-    def expire(self, address: tuple, timeout: float) -> None:
+    def expire(self, address: tuple[Any, ...], timeout: float) -> None:
         """The deadline passed: drop the client (timer thread)."""
         with self._lock:
             if self._done:
@@ -130,7 +130,7 @@ class HTTPSide:
 
     # -- one connection (its request thread) ----------------------------------
 
-    def serve(self, sock: socket.socket, address: tuple) -> None:
+    def serve(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
         listener_thread.active = True
         deadline = Deadline(sock)
         with self._lock:
@@ -164,7 +164,7 @@ class HTTPSide:
         sock.do_handshake()  # the deadline can cut it short now
         return sock
 
-    def _read_request(self, sock: socket.socket, address: tuple) -> Request:
+    def _read_request(self, sock: socket.socket, address: tuple[Any, ...]) -> Request:
         limits = self._limits
         head, rest = read_request_head(sock, limits.max_header_size, limits.max_headers)
         return parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest, proxies=limits.proxies)

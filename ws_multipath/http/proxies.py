@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 from .request import Headers
 
@@ -54,7 +54,7 @@ class Forwarding:
     """What the trusted proxies say: the client's address, whether it used
     TLS (None: not said) and the host it asked for (None: not said)."""
 
-    remote_address: tuple
+    remote_address: tuple[Any, ...]
     secure: Optional[bool] = None
     host: Optional[str] = None
 

@@ -108,11 +108,11 @@ class Request:
     target: str
     headers: Headers
     http_version: str = "1.1"
-    remote_address: Optional[tuple] = None
+    remote_address: Optional[tuple[Any, ...]] = None
     secure: bool = False
     buffered: bytes = field(default=b"", repr=False)
     path_params: dict[str, Any] = field(default_factory=dict, hash=False)
-    peer_address: Optional[tuple] = None
+    peer_address: Optional[tuple[Any, ...]] = None
     forwarded_host: Optional[str] = field(default=None, repr=False)
     state: SimpleNamespace = field(default_factory=SimpleNamespace, compare=False, repr=False)
 
@@ -154,7 +154,7 @@ def _split_target(target: str) -> tuple[str, str]:
 def parse_request_head(
     head: bytes,
     *,
-    remote_address: Optional[tuple] = None,
+    remote_address: Optional[tuple[Any, ...]] = None,
     secure: bool = False,
     buffered: bytes = b"",
     proxies: Optional["TrustedProxies"] = None,

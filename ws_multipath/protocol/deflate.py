@@ -37,7 +37,7 @@ class DeflateSettings:
     threshold: int = 1024
 
     @classmethod
-    def from_option(cls, value: Union[bool, dict, "DeflateSettings", None]) -> Optional["DeflateSettings"]:
+    def from_option(cls, value: Union[bool, dict[str, Any], "DeflateSettings", None]) -> Optional["DeflateSettings"]:
         """``False``/``None`` -> None (off); ``True`` -> defaults; a dict -> checked settings."""
         if value is None or value is False:
             return None

@@ -40,10 +40,10 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def __init__(
         self,
-        address: tuple,
+        address: tuple[Any, ...],
         family: int,
         backlog: int,
-        serve_connection: Callable[[socket.socket, tuple], None],
+        serve_connection: Callable[[socket.socket, tuple[Any, ...]], None],
         stopping: threading.Event,
     ) -> None:
         self.address_family = family
@@ -59,7 +59,7 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
 
-    def get_request(self) -> tuple:
+    def get_request(self) -> tuple[socket.socket, Any]:
         try:
             request = self.socket.accept()
         except OSError as exc:
@@ -104,7 +104,7 @@ def _no_delay(sock: socket.socket) -> None:
             pass  # the client is already gone: the handshake read will say so
 
 
-def bind_address(host: Optional[str], port: int) -> tuple[int, tuple]:
+def bind_address(host: Optional[str], port: int) -> tuple[int, tuple[Any, ...]]:
     if host is None:
         if socket.has_dualstack_ipv6():
             return socket.AF_INET6, ("::", port)

@@ -34,7 +34,7 @@ from ..errors import ConnectionClosed, ProtocolError, connection_closed
 from ..http.request import Request
 from ..log import format_address, logger
 from ..protocol.closing import Closing, FrameKind, ReadyState
-from ..protocol.events import CloseReceived, Failure, Message, Ping, Pong
+from ..protocol.events import CloseReceived, Event, Failure, Message, Ping, Pong
 from ..protocol.frames import FrameReader, FrameWriter, Payload, check_close_code
 from .heartbeat import Heartbeat
 from .inbox import Inbox
@@ -95,7 +95,7 @@ class WebSocket(EventEmitter):
         self._closing = Closing()
         transport.attach(self._closing.may_write, self._fail)
         self._inbox = Inbox(options.max_queue)
-        self._held_back: list = []  # events after a message the puller returns first
+        self._held_back: list[Event] = []  # events after a message the puller returns first
         self._close_timer: Optional[Timer] = None
         self._socket_reader = SocketReader(transport.sock, timers, self._feed, self._begin, self._resume, self._finish, self._label(), options.max_queue)
         self._heartbeat = Heartbeat(
@@ -127,7 +127,7 @@ class WebSocket(EventEmitter):
         return self.request.path
 
     @property
-    def remote_address(self) -> Optional[tuple]:
+    def remote_address(self) -> Optional[tuple[Any, ...]]:
         return self.request.remote_address
 
     def __repr__(self) -> str:

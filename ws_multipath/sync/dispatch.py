@@ -39,7 +39,7 @@ class Dispatcher:
         if self.on_dispatcher():
             fn(*args)
         else:
-            self._calls.put((fn, args), wait=wait)  # type: ignore[arg-type]
+            self._calls.put((fn, args), wait=wait)
 
     def run(self) -> None:
         """On the dispatcher thread: run queued calls until ``finish``."""

@@ -123,7 +123,7 @@ class Flusher:
                     sock.close()
 
 
-def _apply(selector: selectors.BaseSelector, enrolled: dict, enrol: bool, transport: "Transport") -> None:
+def _apply(selector: selectors.BaseSelector, enrolled: dict[int, "Transport"], enrol: bool, transport: "Transport") -> None:
     """Mirror one enrolment change in the selector (keyed by descriptor: a
     closed socket's number may already belong to a newer connection)."""
     fd = transport.fd

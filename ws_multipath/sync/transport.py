@@ -154,7 +154,7 @@ class Transport:
                 self._on_write_timeout()
                 raise TimeoutError("write timed out")
 
-    def _send_now(self, buffers: list) -> int:
+    def _send_now(self, buffers: list[Payload]) -> int:
         """Bytes of ``buffers`` the socket takes without blocking (0 or all of
         one buffer on TLS, which must retry with the same bytes)."""
         try:
@@ -193,7 +193,7 @@ class Transport:
         written after everything posted before it. A client with more than
         ``MAX_OUTBOX_BYTES`` waiting is dropped with 1008. Errors are not
         raised: the reader thread sees the socket fail."""
-        entry: Entry = (frame, kind, size if callable(frame) else len(frame))  # type: ignore[arg-type]
+        entry: Entry = (frame, kind, size if callable(frame) else len(frame))
         with self._state_lock:
             if self._closed:
                 return
@@ -361,7 +361,7 @@ class Transport:
             pass
 
 
-def _advance(buffers: list, sent: int) -> list:
+def _advance(buffers: list[Payload], sent: int) -> list[Payload]:
     """What is left of ``buffers`` after ``sent`` bytes went out."""
     while sent and buffers:
         first = len(buffers[0])

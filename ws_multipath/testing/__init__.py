@@ -119,7 +119,7 @@ class TestClient:
             if not self._client.connected:
                 raise self._closed()
             raise TimeoutError(f"no message within {timeout} s")
-        return message
+        return message  # type: ignore[no-any-return]
 
     def receive_json(self, timeout: Optional[float] = DEFAULT_TIMEOUT) -> Any:
         return json.loads(self.receive(timeout))

@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from ws_multipath import protocol
-from ws_multipath.protocol import _unmask_python
+from ws_multipath.events import Message
+from ws_multipath.protocol import FrameReader, _unmask_joined_python, _unmask_python
 
 OFFSETS = range(16)  # every alignment of the payload modulo 8, at every mask phase
 
@@ -70,6 +71,80 @@ def test_c_in_place_matches_python_in_place(speedups, size):
         assert buffer == head + expected + tail
         speedups.mask_into(buffer, offset, offset + size, mask)  # XOR twice: back to the start
         assert buffer == head + payload + tail
+
+
+def random_cuts(rng: random.Random, data: bytes, pieces: int) -> list:
+    cuts = sorted(rng.sample(range(1, len(data)), min(pieces, len(data) - 1))) if len(data) > 1 else []
+    kinds = (bytes, bytearray, memoryview)
+    return [rng.choice(kinds)(data[a:b]) for a, b in zip([0, *cuts], [*cuts, len(data)])]
+
+
+@pytest.mark.parametrize("size", sizes())
+def test_unmask_joined_matches_joining_first(speedups, size):
+    """A frame's payload spread over reads: any start and end inside any chunk."""
+    rng = random.Random(size + 1)
+    mask = rng.randbytes(4)
+    for pieces in (1, 2, 3, 17):
+        head, payload, tail = rng.randbytes(rng.randrange(20)), rng.randbytes(size), rng.randbytes(rng.randrange(20))
+        stream = head + payload + tail
+        chunks = random_cuts(rng, stream, pieces) if stream else [b""]
+        start, end = len(head), len(head) + size
+        expected = _unmask_joined_python([bytes(chunk) for chunk in chunks], start, end, mask)
+        assert expected == naive(payload, mask) if size < 5000 else True
+        assert speedups.unmask_joined(chunks, start, end, mask) == expected
+        assert speedups.unmask_joined(tuple(chunks), start, end, mask) == expected
+        assert b"".join(chunks) == stream  # the chunks are left alone
+
+
+def test_unmask_joined_bad_arguments_raise(speedups):
+    with pytest.raises(ValueError):
+        speedups.unmask_joined([b"abc", b"def"], 2, 7, b"abcd")  # past the end
+    with pytest.raises(ValueError):
+        speedups.unmask_joined([b"abc"], 2, 1, b"abcd")
+    with pytest.raises(ValueError):
+        speedups.unmask_joined([b"abc"], 0, 1, b"abc")
+    with pytest.raises(TypeError):
+        speedups.unmask_joined([b"abc", "def"], 0, 5, b"abcd")
+    with pytest.raises(TypeError):
+        speedups.unmask_joined(5, 0, 5, b"abcd")
+    assert speedups.unmask_joined([], 0, 0, b"abcd") == b""
+
+
+def masked_frame(opcode: int, payload: bytes, rng: random.Random) -> bytes:
+    mask = rng.randbytes(4)
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x80 | opcode, 0x80 | size))
+    elif size < 65536:
+        head = bytes((0x80 | opcode, 0xFE)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0xFF)) + size.to_bytes(8, "big")
+    return head + mask + naive(payload, mask) if size < 2000 else head + mask + _unmask_python(payload, 0, size, mask)
+
+
+@pytest.mark.parametrize("use_c", [True, False])
+@pytest.mark.parametrize("seed", range(12))
+def test_frames_split_over_reads_give_the_same_messages_on_both_paths(monkeypatch, speedups, use_c, seed):
+    """The hot path of FrameReader, C or Python: large binary frames waiting
+    for the rest of their payload (unmasked from the reads, not joined), next
+    to small text and binary frames, cut anywhere."""
+    if not use_c:
+        monkeypatch.setattr(protocol, "unmask", _unmask_python)
+        monkeypatch.setattr(protocol, "unmask_joined", _unmask_joined_python)
+    rng = random.Random(seed)
+    messages: list = []
+    for _ in range(8):
+        kind = rng.randrange(3)
+        if kind == 0:
+            messages.append("é" * rng.randrange(40))
+        else:
+            messages.append(rng.randbytes(rng.choice([0, 5, 125, 126, 4097, 65535, 65536, 200_000])))
+    stream = b"".join(masked_frame(1, m.encode(), rng) if isinstance(m, str) else masked_frame(2, m, rng) for m in messages)
+    reader = FrameReader(max_payload=1 << 20)
+    events = []
+    for chunk in random_cuts(rng, stream, rng.choice([1, 5, 40, 300])):
+        events += reader.receive_data(bytes(chunk))
+    assert events == [Message(m) for m in messages]
 
 
 def test_memoryviews_and_views_with_an_offset(speedups):

@@ -24,7 +24,7 @@ def ensure_venv(extras: str) -> None:
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     stamp = VENV / f".installed-{extras or 'base'}"
-    setup_files = [ROOT / "setup.cfg", ROOT / "setup.py"]
+    setup_files = [ROOT / "setup.cfg", ROOT / "setup.py", ROOT / "ws_multipath" / "_speedups.c"]  # the C file: rebuild it
     if stamp.exists() and all(stamp.stat().st_mtime >= f.stat().st_mtime for f in setup_files):
         return
     target = f"{ROOT}[{extras}]" if extras else str(ROOT)

@@ -101,6 +101,9 @@ def setup(profile: bool) -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     if not venv_has("import ws_multipath"):
         pip_install("-e", str(ROOT))
+    elif (ROOT / "ws_multipath" / "_speedups.c").exists() and not venv_has(SPEEDUPS_CHECK):
+        log("building the C speedups into the work tree (pip install -e)")
+        pip_install("-e", str(ROOT))
     if not venv_has("import websockets, sys; sys.exit(websockets.__version__.split('.')[0] != '17')"):
         log("installing websockets 17 into .venv")
         pip_install("websockets>=17,<18")
@@ -116,6 +119,8 @@ def setup(profile: bool) -> None:
         if subprocess.call([*npm, "ws@8", "bufferutil@4"]) != 0:  # bufferutil (native masking) is optional
             subprocess.check_call([*npm, "ws@8"])
 
+
+SPEEDUPS_CHECK = "import sys, ws_multipath.protocol as p; sys.exit(not p.SPEEDUPS)"
 
 SERVER_ENV: dict[str, str] = {}  # environment of the server processes (PYTHONPATH of the snapshot)
 
@@ -136,9 +141,35 @@ def prepare_library(ref: str) -> dict[str, str]:
         target.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "ws_multipath"], check=True, stdout=subprocess.PIPE).stdout
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    if (target / "ws_multipath" / "_speedups.c").exists() and not list((target / "ws_multipath").glob("_speedups*.so")):
+        build_speedups(commit, target)
     subject = subprocess.check_output(["git", "-C", str(ROOT), "log", "-1", "--format=%s", commit], text=True).strip()
     SERVER_ENV["PYTHONPATH"] = str(target)
     return {"ws_multipath source": f"commit {commit} ({subject[:70]})", "path": str(target)}
+
+
+def build_speedups(commit: str, target: Path) -> None:
+    """Build the snapshot's optional C extension as an install would (a
+    wheel of the commit's setup.py, by pip) and put it beside its sources;
+    without it the snapshot runs the pure-Python path (the report says so)."""
+    import tempfile
+    import zipfile
+
+    log(f"building the C speedups of {commit}")
+    with tempfile.TemporaryDirectory(dir=str(WORK)) as scratch:
+        source = Path(scratch) / "src"
+        source.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "ws_multipath", "setup.py", "setup.cfg", "README.rst"], check=True, stdout=subprocess.PIPE).stdout
+        subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+        wheels = Path(scratch) / "wheels"
+        built = subprocess.call([str(PYTHON), "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps", "-w", str(wheels), str(source)])
+        for wheel in wheels.glob("*.whl") if built == 0 else []:
+            with zipfile.ZipFile(wheel) as archive_file:
+                for name in archive_file.namelist():
+                    if name.startswith("ws_multipath/_speedups") and name.endswith(".so"):
+                        (target / name).write_bytes(archive_file.read(name))
+    if not list((target / "ws_multipath").glob("_speedups*.so")):
+        log(f"the C speedups of {commit} did not build: its snapshot runs the pure-Python path")
 
 
 def server_env() -> dict[str, str]:
@@ -150,9 +181,10 @@ def server_env() -> dict[str, str]:
 
 def versions() -> dict[str, str]:
     code = (
-        "import json, platform, websockets, ws_multipath, wsproto;"
+        "import json, platform, websockets, ws_multipath, ws_multipath.protocol, wsproto;"
         "print(json.dumps({'python': platform.python_version(), 'websockets': websockets.__version__,"
-        " 'ws_multipath': ws_multipath.__version__, 'wsproto': wsproto.__version__ if hasattr(wsproto, '__version__') else '?'}))"
+        " 'ws_multipath': ws_multipath.__version__, 'wsproto': wsproto.__version__ if hasattr(wsproto, '__version__') else '?',"
+        " 'ws_multipath speedups': {True: 'C', False: 'pure Python'}.get(getattr(ws_multipath.protocol, 'SPEEDUPS', False))}))"
     )
     info = json.loads(subprocess.check_output([str(PYTHON), "-c", code], text=True, env=server_env(), cwd=str(WORK)))
     info["node"] = subprocess.check_output(["node", "--version"], text=True).strip()
@@ -671,7 +703,7 @@ def render(summary: dict, meta: dict) -> str:
     v = meta["versions"]
     lines += [
         f"- machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}",
-        f"- Python {v['python']}, ws_multipath {v['ws_multipath']} ({meta['library']['ws_multipath source']}), websockets {v['websockets']}, "
+        f"- Python {v['python']}, ws_multipath {v['ws_multipath']} ({meta['library']['ws_multipath source']}; masking: {v.get('ws_multipath speedups', '?')}), websockets {v['websockets']}, "
         f"generator: Node {v['node']} + ws {v['ws (node)']} (bufferutil: {v['bufferutil']})",
         f"- command: `{meta['command']}`; {meta['reps']} interleaved repetitions (A B A B ...), fresh server per run, "
         f"{meta['warmup']} s warm-up + {meta['duration']} s measured; figures are medians (± half the range)",

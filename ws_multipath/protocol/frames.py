@@ -12,6 +12,7 @@ while another writes.
 
 from __future__ import annotations
 
+import os
 import struct
 from codecs import getincrementaldecoder
 from io import BytesIO
@@ -32,7 +33,7 @@ from ..errors import PayloadTooBig, ProtocolError
 from .deflate import BoundedDeflate
 from .events import CloseReceived, Event, Failure, Message, Ping, Pong
 
-__all__ = ["FrameReader", "FrameWriter", "check_close_code", "unmask", "Payload", "FRAME_OVERHEAD"]
+__all__ = ["FrameReader", "FrameWriter", "check_close_code", "unmask", "SPEEDUPS", "Payload", "FRAME_OVERHEAD"]
 
 Payload = Union[bytes, bytearray, memoryview]
 
@@ -163,6 +164,7 @@ class FrameReader:
         self._waiting_size = 0
         self._waiting_for = 0
         self._waiting_text = False  # parse again on every read: invalid UTF-8 must fail at once
+        self._waiting_payload = 0  # > 0: where the waiting binary frame's payload starts in self._waiting
 
     def receive_data(self, data: Union[bytes, bytearray]) -> list[Event]:
         """Parse ``data``; return the complete events it finished."""
@@ -174,8 +176,13 @@ class FrameReader:
             self._waiting_size += len(data)
             if self._waiting_size < self._waiting_for and not self._waiting_text:
                 return events
-            data = bytearray().join(self._waiting)  # unmasked in place: one copy less
-            self._waiting, self._waiting_size = [], 0
+            if self._waiting_payload:
+                data = self._finish_waiting_frame(events)
+                if not data:
+                    return events
+            else:
+                data = bytearray().join(self._waiting)  # unmasked in place: one copy less
+                self._waiting, self._waiting_size = [], 0
         if self._fast and self._between_frames():
             data = self._parse_whole_messages(data, events)
             if not data or (events and type(events[-1]) is Failure):
@@ -235,6 +242,8 @@ class FrameReader:
             if end > end_of_data:
                 if first == 0x81 and end_of_data > start:
                     break  # wsproto checks partial text as it comes: invalid UTF-8 fails at once
+                if start <= end_of_data and first == 0x82:  # its head and mask are here: wait for the payload
+                    return self._wait(data, 0, end, start)
                 return self._wait(data, pos, end - pos)
             payload = unmask(data, start, end, bytes(data[start - 4 : start]))
             if first == 0x82:
@@ -249,16 +258,32 @@ class FrameReader:
             pos = end
         return data[pos:] if pos else data
 
-    def _wait(self, data: Union[bytes, bytearray], pos: int, needed: int) -> bytes:
+    def _wait(self, data: Union[bytes, bytearray], pos: int, needed: int, payload: int = 0) -> bytes:
         """Keep the start of a whole-message frame until ``needed`` bytes of it
         have arrived, so the hot path parses it in one piece. A text frame is
         parsed again as each read comes: once its payload has begun, wsproto
-        takes it and checks the UTF-8 as it arrives."""
-        self._waiting_text = data[pos] == 0x81
+        takes it and checks the UTF-8 as it arrives.
+
+        With ``payload`` (a binary frame whose head is complete; ``pos`` is
+        0, ``data`` kept whole), the frame's payload is ``data[payload:needed]``
+        of the reads joined, and ``_finish_waiting_frame`` unmasks it from the
+        reads without joining them."""
+        self._waiting_text = not payload and data[pos] == 0x81
         self._waiting = [data[pos:] if pos else data]
         self._waiting_size = len(data) - pos
         self._waiting_for = needed
+        self._waiting_payload = payload
         return b""
+
+    def _finish_waiting_frame(self, events: list[Event]) -> Union[bytes, bytearray]:
+        """The waiting binary frame has all arrived: its message, and the
+        bytes that came after it (all in the last read, which completed it)."""
+        chunks, start, end = self._waiting, self._waiting_payload, self._waiting_for
+        extra = self._waiting_size - end
+        self._waiting, self._waiting_size, self._waiting_payload = [], 0, 0
+        events.append(Message(unmask_joined(chunks, start, end, bytes(chunks[0][start - 4 : start]))))
+        last = chunks[-1]
+        return last[len(last) - extra :] if extra else b""
 
     def _on_frame(self, frame: Frame) -> Optional[Event]:
         opcode = frame.opcode
@@ -287,13 +312,14 @@ class FrameReader:
         return None
 
 
-def unmask(data: Union[bytes, bytearray], start: int, end: int, mask: bytes) -> bytes:
+def _unmask_python(data: Union[bytes, bytearray], start: int, end: int, mask: bytes) -> bytes:
     """``data[start:end]`` XORed with the 4-byte ``mask`` (RFC 6455 section 5.3).
 
-    Big integers are fastest for short payloads (measured 0.5 us against
-    1.5 us at 32 bytes); past a few KiB, translation tables over every
-    fourth byte are (80 against 180 us at 64 KiB). A ``bytearray`` is
-    unmasked in place, which saves a copy of large frames."""
+    The pure-Python path (see ``unmask``). Big integers are fastest for short
+    payloads (measured 0.5 us against 1.5 us at 32 bytes); past a few KiB,
+    translation tables over every fourth byte are (80 against 180 us at
+    64 KiB). A ``bytearray`` is unmasked in place, which saves a copy of
+    large frames."""
     size = end - start
     if size <= 4096:
         key = (mask * ((size + 3) >> 2))[:size]
@@ -309,6 +335,39 @@ def unmask(data: Union[bytes, bytearray], start: int, end: int, mask: bytes) -> 
 
 
 _XOR_TABLES = [bytes(byte ^ key for byte in range(256)) for key in range(256)]
+
+
+def _unmask_joined_python(chunks: list[Union[bytes, bytearray]], start: int, end: int, mask: bytes) -> bytes:
+    """``unmask(b"".join(chunks), start, end, mask)``; the C form unmasks
+    from the chunks without joining them."""
+    return _unmask_python(bytearray().join(chunks), start, end, mask)  # joined into a bytearray: unmasked in place
+
+#: True when ``unmask`` is the C extension ``ws_multipath._speedups`` (about
+#: 50 times faster on large frames); False on the pure-Python path: when the
+#: extension was not built (no compiler at install time), or when the
+#: environment variable ``WS_MULTIPATH_NO_SPEEDUPS`` is set to anything but
+#: ``""`` or ``"0"`` when this module is imported.
+SPEEDUPS = False
+
+#: ``unmask(data, start, end, mask) -> bytes``: ``data[start:end]`` XORed
+#: with the 4-byte ``mask`` (RFC 6455 section 5.3), for ``bytes`` or
+#: ``bytearray`` data with ``0 <= start <= end <= len(data)``. What is left in
+#: ``data[start:end]`` afterwards is unspecified: the pure-Python path
+#: unmasks a large ``bytearray`` in place (one copy less), the C one leaves it
+#: alone (it writes the result in one pass).
+unmask = _unmask_python
+
+#: ``unmask_joined(chunks, start, end, mask) -> bytes``: ``unmask`` of the
+#: chunks joined (a frame that came in several reads).
+unmask_joined = _unmask_joined_python
+
+if os.environ.get("WS_MULTIPATH_NO_SPEEDUPS", "") in ("", "0"):
+    try:
+        from ._speedups import unmask, unmask_joined  # type: ignore[no-redef]  # noqa: F811
+    except ImportError:
+        pass
+    else:
+        SPEEDUPS = True
 
 
 def check_close_code(code: int, reason: str) -> bytes:

@@ -1,0 +1,204 @@
+"""The C extension ``ws_multipath._speedups`` against the pure-Python path,
+and the switch between them (``WS_MULTIPATH_NO_SPEEDUPS``).
+
+The comparisons need the extension (skipped without it: an install without
+a compiler); ``.ci/run`` checks separately that it was built."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from ws_multipath import protocol
+from ws_multipath.events import Message
+from ws_multipath.protocol import FrameReader, _unmask_joined_python, _unmask_python
+
+OFFSETS = range(16)  # every alignment of the payload modulo 8, at every mask phase
+
+
+@pytest.fixture(scope="module")
+def speedups():
+    return pytest.importorskip("ws_multipath._speedups")
+
+
+def naive(payload: bytes, mask: bytes) -> bytes:
+    return bytes(byte ^ mask[index & 3] for index, byte in enumerate(payload))
+
+
+def sizes() -> list[int]:
+    rng = random.Random(11)
+    return [*range(70), 4095, 4096, 4097, 65536, 200_000, *(rng.randrange(200_001) for _ in range(24))]
+
+
+@pytest.mark.parametrize("size", range(70))
+def test_small_sizes_match_a_byte_by_byte_xor(speedups, size):
+    payload, mask = os.urandom(size), os.urandom(4)
+    for offset in OFFSETS:
+        data = os.urandom(offset) + payload + os.urandom(5)
+        assert speedups.unmask(data, offset, offset + size, mask) == naive(payload, mask)
+
+
+@pytest.mark.parametrize("size", sizes())
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_c_and_python_give_the_same_bytes(speedups, size, kind):
+    """``unmask`` returning new bytes: the same result, and the C path leaves ``data`` alone."""
+    rng = random.Random(size)
+    mask = rng.randbytes(4)
+    for offset in OFFSETS:
+        original = rng.randbytes(offset) + rng.randbytes(size) + rng.randbytes(rng.randrange(9))
+        data = kind(original)
+        result = speedups.unmask(data, offset, offset + size, mask)
+        assert type(result) is bytes
+        assert data == original
+        assert result == _unmask_python(kind(original), offset, offset + size, mask)
+
+
+@pytest.mark.parametrize("size", sizes())
+def test_c_in_place_matches_python_in_place(speedups, size):
+    """``mask_into`` XORs a bytearray in place, as the Python path does with
+    large ones; the bytes around ``start:end`` stay as they were."""
+    rng = random.Random(-size)
+    mask = rng.randbytes(4)
+    for offset in OFFSETS:
+        head, payload, tail = rng.randbytes(offset), rng.randbytes(size), rng.randbytes(rng.randrange(9))
+        buffer = bytearray(head + payload + tail)
+        assert speedups.mask_into(buffer, offset, offset + size, mask) is None
+        expected = _unmask_python(bytearray(head + payload + tail), offset, offset + size, mask)
+        assert buffer == head + expected + tail
+        speedups.mask_into(buffer, offset, offset + size, mask)  # XOR twice: back to the start
+        assert buffer == head + payload + tail
+
+
+def random_cuts(rng: random.Random, data: bytes, pieces: int) -> list:
+    cuts = sorted(rng.sample(range(1, len(data)), min(pieces, len(data) - 1))) if len(data) > 1 else []
+    kinds = (bytes, bytearray, memoryview)
+    return [rng.choice(kinds)(data[a:b]) for a, b in zip([0, *cuts], [*cuts, len(data)])]
+
+
+@pytest.mark.parametrize("size", sizes())
+def test_unmask_joined_matches_joining_first(speedups, size):
+    """A frame's payload spread over reads: any start and end inside any chunk."""
+    rng = random.Random(size + 1)
+    mask = rng.randbytes(4)
+    for pieces in (1, 2, 3, 17):
+        head, payload, tail = rng.randbytes(rng.randrange(20)), rng.randbytes(size), rng.randbytes(rng.randrange(20))
+        stream = head + payload + tail
+        chunks = random_cuts(rng, stream, pieces) if stream else [b""]
+        start, end = len(head), len(head) + size
+        expected = _unmask_joined_python([bytes(chunk) for chunk in chunks], start, end, mask)
+        assert expected == naive(payload, mask) if size < 5000 else True
+        assert speedups.unmask_joined(chunks, start, end, mask) == expected
+        assert speedups.unmask_joined(tuple(chunks), start, end, mask) == expected
+        assert b"".join(chunks) == stream  # the chunks are left alone
+
+
+def test_unmask_joined_bad_arguments_raise(speedups):
+    with pytest.raises(ValueError):
+        speedups.unmask_joined([b"abc", b"def"], 2, 7, b"abcd")  # past the end
+    with pytest.raises(ValueError):
+        speedups.unmask_joined([b"abc"], 2, 1, b"abcd")
+    with pytest.raises(ValueError):
+        speedups.unmask_joined([b"abc"], 0, 1, b"abc")
+    with pytest.raises(TypeError):
+        speedups.unmask_joined([b"abc", "def"], 0, 5, b"abcd")
+    with pytest.raises(TypeError):
+        speedups.unmask_joined(5, 0, 5, b"abcd")
+    assert speedups.unmask_joined([], 0, 0, b"abcd") == b""
+
+
+def masked_frame(opcode: int, payload: bytes, rng: random.Random) -> bytes:
+    mask = rng.randbytes(4)
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x80 | opcode, 0x80 | size))
+    elif size < 65536:
+        head = bytes((0x80 | opcode, 0xFE)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0xFF)) + size.to_bytes(8, "big")
+    return head + mask + naive(payload, mask) if size < 2000 else head + mask + _unmask_python(payload, 0, size, mask)
+
+
+@pytest.mark.parametrize("use_c", [True, False])
+@pytest.mark.parametrize("seed", range(12))
+def test_frames_split_over_reads_give_the_same_messages_on_both_paths(monkeypatch, speedups, use_c, seed):
+    """The hot path of FrameReader, C or Python: large binary frames waiting
+    for the rest of their payload (unmasked from the reads, not joined), next
+    to small text and binary frames, cut anywhere."""
+    if not use_c:
+        monkeypatch.setattr(protocol, "unmask", _unmask_python)
+        monkeypatch.setattr(protocol, "unmask_joined", _unmask_joined_python)
+    rng = random.Random(seed)
+    messages: list = []
+    for _ in range(8):
+        kind = rng.randrange(3)
+        if kind == 0:
+            messages.append("é" * rng.randrange(40))
+        else:
+            messages.append(rng.randbytes(rng.choice([0, 5, 125, 126, 4097, 65535, 65536, 200_000])))
+    stream = b"".join(masked_frame(1, m.encode(), rng) if isinstance(m, str) else masked_frame(2, m, rng) for m in messages)
+    reader = FrameReader(max_payload=1 << 20)
+    events = []
+    for chunk in random_cuts(rng, stream, rng.choice([1, 5, 40, 300])):
+        events += reader.receive_data(bytes(chunk))
+    assert events == [Message(m) for m in messages]
+
+
+def test_memoryviews_and_views_with_an_offset(speedups):
+    """Any bytes-like object; a memoryview slice moves the base address off alignment."""
+    data, mask = os.urandom(1000), os.urandom(4)
+    for shift in range(8):
+        view = memoryview(data)[shift:]
+        assert speedups.unmask(view, 3, 900, mask) == naive(data[shift + 3 : shift + 900], mask)
+        buffer = bytearray(data)
+        speedups.mask_into(memoryview(buffer)[shift:], 3, 900, bytearray(mask))
+        assert bytes(buffer[shift + 3 : shift + 900]) == naive(data[shift + 3 : shift + 900], mask)
+
+
+def test_bad_arguments_raise(speedups):
+    data = bytearray(10)
+    for args in [(data, 0, 11, b"abcd"), (data, 5, 4, b"abcd"), (data, -1, 4, b"abcd")]:
+        with pytest.raises(ValueError):
+            speedups.unmask(*args)
+        with pytest.raises(ValueError):
+            speedups.mask_into(*args)
+    for mask in (b"abc", b"abcde", bytearray(3)):
+        with pytest.raises(ValueError):
+            speedups.unmask(data, 0, 4, mask)
+    with pytest.raises(BufferError):
+        speedups.mask_into(bytes(10), 0, 4, b"abcd")  # read-only
+    with pytest.raises(TypeError):
+        speedups.unmask("text", 0, 4, b"abcd")
+    with pytest.raises(TypeError):
+        speedups.unmask(data, 0, 4)
+    assert data == bytearray(10)
+
+
+def test_the_frame_reader_uses_the_active_path():
+    assert protocol.SPEEDUPS is (protocol.unmask is not _unmask_python)
+    if protocol.SPEEDUPS:
+        from ws_multipath import _speedups
+
+        assert protocol.unmask is _speedups.unmask
+
+
+def active_path(value: str | None) -> str:
+    env = dict(os.environ)
+    env.pop("WS_MULTIPATH_NO_SPEEDUPS", None)
+    if value is not None:
+        env["WS_MULTIPATH_NO_SPEEDUPS"] = value
+    code = "import ws_multipath.protocol as p; print(p.SPEEDUPS, p.unmask is p._unmask_python)"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("value", ["1", "yes"])
+def test_the_environment_variable_forces_the_python_path(value):
+    assert active_path(value) == "False True"
+
+
+@pytest.mark.parametrize("value", [None, "", "0"])
+def test_without_the_environment_variable_the_extension_is_used(speedups, value):
+    assert active_path(value) == "True False"

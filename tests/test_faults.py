@@ -972,7 +972,7 @@ def certificate(tmp_path_factory):
 @pytest.mark.timeout(60)
 def test_tls_serves_wss_and_drops_a_stalled_tls_handshake(servers, errors, certificate, record_property):
     server_context, client_context = tls_contexts(*certificate)
-    open_timeout = 1.5
+    open_timeout = 3.0  # the healthy client must finish its TLS handshake within it, even on a loaded machine
     log = ConnectionLog()
     server = servers(ssl_context=server_context, open_timeout=open_timeout)
     handler = add_echo(server, "/echo", log)

@@ -13,9 +13,13 @@ import sys
 
 import pytest
 
-from ws_multipath import protocol
-from ws_multipath.events import Message
-from ws_multipath.protocol import FrameReader, _unmask_joined_python, _unmask_python
+from ws_multipath.protocol import frames as protocol
+from ws_multipath.protocol.events import Message
+from ws_multipath.protocol.frames import (
+    FrameReader,
+    _unmask_joined_python,
+    _unmask_python,
+)
 
 OFFSETS = range(16)  # every alignment of the payload modulo 8, at every mask phase
 
@@ -190,7 +194,7 @@ def active_path(value: str | None) -> str:
     env.pop("WS_MULTIPATH_NO_SPEEDUPS", None)
     if value is not None:
         env["WS_MULTIPATH_NO_SPEEDUPS"] = value
-    code = "import ws_multipath.protocol as p; print(p.SPEEDUPS, p.unmask is p._unmask_python)"
+    code = "import ws_multipath.protocol.frames as p; print(p.SPEEDUPS, p.unmask is p._unmask_python)"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import signal
 import socket
 import ssl
+import sys
 import threading
 import time
-import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from .emitter import EventEmitter

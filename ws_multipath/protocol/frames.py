@@ -363,7 +363,7 @@ unmask_joined = _unmask_joined_python
 
 if os.environ.get("WS_MULTIPATH_NO_SPEEDUPS", "") in ("", "0"):
     try:
-        from ._speedups import unmask, unmask_joined  # type: ignore[no-redef]  # noqa: F811
+        from .._speedups import unmask, unmask_joined  # type: ignore[no-redef,import-not-found,unused-ignore]  # noqa: F811
     except ImportError:
         pass
     else:

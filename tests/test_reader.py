@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import select
 import threading
+import time
 
 from .faultkit import (
     close_frame,
@@ -63,4 +66,53 @@ def test_a_slow_message_listener_keeps_its_connection_alive():
         assert frame.close_code == 1000
         sock.close()
         assert not closes or closes == [1000]
+        errors.assert_clean()
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_control_frames_read_for_a_slow_listener_stay_bounded():
+    """Found by the attack pass: once reading was handed over, every pong
+    (or ping) event was queued for the busy listener thread, unbounded."""
+    with collect_errors() as errors, make_server() as server:
+        handler = server.create_handler("/slow", ping_interval=None, max_queue=4)
+        busy = threading.Event()
+        release = threading.Event()
+        pongs = []
+
+        @handler.on("connection")
+        def on_connection(ws, request):
+            @ws.on("message")
+            def on_message(data, is_binary):
+                busy.set()
+                assert release.wait(30)
+
+            ws.on("pong", pongs.append)
+
+        sock, _ = raw_upgrade(server.port, "/slow")
+        try:
+            sock.sendall(encode_frame(0x1, b"slow"))
+            assert busy.wait(10)
+            pong = encode_frame(0xA, b"p" * 125)
+            burst = pong * 512
+            baseline = _rss()
+            sent = 0
+            deadline = time.monotonic() + 4  # the hand-over comes after 1-2 s
+            sock.setblocking(False)
+            while time.monotonic() < deadline and sent < 1_000_000:
+                if not select.select([], [sock], [], 0.1)[1]:
+                    continue
+                try:
+                    sent += sock.send(burst) // len(pong)
+                except BlockingIOError:
+                    continue
+            grown = (_rss() - baseline) / 2**20
+            assert grown < 32, f"RSS grew {grown:.0f} MiB for {sent} pongs"
+            release.set()
+        finally:
+            release.set()
+            sock.close()
         errors.assert_clean()

@@ -89,6 +89,35 @@ def test_a_client_that_never_reads_broadcasts_is_dropped_with_1008(deflate, hear
         errors.assert_clean()
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("deflate, message", [(False, b"x"), (True, b""), (True, "é")], ids=["1-byte", "deflate-empty", "deflate-text"])
+def test_a_flood_of_tiny_broadcasts_meets_the_same_cap(deflate, message):
+    """Found by the attack pass: each queued entry costs memory beyond its
+    bytes, and an empty compressed message counted nothing at all."""
+    with collect_errors() as errors, make_server() as server:
+        handler = server.create_handler("/feed", per_message_deflate=deflate, ping_interval=None, close_timeout=1)
+        closes = Closes(handler)
+        headers = (("Sec-WebSocket-Extensions", "permessage-deflate"),) if deflate else ()
+        sock = stalled_client(server.port, "/feed", headers)
+        try:
+            baseline = _rss()
+            sent = 0
+            while sent < 2_000_000 and not closes.codes:
+                sent += handler.broadcast(message)
+            grown = (_rss() - baseline) / MiB
+            assert closes.wait(1, 10), f"still open after {sent} broadcasts"
+            assert closes.codes == [1008]
+            assert grown < 64, f"RSS grew {grown:.0f} MiB for {sent} tiny broadcasts"
+        finally:
+            sock.close()
+        errors.assert_clean()
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("use_tls", [False, True], ids=["ws", "wss"])
 def test_stalled_clients_do_not_delay_a_healthy_one(use_tls, certificate):

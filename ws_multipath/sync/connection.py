@@ -25,6 +25,7 @@ the inbox is empty. Nothing is ever written after the close frame.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
@@ -97,7 +98,7 @@ class WebSocket(EventEmitter):
         self._inbox = Inbox(options.max_queue)
         self._held_back: list[Event] = []  # events after a message the puller returns first
         self._close_timer: Optional[Timer] = None
-        self._socket_reader = SocketReader(transport.sock, timers, self._feed, self._begin, self._resume, self._finish, self._label(), options.max_queue)
+        self._socket_reader = SocketReader(transport.sock, timers, self._feed, self._begin, self._resume, self._finish, self._label(), options.max_queue, transport.tls_lock)
         self._heartbeat = Heartbeat(
             timers,
             options.ping_interval,
@@ -187,15 +188,19 @@ class WebSocket(EventEmitter):
         except OSError:
             self._transport.abort()
 
-    def _post(self, data: Union[str, bytes], shared_frame: Optional[bytes]) -> bool:
-        """Queue a message without blocking (``broadcast``); False if not open."""
+    def _post(self, data: Union[str, bytes], shared_frame: bytes) -> bool:
+        """Queue a message without blocking (``broadcast``; ``shared_frame`` is
+        its uncompressed frame); False if not open."""
         if not self._closing.is_open:
             return False
-        if shared_frame is not None and self._writer.shares_frames:
+        if self._writer.shares_frames:
             self._transport.post(shared_frame, FrameKind.DATA)
-        else:  # compressed: encoded in order under the write lock, counted as its raw size
-            self._transport.post(lambda: b"".join(self._writer.message(data)), FrameKind.DATA, len(data))
+        else:  # compressed: encoded in order under the write lock, counted at its uncompressed size
+            self._transport.post(functools.partial(self._encode_frame, data), FrameKind.DATA, len(shared_frame))
         return True
+
+    def _encode_frame(self, data: Union[str, bytes]) -> bytes:
+        return b"".join(self._writer.message(data))
 
     def _check_open(self) -> None:
         if not self._closing.is_open:
@@ -375,8 +380,8 @@ class WebSocket(EventEmitter):
         dispatcher = self._socket_reader.dispatcher
         if dispatcher is None:
             self.emit(event, *args)
-        else:
-            dispatcher.call(self.emit, event, *args)
+        elif self._listeners.get(event):  # queued calls count against max_queue like messages
+            dispatcher.call(self.emit, event, *args, wait=True)
 
     def _seal(self) -> None:
         """Closing: the reader must never wait for the application again."""

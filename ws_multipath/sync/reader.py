@@ -28,6 +28,7 @@ never held while reading or calling back.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import select
 import ssl
@@ -40,6 +41,8 @@ from .dispatch import Dispatcher
 from .timers import Timer, Timers
 
 __all__ = ["SocketReader", "listener_thread", "TAKEOVER_AFTER"]
+
+_NO_LOCK = contextlib.nullcontext()
 
 #: Seconds that received data may wait unread before a reader thread takes over.
 TAKEOVER_AFTER = 1.0
@@ -81,8 +84,10 @@ class SocketReader:
         finish: Callable[[], None],
         name: str,
         max_queue: int = 16,
+        tls_lock: Optional[threading.Lock] = None,
     ) -> None:
         self._sock = sock
+        self._tls_lock = tls_lock  # the transport's: one thread at a time in the SSL object
         self._recv = self._recv_tls if isinstance(sock, ssl.SSLSocket) else sock.recv  # type: ignore[attr-defined]
         self._timers = timers
         self._feed = feed
@@ -185,9 +190,11 @@ class SocketReader:
         """``recv`` on a TLS socket, which the transport keeps non-blocking
         so that writes never block: wait for readability here instead."""
         sock: ssl.SSLSocket = self._sock  # type: ignore[assignment]
+        lock = self._tls_lock or _NO_LOCK
         while True:
             try:
-                return sock.recv(size)
+                with lock:
+                    return sock.recv(size)
             except ssl.SSLWantReadError:
                 self._readable(None)
             except ssl.SSLWantWriteError:
@@ -342,8 +349,10 @@ class SocketReader:
     def _readable(self, timeout: Optional[float]) -> bool:
         """Wait until the socket has data (or failed), at most ``timeout``
         seconds (None: no limit)."""
-        if isinstance(self._sock, ssl.SSLSocket) and self._sock.pending():
-            return True
+        if isinstance(self._sock, ssl.SSLSocket):
+            with self._tls_lock or _NO_LOCK:
+                if self._sock.pending():
+                    return True
         poller = select.poll()
         try:
             poller.register(self._sock.fileno(), select.POLLIN)  # type: ignore[attr-defined]

@@ -19,6 +19,10 @@ Locks, and what each guards:
 - ``_state_lock``: the outbox, its byte count, the enrolment with the
   flusher and the closed flag. Held only for list operations and the
   non-blocking ``shutdown``/``close`` calls, never while writing.
+- ``tls_lock`` (TLS only): the SSL object, which OpenSSL does not allow two
+  threads to use at once; the reader takes it for each non-blocking
+  ``recv`` (``reader.py``), the writers for each non-blocking ``send``. Never
+  held while waiting for the socket.
 
 The socket is closed only by its owner (the connection's reader thread, via
 ``close``); every other thread uses ``abort``, which shuts it down so that a
@@ -44,9 +48,22 @@ from .flusher import Flusher
 __all__ = ["Transport", "MAX_OUTBOX_BYTES"]
 
 #: Bytes that may wait for a client that reads slower than it is broadcast
-#: to (frames as queued: a compressed frame counts its uncompressed size);
-#: past this the client is dropped (close code 1008).
+#: to; past this the client is dropped (close code 1008). Each queued frame
+#: counts its length (a compressed one its uncompressed length) plus what
+#: its entry costs in memory, so that a flood of tiny or empty broadcasts
+#: meets the same bound.
 MAX_OUTBOX_BYTES = 16 * 1024 * 1024
+
+#: What one outbox entry holds besides its bytes: the tuple, the deque slot
+#: and the bytes object (about 100 bytes, measured), or the encoder of a
+#: compressed frame (a bound ``functools.partial``, about 200).
+_ENTRY_COST = 128
+_ENCODER_COST = 256
+
+#: A compressed frame larger than this is encoded by the flusher thread when
+#: its client's socket is writable, never by the broadcasting thread: a
+#: client that does not read then costs no compression at all.
+_ENCODE_INLINE_LIMIT = 16 * 1024
 
 #: Below this size a payload is copied behind its header, so that one
 #: ``send`` writes the whole frame; above it, ``sendmsg`` avoids the copy.
@@ -70,6 +87,8 @@ class Transport:
         self._flusher = flusher
         self._write_timeout = write_timeout
         self._tls = isinstance(sock, ssl.SSLSocket)
+        #: Serialises every use of the SSL object (see the module docstring).
+        self.tls_lock: Optional[threading.Lock] = threading.Lock() if self._tls else None
         if self._tls:
             sock.setblocking(False)  # the reader waits for readability itself (reader.py)
         self._may_write: Callable[[FrameKind], bool] = lambda kind: True
@@ -158,8 +177,9 @@ class Transport:
         """Bytes of ``buffers`` the socket takes without blocking (0 or all of
         one buffer on TLS, which must retry with the same bytes)."""
         try:
-            if self._tls:
-                return self.sock.send(buffers[0])
+            if self.tls_lock is not None:
+                with self.tls_lock:
+                    return self.sock.send(buffers[0])
             if len(buffers) == 1:
                 return self.sock.send(buffers[0], socket.MSG_DONTWAIT)
             return self.sock.sendmsg(buffers, (), socket.MSG_DONTWAIT)
@@ -193,11 +213,15 @@ class Transport:
         written after everything posted before it. A client with more than
         ``MAX_OUTBOX_BYTES`` waiting is dropped with 1008. Errors are not
         raised: the reader thread sees the socket fail."""
-        entry: Entry = (frame, kind, size if callable(frame) else len(frame))
+        if callable(frame):
+            entry: Entry = (frame, kind, size + _ENCODER_COST)
+            inline = size <= _ENCODE_INLINE_LIMIT
+        else:
+            entry, inline = (frame, kind, len(frame) + _ENTRY_COST), True
         with self._state_lock:
             if self._closed:
                 return
-            direct = not self._outbox and self._write_lock.acquire(blocking=False)
+            direct = inline and not self._outbox and self._write_lock.acquire(blocking=False)
             if not direct:
                 overflow = self._enqueue(entry)
         if direct:
@@ -250,8 +274,8 @@ class Transport:
             return True
         rest = data if sent == 0 else memoryview(data)[sent:]
         with self._state_lock:
-            self._outbox.appendleft((rest, None, len(rest)))
-            self._outbox_bytes += len(rest)
+            self._outbox.appendleft((rest, None, len(rest) + _ENTRY_COST))
+            self._outbox_bytes += len(rest) + _ENTRY_COST
         return False
 
     def _flush_outbox(self) -> None:
@@ -356,7 +380,11 @@ class Transport:
         if enrolled:
             self._flusher.withdraw(self)
         try:
-            self.sock.close()
+            if self.tls_lock is not None:
+                with self.tls_lock:
+                    self.sock.close()
+            else:
+                self.sock.close()
         except OSError:
             pass
 

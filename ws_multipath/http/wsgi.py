@@ -534,7 +534,8 @@ class _Connection:
                 if response.status is None:
                     raise AssertionError("the app returned without calling start_response()")
                 self._send_data(response, b"", request)
-                self._send_event(h11.EndOfMessage())
+                if self._handover is None or not self._handover.taken:
+                    self._send_event(h11.EndOfMessage())
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:

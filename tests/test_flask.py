@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import http.client
+import importlib
+import json
+import os
+import pathlib
 import socket
+import subprocess
+import sys
 import time
 from wsgiref.validate import validator
 
@@ -11,7 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from .conftest import TIMEOUT, echo, upgrade_head, url
+from .conftest import TIMEOUT, echo, upgrade_head, url, wait_until
 
 flask = pytest.importorskip("flask")
 flask_sock = pytest.importorskip("flask_sock")
@@ -101,3 +107,73 @@ def test_close_sends_1001_to_flask_sock_clients(make_server):
         with pytest.raises(ConnectionClosed) as caught:
             ws.recv(TIMEOUT)
     assert caught.value.rcvd is not None and caught.value.rcvd.code == 1001
+
+
+# -- the examples ---------------------------------------------------------------
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def flask_chat():
+    """examples/flask_chat.py run as a script, as its docstring says."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(EXAMPLES.parent))
+    process = subprocess.Popen([sys.executable, str(EXAMPLES / "flask_chat.py"), "--port", str(port)], env=env, stderr=subprocess.PIPE)
+    try:
+        def listening():
+            assert process.poll() is None, process.stderr.read()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
+            except ConnectionRefusedError:
+                return False
+            return True
+
+        assert wait_until(listening), "the example did not start listening"
+        yield port
+    finally:
+        process.terminate()
+        process.wait(TIMEOUT)
+
+
+def test_flask_chat_example(flask_chat):
+    base = f"ws://127.0.0.1:{flask_chat}"
+    conn = http.client.HTTPConnection("127.0.0.1", flask_chat, timeout=TIMEOUT)
+    conn.request("GET", "/")
+    assert b"/ws/chat" in conn.getresponse().read()
+    with connect(base + "/ws/chat", open_timeout=TIMEOUT) as alice, connect(base + "/ws/chat", open_timeout=TIMEOUT) as bob, connect(
+        base + "/ws/notify", open_timeout=TIMEOUT
+    ) as watcher:
+        conn.request("GET", "/api/clients")  # the same keep-alive connection
+        response = conn.getresponse()
+        assert json.loads(response.read()) == {"/ws/chat": 2, "/ws/notify": 1}
+        alice.send("hi all")
+        assert bob.recv(TIMEOUT) == "hi all" and alice.recv(TIMEOUT) == "hi all"
+        conn.request("POST", "/notify", body=b"deploy done")
+        assert json.loads(conn.getresponse().read()) == {"sent": 1}
+        assert watcher.recv(TIMEOUT) == "deploy done"
+
+
+def test_flask_sock_app_example(make_server):
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        example = importlib.import_module("flask_sock_app")
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    server = example.build(0, "127.0.0.1")
+    try:
+        for path in ("/echo", "/fast-echo"):
+            with connect(url(server, path), open_timeout=TIMEOUT) as ws:
+                ws.send(path)
+                assert ws.recv(TIMEOUT) == path
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+        conn.request("GET", "/")
+        assert b"Flask-Sock echo" in conn.getresponse().read()
+    finally:
+        server.close()

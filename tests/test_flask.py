@@ -17,7 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from .conftest import TIMEOUT, echo, upgrade_head, url, wait_until
+from .conftest import TIMEOUT, echo, read_until_eof, upgrade_head, url, wait_until
 
 flask = pytest.importorskip("flask")
 flask_sock = pytest.importorskip("flask_sock")
@@ -69,6 +69,18 @@ def test_flask_app_under_the_validator(make_server):
     for _ in range(3):
         conn.request("GET", "/")
         assert conn.getresponse().read() == b"index page"
+
+
+def test_flask_gets_413_and_408_from_the_body_limits(make_server):
+    server = make_server(wsgi_app=make_app(), http_max_body_size=1000, http_body_timeout=0.3)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+    conn.request("POST", "/upload", body=iter([b"x" * 600, b"y" * 600]), encode_chunked=True)
+    response = conn.getresponse()
+    assert response.status == 413 and response.getheader("Connection") == "close"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        data = read_until_eof(sock)
+    assert data.startswith(b"HTTP/1.1 408 ")
 
 
 def test_frames_sent_with_the_upgrade_request_are_not_lost(make_server):

@@ -424,3 +424,31 @@ def test_malformed_request_gets_400(serve):
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nBAD LINE\r\n\r\n")
         data = read_until_eof(sock)
     assert data.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 400 " in data
+
+
+def test_unhandled_listeners_still_get_unhandled_upgrades(serve):
+    server = serve(hello, reject_unhandled=False)
+    got = []
+
+    def take(sock):
+        got.append(server.unhandled_request(sock).path)
+        sock.sendall(b"HTTP/1.1 418 I'm a teapot\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        sock.close()
+
+    server.on("unhandled", take)
+    with raw(server) as sock:
+        sock.sendall(upgrade_head("/elsewhere"))
+        assert read_until_eof(sock).startswith(b"HTTP/1.1 418 ")
+    assert got == ["/elsewhere"]
+    conn = client(server)
+    conn.request("GET", "/plain")
+    assert conn.getresponse().read() == b"/plain "
+
+
+def test_options_are_checked(make_server):
+    with pytest.raises(TypeError):
+        make_server(wsgi_app="not an app")
+    with pytest.raises(ValueError):
+        make_server(wsgi_websockets=True)
+    with pytest.raises(ValueError):
+        make_server(wsgi_app=hello, http_keepalive_timeout=0)

@@ -37,10 +37,12 @@ from .environ import SERVER_SOFTWARE, build_environ
 from .request import Headers, Request
 from .upgrade import check_headers, error_response, is_upgrade_request
 
-try:  # so that Flask answers 413 when a chunked body outgrows the limit
+try:  # so that a Flask app answers 413 / 408 / 400 when wsgi.input raises these
+    from werkzeug.exceptions import ClientDisconnected as _GoneBase
     from werkzeug.exceptions import RequestEntityTooLarge as _TooLargeBase
+    from werkzeug.exceptions import RequestTimeout as _TimeoutBase
 except ImportError:  # pragma: no cover - werkzeug is optional
-    _TooLargeBase = Exception  # type: ignore[misc,assignment]
+    _TooLargeBase = _TimeoutBase = _GoneBase = Exception  # type: ignore[misc,assignment]
 
 __all__ = ["WSGIOptions", "WSGIServer", "SocketHandover", "BodyTooLarge", "BodyTimeout", "ClientDisconnected"]
 
@@ -63,11 +65,11 @@ class BodyTooLarge(_TooLargeBase):  # type: ignore[misc,valid-type]
     description = "request body too large"
 
 
-class BodyTimeout(TimeoutError):
+class BodyTimeout(_TimeoutBase, TimeoutError):  # type: ignore[misc,valid-type]
     """Raised by ``wsgi.input`` when the body is not in by ``http_body_timeout``."""
 
 
-class ClientDisconnected(ConnectionError):
+class ClientDisconnected(_GoneBase, ConnectionError):  # type: ignore[misc,valid-type]
     """Raised by ``wsgi.input`` when the client goes away in the middle of the body."""
 
 

@@ -189,3 +189,10 @@ def test_flask_sock_app_example(make_server):
         assert b"Flask-Sock echo" in conn.getresponse().read()
     finally:
         server.close()
+
+
+def test_upgrade_with_a_body_to_the_app_gets_400(make_server):
+    server = make_server(wsgi_app=make_app(), wsgi_websockets=True)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/sock", "Content-Length: 3\r\n") + b"abc")
+        assert read_until_eof(sock).startswith(b"HTTP/1.1 400 ")

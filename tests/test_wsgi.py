@@ -452,3 +452,31 @@ def test_options_are_checked(make_server):
         make_server(wsgi_websockets=True)
     with pytest.raises(ValueError):
         make_server(wsgi_app=hello, http_keepalive_timeout=0)
+
+
+def test_https_keep_alive_and_url_scheme(serve, tmp_path):
+    import ssl
+
+    from .faultkit import make_certificate
+
+    files = make_certificate(str(tmp_path))
+    if files is None:
+        pytest.skip("no way to make a certificate")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*files)
+    schemes = []
+
+    def app(environ, start_response):
+        schemes.append(environ["wsgi.url_scheme"])
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    server = serve(app, ssl_context=context)
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=TIMEOUT, context=ssl._create_unverified_context())
+    for _ in range(3):
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"ok"
+    assert schemes == ["https"] * 3
+    start = time.monotonic()
+    server.close()  # the idle TLS connection is dropped at once
+    assert time.monotonic() - start < 1.0

@@ -677,11 +677,12 @@ class _Connection:
         event = self.h11.next_event()
         assert isinstance(event, h11.Request)
         request = self._request(event)
-        if isinstance(self.h11.next_event(), h11.EndOfMessage):
-            buffered = self.h11.trailing_data[0]
-        else:  # a body: the checks of simple-websocket decide; keep nothing
-            buffered = b""
-        handover = self._handover = SocketHandover(self.sock, buffered)
+        if not isinstance(self.h11.next_event(), h11.EndOfMessage):  # what follows must be frames
+            logger.info("refused %s: a WebSocket upgrade request with a body (400)", format_address(self.address))
+            self._send_raw(error_response(HandshakeError(400, "a WebSocket upgrade request must not have a body")))
+            self._linger()
+            return False
+        handover = self._handover = SocketHandover(self.sock, self.h11.trailing_data[0])
         self.sock.settimeout(None)
         try:
             self._serve(event, request)

@@ -24,6 +24,7 @@ from .http.handshake import HeadLimits, HTTPSide
 from .http.proxies import TrustedProxies
 from .http.request import Request
 from .http.routing import RoutingTable
+from .http.wsgi import WSGIOptions, WSGIServer
 from .log import logger
 from .options import HandlerOptions, HandlerOptionsDict
 from .sync.acceptor import TCPServer, bind_address
@@ -44,7 +45,9 @@ class MultipathServer(EventEmitter):
 
     ``MultipathServer(port, host=None, auto_listen=True, reject_unhandled=True,
     *, open_timeout=10, max_connections=None, ssl_context=None, backlog=511,
-    max_header_size=16384, max_headers=100)``
+    max_header_size=16384, max_headers=100, wsgi_app=None,
+    wsgi_websockets=False, http_max_body_size=16 MiB, http_keepalive_timeout=5,
+    http_body_timeout=60, http_write_timeout=10, http_graceful_timeout=10)``
 
     - ``port``: 0-65535 (0 picks a free port; ``server.port`` tells which).
     - ``host``: None listens on all interfaces (IPv6 and IPv4 where the
@@ -66,6 +69,20 @@ class MultipathServer(EventEmitter):
       ``X-Forwarded-*`` headers say who the client is
       (``request.remote_address``, ``secure``, ``host``); see
       ``http/proxies.py``. None by default: the headers are ignored.
+    - ``wsgi_app``: a WSGI app (PEP 3333) that serves plain HTTP requests on
+      the same port (HTTP/1.1 with keep-alive); without one they get 426.
+    - ``wsgi_websockets``: give upgrades to paths no handler serves to
+      ``wsgi_app``, with the socket in ``environ["werkzeug.socket"]``
+      (Flask-Sock and simple-websocket apps run unchanged).
+    - ``http_max_body_size``: largest request body, in bytes (413 beyond).
+    - ``http_keepalive_timeout``: seconds an idle HTTP connection waits for
+      its next request before it is closed.
+    - ``http_body_timeout``: seconds a client has to send a request body,
+      counted from the app's first read.
+    - ``http_write_timeout``: seconds a response write may block on a client
+      that does not read before the connection is dropped.
+    - ``http_graceful_timeout``: seconds ``close()`` lets HTTP requests in
+      flight finish before their connections are cut.
 
     Events: ``'connection'`` ``(ws, request, path)``, ``'unhandled'``
     ``(socket)``, ``'close'`` ``()``, ``'error'`` ``(exc)``.
@@ -90,9 +107,21 @@ class MultipathServer(EventEmitter):
         max_header_size: int = 16384,
         max_headers: int = 100,
         trusted_proxies: Optional[Iterable[str]] = None,
+        wsgi_app: Optional[Callable[..., Any]] = None,
+        wsgi_websockets: bool = False,
+        http_max_body_size: int = 16 * 1024 * 1024,
+        http_keepalive_timeout: float = 5.0,
+        http_body_timeout: float = 60.0,
+        http_write_timeout: float = 10.0,
+        http_graceful_timeout: float = 10.0,
     ) -> None:
         super().__init__()
         _check_arguments(port, host, open_timeout, max_connections, ssl_context, backlog, max_header_size, max_headers)
+        proxies = TrustedProxies(trusted_proxies or ())
+        wsgi = _wsgi_options(
+            wsgi_app, wsgi_websockets, http_max_body_size, http_keepalive_timeout, http_body_timeout,
+            http_write_timeout, http_graceful_timeout, float(open_timeout), max_header_size, max_headers, proxies,
+        )
         self._requested = (host, port)
         self._max_connections = max_connections
         self._backlog = backlog
@@ -111,14 +140,16 @@ class MultipathServer(EventEmitter):
         self._closed_event = threading.Event()
         self._tcp: Optional[TCPServer] = None
         self._accept_thread: Optional[threading.Thread] = None
+        self._wsgi_graceful = None if wsgi is None else wsgi.graceful_timeout
         self._http = HTTPSide(
             self._routes,
             self._timers,
-            HeadLimits(float(open_timeout), max_header_size, max_headers, TrustedProxies(trusted_proxies or ())),
+            HeadLimits(float(open_timeout), max_header_size, max_headers, proxies),
             ssl_context,
             bool(reject_unhandled),
             self,
             self._detach,
+            None if wsgi is None else WSGIServer(wsgi, self._timers, self._maybe_finish_close),
         )
         if auto_listen:
             self._listen()
@@ -255,6 +286,10 @@ class MultipathServer(EventEmitter):
         wait for their closing handshakes (up to each handler's
         ``close_timeout``), then emit ``'close'`` and call ``callback()``.
 
+        With a ``wsgi_app``: idle keep-alive connections are dropped at once,
+        requests in flight finish (up to ``http_graceful_timeout``) and their
+        connections close after the response.
+
         Idempotent. Called from a listener (which runs on a connection's
         thread) it does not wait: ``'close'`` follows once all have ended.
         """
@@ -269,6 +304,8 @@ class MultipathServer(EventEmitter):
                 handlers = self._routes.handlers()  # lock order: server, then routes (as create_handler)
                 self._closing_handlers.update(handlers)
                 wait = max((h.options.close_timeout for h in handlers), default=0.0) + 2.0
+                if self._wsgi_graceful is not None:
+                    wait = max(wait, self._wsgi_graceful + 2.0)
                 self._close_deadline = time.monotonic() + wait
         if closed and callback is not None:
             callback()
@@ -305,6 +342,8 @@ class MultipathServer(EventEmitter):
         with self._lock:
             if not self._closing or self._closing_handlers or self._finished:
                 return
+            if self._http.busy():  # it calls again when its last connection ends
+                return
             self._finished = True
         self._timers.stop()
         self._flusher.stop()
@@ -327,6 +366,35 @@ class _Terminated(Exception):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
+
+
+def _wsgi_options(
+    app: Any, websockets: Any, max_body_size: Any, keepalive_timeout: Any, body_timeout: Any,
+    write_timeout: Any, graceful_timeout: Any, head_timeout: float, max_header_size: int, max_headers: int,
+    proxies: TrustedProxies,
+) -> Optional[WSGIOptions]:
+    if app is not None and not callable(app):
+        raise TypeError(f"wsgi_app must be a WSGI callable, not {type(app).__name__}")
+    if not isinstance(websockets, bool):
+        raise TypeError(f"wsgi_websockets must be a bool, not {type(websockets).__name__}")
+    if websockets and app is None:
+        raise ValueError("wsgi_websockets=True needs a wsgi_app")
+    if not isinstance(max_body_size, int) or isinstance(max_body_size, bool) or max_body_size < 0:
+        raise ValueError(f"http_max_body_size must be an int >= 0, not {max_body_size!r}")
+    for name, value in (
+        ("http_keepalive_timeout", keepalive_timeout),
+        ("http_body_timeout", body_timeout),
+        ("http_write_timeout", write_timeout),
+        ("http_graceful_timeout", graceful_timeout),
+    ):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a number of seconds > 0, not {value!r}")
+    if app is None:
+        return None
+    return WSGIOptions(
+        app, websockets, max_body_size, float(keepalive_timeout), float(body_timeout),
+        float(write_timeout), float(graceful_timeout), head_timeout, max_header_size, max_headers, proxies,
+    )
 
 
 def _check_arguments(port: Any, host: Any, open_timeout: Any, max_connections: Any, ssl_context: Any, backlog: Any, max_header_size: Any, max_headers: Any) -> None:

@@ -7,8 +7,10 @@ decides what the connection becomes:
 - an upgrade to a path a handler serves: the handler answers the handshake
   and serves the WebSocket on this thread (``handler.py``);
 - an upgrade to a path no handler serves: 400, or the socket handed to the
-  server's ``'unhandled'`` listeners (``reject_unhandled=False``);
-- plain HTTP: 426 (the seam where a WSGI app is served);
+  server's ``'unhandled'`` listeners (``reject_unhandled=False``), or, with
+  ``wsgi_websockets=True``, the socket given to the WSGI app;
+- plain HTTP: the server's WSGI app (``wsgi.py``: keep-alive, later
+  requests, a later upgrade coming back here), or 426 without one;
 - a malformed or refused request: its error status (``upgrade.py``).
 
 ``_lock`` guards the handshakes in progress and the closing flag.
@@ -32,6 +34,7 @@ from .proxies import TrustedProxies
 from .request import Request, parse_request_head
 from .routing import RoutingTable
 from .upgrade import error_response, is_upgrade_request, read_request_head
+from .wsgi import WSGIServer
 
 if TYPE_CHECKING:
     from ..handler import WebSocketHandler
@@ -104,6 +107,7 @@ class HTTPSide:
         reject_unhandled: bool,
         events: EventEmitter,
         detach: Callable[[socket.socket], None],
+        wsgi: Optional[WSGIServer] = None,
     ) -> None:
         self._routes = routes
         self._timers = timers
@@ -112,6 +116,7 @@ class HTTPSide:
         self._reject_unhandled = reject_unhandled
         self._events = events
         self._detach = detach
+        self._wsgi = wsgi
         self._lock = threading.Lock()
         self._deadlines: set[Deadline] = set()
         self._closing = False
@@ -124,6 +129,12 @@ class HTTPSide:
             deadlines = list(self._deadlines)
         for deadline in deadlines:
             deadline.abort()
+        if self._wsgi is not None:
+            self._wsgi.close()
+
+    def busy(self) -> bool:
+        """True while HTTP connections (WSGI requests) are being served."""
+        return self._wsgi is not None and self._wsgi.busy()
 
     def unhandled_request(self, sock: socket.socket) -> Optional[Request]:
         return self._unhandled_requests.get(sock)
@@ -142,8 +153,8 @@ class HTTPSide:
         detached = False
         try:
             sock = self._start_tls(sock, deadline)
-            request = self._read_request(sock, address)
-            detached = self._dispatch(sock, request, deadline)
+            request, head = self._read_request(sock, address)
+            detached = self._dispatch(sock, request, deadline, head)
         except HandshakeError as exc:
             logger.info("refused %s: %s", format_address(address), exc)
             _send_quietly(deadline.sock, error_response(exc))
@@ -164,24 +175,45 @@ class HTTPSide:
         sock.do_handshake()  # the deadline can cut it short now
         return sock
 
-    def _read_request(self, sock: socket.socket, address: tuple[Any, ...]) -> Request:
+    def _read_request(self, sock: socket.socket, address: tuple[Any, ...]) -> tuple[Request, bytes]:
         limits = self._limits
         head, rest = read_request_head(sock, limits.max_header_size, limits.max_headers)
-        return parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest, proxies=limits.proxies)
+        request = parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest, proxies=limits.proxies)
+        return request, head
 
-    def _dispatch(self, sock: socket.socket, request: Request, deadline: Deadline) -> bool:
+    def _dispatch(self, sock: socket.socket, request: Request, deadline: Deadline, head: bytes = b"") -> bool:
         """Decide what the connection becomes; True when a listener now owns
-        the socket. Raises ``HandshakeError`` to refuse."""
-        if not is_upgrade_request(request):  # plain HTTP: where a WSGI app is served
-            raise HandshakeError(426, "this server accepts WebSocket upgrades only", [("Upgrade", "websocket")])
+        the socket. Raises ``HandshakeError`` to refuse. ``head`` is the
+        request head as received (b"" for a later request on a keep-alive
+        connection, whose head h11 already consumed)."""
+        if not is_upgrade_request(request):  # plain HTTP: the WSGI app, if any
+            if self._wsgi is None:
+                raise HandshakeError(426, "this server accepts WebSocket upgrades only", [("Upgrade", "websocket")])
+            deadline.finish()  # from here on the HTTP connection has its own limits
+            return self._wsgi.serve(sock, request, head, self._later_upgrade)
         route = self._routes.lookup(request.path)
         if route is None:
+            if self._wsgi is not None and self._wsgi.options.websockets:
+                deadline.finish()
+                return self._wsgi.serve_websocket(sock, request, head)
             return self._unhandled(sock, request, deadline)
         handler, params = route
         if params:
             request = dataclasses.replace(request, path_params=params)
         handler._accept(sock, request, deadline.finish)
         return False
+
+    def _later_upgrade(self, sock: socket.socket, request: Request) -> bool:
+        """A WebSocket upgrade that came after other requests on a keep-alive
+        connection: the same decision as for a first request."""
+        deadline = Deadline(sock)
+        deadline.finish()
+        try:
+            return self._dispatch(sock, request, deadline)
+        except HandshakeError as exc:
+            logger.info("refused %s: %s", format_address(request.remote_address), exc)
+            _send_quietly(sock, error_response(exc))
+            return False
 
     def _unhandled(self, sock: socket.socket, request: Request, deadline: Deadline) -> bool:
         """Reject or hand over a request for a path no handler serves."""

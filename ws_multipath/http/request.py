@@ -19,7 +19,7 @@ from ..errors import HandshakeError
 if TYPE_CHECKING:
     from .proxies import TrustedProxies
 
-__all__ = ["Headers", "Request", "parse_request_head", "HEAD_END"]
+__all__ = ["Headers", "Request", "parse_request_head", "request_from_h11", "HEAD_END"]
 
 HEAD_END = b"\r\n\r\n"
 
@@ -173,6 +173,20 @@ def parse_request_head(
         raise HandshakeError(400, f"malformed HTTP request: {exc}") from None
     if not isinstance(event, h11.Request):
         raise HandshakeError(400, "malformed HTTP request")
+    return request_from_h11(event, remote_address=remote_address, secure=secure, buffered=buffered, proxies=proxies)
+
+
+def request_from_h11(
+    event: h11.Request,
+    *,
+    remote_address: Optional[tuple[Any, ...]] = None,
+    secure: bool = False,
+    buffered: bytes = b"",
+    proxies: Optional["TrustedProxies"] = None,
+) -> Request:
+    """The ``Request`` of an h11 request event (the first of a connection or
+    a later one on keep-alive): names decoded, the client resolved through
+    ``proxies``."""
     headers = Headers([(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers.raw_items()])
     forwarding = proxies.resolve(remote_address, headers) if proxies else None
     return Request(

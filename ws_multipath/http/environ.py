@@ -21,7 +21,7 @@ __all__ = ["build_environ", "network_view", "SERVER_SOFTWARE"]
 SERVER_SOFTWARE = "ws_multipath"
 
 
-def build_environ(request: Request, body: Any, local_address: Optional[tuple]) -> dict[str, Any]:
+def build_environ(request: Request, body: Any, local_address: Optional[tuple[Any, ...]]) -> dict[str, Any]:
     """The environ of ``request``; ``body`` becomes ``wsgi.input``.
 
     Header fields become ``HTTP_*`` keys, repeated ones joined with ``,``

@@ -1,0 +1,465 @@
+"""One HTTP/1.1 connection served to the WSGI app, on its request thread:
+the request loop on h11 (keep-alive, pipelining, idle and head deadlines,
+draining, lingering), calling the app (``start_response``, streaming,
+hop-by-hop checks, ``result.close()``), and the hand-over of a WebSocket to
+the app (``handover.py``).
+
+``_lock`` guards the connection's idle and closing flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import ssl
+import threading
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import h11
+
+from ..errors import HandshakeError
+from ..log import format_address, logger
+from .environ import SERVER_SOFTWARE, build_environ
+from .handover import HANDOVER_CLOSE_WAIT, SocketHandover
+from .request import Request, request_from_h11
+from .upgrade import error_response, is_upgrade_request
+from .wsgi_body import (
+    BodyTimeout,
+    BodyTooLarge,
+    ClientDisconnected,
+    ClientGone,
+    WSGIInput,
+)
+from .wsgi_response import AppResponse
+
+if TYPE_CHECKING:
+    from .wsgi import WSGIServer
+
+__all__ = ["HTTPConnection", "head_bytes"]
+
+KiB = 1024
+DRAIN_LIMIT = 64 * KiB  # unread body bytes read and dropped to keep a connection alive
+LINGER = 2.0  # seconds to read what a client still sends after our last response (Apache: 2 s)
+
+
+
+
+class HTTPConnection:
+    """One HTTP connection, on its request thread."""
+
+    def __init__(self, server: WSGIServer, sock: socket.socket, first: Request, upgrade: Optional[Callable[[socket.socket, Request], bool]]) -> None:
+        self.server = server
+        self.options = server.options
+        self.sock = sock
+        self.address = first.remote_address  # the client, for log lines
+        self.peer = first.peer_address  # the TCP peer, to resolve later requests' clients
+        self.secure = isinstance(sock, ssl.SSLSocket)  # the transport's; a proxy may say otherwise per request
+        self._upgrade = upgrade
+        try:
+            self.local = sock.getsockname()
+        except OSError:
+            self.local = None
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.options.max_header_size)
+        self._lock = threading.Lock()
+        self._idle = False
+        self._closing = False
+        self._handover: Optional[SocketHandover] = None
+        self._body_deadline: Optional[float] = None
+        self._body_received = 0
+        self._must_close = False
+        self._lingered = False
+
+    # -- closing (other threads) ---------------------------------------------
+
+    def server_closing(self) -> None:
+        with self._lock:
+            self._closing = True
+            idle = self._idle
+        if idle:
+            self._shutdown()
+        if self._handover is not None and self._handover.taken:
+            self._handover.send_going_away()
+
+    def abort(self) -> None:
+        with self._lock:
+            self._closing = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- the request loop ------------------------------------------------------
+
+    def run(self, data: bytes) -> bool:
+        self.h11.receive_data(data)
+        try:
+            while True:
+                event = self._next_request()
+                if event is None:
+                    return False
+                request = self._request(event)
+                if is_upgrade_request(request):
+                    return self._later_upgrade(request)
+                if not self._serve(event, request) or not self._next_cycle():
+                    self._linger()
+                    return False
+        except ClientGone as exc:
+            logger.debug("dropping %s: %s", format_address(self.address), exc)
+            return False
+
+    def _next_request(self) -> Optional[h11.Request]:
+        """The next request head, or None when the connection should end."""
+        head_deadline: Optional[float] = None
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                logger.info("refused %s: malformed HTTP request (%s): %s", format_address(self.address), status, exc)
+                self._send_raw(error_response(HandshakeError(status, f"malformed HTTP request: {exc}")))
+                self._linger()
+                return None
+            if isinstance(event, h11.Request):
+                if len(event.headers) > self.options.max_headers:
+                    self._send_raw(error_response(HandshakeError(431, f"more than {self.options.max_headers} header fields")))
+                    self._linger()
+                    return None
+                return event
+            if event is not h11.NEED_DATA:  # ConnectionClosed, PAUSED
+                return None
+            if head_deadline is None and not self.h11.trailing_data[0]:
+                data = self._wait_idle()
+                if not data:
+                    return None
+                head_deadline = time.monotonic() + self.options.head_timeout
+            else:
+                if head_deadline is None:
+                    head_deadline = time.monotonic() + self.options.head_timeout
+                received = self._recv_until(head_deadline, "request head")
+                if received is None:
+                    logger.info("dropping %s: request head not completed within %ss", format_address(self.address), self.options.head_timeout)
+                    return None
+                data = received
+            self.h11.receive_data(data)
+
+    def _wait_idle(self) -> bytes:
+        """Wait for the first bytes of the next request (keep-alive)."""
+        with self._lock:
+            if self._closing:
+                return b""
+            self._idle = True
+        try:
+            self.sock.settimeout(self.options.keepalive_timeout)
+            return self.sock.recv(65536)
+        except OSError:  # timeout, reset, or shut down by close()
+            return b""
+        finally:
+            with self._lock:
+                self._idle = False
+
+    def _recv_until(self, deadline: float, what: str) -> Optional[bytes]:
+        """Bytes from the socket before ``deadline`` (b"" at EOF), None when it passed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        try:
+            self.sock.settimeout(remaining)
+            return self.sock.recv(65536)
+        except socket.timeout:
+            return None
+        except OSError as exc:
+            raise ClientGone(f"connection lost reading the {what} ({exc})") from None
+
+    def _request(self, event: h11.Request) -> Request:
+        return request_from_h11(event, remote_address=self.peer, secure=self.secure, proxies=self.server.options.proxies)
+
+    def _later_upgrade(self, request: Request) -> bool:
+        """A WebSocket upgrade after other requests: the server's decision, as
+        for a first request, when h11 stopped cleanly after its head;
+        otherwise 400."""
+        try:
+            end = self.h11.next_event()
+        except h11.RemoteProtocolError:
+            end = None
+        switching = self.h11.their_state is h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
+        if self._upgrade is None or not isinstance(end, h11.EndOfMessage) or not switching:
+            logger.info("refused %s: unclean WebSocket upgrade after other requests (400)", format_address(self.address))
+            self._send_raw(error_response(HandshakeError(400, "a WebSocket upgrade request must not have a body")))
+            self._linger()
+            return False
+        buffered = self.h11.trailing_data[0]
+        self.sock.settimeout(None)
+        self.server._remove(self)  # a WebSocket now: the handler's close() covers it
+        return self._upgrade(self.sock, dataclasses.replace(request, buffered=buffered))
+
+    def _next_cycle(self) -> bool:
+        """After a response: drain what is left of the body, then get ready
+        for the next request; False when the connection must close."""
+        if self._must_close or self.h11.our_state is not h11.DONE:
+            return False
+        if self.h11.their_state is h11.SEND_BODY:
+            try:
+                self._drain()
+            except Exception:  # noqa: BLE001 - too large, too slow, gone, malformed
+                return False
+        if self.h11.their_state is not h11.DONE:
+            return False
+        with self._lock:
+            if self._closing:
+                return False
+        self.h11.start_next_cycle()
+        return True
+
+    def _drain(self) -> None:
+        """Read and drop an unread body, at most ``DRAIN_LIMIT`` bytes within
+        ``keepalive_timeout``; raises when it cannot (the connection closes)."""
+        limit = self._body_received + DRAIN_LIMIT
+        until = time.monotonic() + self.options.keepalive_timeout
+        self._body_deadline = until if self._body_deadline is None else min(self._body_deadline, until)
+        while True:
+            chunk = self._body_chunk(limit=limit)
+            if chunk is None:
+                return
+
+    def _linger(self) -> None:
+        """Close the sending side, then read (and drop) what the client still
+        sends for a moment: closing with unread data would reset the
+        connection and could destroy the response before the client read it."""
+        if self._lingered:
+            return
+        self._lingered = True
+        with self._lock:  # nothing left to answer: close() need not wait for it
+            if self._closing:
+                return
+            self._idle = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER
+            received = 0
+            while received < DRAIN_LIMIT * 4:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self.sock.settimeout(remaining)
+                data = self.sock.recv(65536)
+                if not data:
+                    return
+                received += len(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._idle = False
+
+    # -- one request -----------------------------------------------------------
+
+    def _serve(self, event: h11.Request, request: Request) -> bool:
+        """Answer one request; False when the connection must close."""
+        self._body_deadline = None
+        self._body_received = 0
+        length = _content_length(request)
+        if length is not None and length > self.options.max_body_size:
+            logger.info("refused %s: body of %d bytes larger than http_max_body_size (413)", format_address(self.address), length)
+            self._send_error(413, f"request body larger than {self.options.max_body_size} bytes")
+            return False
+        body = WSGIInput(self)
+        environ = build_environ(request, body, self.local)
+        if self._handover is not None:
+            environ["werkzeug.socket"] = self._handover
+        return self._call_app(environ, request)
+
+    def _call_app(self, environ: dict[str, Any], request: Request) -> bool:
+        response = AppResponse(lambda data: self._send_data(response, data, request))
+        try:
+            response.run(self.options.app, environ)
+            if self._handover is None or not self._handover.taken:
+                self._send_event(h11.EndOfMessage())
+        except ClientGone:
+            raise
+        except (BodyTooLarge, BodyTimeout, ClientDisconnected) as exc:
+            status, text = (413, "request body too large") if isinstance(exc, BodyTooLarge) else (408, "request body not received in time")
+            logger.info("refused %s %s %s: %s", format_address(self.address), request.method, request.target, exc)
+            if not response.sent and not isinstance(exc, ClientDisconnected):
+                self._send_error(status, text)
+            return False
+        except Exception:  # noqa: BLE001 - the app's bug: 500, logged, and the server goes on
+            logger.exception(
+                "the WSGI app failed on %s %s HTTP/%s from %s%s",
+                request.method, request.target, request.http_version, format_address(self.address),
+                "" if not response.sent else " after sending the response headers; closing the connection",
+            )
+            if not response.sent:
+                self._send_error(500, "internal server error")
+            return False
+        return True
+
+    def _send_data(self, response: AppResponse, data: bytes, request: Request) -> None:
+        handover = self._handover
+        if handover is not None and handover.taken:  # the app owns the socket now
+            response.sent = True
+            return
+        out = b"" if response.sent else self._head(response)
+        if data and request.method != "HEAD":
+            out += self.h11.send(h11.Data(data=data))
+        if out:  # the head and the first piece of the body in one write
+            self._send_raw(out, required=True)
+
+    def _head(self, response: AppResponse) -> bytes:
+        """The response head, as h11 frames it; ``response.sent`` from here on."""
+        assert response.status is not None
+        code, _, reason = response.status.partition(" ")
+        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in response.headers]
+        names = {n.lower() for n, _ in response.headers}
+        if "date" not in names:
+            headers.append((b"Date", formatdate(usegmt=True).encode("ascii")))
+        if "server" not in names:
+            headers.append((b"Server", SERVER_SOFTWARE.encode("ascii")))
+        with self._lock:
+            closing = self._closing
+        if closing or self._must_close or self._handover is not None or self._waiting_for_100():
+            headers.append((b"Connection", b"close"))
+            self._must_close = True
+        data = self.h11.send(h11.Response(status_code=int(code), headers=headers, reason=reason.encode("latin-1")))
+        response.sent = True
+        return data
+
+    def _waiting_for_100(self) -> bool:
+        """The client waits for a 100 it will not get: it may or may not send
+        the body, so the connection cannot be reused."""
+        return self.h11.they_are_waiting_for_100_continue
+
+    def _send_event(self, event: Any) -> None:
+        data = self.h11.send(event)  # LocalProtocolError: the app's response breaks HTTP (a body with 204, ...)
+        if data:
+            self._send_raw(data, required=True)
+
+    def _send_raw(self, data: bytes, required: bool = False) -> None:
+        try:
+            self.sock.settimeout(self.options.write_timeout)
+            self.sock.sendall(data)
+        except OSError as exc:
+            if required:
+                raise ClientGone(f"connection lost writing the response ({exc})") from None
+
+    def _send_error(self, status: int, text: str) -> None:
+        """An error response that ends the connection (before any response head)."""
+        if self._handover is not None and self._handover.taken:
+            return
+        body = (text + "\n").encode("utf-8")
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        response = AppResponse(lambda data: None)
+        response.status, response.headers = f"{status} {_reason(status)}", headers
+        self._must_close = True
+        try:
+            if self.h11.our_state is h11.SEND_RESPONSE:
+                self._send_raw(self._head(response), required=True)
+                if self._request_method() != b"HEAD":
+                    self._send_event(h11.Data(data=body))
+                self._send_event(h11.EndOfMessage())
+            else:
+                self._send_raw(error_response(HandshakeError(status, text)))
+        except h11.LocalProtocolError:
+            pass
+        self._linger()
+
+    def _request_method(self) -> Optional[bytes]:
+        return getattr(self.h11, "_request_method", None)
+
+    # -- the request body (wsgi.input) ------------------------------------------
+
+    def _body_chunk(self, limit: Optional[int] = None) -> Optional[bytes]:
+        """The next piece of the body, None at its end."""
+        if self.h11.their_state is not h11.SEND_BODY:
+            return None
+        if self._body_deadline is None:
+            self._body_deadline = time.monotonic() + self.options.body_timeout
+        if self.h11.they_are_waiting_for_100_continue and self.h11.our_state is h11.SEND_RESPONSE:
+            self._send_event(h11.InformationalResponse(status_code=100, headers=[]))
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._must_close = True
+                raise ClientDisconnected(f"malformed or incomplete request body: {exc}") from None
+            if isinstance(event, h11.Data):
+                self._body_received += len(event.data)
+                if self._body_received > (limit if limit is not None else self.options.max_body_size):
+                    self._must_close = True
+                    raise BodyTooLarge(f"request body larger than {self.options.max_body_size} bytes")
+                return bytes(event.data)
+            if isinstance(event, h11.EndOfMessage):
+                return None
+            if event is not h11.NEED_DATA:
+                self._must_close = True
+                raise ClientDisconnected("connection closed in the middle of the request body")
+            try:
+                data = self._recv_until(self._body_deadline, "request body")
+            except ClientGone as exc:
+                self._must_close = True
+                raise ClientDisconnected(str(exc)) from None
+            if data is None:
+                self._must_close = True
+                raise BodyTimeout(f"request body not received within {self.options.body_timeout}s")
+            self.h11.receive_data(data)
+
+    # -- an upgrade given to the app (wsgi_websockets) -----------------------------
+
+    def run_handover(self, data: bytes) -> bool:
+        self.h11.receive_data(data)
+        event = self.h11.next_event()
+        assert isinstance(event, h11.Request)
+        request = self._request(event)
+        if not isinstance(self.h11.next_event(), h11.EndOfMessage):  # what follows must be frames
+            logger.info("refused %s: a WebSocket upgrade request with a body (400)", format_address(self.address))
+            self._send_raw(error_response(HandshakeError(400, "a WebSocket upgrade request must not have a body")))
+            self._linger()
+            return False
+        handover = self._handover = SocketHandover(self.sock, self.h11.trailing_data[0])
+        self.sock.settimeout(None)
+        try:
+            self._serve(event, request)
+        except ClientGone:
+            pass
+        if not handover.taken:
+            self._linger()
+            return False
+        with self._lock:
+            closing = self._closing
+        if closing:
+            handover.send_going_away()
+        if not handover.closed.wait(HANDOVER_CLOSE_WAIT):
+            self._shutdown()  # wakes simple-websocket's reader, which then closes
+            if not handover.closed.wait(HANDOVER_CLOSE_WAIT):
+                logger.warning("%s: the app's WebSocket thread still uses its socket; leaving it open", format_address(self.address))
+                return True
+        return False
+
+
+
+def head_bytes(request: Request) -> bytes:
+    """A request head again, for a later request whose bytes h11 consumed."""
+    lines = [f"{request.method} {request.target} HTTP/{request.http_version}"]
+    lines.extend(f"{name}: {value}" for name, value in request.headers.raw_items())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _content_length(request: Request) -> Optional[int]:
+    if request.headers.get_all("Transfer-Encoding"):
+        return None
+    values = request.headers.get_all("Content-Length")
+    return int(values[0]) if values and values[0].strip().isdigit() else None
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+

@@ -22,6 +22,7 @@ from .errors import (
     ProtocolError,
     WebSocketError,
 )
+from .cluster.publisher import Publisher
 from .handler import WebSocketHandler
 from .http.request import Headers, Request
 from .options import HandlerOptions
@@ -31,6 +32,7 @@ from .sync.connection import ReadyState, WebSocket
 __all__ = [
     "MultipathServer",
     "WebSocketHandler",
+    "Publisher",
     "HandlerOptions",
     "WebSocket",
     "ReadyState",

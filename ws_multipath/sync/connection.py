@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 from ..emitter import EventEmitter
@@ -82,6 +83,7 @@ class WebSocket(EventEmitter):
         on_closed: Any = None,
     ) -> None:
         super().__init__(error_parent=parent)
+        self.id = uuid.uuid4().hex  # unique across the cluster: broadcast(exclude=...) travels by id
         self.request = request
         self.protocol = protocol
         self.extensions = extensions

@@ -86,7 +86,7 @@ class ClusterNode:
 
     def publish(self, handler: "WebSocketHandler", data: Union[str, bytes], exclude: Collection["WebSocket"], path_params: Optional[dict]) -> bool:
         channel, params = target_channel(self.prefix, handler.path, path_params, self._routes.get(handler.path))
-        ids = [ws.id for ws in exclude]
+        ids = [ws.id for ws in exclude if isinstance(getattr(ws, "id", None), str)]
         return self.broker.publish(channel, encode(data, self.id, ids, params))
 
     # -- delivering -----------------------------------------------------------------

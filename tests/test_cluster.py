@@ -32,7 +32,7 @@ def test_format_round_trip() -> None:
     assert decode(b'{"binary":true,"v":1}\n\x01').data == b"\x01"
 
 
-@pytest.mark.parametrize("raw", [b"no header", b'{"v":2}\nx', b"[1]\nx", b'{"v":1}\n\xff', b'{"v":1,"exclude":"a"}\nx', b"{\nx"])
+@pytest.mark.parametrize("raw", [b"no header", b'{"v":2}\nx', b'{"v":true}\nx', b"[1]\nx", b'{"v":1}\n\xff', b'{"v":1,"exclude":"a"}\nx', b"{\nx"])
 def test_format_rejects(raw: bytes) -> None:
     with pytest.raises(FormatError):
         decode(raw)

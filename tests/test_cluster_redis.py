@@ -184,9 +184,10 @@ def test_redis_killed_and_restarted(own_redis, library_log) -> None:  # noqa: F8
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT")
-def test_serve_workers(redis_server) -> None:  # noqa: F811
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_serve_workers(redis_server, how: str) -> None:  # noqa: F811
     port = free_port()
-    supervisor = spawn(["-m", "ws_multipath", "serve", "tests.cluster_app:create_server", "--port", str(port), "--host", "127.0.0.1", "--workers", "3", "--broker", redis_server.url])
+    supervisor = spawn(["-m", "ws_multipath", "serve", "tests.cluster_app:create_server", "--port", str(port), "--host", "127.0.0.1", "--workers", "3", "--broker", redis_server.url], stderr=subprocess.PIPE, start_new_session=True)
     try:
         pids = set()
         for _ in range(3):
@@ -199,14 +200,26 @@ def test_serve_workers(redis_server) -> None:  # noqa: F811
         first.send("across workers")
         for client in rest:
             assert client.recv(timeout=10) == "across workers"
+        # a worker that dies is logged and replaced
+        victim = next(pid for pid in pids if clients[pid] is not first)
+        os.kill(victim, signal.SIGKILL)
+        line = supervisor.stdout.readline().split()
+        assert line[:1] == ["worker"], line
+        pids.add(int(line[1]))
+        clients.pop(victim).close()
         started = time.monotonic()
-        supervisor.send_signal(signal.SIGTERM)
+        if how == "sigterm":
+            supervisor.send_signal(signal.SIGTERM)
+        else:  # a terminal's Ctrl-C: SIGINT to the whole process group, workers included
+            os.killpg(supervisor.pid, signal.SIGINT)
         for client in clients.values():
             with pytest.raises(ConnectionClosed) as closed:
                 client.recv(timeout=15)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
         assert supervisor.wait(15) == 0
         assert time.monotonic() - started < 15
+        log = supervisor.stderr.read()
+        assert f"(pid {victim}) exited with status signal SIGKILL" in log and "restarting in" in log, log
         for pid in pids:  # reaped by the supervisor: no orphan, no zombie
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)

@@ -85,7 +85,7 @@ def decode(raw: bytes) -> ClusterMessage:
     if not isinstance(header, dict):
         raise FormatError("header is not a JSON object")
     version = header.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:
         raise FormatError(f"unknown format version {version!r} (this server reads {VERSION})")
     payload = raw[end + 1 :]
     if header.get("binary"):

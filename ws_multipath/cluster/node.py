@@ -96,7 +96,7 @@ class ClusterNode:
             message = decode(payload)
         except FormatError as exc:
             key = str(exc).split(" (")[0]
-            if key not in self._bad_formats:
+            if key not in self._bad_formats and len(self._bad_formats) < 32:
                 self._bad_formats.add(key)
                 logger.warning("cluster: dropped a message on %s: %s (logged once per kind)", channel, exc)
             return

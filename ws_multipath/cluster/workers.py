@@ -33,6 +33,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -75,12 +76,18 @@ def run_worker(spec: str, port: int, host: Optional[str], broker: Optional[str],
     server = factory(port=port, host=host, broker=broker, reuse_port=reuse_port)
     if not isinstance(server, MultipathServer):
         raise TypeError(f"{spec} returned {type(server).__name__}, not a MultipathServer")
+    # SIGTERM from the supervisor and SIGINT from a terminal's Ctrl-C often
+    # both come: each only sets the flag, so the second cannot cut the
+    # graceful close of the first short
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
     server.wait_cluster_ready(5.0)
     print(f"worker {os.getpid()} listening on port {server.port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        server.close()
+    while not stop.wait(0.5):
+        if server._closed_event.is_set():
+            break
+    server.close()
     return 0
 
 
@@ -92,7 +99,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - best effort
         pass
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class _Stop(Exception):

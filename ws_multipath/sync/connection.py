@@ -52,6 +52,9 @@ __all__ = ["WebSocket", "ReadyState"]
 class WebSocket(EventEmitter):
     """A server-side WebSocket connection, handed to ``'connection'`` listeners.
 
+    ``id``: 32 hex digits (a uuid4), unique across a cluster of servers:
+    ``broadcast(exclude=...)`` carries it to the other processes.
+
     Events: ``'message'`` ``(data, is_binary)``, ``'close'`` ``(code, reason)``,
     ``'error'`` ``(exc)`` (protocol errors, listener errors), ``'ping'``
     ``(payload)``, ``'pong'`` ``(payload)``.

@@ -4,7 +4,6 @@ in-process broker between servers, reuse_port, and what needs no redis."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 

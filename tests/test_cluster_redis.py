@@ -4,13 +4,11 @@ and ``serve --workers 3``."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -29,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:Depre
 def _start_processes(redis_url: str, reuse: bool) -> tuple[list, list[int]]:
     port = free_port()
     processes, ports = [], []
-    for index in range(3):
+    for _ in range(3):
         argv = ["tests/cluster_app.py", str(port if reuse else 0), redis_url] + (["reuse"] if reuse else [])
         processes.append(spawn(argv))
     for process in processes:

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from ..http.routing import compile_pattern, is_pattern
+from ..http.routing import compile_pattern
 from ..log import logger
 from .broker import Broker
 from .message import FormatError, decode, encode, subscription_of, target_channel

@@ -12,6 +12,7 @@
         server.serve_forever()
 """
 
+from .cluster.publisher import Publisher
 from .errors import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -31,6 +32,7 @@ from .sync.connection import ReadyState, WebSocket
 __all__ = [
     "MultipathServer",
     "WebSocketHandler",
+    "Publisher",
     "HandlerOptions",
     "WebSocket",
     "ReadyState",

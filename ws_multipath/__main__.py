@@ -2,6 +2,10 @@
 
 Serves ``/echo`` (sends every message back) and ``/chat`` (sends every
 message to every chat client) until Ctrl-C or SIGTERM.
+
+``python -m ws_multipath serve myapp:create_server --port 8000 --workers 4
+--broker redis://localhost:6379/0`` serves an app in worker processes
+(``cluster/workers.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ def build_demo(server: MultipathServer) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        from .cluster.workers import main as serve
+
+        return serve(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m ws_multipath", description="ws_multipath demo: /echo and /chat on one port")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (0 picks a free one; default 8080)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; '' for all)")

@@ -102,6 +102,11 @@ class WebSocketHandler(EventEmitter):
         written as that client reads, so a slow or dead client delays nobody
         (a client that falls more than 16 MiB behind is dropped). Returns the
         number of clients the message was queued for.
+
+        With a broker (``MultipathServer(broker=...)``) the message is also
+        published for the other servers of the cluster, which deliver it to
+        their clients of this path (and ``path_params``) except ``exclude``;
+        the count is still this process's. See docs/scaling.rst.
         """
         if not isinstance(data, (str, bytes, bytearray, memoryview)):
             raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
@@ -112,11 +117,17 @@ class WebSocketHandler(EventEmitter):
         if path_params is not None:
             if not isinstance(path_params, Mapping):
                 raise TypeError(f"path_params must be a mapping, not {type(path_params).__name__}")
-            return self._broadcast_local(data, _Outside(dict(path_params), exclude or ()))
-        return self._broadcast_local(data, exclude or ())
+            path_params = dict(path_params)
+            sent = self._broadcast_local(data, _Outside(path_params, exclude or ()))
+        else:
+            sent = self._broadcast_local(data, exclude or ())
+        cluster = self._server._cluster
+        if cluster is not None:
+            cluster.publish(self, data, exclude or (), path_params)
+        return sent
 
     def _broadcast_local(self, data: Union[str, bytes], skipped: Container[WebSocket]) -> int:
-        """Deliver to this process's clients (a broker for other processes would sit in front of this)."""
+        """Deliver to this process's clients (``broadcast``, and the cluster's subscriber for other processes' messages)."""
         with self._lock:
             targets = [ws for ws in self._connections if ws not in skipped]
         header, payload = FrameWriter().message(data)
@@ -145,6 +156,8 @@ class WebSocketHandler(EventEmitter):
         if not starting:
             return
         self._server._routes.remove(self.path, self)
+        if self._server._cluster is not None:
+            self._server._cluster.remove(self)
         for ws in clients:
             ws._start_close(1001, "going away", b"going away", blocking=False)
         self._maybe_finish_close()

@@ -16,7 +16,7 @@ import ssl
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from .emitter import EventEmitter
 from .handler import WebSocketHandler
@@ -27,7 +27,7 @@ from .http.routing import RoutingTable
 from .http.wsgi import WSGIOptions, WSGIServer
 from .log import logger
 from .options import HandlerOptions, HandlerOptionsDict
-from .sync.acceptor import TCPServer, bind_address
+from .sync.acceptor import TCPServer, bind_address, check_reuse_port
 from .sync.flusher import Flusher
 from .sync.reader import listener_thread
 from .sync.timers import Timers
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     else:
         from typing_extensions import Unpack
 
+    from .cluster.broker import Broker
+    from .cluster.node import ClusterNode
+
 __all__ = ["MultipathServer"]
 
 class MultipathServer(EventEmitter):
@@ -45,9 +48,10 @@ class MultipathServer(EventEmitter):
 
     ``MultipathServer(port, host=None, auto_listen=True, reject_unhandled=True,
     *, open_timeout=10, max_connections=None, ssl_context=None, backlog=511,
-    max_header_size=16384, max_headers=100, wsgi_app=None,
+    max_header_size=16384, max_headers=100, trusted_proxies=None, wsgi_app=None,
     wsgi_websockets=False, http_max_body_size=16 MiB, http_keepalive_timeout=5,
-    http_body_timeout=60, http_write_timeout=10, http_graceful_timeout=10)``
+    http_body_timeout=60, http_write_timeout=10, http_graceful_timeout=10,
+    broker=None, reuse_port=False)``
 
     - ``port``: 0-65535 (0 picks a free port; ``server.port`` tells which).
     - ``host``: None listens on all interfaces (IPv6 and IPv4 where the
@@ -83,6 +87,14 @@ class MultipathServer(EventEmitter):
       that does not read before the connection is dropped.
     - ``http_graceful_timeout``: seconds ``close()`` lets HTTP requests in
       flight finish before their connections are cut.
+    - ``broker``: None (broadcasts reach this process's clients), a URL
+      (``"redis://host:6379/0"``, needs ``pip install ws_multipath[redis]``)
+      or a broker object (``RedisBroker(client=..., prefix=...)``,
+      ``LocalBroker()``): broadcasts reach every server sharing it. The
+      server closes a broker it made from a URL, not one it was given. See
+      docs/scaling.rst.
+    - ``reuse_port``: bind with ``SO_REUSEPORT`` so that several processes
+      serve one port (Linux only; ``ValueError`` elsewhere).
 
     Events: ``'connection'`` ``(ws, request, path)``, ``'unhandled'``
     ``(socket)``, ``'close'`` ``()``, ``'error'`` ``(exc)``.
@@ -114,6 +126,8 @@ class MultipathServer(EventEmitter):
         http_body_timeout: float = 60.0,
         http_write_timeout: float = 10.0,
         http_graceful_timeout: float = 10.0,
+        broker: Union[str, "Broker", None] = None,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__()
         _check_arguments(port, host, open_timeout, max_connections, ssl_context, backlog, max_header_size, max_headers)
@@ -122,6 +136,16 @@ class MultipathServer(EventEmitter):
             wsgi_app, wsgi_websockets, http_max_body_size, http_keepalive_timeout, http_body_timeout,
             http_write_timeout, http_graceful_timeout, float(open_timeout), max_header_size, max_headers, proxies,
         )
+        if reuse_port:
+            check_reuse_port()
+        self._reuse_port = bool(reuse_port)
+        self._cluster: Optional["ClusterNode"] = None
+        if broker is not None:
+            from .cluster.broker import make_broker
+            from .cluster.node import ClusterNode
+
+            made, owned = make_broker(broker)
+            self._cluster = ClusterNode(self, made, owned)
         self._requested = (host, port)
         self._max_connections = max_connections
         self._backlog = backlog
@@ -152,7 +176,12 @@ class MultipathServer(EventEmitter):
             None if wsgi is None else WSGIServer(wsgi, self._timers, self._maybe_finish_close),
         )
         if auto_listen:
-            self._listen()
+            try:
+                self._listen()
+            except BaseException:
+                if self._cluster is not None:
+                    self._cluster.close()
+                raise
         else:
             self.listen = self._listen
 
@@ -175,6 +204,17 @@ class MultipathServer(EventEmitter):
         """True exactly while the server accepts connections."""
         return self._tcp is not None and not self._closing
 
+    @property
+    def node_id(self) -> Optional[str]:
+        """This server's id in the cluster (the ``origin`` of its messages), or None without a broker."""
+        return self._cluster.id if self._cluster is not None else None
+
+    def wait_cluster_ready(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the broker confirmed this server's subscriptions (True),
+        or ``timeout`` passed (False); True at once without a broker.
+        Messages published before that may not reach this server."""
+        return self._cluster.wait_ready(timeout) if self._cluster is not None else True
+
     def __repr__(self) -> str:
         return f"<MultipathServer {self.address} listening={self.listening}>"
 
@@ -195,7 +235,7 @@ class MultipathServer(EventEmitter):
                 raise RuntimeError("the server is already listening")
             host, port = self._requested
             family, address = bind_address(host, port)
-            tcp = TCPServer(address, family, self._backlog, self._http.serve, self._closing_event)
+            tcp = TCPServer(address, family, self._backlog, self._http.serve, self._closing_event, self._reuse_port)
             try:
                 tcp.server_bind()
                 tcp.server_activate()
@@ -253,6 +293,8 @@ class MultipathServer(EventEmitter):
             if self._closing:
                 raise RuntimeError("the server is closed")
             self._routes.add(path, handler)
+        if self._cluster is not None:
+            self._cluster.add(handler)
         return handler
 
     def unhandled_request(self, sock: socket.socket) -> Optional[Request]:
@@ -310,6 +352,8 @@ class MultipathServer(EventEmitter):
         if closed and callback is not None:
             callback()
         if starting:
+            if self._cluster is not None:
+                self._cluster.close()  # no more messages from the other processes
             self._stop_accepting()
             self._http.close()
             for handler in handlers:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import errno
 import socket
 import socketserver
+import sys
 import threading
 import weakref
 from typing import Any, Callable, Optional
 
 from ..log import format_address, logger
 
-__all__ = ["TCPServer", "bind_address"]
+__all__ = ["TCPServer", "bind_address", "check_reuse_port"]
 
 _ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() ran out of descriptors
 
@@ -45,7 +46,9 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         backlog: int,
         serve_connection: Callable[[socket.socket, tuple[Any, ...]], None],
         stopping: threading.Event,
+        reuse_port: bool = False,
     ) -> None:
+        self.reuse_port = reuse_port
         self.address_family = family
         self.request_queue_size = backlog
         self.serve_connection = serve_connection
@@ -57,6 +60,9 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and self.server_address[0] in ("::", ""):
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if self.reuse_port:
+            # several processes bind the port; the kernel spreads new connections among them
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -112,3 +118,10 @@ def bind_address(host: Optional[str], port: int) -> tuple[int, tuple[Any, ...]]:
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = info[0]
     return family, address
+
+
+def check_reuse_port() -> None:
+    """``reuse_port=True`` is Linux's ``SO_REUSEPORT`` (which balances
+    connections among the sockets); elsewhere ``ValueError`` says so."""
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError(f"reuse_port=True needs Linux's SO_REUSEPORT (this is {sys.platform}): run one process per port, or use Linux")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 from ..emitter import EventEmitter
@@ -51,6 +52,9 @@ __all__ = ["WebSocket", "ReadyState"]
 
 class WebSocket(EventEmitter):
     """A server-side WebSocket connection, handed to ``'connection'`` listeners.
+
+    ``id``: 32 hex digits (a uuid4), unique across a cluster of servers:
+    ``broadcast(exclude=...)`` carries it to the other processes.
 
     Events: ``'message'`` ``(data, is_binary)``, ``'close'`` ``(code, reason)``,
     ``'error'`` ``(exc)`` (protocol errors, listener errors), ``'ping'``
@@ -83,6 +87,7 @@ class WebSocket(EventEmitter):
         on_closed: Any = None,
     ) -> None:
         super().__init__(error_parent=parent)
+        self.id = uuid.uuid4().hex  # unique across the cluster: broadcast(exclude=...) travels by id
         self.request = request
         self.protocol = protocol
         self.extensions = extensions

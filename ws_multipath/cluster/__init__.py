@@ -1,0 +1,12 @@
+"""Broadcasts across processes: a broker interface (``Broker``), the
+in-process ``LocalBroker``, the Redis pub/sub ``RedisBroker`` (needs the
+``redis`` extra, imported only when used), ``Publisher`` and the message
+format (``message.py``). docs/scaling.rst describes it all."""
+
+from .broker import Broker, LocalBroker, Subscription, make_broker
+from .message import DEFAULT_PREFIX, VERSION, decode, encode
+from .publisher import Publisher
+from .redis_broker import RedisBroker  # needs redis only when instantiated
+
+__all__ = ["Broker", "LocalBroker", "RedisBroker", "Subscription", "Publisher", "make_broker", "DEFAULT_PREFIX", "VERSION", "encode", "decode"]
+

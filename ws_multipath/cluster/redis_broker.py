@@ -1,0 +1,308 @@
+"""``RedisBroker``: the cluster over Redis pub/sub (``pip install ws_multipath[redis]``).
+
+Publishing runs on the caller's thread, one ``PUBLISH`` per broadcast, with
+short socket timeouts and no retry; when it fails, the broker counts an
+outage: one warning, and the next ``retry_interval`` seconds of publishes
+are dropped at once (no connect attempt, no wait), then one probe, and so
+on. The end of the outage is logged with the number of messages dropped.
+
+Subscribing runs on one thread per subscription (per server), which owns
+its pub/sub connection outright: it applies the server's changes of
+channels, reads with a short poll, sends ``PING`` after ``health_interval``
+seconds of silence and gives the connection up when no reply came within
+``health_timeout`` (a half-open socket is noticed, not waited on forever),
+then reconnects with capped exponential backoff, resubscribes everything
+and logs how long it was deaf. Whatever happens to Redis, the thread
+survives (redis-py's ``run_in_thread`` dies on a failed reconnect), and an
+outage opens no new socket or thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Iterable, Optional
+
+from ..log import logger
+from .broker import Broker, Deliver, Subscription
+from .message import DEFAULT_PREFIX
+
+__all__ = ["RedisBroker"]
+
+_INSTALL_HINT = "the Redis broker needs the 'redis' package: pip install ws_multipath[redis]"
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError as exc:
+        raise ImportError(_INSTALL_HINT) from exc
+    return redis
+
+
+class RedisBroker(Broker):
+    """``RedisBroker(url=None, *, client=None, prefix="ws_multipath:",
+    socket_timeout=1.0, connect_timeout=1.0, health_interval=2.0,
+    health_timeout=2.0, retry_interval=0.5, backoff_max=5.0)``
+
+    - ``url``: ``redis://[:password@]host:port/db``, ``rediss://`` (TLS),
+      ``unix:///path``; or ``client``: a ``redis.Redis`` you configured
+      (TLS options, ACL user, ...; ``decode_responses`` must be False).
+      With ``client`` the broker does not close it.
+    - ``prefix``: starts every channel name.
+    - ``socket_timeout`` / ``connect_timeout``: how long one publish, or
+      one read of the subscriber, may wait for Redis (URL only).
+    - ``health_interval`` / ``health_timeout``: the subscriber pings after
+      this much silence and gives a connection up when the reply takes
+      longer.
+    - ``retry_interval``: during an outage, publishes are dropped at once
+      for this long between attempts.
+    - ``backoff_max``: the subscriber's reconnect delay doubles from 0.1 s
+      up to this.
+    """
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        *,
+        client: Any = None,
+        prefix: str = DEFAULT_PREFIX,
+        socket_timeout: float = 1.0,
+        connect_timeout: float = 1.0,
+        health_interval: float = 2.0,
+        health_timeout: float = 2.0,
+        retry_interval: float = 0.5,
+        backoff_max: float = 5.0,
+    ) -> None:
+        redis = _import_redis()
+        if (url is None) == (client is None):
+            raise TypeError("RedisBroker needs exactly one of url and client")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        self.prefix = prefix
+        self._redis = redis
+        if client is None:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            client = redis.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                socket_keepalive=True,
+                health_check_interval=0,
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._owns_client = True
+        else:
+            self._owns_client = False
+            if client.connection_pool.connection_kwargs.get("decode_responses"):
+                raise ValueError("the Redis client must have decode_responses=False (binary messages are bytes)")
+        self.client = client
+        self.url = url
+        self.health_interval = float(health_interval)
+        self.health_timeout = float(health_timeout)
+        self.retry_interval = float(retry_interval)
+        self.backoff_max = float(backoff_max)
+        self._errors = (redis.RedisError, OSError)
+        self._lock = threading.Lock()
+        self._down_since: Optional[float] = None
+        self._retry_at = 0.0
+        self._dropped = 0
+        self._probing = False
+
+    def __repr__(self) -> str:
+        return f"<RedisBroker {self.url or self.client!r} prefix={self.prefix!r}>"
+
+    # -- publishing -----------------------------------------------------------
+
+    def publish(self, channel: str, payload: bytes) -> bool:
+        if self._down_since is not None:
+            with self._lock:
+                if self._down_since is not None:
+                    if self._probing or time.monotonic() < self._retry_at:
+                        self._dropped += 1
+                        return False
+                    self._probing = True  # one thread tries; the others drop meanwhile
+        try:
+            self.client.publish(channel, payload)
+        except self._errors as exc:
+            self._failed(exc)
+            return False
+        if self._down_since is not None:
+            self._recovered()
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self._probing = False
+            self._retry_at = time.monotonic() + self.retry_interval
+            self._dropped += 1
+            first = self._down_since is None
+            if first:
+                self._down_since = time.monotonic()
+        if first:
+            logger.warning("cluster: cannot publish to Redis (%s: %s); broadcasts reach local clients only until it is back (logged once per outage)", type(exc).__name__, exc)
+
+    def _recovered(self) -> None:
+        with self._lock:
+            since, self._down_since = self._down_since, None
+            dropped, self._dropped = self._dropped, 0
+            self._probing = False
+        if since is not None:
+            logger.warning("cluster: publishing to Redis again after %.1f s; %d message(s) did not reach other processes", time.monotonic() - since, dropped)
+
+    # -- subscribing ----------------------------------------------------------
+
+    def subscribe(self, deliver: Deliver) -> Subscription:
+        return _RedisSubscription(self, deliver)
+
+    def close(self) -> None:
+        if self._owns_client:
+            try:
+                self.client.close()
+            except self._errors:
+                pass
+
+
+class _RedisSubscription(Subscription):
+    POLL = 0.2  # seconds per read: how soon changes and close() are seen
+
+    def __init__(self, broker: RedisBroker, deliver: Deliver) -> None:
+        self._broker = broker
+        self._deliver = deliver
+        self._lock = threading.Lock()
+        self._channels: frozenset[str] = frozenset()
+        self._patterns: frozenset[str] = frozenset()
+        self._changed = threading.Event()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._ready.set()  # nothing to subscribe to yet
+        self._confirmed: set[tuple[str, str]] = set()
+        self._thread = threading.Thread(target=self._run, name="ws_multipath-cluster", daemon=True)
+        self._thread.start()
+
+    def update(self, channels: Iterable[str], patterns: Iterable[str]) -> None:
+        with self._lock:
+            self._channels = frozenset(channels)
+            self._patterns = frozenset(patterns)
+            if self._channels or self._patterns:
+                self._ready.clear()
+            else:
+                self._ready.set()
+        self._changed.set()
+
+    def wait_ready(self, timeout: Optional[float] = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._changed.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(self.POLL + self._broker.health_timeout + 1.0)
+
+    # -- the thread -------------------------------------------------------------
+
+    def _wanted(self) -> tuple[frozenset[str], frozenset[str]]:
+        with self._lock:
+            self._changed.clear()
+            return self._channels, self._patterns
+
+    def _run(self) -> None:
+        broker = self._broker
+        backoff = 0.1
+        lost_at: Optional[float] = None
+        while not self._stop.is_set():
+            channels, patterns = self._wanted()
+            if not channels and not patterns:
+                self._changed.wait()
+                continue
+            pubsub = broker.client.pubsub()
+            try:
+                self._subscribe(pubsub, set(), set(), channels, patterns)
+                if lost_at is not None:
+                    logger.warning("cluster: Redis subscription restored after %.1f s without it; messages published meanwhile were not delivered here", time.monotonic() - lost_at)
+                    lost_at = None
+                self._serve(pubsub, channels, patterns)
+                backoff = 0.1
+            except broker._errors as exc:
+                self._ready.clear()
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    logger.warning("cluster: Redis subscription lost (%s: %s); local delivery goes on, reconnecting", type(exc).__name__, exc)
+                else:
+                    logger.debug("cluster: reconnecting to Redis failed: %s", exc)
+            except Exception:  # noqa: BLE001 - the thread must not die
+                self._ready.clear()
+                logger.exception("cluster: the subscriber failed; restarting it")
+                if lost_at is None:
+                    lost_at = time.monotonic()
+            finally:
+                self._confirmed.clear()
+                _close_quietly(pubsub)
+            if self._stop.wait(backoff):
+                break
+            backoff = min(backoff * 2, broker.backoff_max)
+
+    def _subscribe(self, pubsub: Any, have_c: set[str], have_p: set[str], channels: frozenset[str], patterns: frozenset[str]) -> None:
+        new_c, gone_c = channels - have_c, have_c - channels
+        new_p, gone_p = patterns - have_p, have_p - patterns
+        if new_c:
+            pubsub.subscribe(*new_c)
+        if new_p:
+            pubsub.psubscribe(*new_p)
+        if gone_c:
+            pubsub.unsubscribe(*gone_c)
+        if gone_p:
+            pubsub.punsubscribe(*gone_p)
+
+    def _serve(self, pubsub: Any, channels: frozenset[str], patterns: frozenset[str]) -> None:
+        broker = self._broker
+        wanted = {("subscribe", c) for c in channels} | {("psubscribe", p) for p in patterns}
+        last_seen = time.monotonic()
+        ping_sent: Optional[float] = None
+        while not self._stop.is_set():
+            if self._changed.is_set():
+                new_channels, new_patterns = self._wanted()
+                self._subscribe(pubsub, set(channels), set(patterns), new_channels, new_patterns)
+                channels, patterns = new_channels, new_patterns
+                wanted = {("subscribe", c) for c in channels} | {("psubscribe", p) for p in patterns}
+                if not wanted:
+                    return  # nothing left: the outer loop waits for a change
+            message = pubsub.get_message(timeout=self.POLL)
+            now = time.monotonic()
+            if message is None:
+                if ping_sent is not None:
+                    if now - ping_sent > broker.health_timeout:
+                        raise broker._redis.TimeoutError(f"no reply to PING within {broker.health_timeout:g} s")
+                elif now - last_seen > broker.health_interval:
+                    pubsub.ping()
+                    ping_sent = now
+                continue
+            last_seen, ping_sent = now, None
+            kind = message["type"]
+            if kind in ("message", "pmessage"):
+                pattern = message["pattern"]
+                try:
+                    self._deliver(_text(message["channel"]), None if pattern is None else _text(pattern), message["data"])
+                except Exception:  # noqa: BLE001 - one bad message must not stop the others
+                    logger.exception("cluster: delivering a message failed")
+            elif kind in ("subscribe", "psubscribe"):
+                self._confirmed.add((kind, _text(message["channel"])))
+                if wanted <= self._confirmed:
+                    with self._lock:
+                        if not self._changed.is_set():
+                            self._ready.set()
+            elif kind in ("unsubscribe", "punsubscribe"):
+                self._confirmed.discard(("p" * (kind[0] == "p") + "subscribe", _text(message["channel"])))
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _close_quietly(pubsub: Any) -> None:
+    try:
+        pubsub.close()  # disconnects its connection: no socket outlives it
+    except Exception:  # noqa: BLE001
+        pass

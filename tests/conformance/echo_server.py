@@ -6,6 +6,8 @@ API only: one MultipathServer with several paths, so routing is exercised.
 ``/echo`` echoes from a ``'message'`` listener, ``/iter`` with
 ``for message in ws``; ``/deflate`` offers permessage-deflate (cases 12.*
 and 13.*); ``/other`` is a decoy. Both echo paths accept 16 MiB messages.
+A WSGI app is mounted on the same port (plain HTTP requests get a page), so
+the suite also shows that serving HTTP beside the paths changes nothing.
 The bound port is printed (and written to ``--port-file``).
 """
 
@@ -29,12 +31,18 @@ def echo_by_iteration(ws, request):
         ws.send(message)
 
 
+def page(environ, start_response):
+    body = b"ws_multipath conformance echo server\n"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file")
     args = parser.parse_args()
-    with MultipathServer(port=args.port, host="127.0.0.1") as server:
+    with MultipathServer(port=args.port, host="127.0.0.1", wsgi_app=page) as server:
         server.create_handler(path="/other").on("connection", lambda ws, request: ws.close(1008, "decoy"))
         server.create_handler(path="/echo", max_payload=MAX_PAYLOAD).on("connection", echo)
         server.create_handler(path="/iter", max_payload=MAX_PAYLOAD).on("connection", echo_by_iteration)

@@ -110,6 +110,7 @@ def test_control_frames_read_for_a_slow_listener_stay_bounded():
                 except BlockingIOError:
                     continue
             grown = (_rss() - baseline) / 2**20
+            print(f"pongs behind a slow listener: {sent} sent, RSS +{grown:.1f} MiB")
             assert grown < 32, f"RSS grew {grown:.0f} MiB for {sent} pongs"
             release.set()
         finally:

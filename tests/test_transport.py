@@ -83,6 +83,7 @@ def test_a_client_that_never_reads_broadcasts_is_dropped_with_1008(deflate, hear
                 sent += handler.broadcast(message)
             assert closes.wait(1, 10), f"still open after {sent} MiB broadcast"
             assert closes.codes == [1008]
+            print(f"1 MiB broadcasts deflate={deflate} heartbeat={heartbeat}: 1008 after {sent} MiB")
             assert sent <= MAX_OUTBOX_BYTES // MiB + 16, sent  # the cap, plus what the kernel holds
         finally:
             sock.close()
@@ -110,6 +111,7 @@ def test_a_flood_of_tiny_broadcasts_meets_the_same_cap(deflate, message):
             while sent < 2_000_000 and not closes.codes:
                 sent += handler.broadcast(message)
             grown = (_rss() - baseline) / MiB
+            print(f"tiny broadcasts {message!r} deflate={deflate}: dropped with {closes.codes} after {sent}, RSS +{grown:.1f} MiB")
             assert closes.wait(1, 10), f"still open after {sent} broadcasts"
             assert closes.codes == [1008]
             assert grown < 64, f"RSS grew {grown:.0f} MiB for {sent} tiny broadcasts"

@@ -480,3 +480,28 @@ def test_log_lines_about_a_connection_name_its_peer_as_host_port_and_its_path(se
     for message in about:
         assert f"127.0.0.1:{port} on /logged" in message, message
     assert not [m for m in messages if "('127.0.0.1'" in m], messages
+
+
+def test_a_listeners_send_to_a_peer_who_left_is_logged_at_debug_not_error(server, library_log):
+    """Churn is not a bug: the listener's send() raises ConnectionClosed
+    because the client just left, and nobody listens for 'error'."""
+    handler = server.create_handler(path="/gone")
+    tried = threading.Event()
+
+    @handler.on("connection")
+    def on_connection(ws, request):
+        @ws.on("message")
+        def on_message(data, is_binary):
+            ws.terminate()  # as if the client vanished right now
+            try:
+                ws.send("too late")
+            finally:
+                tried.set()
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/gone"))
+        sock.recv(4096)
+        sock.sendall(b"\x81\x82abcd" + bytes(a ^ b for a, b in zip(b"hi", b"ab")))
+        assert tried.wait(TIMEOUT)
+    assert wait_until(lambda: any("met a closed connection" in r.getMessage() for r in library_log.records))
+    assert not library_log.errors()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The two commands of README.rst, needing only python3:
 
-    python3 dev.py demo --port 8080    # the demo server (/echo and /chat)
+    python3 dev.py demo --port 8080    # the demo server (/echo, /chat, a page at /)
     python3 dev.py test [pytest args]  # the whole test suite
 
 Each creates (or reuses) the virtual environment ``.venv`` in the repo and

@@ -1,7 +1,8 @@
 """The demo server: ``python -m ws_multipath --port 8080``.
 
-Serves ``/echo`` (sends every message back) and ``/chat`` (sends every
-message to every chat client) until Ctrl-C or SIGTERM.
+Serves ``/echo`` (sends every message back), ``/chat`` (sends every
+message to every chat client; ``/chat?name=...`` joins with a name and gets
+the roster) and, at ``/``, a page that uses both, until Ctrl-C or SIGTERM.
 
 ``python -m ws_multipath serve myapp:create_server --port 8000 --workers 4
 --broker redis://localhost:6379/0`` serves an app in worker processes
@@ -15,21 +16,13 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from .demo import add_demo, app as demo_page
 from .server import MultipathServer
 
 
 def build_demo(server: MultipathServer) -> None:
-    """Add the demo's two paths to ``server``."""
-    echo = server.create_handler(path="/echo")
-    chat = server.create_handler(path="/chat")
-
-    @echo.on("connection")
-    def echo_back(ws, request):  # type: ignore[no-untyped-def]
-        ws.on("message", lambda data, is_binary: ws.send(data))
-
-    @chat.on("connection")
-    def join_chat(ws, request):  # type: ignore[no-untyped-def]
-        ws.on("message", lambda data, is_binary: chat.broadcast(data))
+    """Add the demo's two paths to ``server`` (see ``ws_multipath/demo``)."""
+    add_demo(server)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -38,14 +31,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .cluster.workers import main as serve
 
         return serve(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m ws_multipath", description="ws_multipath demo: /echo and /chat on one port")
+    parser = argparse.ArgumentParser(prog="python -m ws_multipath", description="ws_multipath demo: /echo, /chat and a page at / on one port")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (0 picks a free one; default 8080)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; '' for all)")
     parser.add_argument("--verbose", "-v", action="store_true", help="log connections and drops")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
-        server = MultipathServer(port=args.port, host=args.host or None)
+        server = MultipathServer(port=args.port, host=args.host or None, wsgi_app=demo_page)
     except (OSError, ValueError) as exc:
         print(f"cannot listen on port {args.port}: {exc}", file=sys.stderr)
         return 1
@@ -57,6 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 shown = f"[{shown}]"
             for path in ("/echo", "/chat"):
                 print(f"ws://{shown}:{server.port}{path}", flush=True)
+            print(f"http://{shown}:{server.port}/ (the demo page: open it in a browser)", flush=True)
             print("Ctrl-C to stop", flush=True)
             server.serve_forever()
     except KeyboardInterrupt:  # before serve_forever() took over Ctrl-C; leaving the block closed the server

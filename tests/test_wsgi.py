@@ -480,3 +480,34 @@ def test_https_keep_alive_and_url_scheme(serve, tmp_path):
     start = time.monotonic()
     server.close()  # the idle TLS connection is dropped at once
     assert time.monotonic() - start < 1.0
+
+
+def test_the_package_imports_and_serves_http_without_werkzeug():
+    """Werkzeug is optional (Flask brings it); a plain install has none."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys, http.client
+        class NoWerkzeug:
+            def find_spec(self, name, path=None, target=None):
+                if name == "werkzeug" or name.startswith("werkzeug."):
+                    raise ImportError("no werkzeug here")
+        sys.meta_path.insert(0, NoWerkzeug())
+        from ws_multipath import MultipathServer
+        from ws_multipath.http.wsgi_body import BodyTimeout
+        assert issubclass(BodyTimeout, TimeoutError)
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Length", "2")])
+            return [b"ok"]
+        with MultipathServer(port=0, host="127.0.0.1", wsgi_app=app) as server:
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            connection.request("GET", "/")
+            assert connection.getresponse().read() == b"ok"
+        print("served")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "served", result.stderr

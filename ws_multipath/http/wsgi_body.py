@@ -11,8 +11,16 @@ try:  # so that a Flask app answers 413 / 408 / 400 when wsgi.input raises these
     from werkzeug.exceptions import ClientDisconnected as _GoneBase
     from werkzeug.exceptions import RequestEntityTooLarge as _TooLargeBase
     from werkzeug.exceptions import RequestTimeout as _TimeoutBase
-except ImportError:  # pragma: no cover - werkzeug is optional
-    _TooLargeBase = _TimeoutBase = _GoneBase = Exception  # type: ignore[misc,assignment]
+except ImportError:  # werkzeug is optional: plain bases of our own (Exception itself would clash with TimeoutError's layout)
+
+    class _TooLargeBase(Exception):  # type: ignore[no-redef]
+        pass
+
+    class _TimeoutBase(Exception):  # type: ignore[no-redef]
+        pass
+
+    class _GoneBase(Exception):  # type: ignore[no-redef]
+        pass
 
 if TYPE_CHECKING:
     from .wsgi_connection import HTTPConnection

@@ -105,6 +105,10 @@ def test_tutorial_chat_as_a_script():
                     assert json.loads(recv(presence)) == {"online": 2}
                     alice.send("hello bob")
                     assert recv(bob) == "hello bob" and recv(alice) == "hello bob"
+                    assert load("chat_client").say_hello(base + "/chat") == "hello from Python"
+                    assert recv(bob) == "hello from Python" and recv(alice) == "hello from Python"
+                    assert json.loads(recv(presence)) == {"online": 3}
+                    assert json.loads(recv(presence)) == {"online": 2}
                 assert json.loads(recv(presence)) == {"online": 1}
                 alice.send("x" * 5000)  # over max_payload=4096
                 with pytest.raises(ConnectionClosed) as closed:

@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
-import ws_multipath  # noqa: E402
+import ws_multipath
 
 project = "ws_multipath"
 author = "the ws_multipath authors"

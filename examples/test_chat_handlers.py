@@ -1,11 +1,10 @@
 """Testing your handlers with ws_multipath.testing: pytest examples/test_chat_handlers.py
 (the multipath_server fixture comes with the package's pytest plugin)."""
 import pytest
+from auth_query_token import verify
 
 from ws_multipath import ConnectionClosed
 from ws_multipath.testing import HandshakeRefused, connect
-
-from auth_query_token import verify
 
 
 def add_echo(server):
@@ -33,7 +32,6 @@ def test_too_big_is_closed_with_1009(multipath_server):
 
 def test_a_wrong_token_is_refused(multipath_server):
     multipath_server.create_handler("/feed", verify_client=verify)
-    with pytest.raises(HandshakeRefused) as refused:
-        with connect(multipath_server, "/feed?token=nope"):
-            pass
+    with pytest.raises(HandshakeRefused) as refused, connect(multipath_server, "/feed?token=nope"):
+        pass
     assert refused.value.status == 401 and refused.value.body == b"missing or wrong token\n"

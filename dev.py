@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""The two commands of README.rst, needing only python3:
+"""The commands of README.rst, needing only python3:
 
     python3 dev.py demo --port 8080    # the demo server (/echo, /chat, a page at /)
     python3 dev.py test [pytest args]  # the whole test suite
+    python3 dev.py docs [sphinx args]  # the documentation, into docs/_build/html (warnings are errors)
 
 Each creates (or reuses) the virtual environment ``.venv`` in the repo and
 installs what it needs into it from the package index.
@@ -33,13 +34,19 @@ def ensure_venv(extras: str) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "docs"):
         print(__doc__.strip(), file=sys.stderr)
         return 2
     command, rest = sys.argv[1], sys.argv[2:]
     if command == "demo":
         ensure_venv("")
         return run([str(PYTHON), "-m", "ws_multipath", *rest])
+    if command == "docs":
+        ensure_venv("docs")
+        # -W: a warning (a broken reference, a docstring autodoc cannot read, a
+        # missing literalinclude) fails the build; --keep-going lists them all.
+        # -E: read every page again, so a warning is never hidden by the cache.
+        return run([str(PYTHON), "-m", "sphinx", "-W", "--keep-going", "-E", "-b", "html", "docs", "docs/_build/html", *rest])
     ensure_venv("test")
     return run([str(PYTHON), "-m", "pytest", *rest])
 

@@ -47,6 +47,7 @@ class HandlerOptions:
     sent), the client gets 500 and a ``HookError`` naming the hook, with the
     original exception as its ``__cause__``, goes to the handler's
     ``'error'`` listeners (then the server's, then the log).
+
     - ``client_tracking``: keep ``handler.clients``. True.
     - ``per_message_deflate``: False, True or a dict (see ``DeflateSettings``).
     - ``skip_utf8_validation``: replace invalid UTF-8 in text instead of

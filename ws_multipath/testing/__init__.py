@@ -1,5 +1,5 @@
 """Testing your handlers: a client for a server in the same process, over a
-real loopback socket (no mocks).
+real loopback socket (no mocks)::
 
     from ws_multipath import MultipathServer
     from ws_multipath.testing import connect

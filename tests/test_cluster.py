@@ -154,3 +154,8 @@ def test_no_redis_needed_to_import() -> None:
 def test_serve_bad_app() -> None:
     out = subprocess.run([sys.executable, "-m", "ws_multipath", "serve", "no_such_module:make", "--port", "0"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "cannot import 'no_such_module'" in out.stderr
+
+
+def test_a_header_nested_past_the_parsers_depth_is_a_format_error():
+    with pytest.raises(FormatError):
+        decode(b"[" * 100_000 + b"\nx")

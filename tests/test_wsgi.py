@@ -511,3 +511,62 @@ def test_the_package_imports_and_serves_http_without_werkzeug():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "served", result.stderr
+
+
+# -- found by the second attack pass ---------------------------------------------
+
+
+def test_a_status_line_with_a_line_break_is_a_500_not_a_split_response(make_server, library_log):
+    def splitter(environ, start_response):
+        start_response("200 OK\r\nSet-Cookie: evil=1", [("Content-Length", "0")])
+        return [b""]
+
+    server = make_server(wsgi_app=splitter)
+    with raw(server) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = read_until_eof(sock)
+    assert answer.startswith(b"HTTP/1.1 500 ") and b"evil" not in answer
+
+
+def test_content_length_with_transfer_encoding_closes_after_the_response(make_server):
+    server = make_server(wsgi_app=_read_and_answer)
+    with raw(server) as sock:
+        sock.sendall(
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+            b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        answer = read_until_eof(sock)
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"abc" in answer and b"smuggled" not in answer
+
+
+def _read_and_answer(environ, start_response):
+    body = read_all(environ)
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def test_a_later_head_over_the_size_limit_gets_431(serve):
+    server = serve(hello, max_header_size=4096)
+    with raw(server) as sock:
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n" + b"GET /b HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+        answer = read_until_eof(sock)
+    assert answer.count(b"HTTP/1.1 200 ") == 1 and b"HTTP/1.1 431 " in answer
+
+
+def test_a_malformed_chunked_body_on_a_handed_over_upgrade_gets_400(make_server, library_log):
+    server = make_server(wsgi_app=hello, wsgi_websockets=True)
+    with raw(server) as sock:
+        sock.sendall(upgrade_head("/fs", "Transfer-Encoding: chunked\r\n") + b"ZZ\r\n")
+        answer = read_until_eof(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert not library_log.errors()
+
+
+def test_close_does_not_wait_for_a_client_stalled_in_its_next_head(serve):
+    server = serve(hello, http_graceful_timeout=5)
+    with raw(server) as sock:
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHo")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        start = time.monotonic()
+        server.close()
+        assert time.monotonic() - start < 2.0

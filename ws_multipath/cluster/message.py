@@ -80,8 +80,8 @@ def decode(raw: bytes) -> ClusterMessage:
         raise FormatError("no header line")
     try:
         header = json.loads(raw[:end])
-    except ValueError as exc:
-        raise FormatError(f"header is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser goes
+        raise FormatError(f"header is not JSON: {type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise FormatError("header is not a JSON object")
     version = header.get("v")

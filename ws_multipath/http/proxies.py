@@ -8,11 +8,17 @@ proxies can reach the server). Default: none, so the headers are ignored.
 
 Two header styles are read:
 
+- ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host``: what
+  nginx, HAProxy and most load balancers append or set. When present, they
+  win.
 - RFC 7239 ``Forwarded``: ``for=``, ``proto=``, ``host=`` in each element
   (quoted values, bracketed IPv6 with a port, ``for=unknown``, obfuscated
   ``_identifiers``; several elements, one per proxy, in one or several
-  fields). When it is present and parses, it wins over the other style.
-- ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host``.
+  fields), read when there is no ``X-Forwarded-For``. Not the other way
+  round: a proxy that appends to ``X-Forwarded-For`` passes a client's own
+  ``Forwarded`` through untouched, so letting it win would let any client
+  choose its address. A proxy that sets only ``Forwarded`` should remove
+  ``X-Forwarded-For`` from what clients send.
 
 The client is the rightmost hop that is not itself a trusted proxy
 (uvicorn's rule): everything left of it could have been written by the
@@ -111,7 +117,7 @@ class TrustedProxies:
         something usable; None otherwise (use the TCP peer)."""
         if not self.trusts(peer):
             return None
-        hops = _forwarded_hops(headers) or _x_forwarded_hops(headers)
+        hops = _x_forwarded_hops(headers) or _forwarded_hops(headers)
         if not hops:
             return None
         chosen = hops[0]
@@ -191,7 +197,7 @@ def _node(value: str) -> tuple[Optional[str], int]:
         host, port = value, ""
     if host != "unknown" and not host.startswith("_") and not _is_ip(host):
         return None, 0
-    return host, int(port) if port.isdigit() and int(port) < 65536 else 0
+    return host, _port(port)
 
 
 # -- X-Forwarded-* ------------------------------------------------------------------
@@ -229,9 +235,18 @@ def _x_node(entry: str) -> tuple[Optional[str], int]:
     if entry.startswith("["):
         return _node(entry)
     host, _, port = entry.rpartition(":")
-    if host and _is_ip(host, version=4) and port.isdigit():
-        return host, int(port) if int(port) < 65536 else 0
+    if host and _is_ip(host, version=4) and _port(port):
+        return host, _port(port)
     return None, 0
+
+
+def _port(text: str) -> int:
+    """A port number, or 0 for anything else (ASCII digits only: ``isdigit``
+    alone accepts superscripts, and ``int`` refuses 5,000 digits)."""
+    if not (0 < len(text) <= 5 and text.isascii() and text.isdigit()):
+        return 0
+    number = int(text)
+    return number if number < 65536 else 0
 
 
 def _is_ip(text: str, version: Optional[int] = None) -> bool:

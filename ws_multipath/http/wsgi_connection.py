@@ -125,8 +125,10 @@ class HTTPConnection:
                 self._linger()
                 return None
             if isinstance(event, h11.Request):
-                if len(event.headers) > self.options.max_headers:
-                    self._send_raw(error_response(HandshakeError(431, f"more than {self.options.max_headers} header fields")))
+                problem = self._head_too_large(event)
+                if problem:
+                    logger.info("refused %s: %s (431)", format_address(self.address), problem)
+                    self._send_raw(error_response(HandshakeError(431, problem)))
                     self._linger()
                     return None
                 return event
@@ -140,12 +142,22 @@ class HTTPConnection:
             else:
                 if head_deadline is None:
                     head_deadline = time.monotonic() + self.options.head_timeout
-                received = self._recv_until(head_deadline, "request head")
+                received = self._recv_head(head_deadline)
                 if received is None:
                     logger.info("dropping %s: request head not completed within %ss", format_address(self.address), self.options.head_timeout)
                     return None
                 data = received
             self.h11.receive_data(data)
+
+    def _head_too_large(self, event: h11.Request) -> str:
+        """The limits of the first head, for a later one that h11 parsed (h11
+        checks its size only while it is incomplete)."""
+        if len(event.headers) > self.options.max_headers:
+            return f"more than {self.options.max_headers} header fields"
+        size = len(event.method) + len(event.target) + 13 + sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())
+        if size > self.options.max_header_size:
+            return f"request head larger than {self.options.max_header_size} bytes"
+        return ""
 
     def _wait_idle(self) -> bytes:
         """Wait for the first bytes of the next request (keep-alive)."""
@@ -158,6 +170,19 @@ class HTTPConnection:
             return self.sock.recv(65536)
         except OSError:  # timeout, reset, or shut down by close()
             return b""
+        finally:
+            with self._lock:
+                self._idle = False
+
+    def _recv_head(self, deadline: float) -> Optional[bytes]:
+        """The rest of a request head: ``close()`` may cut it at once, as it
+        does an idle connection (no request is in flight yet)."""
+        with self._lock:
+            if self._closing:
+                return b""
+            self._idle = True
+        try:
+            return self._recv_until(deadline, "request head")
         finally:
             with self._lock:
                 self._idle = False
@@ -262,6 +287,8 @@ class HTTPConnection:
         """Answer one request; False when the connection must close."""
         self._body_deadline = None
         self._body_received = 0
+        if "Content-Length" in request.headers and "Transfer-Encoding" in request.headers:
+            self._must_close = True  # RFC 9112 section 6.3: framed as chunked, then the connection closes
         length = _content_length(request)
         if length is not None and length > self.options.max_body_size:
             logger.info("refused %s: body of %d bytes larger than http_max_body_size (413)", format_address(self.address), length)
@@ -414,7 +441,11 @@ class HTTPConnection:
         event = self.h11.next_event()
         assert isinstance(event, h11.Request)
         request = self._request(event)
-        if not isinstance(self.h11.next_event(), h11.EndOfMessage):  # what follows must be frames
+        try:
+            end = self.h11.next_event()
+        except h11.RemoteProtocolError:
+            end = None
+        if not isinstance(end, h11.EndOfMessage):  # what follows must be frames
             logger.info("refused %s: a WebSocket upgrade request with a body (400)", format_address(self.address))
             self._send_raw(error_response(HandshakeError(400, "a WebSocket upgrade request must not have a body")))
             self._linger()

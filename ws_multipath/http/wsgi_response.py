@@ -72,5 +72,14 @@ class AppResponse:
 
 
 def _check_status(status: object) -> None:
-    if not isinstance(status, str) or len(status) < 4 or not status[:3].isdigit() or status[3] != " " or not 200 <= int(status[:3]) <= 999:
-        raise ValueError(f"invalid WSGI status {status!r} (expected '200 OK' and the like, 200-999)")
+    """PEP 3333: "200 OK"; the reason phrase "must not contain control
+    characters" (a CR or LF in it would split the response)."""
+    if (
+        not isinstance(status, str)
+        or len(status) < 4
+        or not (status[:3].isascii() and status[:3].isdigit())
+        or status[3] != " "
+        or not 200 <= int(status[:3]) <= 999
+        or any(ord(char) < 32 or ord(char) == 127 for char in status)
+    ):
+        raise ValueError(f"invalid WSGI status {status!r} (expected '200 OK' and the like, 200-999, no control characters)")

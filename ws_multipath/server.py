@@ -27,6 +27,7 @@ from .http.routing import RoutingTable
 from .http.wsgi import WSGIOptions, WSGIServer
 from .log import logger
 from .options import HandlerOptions, HandlerOptionsDict
+from .stats import merge
 from .sync.acceptor import TCPServer, bind_address, check_reuse_port
 from .sync.flusher import Flusher
 from .sync.reader import listener_thread
@@ -150,6 +151,7 @@ class MultipathServer(EventEmitter):
         self._max_connections = max_connections
         self._backlog = backlog
         self._routes: RoutingTable[WebSocketHandler] = RoutingTable()
+        self._handlers: list[WebSocketHandler] = []  # every handler made, closed ones too (their counts stay)
         self._timers = Timers()
         self._flusher = Flusher()
         # _lock guards: the connection count and the closing state
@@ -208,6 +210,27 @@ class MultipathServer(EventEmitter):
     def node_id(self) -> Optional[str]:
         """This server's id in the cluster (the ``origin`` of its messages), or None without a broker."""
         return self._cluster.id if self._cluster is not None else None
+
+    def stats(self) -> dict[str, Any]:
+        """The server's counters: totals over its paths, what no handler
+        saw (``refused``: ``no_handler``, ``not_websocket``, ``bad_request``)
+        and ``paths``: each path's ``handler.stats()``; plain dicts, shape in
+        ``ws_multipath/stats.py``."""
+        with self._lock:
+            handlers = list(self._handlers)
+        paths: dict[str, dict[str, Any]] = {}
+        for handler in handlers:
+            one = handler.stats()
+            if one["path"] in paths:  # a path served again after its handler closed
+                merge(paths[one["path"]], one)
+            else:
+                paths[one["path"]] = one
+        total: dict[str, Any] = {"open": 0, "accepted": 0, "refused": self._http.refusals.snapshot(),
+                                 "messages_in": 0, "messages_out": 0, "bytes_in": 0, "bytes_out": 0, "closes": {}, "drops": {}}
+        for one in paths.values():
+            merge(total, one)
+        total["paths"] = paths
+        return total
 
     def wait_cluster_ready(self, timeout: Optional[float] = None) -> bool:
         """Wait until the broker confirmed this server's subscriptions (True),
@@ -293,6 +316,7 @@ class MultipathServer(EventEmitter):
             if self._closing:
                 raise RuntimeError("the server is closed")
             self._routes.add(path, handler)
+            self._handlers.append(handler)
         if self._cluster is not None:
             self._cluster.add(handler)
         return handler
@@ -401,7 +425,7 @@ class MultipathServer(EventEmitter):
             try:
                 callback()
             except Exception as exc:  # noqa: BLE001 - user code
-                self._listener_failed(exc)
+                self._listener_failed(exc, "close callback")
 
 
 class _Terminated(Exception):

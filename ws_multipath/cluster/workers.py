@@ -28,7 +28,6 @@ On Linux the workers also get SIGTERM if the supervisor itself dies
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import signal
 import subprocess
@@ -37,7 +36,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from ..log import logger
+from ..log import configure_logging, logger
 
 __all__ = ["load_factory", "run_worker", "supervise"]
 
@@ -204,10 +203,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--broker", default=None, help="broker URL shared by the workers, e.g. redis://localhost:6379/0")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds a worker may take to close before it is killed (default 10)")
-    parser.add_argument("--verbose", "-v", action="store_true")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log connections, closes, refusals and drops (INFO)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text (default) or JSON objects")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(process)d %(name)s %(message)s")
+    configure_logging(args.verbose, args.log_format, "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     try:

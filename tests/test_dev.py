@@ -27,7 +27,20 @@ def start_dev_demo():
     assert url.startswith("ws://") and url.endswith("/echo"), url
     children = Path(f"/proc/{dev.pid}/task/{dev.pid}/children").read_text().split()
     assert len(children) == 1
-    return dev, int(children[0])
+    child = int(children[0])
+    # the demo prints its URLs just before serve_forever() catches SIGTERM: wait for that
+    deadline = time.monotonic() + TIMEOUT
+    while not catches_sigterm(child):
+        assert time.monotonic() < deadline, "the demo never caught SIGTERM"
+        time.sleep(0.02)
+    return dev, child
+
+
+def catches_sigterm(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
 
 
 def alive(pid: int) -> bool:

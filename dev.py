@@ -10,6 +10,7 @@ installs what it needs into it from the package index.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -51,14 +52,64 @@ def main() -> int:
     return run([str(PYTHON), "-m", "pytest", *rest])
 
 
-def run(argv: list) -> int:
-    """Run ``argv``; Ctrl-C reaches it directly, so wait for it to stop."""
-    child = subprocess.Popen(argv, cwd=ROOT)
-    while True:
+_FORWARDED = (signal.SIGTERM, signal.SIGINT)
+_SI_KERNEL = 0x80  # si_code of a signal the terminal sent (Ctrl-C) rather than kill()
+
+
+def _child_setup() -> None:
+    """In the child: the signals dev.py blocks are unblocked again, and on
+    Linux the child gets SIGTERM if dev.py dies (even by SIGKILL)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+    if sys.platform.startswith("linux"):
         try:
-            return child.wait()
-        except KeyboardInterrupt:
-            continue
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
+def run(argv: list) -> int:
+    """Run ``argv`` and return its exit status. SIGTERM and SIGINT sent to
+    dev.py (``kill``, a process manager) are passed on to it; a Ctrl-C in
+    the terminal reaches it directly (same process group) and is not sent
+    twice. dev.py waits for it to stop, and on Linux it never outlives
+    dev.py (``PR_SET_PDEATHSIG``)."""
+    if not hasattr(signal, "sigtimedwait"):  # not Linux: forward whatever comes
+        return _run_forwarding(argv)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+    try:
+        child = subprocess.Popen(argv, cwd=ROOT, preexec_fn=_child_setup)  # noqa: PLW1509 - dev.py has one thread
+        while True:
+            info = signal.sigtimedwait(_FORWARDED, 0.2)
+            if info is not None and not (info.si_signo == signal.SIGINT and info.si_code == _SI_KERNEL):
+                _pass_on(child, info.si_signo)
+            status = child.poll()
+            if status is not None:
+                return status
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+
+
+def _run_forwarding(argv: list) -> int:
+    child = subprocess.Popen(argv, cwd=ROOT)
+    previous = {sig: signal.signal(sig, lambda signum, frame: _pass_on(child, signum)) for sig in _FORWARDED}
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _pass_on(child: "subprocess.Popen[bytes]", sig: int) -> None:
+    try:
+        child.send_signal(sig)
+    except ProcessLookupError:
+        pass
 
 
 if __name__ == "__main__":

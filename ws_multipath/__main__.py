@@ -12,11 +12,11 @@ the roster) and, at ``/``, a page that uses both, until Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Optional, Sequence
 
 from .demo import add_demo, app as demo_page
+from .log import configure_logging
 from .server import MultipathServer
 
 
@@ -34,9 +34,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ws_multipath", description="ws_multipath demo: /echo, /chat and a page at / on one port")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (0 picks a free one; default 8080)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; '' for all)")
-    parser.add_argument("--verbose", "-v", action="store_true", help="log connections and drops")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log connections, closes, refusals and drops (INFO)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text (default) or JSON objects")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(args.verbose, args.log_format)
     try:
         server = MultipathServer(port=args.port, host=args.host or None, wsgi_app=demo_page)
     except (OSError, ValueError) as exc:

@@ -146,16 +146,21 @@ class EventEmitter:
                 if event == "error":
                     logger.error("an 'error' listener of %r raised", self, exc_info=exc)
                 else:
-                    self._listener_failed(exc)
+                    self._listener_failed(exc, event)
         return bool(listeners)
 
-    def _listener_failed(self, exc: BaseException) -> None:
-        """Report an exception raised by a listener of this emitter."""
+    def _listener_failed(self, exc: BaseException, event: str = "", origin: Optional["EventEmitter"] = None) -> None:
+        """Report an exception raised by a listener of ``event`` (or a close
+        callback) of this emitter; ``origin`` is the emitter whose listener
+        raised, when the report was passed up to a parent. The log line
+        names both, and ``repr(origin)`` of a connection names its path and
+        peer."""
+        origin = self if origin is None else origin
         if self._listeners.get("error"):
             self.emit("error", exc)
         elif self._error_parent is not None:
-            self._error_parent._listener_failed(exc)
+            self._error_parent._listener_failed(exc, event, origin)
         elif isinstance(exc, ConnectionClosed):  # a send to a peer who just left: churn, not a bug
-            logger.debug("a listener of %r met a closed connection: %s", self, exc)
+            logger.debug("a %r listener of %r met a closed connection: %s", event or "?", origin, exc)
         else:
-            logger.error("a listener raised and no 'error' listener was set", exc_info=exc)
+            logger.error("a %r listener of %r raised and no 'error' listener was set", event or "?", origin, exc_info=exc, extra={"event": "listener_error", "emitter": repr(origin), "listener_event": event})

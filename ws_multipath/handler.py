@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Collection, Container, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
@@ -29,6 +30,7 @@ from .options import HandlerOptions
 from .protocol.deflate import negotiate_deflate
 from .protocol.frames import FrameReader, FrameWriter, Payload
 from .sync.connection import WebSocket
+from .stats import HandlerTotals, Refusals
 from .sync.transport import Transport
 
 if TYPE_CHECKING:
@@ -71,6 +73,8 @@ class WebSocketHandler(EventEmitter):
         self._closing = False
         self._closed = False
         self._close_callbacks: list[Callable[[], Any]] = []
+        self._totals = HandlerTotals()  # guarded by _lock
+        self._refusals = Refusals()
 
     def __repr__(self) -> str:
         return f"<WebSocketHandler {self.path} clients={len(self._connections)}>"
@@ -82,6 +86,15 @@ class WebSocketHandler(EventEmitter):
             return None
         with self._lock:
             return frozenset(self._connections)
+
+    def stats(self) -> dict[str, Any]:
+        """This path's counters: open connections, accepted and refused
+        upgrades, messages and bytes in and out, closes by code, drops by
+        reason; a plain dict, shape in ``ws_multipath/stats.py``. Cheap
+        (no lock on the message path); call it as often as you scrape."""
+        with self._lock:
+            live = [(ws._messages_in, ws._transport.messages_out, ws._bytes_in, ws._transport.bytes_out) for ws in self._connections]
+            return self._totals.snapshot(self.path, live, self._refusals.snapshot())
 
     # -- broadcast ------------------------------------------------------------
 
@@ -173,7 +186,7 @@ class WebSocketHandler(EventEmitter):
             try:
                 callback()
             except Exception as exc:  # noqa: BLE001 - user code
-                self._listener_failed(exc)
+                self._listener_failed(exc, "close callback")
         self._server._handler_closed(self)
 
     # -- the handshake ----------------------------------------------------
@@ -186,6 +199,11 @@ class WebSocketHandler(EventEmitter):
         if ws is None:
             return
         end_handshake()
+        logger.info(
+            "accepted %s (subprotocol %s, extensions %s)", ws._label(), ws.protocol or "-", ws.extensions or "-",
+            extra={"event": "accepted", "path": self.path, "client": format_address(request.remote_address),
+                   "peer": format_address(request.peer_address), "subprotocol": ws.protocol, "extensions": ws.extensions},
+        )
         ws._watch()
         self.emit("connection", ws, request)
         self._server.emit("connection", ws, request, self.path)
@@ -199,28 +217,36 @@ class WebSocketHandler(EventEmitter):
         connection takes it over, or it is released here, whatever happened.
         """
         reserved = handed_over = False
+        stage = ["bad_upgrade"]  # the refusal's key (stats.REFUSAL_KEYS) if one comes
         try:
-            headers, protocol, extensions, deflate = self._negotiate(request)
+            headers, protocol, extensions, deflate = self._negotiate(request, stage)
+            stage[0] = "max_connections"
             reserved = self._server._reserve_connection()
             if not reserved:
                 raise HandshakeError(503, "too many connections (max_connections)")
+            stage[0] = "handshake_hook"
             response = final_response(self._listeners.get("headers", ()), headers, request)
             ws = self._open(sock, request, protocol, extensions, deflate)
             handed_over = True
         except HookError as exc:
-            self._listener_failed(exc)
-            self._refuse(sock, request, HandshakeError(500))
+            self._listener_failed(exc, exc.hook)
+            self._refuse(sock, request, HandshakeError(500), "hook_error")
             return None
         except HandshakeError as exc:
-            self._refuse(sock, request, exc)
+            self._refuse(sock, request, exc, stage[0])
             return None
         finally:
             if reserved and not handed_over:
                 self._server._release_connection()
         return ws if self._register_and_respond(ws, response) else None
 
-    def _refuse(self, sock: socket.socket, request: Request, error: HandshakeError) -> None:
-        logger.info("refused %s on %s: %s", format_address(request.remote_address), self.path, error)
+    def _refuse(self, sock: socket.socket, request: Request, error: HandshakeError, key: str) -> None:
+        self._refusals.add(error.status, key)
+        client = format_address(request.remote_address)
+        logger.info(
+            "refused %s on %s: %s (%s)", client, self.path, error, key,
+            extra={"event": "refused", "path": self.path, "client": client, "status": error.status, "reason": key},
+        )
         _send_quietly(sock, error_response(error))
 
     def _register_and_respond(self, ws: WebSocket, response: bytes) -> bool:
@@ -233,7 +259,10 @@ class WebSocketHandler(EventEmitter):
                     closing = self._closing
                     if not closing:
                         self._connections.add(ws)
+                    self._totals.accepted += 1
                 write(response)
+                ws._transport.bytes_out = 0  # the counters start after the 101
+                ws._opened_at = time.monotonic()
         except OSError:
             self._remove(ws)
             return False
@@ -241,17 +270,23 @@ class WebSocketHandler(EventEmitter):
             ws._start_close(1001, "going away", b"going away", blocking=False)
         return True
 
-    def _negotiate(self, request: Request) -> tuple[list[tuple[str, str]], str, str, Any]:
+    def _negotiate(self, request: Request, stage: list[str]) -> tuple[list[tuple[str, str]], str, str, Any]:
         """Check the request and agree on subprotocol and extensions;
-        raises ``HandshakeError`` to refuse, ``HookError`` when a hook failed."""
+        raises ``HandshakeError`` to refuse, ``HookError`` when a hook
+        failed. ``stage[0]`` names the step for the refusal counts."""
         key = check_upgrade(request)
         options = self.options
         if self._closing:
+            stage[0] = "closing"
             raise HandshakeError(503, "this path is closing")
+        stage[0] = "origin"
         if not call_hook("allowed_origins", options.origin_allowed, request.origin):
             raise HandshakeError(403, "origin not allowed")
+        stage[0] = "verify_client"
         self._verify(request)
+        stage[0] = "handshake_hook"
         protocol = self._choose_protocol(request)
+        stage[0] = "bad_upgrade"
         headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept_token(key))]
         if protocol:
             headers.append(("Sec-WebSocket-Protocol", protocol))
@@ -300,11 +335,41 @@ class WebSocketHandler(EventEmitter):
         return ws
 
     def _remove(self, ws: WebSocket) -> None:
-        """Forget a connection that ended (or whose 101 could not be sent)."""
+        """Forget a connection that ended (or whose 101 could not be sent):
+        log it and add its counts to the totals."""
+        transport = ws._transport
+        code = ws.close_code or 1006
+        drop = _drop_key(ws._dropped)
         with self._lock:
             self._connections.discard(ws)
+            self._totals.ended(ws._messages_in, transport.messages_out, ws._bytes_in, transport.bytes_out, code, drop)
+        duration = time.monotonic() - ws._opened_at if ws._opened_at else 0.0
+        logger.info(
+            "closed %s: %d%s after %.2f s, %d messages in (%d bytes), %d out (%d bytes)%s",
+            ws._label(), code, f" {ws.close_reason!r}" if ws.close_reason else "", duration,
+            ws._messages_in, ws._bytes_in, transport.messages_out, transport.bytes_out, f", dropped: {drop}" if drop else "",
+            extra={"event": "closed", "path": self.path, "client": format_address(ws.remote_address), "code": code,
+                   "reason": ws.close_reason, "duration": round(duration, 3), "messages_in": ws._messages_in,
+                   "messages_out": transport.messages_out, "bytes_in": ws._bytes_in, "bytes_out": transport.bytes_out, "drop": drop},
+        )
         self._server._release_connection()
         self._maybe_finish_close()
+
+
+#: ``WebSocket._dropped`` (the reason the server cut a connection) -> ``stats.DROP_KEYS``
+_DROPS = {
+    "write timeout": "write_timeout",
+    "keepalive ping timeout": "ping_timeout",
+    "close timeout": "close_timeout",
+}
+
+
+def _drop_key(reason: Optional[str]) -> Optional[str]:
+    if reason is None:
+        return None
+    if reason.startswith("send queue full"):
+        return "slow_consumer"
+    return _DROPS.get(reason, "other")
 
 
 class _Outside:

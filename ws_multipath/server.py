@@ -10,6 +10,7 @@ thread until it ends.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import ssl
@@ -27,7 +28,8 @@ from .http.routing import RoutingTable
 from .http.wsgi import WSGIOptions, WSGIServer
 from .log import logger
 from .options import HandlerOptions, HandlerOptionsDict
-from .sync.acceptor import TCPServer, bind_address, check_reuse_port
+from .stats import merge
+from .sync.acceptor import TCPServer, bind_address, check_listening_socket, check_reuse_port, prepare_unix_path
 from .sync.flusher import Flusher
 from .sync.reader import listener_thread
 from .sync.timers import Timers
@@ -43,11 +45,35 @@ if TYPE_CHECKING:
 
 __all__ = ["MultipathServer"]
 
+class _NoPort(int):
+    """The default of ``port``: not given (``sock=`` or ``unix_path=`` may stand in)."""
+
+    def __repr__(self) -> str:
+        return "<no port>"
+
+
+_NO_PORT = _NoPort(0)
+
+
+class _ListenMethod:
+    """``server.listen`` exists only with ``auto_listen=False`` (as in
+    ws-multipath): ``hasattr(server, "listen")`` is False otherwise, and
+    ``server.listen()`` raises an ``AttributeError`` that says why."""
+
+    def __get__(self, server: Optional["MultipathServer"], owner: type) -> Callable[[], None]:
+        if server is None:
+            return self  # type: ignore[return-value]
+        raise AttributeError(
+            "MultipathServer has no listen() here: it listens in its constructor (auto_listen=True); "
+            "pass auto_listen=False to call listen() yourself"
+        )
+
+
 class MultipathServer(EventEmitter):
     """A WebSocket server that serves many paths on one port.
 
     ``MultipathServer(port, host=None, auto_listen=True, reject_unhandled=True,
-    *, open_timeout=10, max_connections=None, ssl_context=None, backlog=511,
+    *, sock=None, unix_path=None, open_timeout=10, max_connections=None, ssl_context=None, backlog=511,
     max_header_size=16384, max_headers=100, trusted_proxies=None, wsgi_app=None,
     wsgi_websockets=False, http_max_body_size=16 MiB, http_keepalive_timeout=5,
     http_body_timeout=60, http_write_timeout=10, http_graceful_timeout=10,
@@ -56,6 +82,15 @@ class MultipathServer(EventEmitter):
     - ``port``: 0-65535 (0 picks a free port; ``server.port`` tells which).
     - ``host``: None listens on all interfaces (IPv6 and IPv4 where the
       system allows both), or one address such as ``"127.0.0.1"``.
+    - ``sock``: instead of ``port``/``host``, an already bound and listening
+      stream socket (TCP or Unix) to accept on: one a supervisor or systemd
+      handed over (``socket.socket(fileno=3)``). The server closes it.
+    - ``unix_path``: instead of ``port``/``host``, listen on a Unix socket
+      at this path (for ``proxy_pass http://unix:/run/app.sock:`` in
+      nginx). A stale socket file there is removed; a live one raises
+      ``OSError``; the file is removed again on ``close()``. Peers'
+      addresses are ``("unix:/run/app.sock", 0)`` (``trusted_proxies=["unix"]``
+      trusts them, so ``request.remote_address`` is the proxy's client).
     - ``auto_listen``: listen in the constructor. With False the server has
       a ``listen()`` method to call; with True it has none (as ws-multipath).
     - ``reject_unhandled``: answer 400 to paths without a handler.
@@ -105,13 +140,17 @@ class MultipathServer(EventEmitter):
 
     EVENTS = frozenset({"connection", "unhandled", "close", "error"})
 
+    listen = _ListenMethod()
+
     def __init__(
         self,
-        port: int,
+        port: int = _NO_PORT,
         host: Optional[str] = None,
         auto_listen: bool = True,
         reject_unhandled: bool = True,
         *,
+        sock: Optional[socket.socket] = None,
+        unix_path: Optional[str] = None,
         open_timeout: float = 10.0,
         max_connections: Optional[int] = None,
         ssl_context: Optional[ssl.SSLContext] = None,
@@ -130,6 +169,9 @@ class MultipathServer(EventEmitter):
         reuse_port: bool = False,
     ) -> None:
         super().__init__()
+        _check_listen_arguments(port, host, sock, unix_path, reuse_port)
+        if port is _NO_PORT:
+            port = 0
         _check_arguments(port, host, open_timeout, max_connections, ssl_context, backlog, max_header_size, max_headers)
         proxies = TrustedProxies(trusted_proxies or ())
         wsgi = _wsgi_options(
@@ -147,9 +189,13 @@ class MultipathServer(EventEmitter):
             made, owned = make_broker(broker)
             self._cluster = ClusterNode(self, made, owned)
         self._requested = (host, port)
+        self._given_socket = sock
+        self._unix_path = os.fspath(unix_path) if unix_path is not None else None
+        self._unix_inode: Optional[tuple[int, int]] = None  # (st_dev, st_ino) of the socket file we made
         self._max_connections = max_connections
         self._backlog = backlog
         self._routes: RoutingTable[WebSocketHandler] = RoutingTable()
+        self._handlers: list[WebSocketHandler] = []  # every handler made, closed ones too (their counts stay)
         self._timers = Timers()
         self._flusher = Flusher()
         # _lock guards: the connection count and the closing state
@@ -181,6 +227,8 @@ class MultipathServer(EventEmitter):
             except BaseException:
                 if self._cluster is not None:
                     self._cluster.close()
+                if sock is not None:
+                    sock.close()
                 raise
         else:
             self.listen = self._listen
@@ -188,16 +236,25 @@ class MultipathServer(EventEmitter):
     # -- state --------------------------------------------------------------
 
     @property
-    def port(self) -> int:
-        """The bound port (the real one when 0 was asked), or the requested one before listening."""
-        return self._tcp.server_address[1] if self._tcp is not None else self._requested[1]
+    def port(self) -> Optional[int]:
+        """The bound port (the real one when 0 was asked), or the requested
+        one before listening; None on a Unix socket."""
+        if self._tcp is not None:
+            address = self._tcp.server_address
+            return address[1] if isinstance(address, tuple) else None
+        if self._unix_path is not None:
+            return None
+        if self._given_socket is not None:
+            return self._given_socket.getsockname()[1] if self._given_socket.family != _AF_UNIX else None
+        return self._requested[1]
 
     @property
-    def address(self) -> tuple[Any, ...]:
-        """``(host, port)`` the server is bound to."""
+    def address(self) -> Any:
+        """``(host, port)`` the server is bound to; a Unix socket's path."""
         if self._tcp is None:
-            return self._requested
-        return tuple(self._tcp.server_address[:2])
+            return self._unix_path if self._unix_path is not None else self._requested
+        address = self._tcp.server_address
+        return tuple(address[:2]) if isinstance(address, tuple) else address
 
     @property
     def listening(self) -> bool:
@@ -208,6 +265,27 @@ class MultipathServer(EventEmitter):
     def node_id(self) -> Optional[str]:
         """This server's id in the cluster (the ``origin`` of its messages), or None without a broker."""
         return self._cluster.id if self._cluster is not None else None
+
+    def stats(self) -> dict[str, Any]:
+        """The server's counters: totals over its paths, what no handler
+        saw (``refused``: ``no_handler``, ``not_websocket``, ``bad_request``)
+        and ``paths``: each path's ``handler.stats()``; plain dicts, shape in
+        ``ws_multipath/stats.py``."""
+        with self._lock:
+            handlers = list(self._handlers)
+        paths: dict[str, dict[str, Any]] = {}
+        for handler in handlers:
+            one = handler.stats()
+            if one["path"] in paths:  # a path served again after its handler closed
+                merge(paths[one["path"]], one)
+            else:
+                paths[one["path"]] = one
+        total: dict[str, Any] = {"open": 0, "accepted": 0, "refused": self._http.refusals.snapshot(),
+                                 "messages_in": 0, "messages_out": 0, "bytes_in": 0, "bytes_out": 0, "closes": {}, "drops": {}}
+        for one in paths.values():
+            merge(total, one)
+        total["paths"] = paths
+        return total
 
     def wait_cluster_ready(self, timeout: Optional[float] = None) -> bool:
         """Wait until the broker confirmed this server's subscriptions (True),
@@ -233,15 +311,27 @@ class MultipathServer(EventEmitter):
                 raise RuntimeError("the server is closed")
             if self._tcp is not None:
                 raise RuntimeError("the server is already listening")
-            host, port = self._requested
-            family, address = bind_address(host, port)
-            tcp = TCPServer(address, family, self._backlog, self._http.serve, self._closing_event, self._reuse_port)
-            try:
-                tcp.server_bind()
-                tcp.server_activate()
-            except BaseException:
-                tcp.server_close()
-                raise
+            given = self._given_socket
+            if given is not None:
+                tcp = TCPServer(given.getsockname(), given.family, self._backlog, self._http.serve, self._closing_event, sock=given)
+            else:
+                address: Any
+                if self._unix_path is not None:
+                    prepare_unix_path(self._unix_path)
+                    family, address = _AF_UNIX, self._unix_path
+                else:
+                    host, port = self._requested
+                    family, address = bind_address(host, port)
+                tcp = TCPServer(address, family, self._backlog, self._http.serve, self._closing_event, self._reuse_port)
+                try:
+                    tcp.server_bind()
+                    tcp.server_activate()
+                except BaseException:
+                    tcp.server_close()
+                    raise
+                if self._unix_path is not None:
+                    made = os.stat(self._unix_path)
+                    self._unix_inode = (made.st_dev, made.st_ino)
             self._tcp = tcp
         self._accept_thread = threading.Thread(target=self._accept_loop, name="ws_multipath-accept", daemon=True)
         self._accept_thread.start()
@@ -293,6 +383,7 @@ class MultipathServer(EventEmitter):
             if self._closing:
                 raise RuntimeError("the server is closed")
             self._routes.add(path, handler)
+            self._handlers.append(handler)
         if self._cluster is not None:
             self._cluster.add(handler)
         return handler
@@ -376,6 +467,18 @@ class MultipathServer(EventEmitter):
         else:
             tcp.shutdown()
         tcp.server_close()
+        self._remove_unix_socket()
+
+    def _remove_unix_socket(self) -> None:
+        """Remove the socket file we made, unless another server made its own there since."""
+        if self._unix_path is None or self._unix_inode is None:
+            return
+        try:
+            now = os.stat(self._unix_path)
+            if (now.st_dev, now.st_ino) == self._unix_inode:
+                os.unlink(self._unix_path)
+        except OSError:
+            pass
 
     def _handler_closed(self, handler: WebSocketHandler) -> None:
         with self._lock:
@@ -401,7 +504,7 @@ class MultipathServer(EventEmitter):
             try:
                 callback()
             except Exception as exc:  # noqa: BLE001 - user code
-                self._listener_failed(exc)
+                self._listener_failed(exc, "close callback")
 
 
 class _Terminated(Exception):
@@ -439,6 +542,32 @@ def _wsgi_options(
         app, websockets, max_body_size, float(keepalive_timeout), float(body_timeout),
         float(write_timeout), float(graceful_timeout), head_timeout, max_header_size, max_headers, proxies,
     )
+
+
+_AF_UNIX: int = getattr(socket, "AF_UNIX", -1)
+
+
+def _check_listen_arguments(port: Any, host: Any, sock: Any, unix_path: Any, reuse_port: Any) -> None:
+    """One of ``port``, ``sock`` and ``unix_path``; ``host`` and ``reuse_port`` go with ``port`` only."""
+    given = [name for name, value in (("sock", sock), ("unix_path", unix_path)) if value is not None]
+    if port is not _NO_PORT:
+        given.insert(0, "port")
+    if len(given) > 1:
+        raise TypeError(f"give one of port, sock and unix_path, not {' and '.join(given)}")
+    if not given:
+        raise TypeError("MultipathServer() needs a port (or sock= or unix_path=)")
+    if given[0] != "port":
+        if host is not None:
+            raise TypeError(f"host goes with port, not with {given[0]}")
+        if reuse_port:
+            raise ValueError(f"reuse_port=True goes with port, not with {given[0]} (bind that socket with SO_REUSEPORT yourself)")
+    if sock is not None:
+        check_listening_socket(sock)
+    if unix_path is not None:
+        if _AF_UNIX == -1:
+            raise ValueError("unix_path needs Unix sockets, which this system lacks")
+        if not isinstance(unix_path, (str, os.PathLike)) or not os.fspath(unix_path):
+            raise TypeError(f"unix_path must be a non-empty str or path, not {unix_path!r}")
 
 
 def _check_arguments(port: Any, host: Any, open_timeout: Any, max_connections: Any, ssl_context: Any, backlog: Any, max_header_size: Any, max_headers: Any) -> None:

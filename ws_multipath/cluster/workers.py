@@ -23,23 +23,33 @@ logged with its exit status and restarted after a backoff (0.5 s, doubling
 to 30 s; reset once a worker lived 30 s), so a crashing app does not spin.
 On Linux the workers also get SIGTERM if the supervisor itself dies
 (``PR_SET_PDEATHSIG``): no orphans.
+
+Listening on a socket the deployment hands over: ``--fd 3`` (a listening
+socket inherited as descriptor 3), or, without ``--fd``, systemd's socket
+activation (``LISTEN_FDS`` and ``LISTEN_PID`` in the environment: its
+first socket, descriptor 3). Every worker then accepts on that one socket
+(inherited, no ``SO_REUSEPORT``), and the factory is called with ``sock``
+(the socket) and ``broker`` instead of ``port``, ``host`` and
+``reuse_port``; ``--port`` and ``--host`` may not be given with it.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from typing import Any, Callable, Optional
 
-from ..log import logger
+from ..log import configure_logging, logger
 
-__all__ = ["load_factory", "run_worker", "supervise"]
+__all__ = ["load_factory", "run_worker", "supervise", "systemd_listen_fd"]
+
+_SD_LISTEN_FDS_START = 3
 
 _BACKOFF_START = 0.5
 _BACKOFF_MAX = 30.0
@@ -68,12 +78,48 @@ def load_factory(spec: str) -> Callable[..., Any]:
     return target  # type: ignore[no-any-return]
 
 
-def run_worker(spec: str, port: int, host: Optional[str], broker: Optional[str], reuse_port: bool) -> int:
+def systemd_listen_fd(environ: Optional[dict[str, str]] = None) -> Optional[int]:
+    """The first socket systemd passed (socket activation: ``LISTEN_FDS``
+    and ``LISTEN_PID``, which must be this process), or None. The variables
+    are removed from ``environ`` (``os.environ`` by default) so that child
+    processes do not take them for their own."""
+    env: Any = os.environ if environ is None else environ
+    fds, pid = env.get("LISTEN_FDS"), env.get("LISTEN_PID")
+    if fds is None:
+        return None
+    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        env.pop(name, None)
+    if pid is not None and pid.strip() != str(os.getpid()):
+        return None  # meant for another process (the variables were inherited)
+    try:
+        count = int(fds)
+    except ValueError:
+        raise ValueError(f"LISTEN_FDS={fds!r} is not a number") from None
+    if count < 1:
+        return None
+    if count > 1:
+        logger.warning("serve: systemd passed %d sockets; serving on the first (fd %d) only", count, _SD_LISTEN_FDS_START)
+    return _SD_LISTEN_FDS_START
+
+
+def _inherited_socket(fd: int) -> socket.socket:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ValueError(f"--fd {fd}: not an open socket ({exc.strerror or exc})") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def run_worker(spec: str, port: int, host: Optional[str], broker: Optional[str], reuse_port: bool, fd: Optional[int] = None) -> int:
     """One worker: build the server, say so on stdout, serve until SIGTERM / Ctrl-C."""
     from ..server import MultipathServer
 
     factory = load_factory(spec)
-    server = factory(port=port, host=host, broker=broker, reuse_port=reuse_port)
+    if fd is not None:
+        server = factory(sock=_inherited_socket(fd), broker=broker)
+    else:
+        server = factory(port=port, host=host, broker=broker, reuse_port=reuse_port)
     if not isinstance(server, MultipathServer):
         raise TypeError(f"{spec} returned {type(server).__name__}, not a MultipathServer")
     # SIGTERM from the supervisor and SIGINT from a terminal's Ctrl-C often
@@ -83,7 +129,8 @@ def run_worker(spec: str, port: int, host: Optional[str], broker: Optional[str],
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
     server.wait_cluster_ready(5.0)
-    print(f"worker {os.getpid()} listening on port {server.port}", flush=True)
+    where = f"port {server.port}" if server.port is not None else f"{server.address}"
+    print(f"worker {os.getpid()} listening on {where}" + (f" (fd {fd})" if fd is not None else ""), flush=True)
     while not stop.wait(0.5):
         if server._closed_event.is_set():
             break
@@ -105,12 +152,22 @@ class _Stop(Exception):
     pass
 
 
-def supervise(spec: str, workers: int, port: int, host: Optional[str], broker: Optional[str], grace: float = 10.0) -> int:
-    """Run ``workers`` worker processes until SIGTERM or Ctrl-C."""
+def supervise(
+    spec: str, workers: int, port: int, host: Optional[str], broker: Optional[str], grace: float = 10.0,
+    fd: Optional[int] = None, worker_args: tuple[str, ...] = (),
+) -> int:
+    """Run ``workers`` worker processes until SIGTERM or Ctrl-C; with
+    ``fd``, they all accept on that inherited listening socket."""
     load_factory(spec)  # a typo fails here, once, not in a restart loop
     if broker is None and workers > 1:
         logger.warning("serve: no --broker: a broadcast reaches only the clients of the worker that made it")
-    argv = [sys.executable, "-m", "ws_multipath", "serve", spec, "--worker", "--port", str(port)]
+    pass_fds: tuple[int, ...] = ()
+    if fd is not None:
+        _inherited_socket(os.dup(fd)).close()  # fails here, once, when fd is no socket
+        argv = [sys.executable, "-m", "ws_multipath", "serve", spec, "--worker", "--fd", str(fd), *worker_args]
+        pass_fds = (fd,)
+    else:
+        argv = [sys.executable, "-m", "ws_multipath", "serve", spec, "--worker", "--port", str(port), *worker_args]
     if host is not None:
         argv += ["--host", host]
     if broker is not None:
@@ -120,7 +177,7 @@ def supervise(spec: str, workers: int, port: int, host: Optional[str], broker: O
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
 
     def start() -> "subprocess.Popen[bytes]":
-        return subprocess.Popen(argv, env=env, preexec_fn=preexec)  # noqa: PLW1509 - the supervisor has one thread
+        return subprocess.Popen(argv, env=env, preexec_fn=preexec, pass_fds=pass_fds)  # noqa: PLW1509 - the supervisor has one thread
 
     stopping = False
 
@@ -199,21 +256,30 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m ws_multipath serve", description="serve an app's MultipathServer in worker processes sharing one port")
     parser.add_argument("app", help="module:callable returning a MultipathServer made with the keyword arguments it is given")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
     parser.add_argument("--host", default=None, help="address to listen on (default: all interfaces)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--broker", default=None, help="broker URL shared by the workers, e.g. redis://localhost:6379/0")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds a worker may take to close before it is killed (default 10)")
-    parser.add_argument("--verbose", "-v", action="store_true")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log connections, closes, refusals and drops (INFO)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text (default) or JSON objects")
+    parser.add_argument("--fd", type=int, default=None, help="accept on this inherited listening socket instead of a port (default: systemd's LISTEN_FDS, if set)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(process)d %(name)s %(message)s")
+    configure_logging(args.verbose, args.log_format, "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    worker_args = (["--verbose"] if args.verbose else []) + ["--log-format", args.log_format]
     try:
+        fd = args.fd
+        if fd is None and not args.worker:
+            fd = systemd_listen_fd()
+        if fd is not None and (args.port is not None or args.host is not None):
+            raise ValueError(f"--fd {fd} (or LISTEN_FDS) is the listening socket: do not give --port or --host with it")
+        port = 8000 if args.port is None else args.port
         if args.worker:
-            return run_worker(args.app, args.port, args.host, args.broker, reuse_port=True)
-        return supervise(args.app, args.workers, args.port, args.host, args.broker, args.grace)
+            return run_worker(args.app, port, args.host, args.broker, reuse_port=fd is None, fd=fd)
+        return supervise(args.app, args.workers, port, args.host, args.broker, args.grace, fd, tuple(worker_args))
     except (ValueError, TypeError, OSError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2

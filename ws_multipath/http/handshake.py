@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from ..emitter import EventEmitter
 from ..errors import HandshakeError
 from ..log import format_address, logger
+from ..stats import Refusals
 from ..sync.reader import listener_thread
 from ..sync.timers import Timers
 from .proxies import TrustedProxies
@@ -121,6 +122,8 @@ class HTTPSide:
         self._deadlines: set[Deadline] = set()
         self._closing = False
         self._unhandled_requests: "weakref.WeakKeyDictionary[socket.socket, Request]" = weakref.WeakKeyDictionary()
+        #: what no handler saw: no_handler, not_websocket, bad_request (stats.py)
+        self.refusals = Refusals()
 
     def close(self) -> None:
         """Stop serving: new connections are dropped, handshakes in progress aborted."""
@@ -156,7 +159,7 @@ class HTTPSide:
             request, head = self._read_request(sock, address)
             detached = self._dispatch(sock, request, deadline, head)
         except HandshakeError as exc:
-            logger.info("refused %s: %s", format_address(address), exc)
+            self._refused(address, exc)
             _send_quietly(deadline.sock, error_response(exc))
         except (OSError, ssl.SSLError) as exc:
             if not deadline.expired:
@@ -211,14 +214,25 @@ class HTTPSide:
         try:
             return self._dispatch(sock, request, deadline)
         except HandshakeError as exc:
-            logger.info("refused %s: %s", format_address(request.remote_address), exc)
+            self._refused(request.remote_address, exc)
             _send_quietly(sock, error_response(exc))
             return False
+
+    def _refused(self, address: Any, error: HandshakeError) -> None:
+        key = "not_websocket" if error.status == 426 else "bad_request"
+        self.refusals.add(error.status, key)
+        client = format_address(address)
+        logger.info("refused %s: %s (%s)", client, error, key, extra={"event": "refused", "client": client, "status": error.status, "reason": key})
 
     def _unhandled(self, sock: socket.socket, request: Request, deadline: Deadline) -> bool:
         """Reject or hand over a request for a path no handler serves."""
         if self._reject_unhandled or not self._events.listeners("unhandled"):
-            logger.info("refused %s: no handler for path %s (400)", format_address(request.remote_address), request.path)
+            self.refusals.add(400, "no_handler")
+            client = format_address(request.remote_address)
+            logger.info(
+                "refused %s: no handler for path %s (400)", client, request.path,
+                extra={"event": "refused", "path": request.path, "client": client, "status": 400, "reason": "no_handler"},
+            )
             _send_quietly(sock, error_response(HandshakeError(400, f"no handler for path {request.path}")))
             sock.close()
             self._events.emit("unhandled", sock)

@@ -96,7 +96,10 @@ class TrustedProxies:
         if self._everyone:
             return True
         if isinstance(peer, tuple):
-            return self._trusts_host(str(peer[0]))
+            host = str(peer[0]) if peer else ""
+            if host.startswith("unix:"):  # a Unix socket's peer (sync/acceptor.py: unix_peer)
+                return self._unix
+            return self._trusts_host(host)
         return self._unix and isinstance(peer, (str, bytes))
 
     def _trusts_host(self, host: str) -> bool:

@@ -59,6 +59,8 @@ class HTTPConnection:
         self._upgrade = upgrade
         try:
             self.local = sock.getsockname()
+            if not isinstance(self.local, tuple):  # a Unix socket's path: no SERVER_NAME/PORT in it
+                self.local = None
         except OSError:
             self.local = None
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.options.max_header_size)

@@ -8,8 +8,10 @@ rest); and where to bind.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import socketserver
+import stat
 import sys
 import threading
 import weakref
@@ -17,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from ..log import format_address, logger
 
-__all__ = ["TCPServer", "bind_address", "check_reuse_port"]
+__all__ = ["TCPServer", "bind_address", "check_reuse_port", "prepare_unix_path", "check_listening_socket", "unix_peer"]
 
 _ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() ran out of descriptors
 
@@ -41,13 +43,17 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def __init__(
         self,
-        address: tuple[Any, ...],
+        address: Any,
         family: int,
         backlog: int,
         serve_connection: Callable[[socket.socket, tuple[Any, ...]], None],
         stopping: threading.Event,
         reuse_port: bool = False,
+        sock: Optional[socket.socket] = None,
     ) -> None:
+        """``sock``: an already bound and listening socket to accept on
+        (``address`` and ``family`` are then its own; do not call
+        ``server_bind``/``server_activate``)."""
         self.reuse_port = reuse_port
         self.address_family = family
         self.request_queue_size = backlog
@@ -55,7 +61,12 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._stopping = stopping
         self.detached: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
         self._exhausted = False
-        super().__init__(address, _RequestHandler, bind_and_activate=False)
+        if sock is None:
+            super().__init__(address, _RequestHandler, bind_and_activate=False)
+        else:
+            socketserver.BaseServer.__init__(self, address, _RequestHandler)
+            self.socket = sock
+        self._unix_peer = unix_peer(self.server_address) if family == socket.AF_UNIX else None
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and self.server_address[0] in ("::", ""):
@@ -73,6 +84,8 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 self._back_off(f"accept() failed: {exc}")
             raise
         self._exhausted = False
+        if self._unix_peer is not None:  # AF_UNIX peers are '' (unnamed): name the socket they came through
+            return request[0], self._unix_peer
         _no_delay(request[0])
         return request
 
@@ -118,6 +131,59 @@ def bind_address(host: Optional[str], port: int) -> tuple[int, tuple[Any, ...]]:
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = info[0]
     return family, address
+
+
+def unix_peer(path: Any) -> tuple[str, int]:
+    """The peer address given to connections accepted on the Unix socket
+    ``path``: ``("unix:/run/app.sock", 0)``, a ``(host, port)`` tuple that
+    logs as ``unix:/run/app.sock`` (``log.format_address``) and that
+    ``trusted_proxies=["unix"]`` trusts."""
+    if isinstance(path, bytes):
+        path = path.decode("utf-8", "replace")
+    return (f"unix:{path or '(unnamed)'}", 0)
+
+
+def prepare_unix_path(path: str) -> None:
+    """Make ``path`` bindable: remove a stale socket file (one nobody
+    listens on any more, left by a server that died); ``OSError`` when a
+    server still listens there, or the file is not a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, f"unix_path {path!r} exists and is not a socket; not removing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        try:
+            os.unlink(path)  # stale
+        except FileNotFoundError:
+            pass
+        return
+    except OSError:
+        return  # let bind() report what is wrong
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"unix_path {path!r}: another server is listening on it")
+
+
+def check_listening_socket(sock: Any) -> None:
+    """``sock=`` must be a bound, listening stream socket (TCP or Unix)."""
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError(f"sock must be a SOCK_STREAM socket, not {sock.type!r}")
+    if sock.family not in (socket.AF_INET, socket.AF_INET6, getattr(socket, "AF_UNIX", None)):
+        raise ValueError(f"sock must be an AF_INET, AF_INET6 or AF_UNIX socket, not {sock.family!r}")
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except (OSError, AttributeError):
+        listening = 1  # not knowable here: accept() will tell
+    if not listening:
+        raise ValueError("sock must be bound and listening (call sock.listen() first)")
 
 
 def check_reuse_port() -> None:

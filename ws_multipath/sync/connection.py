@@ -103,6 +103,11 @@ class WebSocket(EventEmitter):
         self._inbox = Inbox(options.max_queue)
         self._held_back: list[Event] = []  # events after a message the puller returns first
         self._close_timer: Optional[Timer] = None
+        # stats.py: counted by the reading thread; the handler's accounting
+        self._messages_in = 0
+        self._bytes_in = 0
+        self._opened_at = 0.0
+        self._dropped: Optional[str] = None  # why the server cut the connection
         self._socket_reader = SocketReader(transport.sock, timers, self._feed, self._begin, self._resume, self._finish, self._label(), options.max_queue, transport.tls_lock)
         self._heartbeat = Heartbeat(
             timers,
@@ -245,6 +250,8 @@ class WebSocket(EventEmitter):
     def _on_close_timeout(self) -> None:
         if self.ready_state is not ReadyState.CLOSED:
             logger.info("dropping %s: no close frame within %ss", self._label(), self._options.close_timeout)
+            if self._dropped is None:
+                self._dropped = "close timeout"
             self.terminate()
 
     def terminate(self) -> None:
@@ -258,6 +265,8 @@ class WebSocket(EventEmitter):
         """The connection must be dropped (write deadline, outbox overflow,
         no pong): record why; the caller aborts the socket."""
         logger.info("dropping %s: %s (%d)", self._label(), reason, code)
+        if self._dropped is None:
+            self._dropped = reason
         with self._lock:
             self._closing.fatal(code, reason)
         self._seal()
@@ -333,6 +342,7 @@ class WebSocket(EventEmitter):
 
     def _feed(self, data: bytes) -> None:
         """Parse ``data`` and act on its events (``b""``: only the held-back ones)."""
+        self._bytes_in += len(data)
         if not self._closing.reads_frames:
             return
         events = self._reader.receive_data(data) if data else []
@@ -341,6 +351,7 @@ class WebSocket(EventEmitter):
         for index, event in enumerate(events):
             kind = type(event)
             if kind is Message:
+                self._messages_in += 1
                 if self._deliver(event.data) and self._socket_reader.pulling:  # type: ignore[union-attr]
                     # The puller returns this message to the application first, so that
                     # its answer goes out before a close or a violation that followed.

@@ -100,6 +100,9 @@ class Transport:
         self._enrolled = False
         self._progress_at = 0.0  # last write progress while enrolled (monotonic)
         self._closed = False
+        # stats.py: data messages and bytes written, counted under the write lock
+        self.messages_out = 0
+        self.bytes_out = 0
 
     def attach(self, may_write: Callable[[FrameKind], bool], on_fatal: Callable[[int, str], None]) -> None:
         """Connect to the connection: ``may_write(kind)`` admits each frame
@@ -137,6 +140,7 @@ class Transport:
             if not self._may_write(FrameKind.DATA):
                 return False
             header, payload = encode(data)
+            self.messages_out += 1
             self._send_all(header, payload)
             return True
         finally:
@@ -164,7 +168,9 @@ class Transport:
             buffers = [header, payload]
         deadline: Optional[float] = None
         while True:
-            buffers = _advance(buffers, self._send_now(buffers))
+            sent = self._send_now(buffers)
+            self.bytes_out += sent
+            buffers = _advance(buffers, sent)
             if not buffers:
                 return
             if deadline is None:
@@ -261,6 +267,8 @@ class Transport:
         frame, kind, _ = entry
         if kind is not None and not self._may_write(kind):
             return None
+        if kind is FrameKind.DATA:
+            self.messages_out += 1
         return frame() if callable(frame) else frame
 
     def _write_entry_now(self, entry: Entry) -> bool:
@@ -270,6 +278,7 @@ class Transport:
         if data is None:
             return True
         sent = self._send_now([data])
+        self.bytes_out += sent
         if sent == len(data):
             return True
         rest = data if sent == 0 else memoryview(data)[sent:]

@@ -135,13 +135,13 @@ def test_stalled_clients_do_not_delay_a_healthy_one(use_tls, certificate):
                 assert len(handler.clients) == 17
                 for index in range(12):  # more than the kernel holds, less than the outbox cap
                     assert handler.broadcast(bytes([index]) * MiB) == 17
-                    assert healthy.recv(timeout=10)[:1] == bytes([index])
+                    assert healthy.recv(timeout=30)[:1] == bytes([index])
                 assert thread_names()["ws_multipath-writer"] == 0
                 started = time.monotonic()
                 handler.broadcast("hi")
                 assert healthy.recv(timeout=30) == "hi"
                 delay = time.monotonic() - started
-                assert delay < 0.5, f"the healthy client waited {delay:.2f} s"
+                assert delay < 1.0, f"the healthy client waited {delay:.2f} s"  # before: about 10 s (write_timeout); unloaded: < 1 ms
                 assert len(handler.clients) == 17  # nobody dropped: the stalled ones are under the cap
         finally:
             for sock in stalled:

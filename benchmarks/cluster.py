@@ -11,7 +11,11 @@ PATH; no persistence, data in a temp dir). Measures, on this machine:
    served by 3 processes with 2 clients each; time until every client has
    all of them;
 3. latency from ``Publisher.broadcast`` to a client of another process, at
-   2,000 messages/s (p50, p99).
+   2,000 messages/s (p50, p99);
+4. fan-out (``--fanout``): broadcast deliveries/s to 1 x 1,000 clients on one
+   process against 3 x 1,000 on three, one ``Publisher`` sending;
+5. connections held (``--hold``) by 1 worker against 2 on one port, each
+   worker limited to the same number of file descriptors.
 
 Run it from the repo root with the repo's .venv (websockets, redis).
 """
@@ -43,11 +47,120 @@ def free_port() -> int:
 def serve(port: int, broker: str) -> None:
     from ws_multipath import MultipathServer
 
-    server = MultipathServer(port=port, host="127.0.0.1", broker=broker, reuse_port=True)
-    server.create_handler("/chat")
-    server.wait_cluster_ready(10)
+    server = MultipathServer(port=port, host="127.0.0.1", broker=None if broker == "none" else broker, reuse_port=True, backlog=4096)
+    server.create_handler("/chat", ping_interval=None)
+    if broker != "none":
+        server.wait_cluster_ready(10)
     print("ready", flush=True)
     server.serve_forever()
+
+
+def count(port: int, clients: int, expected: int) -> None:
+    """Child process: `clients` raw clients that read until each has
+    `expected` bytes, then print the time it took from the first byte."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    received: dict[int, int] = {}
+    for _ in range(clients):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        received[sock.fileno()] = len(head.partition(b"\r\n\r\n")[2])
+        sock.setblocking(False)
+        sel.register(sock, selectors.EVENT_READ)
+    print("ready", flush=True)
+    first = None
+    unfinished = clients
+    while unfinished:
+        for key, _ in sel.select(30):
+            try:
+                data = key.fileobj.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if first is None:
+                first = time.perf_counter()
+            fd = key.fileobj.fileno()
+            before = received[fd]
+            received[fd] = before + len(data)
+            if before < expected <= received[fd]:
+                unfinished -= 1
+            if not data:
+                print("lost", flush=True)
+                return
+    print(f"{time.perf_counter() - first:.6f}", flush=True)
+
+
+def fanout(url: str, processes: int, per_process: int = 1000, messages: int = 200) -> float:
+    """Deliveries per second: `messages` 32-byte broadcasts from a Publisher
+    to `per_process` clients on each of `processes` servers."""
+    from ws_multipath import Publisher
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    servers, counters = [], []
+    try:
+        for _ in range(processes):
+            port = free_port()
+            servers.append(subprocess.Popen([sys.executable, __file__, "--server", str(port), url], stdout=subprocess.PIPE, text=True, env=env))
+            assert servers[-1].stdout.readline().strip() == "ready"
+            frame = 2 + 32
+            counters.append(subprocess.Popen([sys.executable, __file__, "--count", str(port), str(per_process), str(frame * messages)], stdout=subprocess.PIPE, text=True))
+        for counter in counters:
+            assert counter.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # the last upgrades are registered
+        publisher = Publisher(url)
+        started = time.perf_counter()
+        for i in range(messages):
+            publisher.broadcast("/chat", "%032d" % i)
+        results = [counter.stdout.readline().strip() for counter in counters]
+        elapsed = time.perf_counter() - started
+        publisher.close()
+        assert all(r and r != "lost" for r in results), results
+        return processes * per_process * messages / elapsed
+    finally:
+        for proc in counters + servers:
+            proc.terminate()
+            proc.wait(15)
+
+
+def hold(workers: int, fd_limit: int = 1024) -> int:
+    """Connections held on one port by `workers` processes (SO_REUSEPORT),
+    each with `fd_limit` descriptors, before new ones are refused."""
+    import resource
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    limit = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))  # noqa: E731
+    servers = [subprocess.Popen([sys.executable, __file__, "--server", str(port), "none"], stdout=subprocess.PIPE, text=True, env=env, preexec_fn=limit) for _ in range(workers)]
+    socks = []
+    try:
+        for proc in servers:
+            assert proc.stdout.readline().strip() == "ready"
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the client side holds them all
+        failures = 0  # in a row: with SO_REUSEPORT a full worker still gets its share of new connections
+        while failures < 10 and len(socks) < workers * fd_limit * 2:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+            try:
+                sock.sendall(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                ok = sock.recv(12) == b"HTTP/1.1 101"
+            except OSError:
+                ok = False
+            if ok:
+                socks.append(sock)
+                failures = 0
+            else:
+                failures += 1
+                sock.close()
+        return len(socks)
+    finally:
+        for sock in socks:
+            sock.close()
+        for proc in servers:
+            proc.terminate()
+            proc.wait(15)
 
 
 def drain(port: int, clients: int) -> None:
@@ -99,9 +212,19 @@ def main() -> int:
     parser.add_argument("--redis", default=None)
     parser.add_argument("--server", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--drain", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--count", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--fanout", action="store_true", help="only the fan-out comparison (1 x 1,000 against 3 x 1,000 clients)")
+    parser.add_argument("--hold", action="store_true", help="only the connections held by 1 worker against 2")
     args = parser.parse_args()
     if args.drain:
         drain(*args.drain)
+        return 0
+    if args.count:
+        count(*args.count)
+        return 0
+    if args.hold:
+        one, two = hold(1), hold(2)
+        print(f"connections held with 1,024 descriptors per worker: 1 worker {one}, 2 workers {two} ({two / one:.2f}x)")
         return 0
     if args.server:
         serve(int(args.server[0]), args.server[1])
@@ -123,6 +246,10 @@ def main() -> int:
         url = f"redis://127.0.0.1:{rport}/0"
     servers = []
     try:
+        if args.fanout:
+            for processes in (1, 3, 1, 3):
+                print(f"fan-out: {processes} x 1,000 clients: {fanout(url, processes):,.0f} deliveries/s", flush=True)
+            return 0
         local = call_cost(None)
         remote = call_cost(url)
         print(f"broadcast() back to back, 100 local clients: {local:.0f} us per call without a broker, {remote:.0f} us with Redis")

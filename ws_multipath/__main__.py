@@ -15,7 +15,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .demo import add_demo, app as demo_page
+from .demo import add_demo
+from .demo import app as demo_page
 from .log import configure_logging
 from .server import MultipathServer
 

@@ -29,8 +29,8 @@ from .log import format_address, logger
 from .options import HandlerOptions
 from .protocol.deflate import negotiate_deflate
 from .protocol.frames import FrameReader, FrameWriter, Payload
-from .sync.connection import WebSocket
 from .stats import HandlerTotals, Refusals
+from .sync.connection import WebSocket
 from .sync.transport import Transport
 
 if TYPE_CHECKING:

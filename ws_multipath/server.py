@@ -19,17 +19,23 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
+from .arguments import check_arguments, check_listen_arguments, wsgi_options
 from .emitter import EventEmitter
 from .handler import WebSocketHandler
 from .http.handshake import HeadLimits, HTTPSide
 from .http.proxies import TrustedProxies
 from .http.request import Request
 from .http.routing import RoutingTable
-from .http.wsgi import WSGIOptions, WSGIServer
+from .http.wsgi import WSGIServer
 from .log import logger
 from .options import HandlerOptions, HandlerOptionsDict
 from .stats import merge
-from .sync.acceptor import TCPServer, bind_address, check_listening_socket, check_reuse_port, prepare_unix_path
+from .sync.acceptor import (
+    TCPServer,
+    bind_address,
+    check_reuse_port,
+    prepare_unix_path,
+)
 from .sync.flusher import Flusher
 from .sync.reader import listener_thread
 from .sync.timers import Timers
@@ -44,6 +50,8 @@ if TYPE_CHECKING:
     from .cluster.node import ClusterNode
 
 __all__ = ["MultipathServer"]
+
+_AF_UNIX: int = getattr(socket, "AF_UNIX", -1)
 
 class _NoPort(int):
     """The default of ``port``: not given (``sock=`` or ``unix_path=`` may stand in)."""
@@ -169,12 +177,12 @@ class MultipathServer(EventEmitter):
         reuse_port: bool = False,
     ) -> None:
         super().__init__()
-        _check_listen_arguments(port, host, sock, unix_path, reuse_port)
+        check_listen_arguments(port is not _NO_PORT, host, sock, unix_path, reuse_port)
         if port is _NO_PORT:
             port = 0
-        _check_arguments(port, host, open_timeout, max_connections, ssl_context, backlog, max_header_size, max_headers)
+        check_arguments(port, host, open_timeout, max_connections, ssl_context, backlog, max_header_size, max_headers)
         proxies = TrustedProxies(trusted_proxies or ())
-        wsgi = _wsgi_options(
+        wsgi = wsgi_options(
             wsgi_app, wsgi_websockets, http_max_body_size, http_keepalive_timeout, http_body_timeout,
             http_write_timeout, http_graceful_timeout, float(open_timeout), max_header_size, max_headers, proxies,
         )
@@ -513,74 +521,3 @@ class _Terminated(Exception):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
-
-
-def _wsgi_options(
-    app: Any, websockets: Any, max_body_size: Any, keepalive_timeout: Any, body_timeout: Any,
-    write_timeout: Any, graceful_timeout: Any, head_timeout: float, max_header_size: int, max_headers: int,
-    proxies: TrustedProxies,
-) -> Optional[WSGIOptions]:
-    if app is not None and not callable(app):
-        raise TypeError(f"wsgi_app must be a WSGI callable, not {type(app).__name__}")
-    if not isinstance(websockets, bool):
-        raise TypeError(f"wsgi_websockets must be a bool, not {type(websockets).__name__}")
-    if websockets and app is None:
-        raise ValueError("wsgi_websockets=True needs a wsgi_app")
-    if not isinstance(max_body_size, int) or isinstance(max_body_size, bool) or max_body_size < 0:
-        raise ValueError(f"http_max_body_size must be an int >= 0, not {max_body_size!r}")
-    for name, value in (
-        ("http_keepalive_timeout", keepalive_timeout),
-        ("http_body_timeout", body_timeout),
-        ("http_write_timeout", write_timeout),
-        ("http_graceful_timeout", graceful_timeout),
-    ):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a number of seconds > 0, not {value!r}")
-    if app is None:
-        return None
-    return WSGIOptions(
-        app, websockets, max_body_size, float(keepalive_timeout), float(body_timeout),
-        float(write_timeout), float(graceful_timeout), head_timeout, max_header_size, max_headers, proxies,
-    )
-
-
-_AF_UNIX: int = getattr(socket, "AF_UNIX", -1)
-
-
-def _check_listen_arguments(port: Any, host: Any, sock: Any, unix_path: Any, reuse_port: Any) -> None:
-    """One of ``port``, ``sock`` and ``unix_path``; ``host`` and ``reuse_port`` go with ``port`` only."""
-    given = [name for name, value in (("sock", sock), ("unix_path", unix_path)) if value is not None]
-    if port is not _NO_PORT:
-        given.insert(0, "port")
-    if len(given) > 1:
-        raise TypeError(f"give one of port, sock and unix_path, not {' and '.join(given)}")
-    if not given:
-        raise TypeError("MultipathServer() needs a port (or sock= or unix_path=)")
-    if given[0] != "port":
-        if host is not None:
-            raise TypeError(f"host goes with port, not with {given[0]}")
-        if reuse_port:
-            raise ValueError(f"reuse_port=True goes with port, not with {given[0]} (bind that socket with SO_REUSEPORT yourself)")
-    if sock is not None:
-        check_listening_socket(sock)
-    if unix_path is not None:
-        if _AF_UNIX == -1:
-            raise ValueError("unix_path needs Unix sockets, which this system lacks")
-        if not isinstance(unix_path, (str, os.PathLike)) or not os.fspath(unix_path):
-            raise TypeError(f"unix_path must be a non-empty str or path, not {unix_path!r}")
-
-
-def _check_arguments(port: Any, host: Any, open_timeout: Any, max_connections: Any, ssl_context: Any, backlog: Any, max_header_size: Any, max_headers: Any) -> None:
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-        raise ValueError(f"port must be an int from 0 to 65535, not {port!r}")
-    if host is not None and not isinstance(host, str):
-        raise TypeError(f"host must be a str or None, not {type(host).__name__}")
-    if not isinstance(open_timeout, (int, float)) or isinstance(open_timeout, bool) or open_timeout <= 0:
-        raise ValueError(f"open_timeout must be a number of seconds > 0, not {open_timeout!r}")
-    if max_connections is not None and (not isinstance(max_connections, int) or max_connections < 1):
-        raise ValueError(f"max_connections must be a positive int or None, not {max_connections!r}")
-    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
-    for name, value in (("backlog", backlog), ("max_header_size", max_header_size), ("max_headers", max_headers)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, not {value!r}")

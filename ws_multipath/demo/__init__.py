@@ -20,9 +20,9 @@ import threading
 from importlib import resources
 from typing import Any, Callable, Collection, Iterable, Iterator, Optional, Union
 
-from ..server import MultipathServer
 from ..handler import WebSocketHandler
 from ..http.request import Request
+from ..server import MultipathServer
 from ..sync.connection import WebSocket
 
 __all__ = ["add_demo", "app", "member_name", "NAME_LIMIT"]

@@ -29,7 +29,7 @@ def main(path: Path) -> Path:
     results = json.loads(path.read_text())
     entries = [e for e in results["summary"].values() if e.get("kind") == "throughput"]
     entries.reverse()  # first scenario at the top
-    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 0.42 * len(entries) + 2.2), sharey=True,
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 0.42 * len(entries) + 3.0), sharey=True,
                                       gridspec_kw={"width_ratios": [3, 2]})
     titles = [e["title"].replace("`", "") for e in entries]
     ys = range(len(entries))
@@ -54,15 +54,16 @@ def main(path: Path) -> Path:
     left.axvline(1.0, color="black", linewidth=0.8)
     left.set_yticks(list(ys), titles, fontsize=8)
     left.set_xlabel("ws_multipath throughput / peer's (same run, interleaved pairs)")
-    left.legend(loc="lower right", fontsize=8)
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=8)
     right.set_xscale("log")
     right.set_xlabel("server CPU µs per op (log)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[i]) for i in ("ws_multipath", "websockets", "node_ws", "raw_tcp", "werkzeug", "gunicorn", "ws_multipath+wsgi")]
-    right.legend(handles, ["ws_multipath", "websockets", "Node ws", "raw TCP", "Werkzeug", "gunicorn", "wm + wsgi_app"], loc="lower right", fontsize=7)
+    right.legend(handles, ["ws_multipath", "websockets", "Node ws", "raw TCP", "Werkzeug", "gunicorn", "wm + wsgi_app"], loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, fontsize=7)
     meta = results["meta"]
     q = meta.get("quiet") or {}
-    fig.suptitle(f"ws_multipath benchmarks, {meta['date'][:10]}, {meta['machine']['nproc']} CPUs; {meta['command'].replace('python3 benchmarks/run.py', 'run.py')}; "
-                 f"machine busy before runs {q.get('busy_before_median', 0):.0f}% (median)", fontsize=9)
+    fig.suptitle(f"ws_multipath benchmarks, {meta['date'][:10]}, {meta['machine']['nproc']} CPUs, {meta['reps']} interleaved pairs; "
+                 f"machine busy before the runs {q.get('busy_before_median', 0):.0f}% (median), "
+                 f"others used {q.get('other_cores_median', 0):.2f} cores during them", fontsize=9)
     fig.tight_layout()
     out = path.with_suffix(".png")
     fig.savefig(out, dpi=110)

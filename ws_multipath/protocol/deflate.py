@@ -116,15 +116,10 @@ class BoundedDeflate(PerMessageDeflate):
         if self._decompressor is None:
             self._decompressor = zlib.decompressobj(-int(self.client_max_window_bits))
         self._inflated = 0
-        out = self._inflate(payload)
-        if isinstance(out, CloseReason):
-            return out
-        tail = self._inflate(_SYNC_TAIL)
-        if isinstance(tail, CloseReason):
-            return tail
-        if self.client_no_context_takeover:
+        out = self._inflate(payload + _SYNC_TAIL)  # one call: zlib lets the GIL go (a hand-off) in each
+        if not isinstance(out, CloseReason) and self.client_no_context_takeover:
             self._decompressor = None
-        return out + tail if tail else out
+        return out
 
     def deflate_message(self, payload: bytes) -> bytes:
         """One whole outgoing message, compressed (what ``frame_outbound``

@@ -41,9 +41,23 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Union
 
+from ..protocol import frames
 from ..protocol.closing import FrameKind
 from ..protocol.frames import Payload
 from .flusher import Flusher
+
+#: ``send_nowait(sock, data) -> int`` of the C speedups (a non-blocking send
+#: that keeps the GIL: no hand-off to another thread per small frame), or
+#: None on the pure-Python path.
+_send_nowait: Optional[Callable[[Any, bytes], int]] = None
+if frames.SPEEDUPS:
+    from .. import _speedups  # type: ignore[attr-defined,unused-ignore]
+
+    _send_nowait = getattr(_speedups, "send_nowait", None)
+
+#: Frames up to this size are sent by ``_send_nowait`` (a larger copy into the
+#: kernel would keep the other threads from Python for longer).
+_NOWAIT_LIMIT = 16 * 1024
 
 __all__ = ["Transport", "MAX_OUTBOX_BYTES"]
 
@@ -165,10 +179,13 @@ class Transport:
             if type(header) is bytes and type(payload) is bytes and not self._tls:
                 # The common case, a small frame on plain TCP: one send, no lists.
                 frame = header + payload if payload else header
-                try:
-                    sent = self.sock.send(frame, socket.MSG_DONTWAIT)
-                except _WOULD_BLOCK:
-                    sent = 0
+                if _send_nowait is not None and len(frame) <= _NOWAIT_LIMIT:
+                    sent = _send_nowait(self.sock, frame)
+                else:
+                    try:
+                        sent = self.sock.send(frame, socket.MSG_DONTWAIT)
+                    except _WOULD_BLOCK:
+                        sent = 0
                 if sent == len(frame):
                     return
                 buffers: list[Payload] = [memoryview(frame)[sent:] if sent else frame]

@@ -220,6 +220,8 @@ class Transport:
                 with self.tls_lock:
                     return self.sock.send(buffers[0])
             if len(buffers) == 1:
+                if _send_nowait is not None and len(buffers[0]) <= _NOWAIT_LIMIT:
+                    return _send_nowait(self.sock, buffers[0])  # type: ignore[arg-type]
                 return self.sock.send(buffers[0], socket.MSG_DONTWAIT)
             return self.sock.sendmsg(buffers, (), socket.MSG_DONTWAIT)
         except _WOULD_BLOCK:

@@ -20,7 +20,7 @@ const net = require('net');
 const WebSocket = require(path.join(__dirname, '.work', 'node_modules', 'ws'));
 
 const cfg = JSON.parse(process.argv[2]);
-const WS_OPTIONS = { perMessageDeflate: false, handshakeTimeout: 15000, maxPayload: 64 * 1024 * 1024 };
+const WS_OPTIONS = { perMessageDeflate: !!cfg.compression, handshakeTimeout: 15000, maxPayload: 64 * 1024 * 1024 };
 
 function out(obj) {
   process.stdout.write(JSON.stringify(obj) + '\n');
@@ -45,7 +45,23 @@ process.stdin.on('data', (chunk) => {
 process.stdin.on('error', () => {});
 
 function payload(size, fill) {
+  if (cfg.words) return words(size);
   return Buffer.alloc(size, fill || 'a');
+}
+
+// Compressible but not trivial text (for the deflate scenarios): words drawn
+// by a fixed pseudo-random sequence, so every run sends the same bytes.
+function words(size) {
+  const vocabulary = ('the of and to in is was for on that with as by at from his her an which or be are this had not ' +
+    'message server client socket thread frame buffer kernel deflate window stream event listener request response ' +
+    '{"id": "value": "type": "update", "time": 1700000000, "ok": true, "items": [1, 2, 3]}').split(' ');
+  let seed = 12345;
+  let text = '';
+  while (text.length < size) {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    text += vocabulary[seed % vocabulary.length] + ' ';
+  }
+  return Buffer.from(text.slice(0, size), 'latin1');
 }
 
 // Open `n` connections, at most `concurrency` handshakes at a time.
@@ -111,8 +127,9 @@ function makeWindow(onEnd) {
 
 // echo / pipeline: every client keeps `inflight` messages outstanding.
 async function runEcho() {
+  if (cfg.raw) return runRawEcho();
   const data = payload(cfg.size);
-  const opts = { binary: !!cfg.binary, compress: false };
+  const opts = { binary: !!cfg.binary, compress: !!cfg.compression };
   let closedEarly = 0;
   let badLength = 0;
   const w = makeWindow(() => ({ closed_early: closedEarly, bad_length: badLength }));
@@ -130,6 +147,154 @@ async function runEcho() {
   });
   out({ event: 'connected', clients: sockets.length });
   for (const ws of sockets) for (let i = 0; i < cfg.inflight; i++) ws.send(data, opts);
+  w.begin();
+}
+
+// echo over plain TCP (the raw_tcp peer: no framing): `size` bytes out,
+// an op each time `size` bytes have come back; `inflight` buffers outstanding.
+function rawConnect(u) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(Number(u.port), u.hostname);
+    sock.setNoDelay(true);
+    sock.once('connect', () => resolve(sock));
+    sock.once('error', reject);
+  });
+}
+
+async function runRawEcho() {
+  const u = new URL(cfg.url);
+  const data = payload(cfg.size);
+  let closedEarly = 0;
+  const w = makeWindow(() => ({ closed_early: closedEarly }));
+  const sockets = [];
+  for (let i = 0; i < cfg.clients; i++) sockets.push(await rawConnect(u));
+  for (const sock of sockets) {
+    let pending = 0;
+    sock.on('data', (chunk) => {
+      if (w.stopped) return;
+      pending += chunk.length;
+      while (pending >= cfg.size) {
+        pending -= cfg.size;
+        w.count(cfg.size);
+        if (w.stopped) return;
+        sock.write(data);
+      }
+    });
+    sock.on('close', () => {
+      if (!w.stopped) closedEarly++;
+    });
+    sock.on('error', () => {});
+  }
+  out({ event: 'connected', clients: sockets.length });
+  for (const sock of sockets) for (let i = 0; i < cfg.inflight; i++) sock.write(data);
+  w.begin();
+}
+
+// burst (server push): each client asks for `count` messages of `size`
+// bytes ("count size") and asks again once all have come; an op is one
+// message received.
+async function runBurst() {
+  const request = `${cfg.count} ${cfg.size}`;
+  let closedEarly = 0;
+  let badLength = 0;
+  const w = makeWindow(() => ({ closed_early: closedEarly, bad_length: badLength }));
+  const sockets = await openMany(cfg.clients, 64, (ws) => {
+    let left = cfg.count;
+    ws.on('message', (msg) => {
+      if (w.stopped) return;
+      if (msg.length !== cfg.size) badLength++;
+      w.count(msg.length);
+      if (--left === 0 && !w.stopped) {
+        left = cfg.count;
+        ws.send(request);
+      }
+    });
+    ws.on('close', () => {
+      if (!w.stopped) closedEarly++;
+    });
+    ws.on('error', () => {});
+  });
+  out({ event: 'connected', clients: sockets.length });
+  for (const ws of sockets) ws.send(request);
+  w.begin();
+}
+
+// stream (server push): one request "stream size"; the server then sends
+// as fast as it can; an op is one message received.
+async function runStream() {
+  let closedEarly = 0;
+  let badLength = 0;
+  const w = makeWindow(() => ({ closed_early: closedEarly, bad_length: badLength }));
+  const sockets = await openMany(cfg.clients, 64, (ws) => {
+    ws.on('message', (msg) => {
+      if (w.stopped) return;
+      if (msg.length !== cfg.size) badLength++;
+      w.count(msg.length);
+    });
+    ws.on('close', () => {
+      if (!w.stopped) closedEarly++;
+    });
+    ws.on('error', () => {});
+  });
+  out({ event: 'connected', clients: sockets.length });
+  for (const ws of sockets) ws.send(`stream ${cfg.size}`);
+  w.begin();
+}
+
+// http: `clients` keep-alive connections, each sending GET `path` and the
+// next one once the whole response (Content-Length) has come; an op is one
+// response. A server that answers "Connection: close" (Werkzeug's dev
+// server always does) gets a new connection for the next request, as a
+// browser would do. Raw sockets: Node's http client costs more per request
+// than the servers under test.
+async function runHttp() {
+  const u = new URL(cfg.url);
+  const request = Buffer.from(`GET ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\n\r\n`, 'latin1');
+  let closedEarly = 0;
+  let badStatus = 0;
+  let lastBad = '';
+  let reconnects = 0;
+  const w = makeWindow(() => ({ closed_early: closedEarly, bad_status: badStatus, last_bad: lastBad, reconnects }));
+  function attach(sock) {
+    let buf = Buffer.alloc(0);
+    let closing = false;
+    sock.on('data', (chunk) => {
+      if (w.stopped) return;
+      buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = buf.toString('latin1', 0, end);
+        const m = /\r\ncontent-length:\s*(\d+)/i.exec(head);
+        const length = m ? Number(m[1]) : 0;
+        if (buf.length < end + 4 + length) return;
+        if (!head.startsWith('HTTP/1.1 200') && !head.startsWith('HTTP/1.0 200')) {
+          badStatus++;
+          lastBad = head.slice(0, 60);
+        }
+        buf = buf.subarray(end + 4 + length);
+        w.count(length);
+        if (w.stopped) return;
+        if (/\r\nconnection:\s*close/i.test(head) || head.startsWith('HTTP/1.0')) {
+          closing = true;
+          sock.destroy();
+          reconnects++;
+          rawConnect(u).then((next) => { attach(next); next.write(request); }, () => { closedEarly++; });
+          return;
+        }
+        sock.write(request);
+      }
+    });
+    sock.on('close', () => {
+      if (!w.stopped && !closing) closedEarly++;
+    });
+    sock.on('error', () => {});
+  }
+  const sockets = [];
+  for (let i = 0; i < cfg.clients; i++) sockets.push(await rawConnect(u));
+  for (const sock of sockets) attach(sock);
+  out({ event: 'connected', clients: sockets.length });
+  for (const sock of sockets) sock.write(request);
   w.begin();
 }
 
@@ -330,7 +495,7 @@ function runIdle() {
   for (let i = 0; i < cfg.concurrency; i++) next();
 }
 
-const modes = { echo: runEcho, connect: runConnect, broadcast: runBroadcast, idle: runIdle };
+const modes = { echo: runEcho, connect: runConnect, broadcast: runBroadcast, idle: runIdle, burst: runBurst, stream: runStream, http: runHttp };
 if (!modes[cfg.mode]) fail(`unknown mode ${cfg.mode}`);
 Promise.resolve()
   .then(modes[cfg.mode])

@@ -54,29 +54,63 @@ NOFILE = 20000  # wanted soft limit of open files for servers and generators (ca
 KiB, MiB = 1024, 1024 * 1024
 GEN_BOUND = 0.85  # generator cores from which a figure is marked as possibly generator-bound
 
-# name, server mode, load config, unit, what an "op" is
+#: Every server a scenario can compare (see servers.py and node_server.js).
+PEER_TITLES = {
+    "ws_multipath": "ws_multipath",
+    "websockets": "websockets 17 (sync)",
+    "node_ws": "Node ws",
+    "raw_tcp": "raw TCP echo (Python threads, no framing)",
+    "ws_multipath+wsgi": "ws_multipath with a wsgi_app mounted",
+    "werkzeug": "Werkzeug dev server (threaded; it closes the connection after every response)",
+    "gunicorn": "gunicorn --threads 16",
+}
+WS_PEERS = ("ws_multipath", "websockets", "node_ws")
+ECHO_PEERS = ("ws_multipath", "websockets", "node_ws", "raw_tcp")
+IMPLS = ("ws_multipath", "websockets")  # the idle and soak scenarios (and --profile)
+
+
+def _echo(name: str, clients: int, size: int, title: str, binary: bool = False, inflight: int = 1, server: str = "echo", **extra: Any) -> dict[str, Any]:
+    return dict(name=name, server=server, load=dict(mode="echo", clients=clients, size=size, binary=binary, inflight=inflight),
+                unit="msg/s", title=title, impls=ECHO_PEERS, **extra)
+
+
+# name, server mode, load config, unit, title; impls: the servers compared
+# (the first is the subject), baseline: the one the ratio divides by.
 SCENARIOS: list[dict[str, Any]] = [
-    dict(name="echo_1x32B", server="echo", load=dict(mode="echo", clients=1, size=32, binary=False, inflight=1), unit="msg/s",
-         title="echo, 1 client, 32 B text"),
-    dict(name="echo_16x1KiB", server="echo", load=dict(mode="echo", clients=16, size=KiB, binary=False, inflight=1), unit="msg/s",
-         title="echo, 16 clients, 1 KiB text"),
-    dict(name="echo_256x32B", server="echo", load=dict(mode="echo", clients=256, size=32, binary=False, inflight=1), unit="msg/s",
-         title="echo, 256 clients, 32 B text"),
-    dict(name="echo_16x64KiB", server="echo", load=dict(mode="echo", clients=16, size=64 * KiB, binary=True, inflight=1), unit="msg/s",
-         title="echo, 16 clients, 64 KiB binary"),
-    dict(name="echo_16x1MiB", server="echo", load=dict(mode="echo", clients=16, size=MiB, binary=True, inflight=1), unit="msg/s",
-         title="echo, 16 clients, 1 MiB binary"),
-    dict(name="pipelined_1x32_1KiB", server="echo", load=dict(mode="echo", clients=1, size=KiB, binary=False, inflight=32), unit="msg/s",
-         title="pipelined echo, 1 client, 32 in flight, 1 KiB"),
-    dict(name="iter_16x1KiB", server="iter", load=dict(mode="echo", clients=16, size=KiB, binary=False, inflight=1), unit="msg/s",
-         title="`for message in ws` style, 16 clients, 1 KiB"),
-    dict(name="connect_close_32", server="echo", load=dict(mode="connect", concurrency=32), unit="conn/s",
+    _echo("echo_1x32B", 1, 32, "echo, 1 client, 32 B text"),
+    _echo("echo_16x32B", 16, 32, "echo, 16 clients, 32 B text"),
+    _echo("echo_16x1KiB", 16, KiB, "echo, 16 clients, 1 KiB text"),
+    _echo("echo_256x32B", 256, 32, "echo, 256 clients, 32 B text"),
+    _echo("echo_16x64KiB", 16, 64 * KiB, "echo, 16 clients, 64 KiB binary", binary=True),
+    _echo("echo_16x1MiB", 16, MiB, "echo, 16 clients, 1 MiB binary", binary=True),
+    _echo("pipelined_1x32_1KiB", 1, KiB, "pipelined echo, 1 client, 32 in flight, 1 KiB", inflight=32),
+    _echo("iter_16x32B", 16, 32, "`for message in ws`, 16 clients, 32 B", server="iter"),
+    _echo("iter_16x1KiB", 16, KiB, "`for message in ws`, 16 clients, 1 KiB", server="iter"),
+    _echo("iter_256x32B", 256, 32, "`for message in ws`, 256 clients, 32 B", server="iter"),
+    _echo("iter_pipelined_1x32_1KiB", 1, KiB, "`for message in ws`, pipelined, 1 client, 32 in flight, 1 KiB", server="iter", inflight=32),
+    dict(name="push_burst_16x16x32B", server="burst", load=dict(mode="burst", clients=16, count=16, size=32), unit="msg/s", impls=WS_PEERS,
+         title="server push: 16 clients, each request answered by 16 x 32 B"),
+    dict(name="push_stream_1x32B", server="stream", load=dict(mode="stream", clients=1, size=32), unit="msg/s", impls=WS_PEERS,
+         title="server push: stream of 32 B messages to 1 client"),
+    dict(name="deflate_16x1KiB", server="echo", compression=True, load=dict(mode="echo", clients=16, size=KiB, binary=False, inflight=1, words=True, compression=True),
+         unit="msg/s", impls=WS_PEERS, title="deflate on: echo, 16 clients, 1 KiB text"),
+    dict(name="deflate_16x64KiB", server="echo", compression=True, load=dict(mode="echo", clients=16, size=64 * KiB, binary=False, inflight=1, words=True, compression=True),
+         unit="msg/s", impls=WS_PEERS, title="deflate on: echo, 16 clients, 64 KiB text"),
+    dict(name="connect_close_32", server="echo", load=dict(mode="connect", concurrency=32), unit="conn/s", impls=WS_PEERS,
          title="connect+handshake+close, 32 at a time"),
-    dict(name="broadcast_1000", server="broadcast", load=dict(mode="broadcast", clients=1000, size=32, window=8), unit="deliveries/s",
+    dict(name="broadcast_1000", server="broadcast", load=dict(mode="broadcast", clients=1000, size=32, window=8), unit="deliveries/s", impls=WS_PEERS,
          title="broadcast to 1000 clients, 32 B, 8 outstanding"),
-    dict(name="idle", kind="idle", title="idle connections held, heartbeat every 5 s"),
-    dict(name="soak_256x32B", kind="soak", title="memory under a long 256-client 32 B echo"),
+    dict(name="wsgi_mounted_16x1KiB", server="echo", load=dict(mode="echo", clients=16, size=KiB, binary=False, inflight=1), unit="msg/s",
+         impls=("ws_multipath+wsgi", "ws_multipath"), baseline="ws_multipath",
+         title="echo, 16 clients, 1 KiB, with a wsgi_app mounted / without"),
+    dict(name="http_keepalive_16", server="http", load=dict(mode="http", clients=16), unit="req/s",
+         impls=("ws_multipath", "werkzeug", "gunicorn"), baseline="werkzeug",
+         title="HTTP keep-alive, tiny Flask app, 16 connections"),
+    dict(name="idle", kind="idle", title="idle connections held, heartbeat every 5 s", impls=IMPLS),
+    dict(name="soak_256x32B", kind="soak", title="memory under a long 256-client 32 B echo", impls=IMPLS),
 ]
+for _s in SCENARIOS:
+    _s.setdefault("baseline", "websockets")
 BY_NAME = {s["name"]: s for s in SCENARIOS}
 
 
@@ -107,6 +141,15 @@ def setup(profile: bool) -> None:
     if not venv_has("import websockets, sys; sys.exit(websockets.__version__.split('.')[0] != '17')"):
         log("installing websockets 17 into .venv")
         pip_install("websockets>=17,<18")
+    if not venv_has("import flask"):
+        log("installing Flask into .venv (the HTTP scenario)")
+        pip_install("flask")
+    if not venv_has("import gunicorn"):
+        log("installing gunicorn into .venv (the HTTP scenario)")
+        pip_install("gunicorn")
+    if not venv_has("import matplotlib"):
+        log("installing matplotlib into .venv (the chart)")
+        pip_install("matplotlib")
     if profile and shutil.which("py-spy", path=str(VENV / "bin")) is None:
         log("installing py-spy into .venv")
         pip_install("py-spy")
@@ -226,10 +269,27 @@ def _raise_nofile() -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all threads)."""
+    """utime + stime of the whole process (all threads) and of its live
+    children (gunicorn's worker)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    total = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    for child in child_pids(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:
+            pass
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            children += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    except OSError:
+        pass
+    return children
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -395,11 +455,46 @@ class Sampler(threading.Thread):
             self.join(5)
 
 
-def start_server(impl: str, mode: str, logs: Path, ping_interval: float = 20.0, ping_timeout: float = 20.0) -> tuple[subprocess.Popen, int]:
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_listening(port: int, timeout: float) -> bool:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def start_server(impl: str, mode: str, logs: Path, ping_interval: float = 20.0, ping_timeout: float = 20.0,
+                 compression: bool = False) -> tuple[subprocess.Popen, int]:
     stderr = open(logs / f"server-{impl}.log", "ab")
+    port = 0
+    if impl == "node_ws":
+        command = ["node", str(BENCH / "node_server.js"), json.dumps({"mode": mode, "compression": compression})]
+    elif impl == "gunicorn":
+        port = free_port()
+        command = [str(PYTHON), "-m", "gunicorn", "--workers", "1", "--threads", "16", "--worker-class", "gthread",
+                   "--bind", f"127.0.0.1:{port}", "--chdir", str(BENCH), "--log-level", "warning", "flask_app:app"]
+    else:
+        name = "ws_multipath" if impl == "ws_multipath+wsgi" else impl
+        command = [str(PYTHON), str(BENCH / "servers.py"), "--impl", name, "--mode", mode,
+                   "--ping-interval", str(ping_interval), "--ping-timeout", str(ping_timeout)]
+        command += ["--compression"] if compression else []
+        command += ["--wsgi"] if impl == "ws_multipath+wsgi" else []
     proc = subprocess.Popen(
-        [str(PYTHON), str(BENCH / "servers.py"), "--impl", impl, "--mode", mode, "--ping-interval", str(ping_interval), "--ping-timeout", str(ping_timeout)],
-        stdout=subprocess.PIPE,
+        command,
+        stdout=subprocess.PIPE if not port else subprocess.DEVNULL,
         stderr=stderr,
         stdin=subprocess.DEVNULL,
         preexec_fn=_raise_nofile,
@@ -408,13 +503,18 @@ def start_server(impl: str, mode: str, logs: Path, ping_interval: float = 20.0, 
     )
     CHILDREN.add(proc)
     stderr.close()
+    if port:
+        if not wait_listening(port, 20):
+            stop_process(proc)
+            raise RuntimeError(f"{impl} server did not start (see {logs / f'server-{impl}.log'})")
+        return proc, port
     line = LineReader(proc).readline(20)
     if not line or not line.startswith("PORT "):
         stop_process(proc)
         raise RuntimeError(f"{impl} server did not start (see {logs / f'server-{impl}.log'})")
     parts = line.split()
     wanted = SERVER_ENV.get("PYTHONPATH")
-    if impl == "ws_multipath" and wanted and not parts[2].startswith(wanted):
+    if impl.startswith("ws_multipath") and wanted and not parts[2].startswith(wanted):
         stop_process(proc)
         raise RuntimeError(f"the server imported {parts[2]}, not the snapshot in {wanted}")
     return proc, int(parts[1])
@@ -439,12 +539,12 @@ def start_load(config: dict, logs: Path) -> subprocess.Popen:
 
 def run_throughput(scenario: dict, impl: str, opts: argparse.Namespace, logs: Path, duration: Optional[float] = None, sample_every: float = 0.25) -> dict:
     background = wait_quiet(opts)
-    server, port = start_server(impl, scenario["server"], logs)
+    server, port = start_server(impl, scenario["server"], logs, compression=scenario.get("compression", False))
     load = None
     sampler = None
     try:
         duration = duration or opts.duration
-        config = dict(scenario["load"], url=f"ws://127.0.0.1:{port}/", warmup=opts.warmup, duration=duration, max_ops=opts.max_ops, timeout=duration + opts.warmup + 60)
+        config = dict(scenario["load"], url=f"ws://127.0.0.1:{port}/", raw=impl == "raw_tcp", warmup=opts.warmup, duration=duration, max_ops=opts.max_ops, timeout=duration + opts.warmup + 60)
         baseline = proc_status(server.pid)
         load = start_load(config, logs)
         reader = LineReader(load)
@@ -628,6 +728,48 @@ def soak_summary(result: dict) -> dict:
 # -- reporting ----------------------------------------------------------------
 
 
+def readme_table(results: dict, path: Path) -> str:
+    """README.rst's performance table (reStructuredText), from a results file:
+    ``python3 benchmarks/run.py --readme-table benchmarks/results/<file>.json``."""
+    summary, meta = results["summary"], results["meta"]
+
+    def r(e: dict, impl: str) -> str:
+        x = e.get("ratios", {}).get(impl)
+        return f"{x['median']:.2f}x" if x and x.get("median") is not None else "-"
+
+    def us(e: dict, impl: str) -> str:
+        x = e.get(impl)
+        return f"{x['server_cpu_per_op_us']:,.0f}" if x and x.get("server_cpu_per_op_us") is not None else "-"
+
+    rows = [("scenario", "vs websockets", "vs Node ws", "server CPU µs/op: wm / websockets / raw TCP")]
+    for e in summary.values():
+        if e["kind"] != "throughput":
+            continue
+        title = e["title"].replace("`", "``")
+        if e["baseline"] == "websockets":
+            rows.append((title, r(e, "websockets"), r(e, "node_ws"), f"{us(e, 'ws_multipath')} / {us(e, 'websockets')} / {us(e, 'raw_tcp')}"))
+        elif e["baseline"] == "werkzeug":
+            rows.append((title, f"{r(e, 'werkzeug')} vs Werkzeug", f"{r(e, 'gunicorn')} vs gunicorn",
+                         f"{us(e, 'ws_multipath')} / Werkzeug {us(e, 'werkzeug')} / gunicorn {us(e, 'gunicorn')}"))
+        else:
+            rows.append((title, f"{r(e, e['baseline'])} vs without", "-", f"{us(e, e['impls'][0])} / without {us(e, e['baseline'])}"))
+    idle = summary.get("idle")
+    if idle and "held" in idle.get("ws_multipath", {}):
+        a, b = idle["ws_multipath"], idle["websockets"]
+        rows.append((f"idle connections held ({meta.get('idle_target'):,} tried)", f"{a['held']:,} (websockets: {b.get('held', 0):,})", "-",
+                     f"{a['threads_per_conn']:.2f} threads, {a['fds_per_conn']:.2f} fds, {a['rss_per_conn_kib']:.0f} KiB per connection"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    rule = "  ".join("=" * w for w in widths)
+    out = [rule, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths)).rstrip(), rule]
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows[1:]]
+    out.append(rule)
+    q = meta.get("quiet") or {}
+    out += ["", f"(`{path.name}`: {meta['command']}; {meta['reps']} interleaved pairs; machine busy before the runs "
+            f"{q.get('busy_before_median', 0):.0f}% median / {q.get('busy_before_max', 0):.0f}% max, others used "
+            f"{q.get('other_cores_median', 0):.2f} cores median during the windows)"]
+    return "\n".join(out)
+
+
 def fmt_rate(value: Optional[float]) -> str:
     if value is None:
         return "-"
@@ -663,9 +805,12 @@ def summarize(runs: dict[str, dict[str, list]]) -> dict[str, dict]:
         scenario = BY_NAME[name]
         kind = scenario.get("kind", "throughput")
         entry: dict[str, Any] = {"title": scenario["title"], "kind": kind}
+        impls = [impl for impl in scenario["impls"] if impl in by_impl]
+        entry["impls"] = impls
+        entry["baseline"] = scenario["baseline"]
         if kind == "throughput":
             entry["unit"] = scenario["unit"]
-            for impl in IMPLS:
+            for impl in impls:
                 rs = [r for r in by_impl.get(impl, []) if "error" not in r]
                 entry[impl] = {
                     "rate": median([r["rate"] for r in rs]),
@@ -682,7 +827,17 @@ def summarize(runs: dict[str, dict[str, list]]) -> dict[str, dict]:
                     "runs": len(rs),
                     "errors": [r["error"] for r in by_impl.get(impl, []) if "error" in r],
                 }
-            entry["ratio"] = ratio(entry["ws_multipath"]["rate"], entry["websockets"]["rate"])
+            # Paired ratios: run i of the subject over run i of each peer (they ran
+            # next to each other, A B A B), then the median of those.
+            subject = impls[0]
+            entry["ratios"] = {}
+            for impl in impls[1:]:
+                pairs = [ratio(a.get("rate"), b.get("rate")) for a, b in zip(by_impl[subject], by_impl[impl])
+                         if "error" not in a and "error" not in b]
+                pairs = [x for x in pairs if x is not None]
+                entry["ratios"][impl] = {"median": median(pairs), "spread": spread(pairs), "pairs": pairs,
+                                         "of_medians": ratio(entry[subject]["rate"], entry[impl]["rate"])}
+            entry["ratio"] = entry["ratios"].get(entry["baseline"], {}).get("median")
         elif kind == "idle":
             for impl in IMPLS:
                 rs = [r for r in by_impl.get(impl, []) if "error" not in r]
@@ -714,39 +869,74 @@ def render(summary: dict, meta: dict) -> str:
     if busy is not None and busy > meta.get("quiet_threshold", 15):
         lines.append(f"- **WARNING**: other processes kept the machine up to {busy:.0f}% busy just before some runs "
                      "(see 'busy % before the run'); those figures are disturbed")
+    quiet = meta.get("quiet")
+    if quiet:
+        lines.append(f"- how quiet the machine was: busy {quiet['busy_before_median']:.0f}% (median; max {quiet['busy_before_max']:.0f}%) of its "
+                     f"{m['nproc']} CPUs just before the runs; during the windows, other processes and the kernel used "
+                     f"{quiet['other_cores_median']:.2f} cores (median; max {quiet['other_cores_max']:.2f}) beyond the server and the generator")
     lines += [
+        "- peers: " + "; ".join(f"`{k}` = {v}" for k, v in PEER_TITLES.items()),
+        "- ratio: run i of ws_multipath over run i of the peer (interleaved pairs), median of the pairs (± half their range)",
         "",
-        "## Throughput",
+        "## WebSocket throughput",
         "",
-        "| scenario | unit | ws_multipath | websockets | ratio | server CPU µs/op (wm / ws) | generator CPU µs/op (wm / ws) | generator cores (wm / ws) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| scenario | unit | ws_multipath | websockets | ratio | Node ws | wm / node | raw TCP | server CPU µs/op (wm / websockets / node / raw) | generator cores (max) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cell(e: dict, impl: str) -> str:
+        if impl not in e:
+            return ""
+        x = e[impl]
+        return f"{fmt_rate(x['rate'])}{x['rate_spread']}{' †' if (x['gen_cores'] or 0) >= GEN_BOUND else ''}"
+
+    def rcell(e: dict, impl: str, bold: bool = False) -> str:
+        r = e.get("ratios", {}).get(impl)
+        if not r or r["median"] is None:
+            return ""
+        text = fmt(r["median"], 2)
+        return (f"**{text}**" if bold else text) + r["spread"]
+
+    def cpu(e: dict, impls: list) -> str:
+        return " / ".join(fmt(e[i]["server_cpu_per_op_us"]) if i in e else "-" for i in impls)
+
+    others = []
     for name, e in summary.items():
         if e["kind"] != "throughput":
             continue
-        a, b = e["ws_multipath"], e["websockets"]
-        mark = {impl: (" †" if (e[impl]["gen_cores"] or 0) >= GEN_BOUND else "") for impl in IMPLS}
+        if e["baseline"] != "websockets":
+            others.append((name, e))
+            continue
+        gen = max((e[i]["gen_cores"] or 0) for i in e["impls"])
         lines.append(
-            f"| {e['title']} | {e['unit']} | {fmt_rate(a['rate'])}{a['rate_spread']}{mark['ws_multipath']} | {fmt_rate(b['rate'])}{b['rate_spread']}{mark['websockets']} | "
-            f"**{fmt(e['ratio'], 2)}** | {fmt(a['server_cpu_per_op_us'])} / {fmt(b['server_cpu_per_op_us'])} | "
-            f"{fmt(a['gen_cpu_per_op_us'])} / {fmt(b['gen_cpu_per_op_us'])} | {fmt(a['gen_cores'], 2)} / {fmt(b['gen_cores'], 2)} |"
-        )
+            f"| {e['title']} | {e['unit']} | {cell(e, 'ws_multipath')} | {cell(e, 'websockets')} | {rcell(e, 'websockets', True)} | "
+            f"{cell(e, 'node_ws')} | {rcell(e, 'node_ws')} | {cell(e, 'raw_tcp')} | "
+            f"{cpu(e, [i for i in ('ws_multipath', 'websockets', 'node_ws', 'raw_tcp') if i in e['impls']])} | {gen:.2f} |")
+    if others:
+        lines += ["", "## HTTP, and WebSockets beside HTTP", "",
+                  "| scenario | unit | servers (rate) | ratio (first / others) | server CPU µs/op | generator cores (max) |", "|---|---|---|---:|---:|---:|"]
+        for name, e in others:
+            gen = max((e[i]["gen_cores"] or 0) for i in e["impls"])
+            lines.append(f"| {e['title']} | {e['unit']} | " + "; ".join(f"{i}: {cell(e, i)}" for i in e["impls"]) + " | "
+                         + "; ".join(f"/ {i}: {rcell(e, i, i == e['baseline'])}" for i in e["impls"][1:]) + f" | {cpu(e, e['impls'])} | {gen:.2f} |")
     lines.append(f"\n† the generator used >= {GEN_BOUND} of a core: it may have been the limit, so that figure is a lower bound.")
-    errors = [(n, impl, err) for n, e in summary.items() if e["kind"] == "throughput" for impl in IMPLS for err in e[impl]["errors"]]
+    errors = [(n, impl, err) for n, e in summary.items() if e["kind"] == "throughput" for impl in e["impls"] for err in e[impl]["errors"]]
     for n, impl, err in errors:
         lines.append(f"\n- error in {n} / {impl}: {err}")
     lines += ["", "During the window (medians): cores used by the server process; "
               f"other load = cores of the {meta['machine']['nproc']} busy beyond the server and the generator (other processes, kernel); "
-              "machine share busy just before the run; server peak RSS and threads.", "",
-              "| scenario | server cores (wm / ws) | other load, cores (wm / ws) | busy % before the run (wm / ws) | peak RSS MiB (wm / ws) | threads (wm / ws) |", "|---|---:|---:|---:|---:|---:|"]
+              "machine share busy just before the run; server peak RSS and threads. One column per server, in the order named.", "",
+              "| scenario | servers | server cores | other load, cores | busy % before the run | peak RSS MiB | threads |", "|---|---|---:|---:|---:|---:|---:|"]
     for name, e in summary.items():
         if e["kind"] != "throughput":
             continue
-        a, b = e["ws_multipath"], e["websockets"]
-        lines.append(f"| {e['title']} | {fmt(a['server_cores'], 2)} / {fmt(b['server_cores'], 2)} | "
-                     f"{fmt(a['other_cores'], 2)} / {fmt(b['other_cores'], 2)} | "
-                     f"{fmt(a['background_busy_pct'], 0)} / {fmt(b['background_busy_pct'], 0)} | "
-                     f"{fmt(a['server_rss_peak_mib'])} / {fmt(b['server_rss_peak_mib'])} | {fmt(a['server_threads_peak'], 0)} / {fmt(b['server_threads_peak'], 0)} |")
+        ims = e["impls"]
+
+        def col(key: str, digits: int) -> str:
+            return " / ".join(fmt(e[i][key], digits) for i in ims)
+
+        lines.append(f"| {e['title']} | {' / '.join(ims)} | {col('server_cores', 2)} | {col('other_cores', 2)} | {col('background_busy_pct', 0)} | "
+                     f"{col('server_rss_peak_mib', 1)} | {col('server_threads_peak', 0)} |")
     if "idle" in summary:
         e = summary["idle"]
         lines += ["", f"## Idle connections (target {meta.get('idle_target')}, heartbeat every {meta.get('idle_ping')} s, held {meta.get('idle_hold')} s)", "",
@@ -917,7 +1107,14 @@ def main() -> int:
     parser.add_argument("--ref", default="HEAD", help="git commit of ws_multipath to benchmark (default HEAD; 'worktree' for the work tree as it is)")
     parser.add_argument("--profile-scenario", default="echo_16x1KiB", help="echo scenario that --profile runs (default echo_16x1KiB)")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
+    parser.add_argument("--peers", help="comma-separated peers to run besides each scenario's subject and baseline "
+                        "(default all: " + ", ".join(PEER_TITLES) + ")")
+    parser.add_argument("--readme-table", metavar="RESULTS_JSON", help="print README.rst's performance table from a results file and exit")
     opts = parser.parse_args()
+    if opts.readme_table:
+        print(readme_table(json.loads(Path(opts.readme_table).read_text()), Path(opts.readme_table)))
+        return 0
+    opts.peers = set(p.strip() for p in opts.peers.split(",")) if opts.peers else set()
     if opts.list:
         for s in SCENARIOS:
             print(f"{s['name']:22} {s['title']}")
@@ -971,10 +1168,11 @@ def main() -> int:
     for name in names:
         scenario = BY_NAME[name]
         kind = scenario.get("kind", "throughput")
-        runs[name] = {impl: [] for impl in IMPLS}
+        impls = [i for i in scenario["impls"] if not opts.peers or i in opts.peers or i in (scenario["impls"][0], scenario["baseline"])]
+        runs[name] = {impl: [] for impl in impls}
         reps = 1 if kind in ("idle", "soak") else opts.reps
         for rep in range(reps):
-            for impl in IMPLS:  # interleaved: A B A B ...
+            for impl in impls:  # interleaved: A B A B ...
                 t = time.monotonic()
                 try:
                     if kind == "idle":
@@ -998,6 +1196,10 @@ def main() -> int:
                 log(f"[{time.monotonic() - started:6.0f}s] {name:22} {impl:12} rep {rep + 1}: {desc} ({time.monotonic() - t:.1f}s)")
     summary = summarize(runs)
     meta["max_background_busy_pct"] = max((r.get("background_busy_pct", 0.0) for by in runs.values() for rs in by.values() for r in rs), default=0.0)
+    busy = [r["background_busy_pct"] for by in runs.values() for rs in by.values() for r in rs if r.get("background_busy_pct") is not None]
+    other = [r["other_cores"] for by in runs.values() for rs in by.values() for r in rs if r.get("other_cores") is not None]
+    meta["quiet"] = {"busy_before_median": median(busy) or 0.0, "busy_before_max": max(busy, default=0.0),
+                     "other_cores_median": median(other) or 0.0, "other_cores_max": max(other, default=0.0)}
     meta["quiet_threshold"] = opts.quiet_threshold
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     text = render(summary, meta)
@@ -1010,6 +1212,9 @@ def main() -> int:
         base.with_suffix(".md").write_text(text + f"\nTotal time: {meta['elapsed_s']} s.\n")
         base.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1, default=str) + "\n")
         log(f"written: {base.with_suffix('.md')} and .json")
+        chart = subprocess.call([str(PYTHON), str(BENCH / "chart.py"), str(base.with_suffix(".json"))])
+        if chart != 0:
+            log("the chart was not drawn (benchmarks/chart.py failed)")
     return 0
 
 

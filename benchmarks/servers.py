@@ -1,7 +1,11 @@
 """The servers that benchmarks/run.py measures, one process per run.
 
-    python benchmarks/servers.py --impl ws_multipath|websockets --mode echo|iter|broadcast
-                                 [--ping-interval S] [--ping-timeout S]
+    python benchmarks/servers.py --impl ws_multipath|websockets|raw_tcp|werkzeug
+                                 --mode echo|iter|broadcast|burst|stream|http
+                                 [--ping-interval S] [--ping-timeout S] [--compression] [--wsgi]
+
+(Node's ``ws`` server is benchmarks/node_server.js; gunicorn runs
+benchmarks/flask_app.py itself.)
 
 Prints ``PORT <n> <path of the library's module>`` once it listens on 127.0.0.1, then serves until killed.
 Compression is off on both; each library's keepalive is on with the given
@@ -15,24 +19,56 @@ Modes:
   (it has only that style).
 - ``broadcast``: every message is sent to every client of the path.
   ws_multipath: ``handler.broadcast``; websockets: ``websockets.sync.server.broadcast``.
+- ``burst`` (server push): a request ``"N SIZE"`` is answered with N text
+  messages of SIZE bytes, sent back to back by the thread that read it
+  (ws_multipath: its ``'message'`` listener).
+- ``stream`` (server push): after a request ``"stream SIZE"`` the handler
+  sends SIZE-byte text messages in a loop until the connection closes.
+- ``http`` (werkzeug, ws_multipath): the tiny Flask app of ``flask_app.py``
+  (ws_multipath: ``wsgi_app=``, with an echo handler on ``/ws``).
+- ``--compression``: permessage-deflate on, each library's defaults
+  (ws_multipath ``per_message_deflate=True``, websockets ``compression="deflate"``).
+- ``--wsgi`` (ws_multipath): mount the Flask app beside the WebSocket handler.
+- ``raw_tcp``: a threaded TCP echo with no framing at all (one thread per
+  connection, ``recv``/``sendall``, TCP_NODELAY): the ceiling.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
+import socketserver
 import sys
+import threading
 
 MAX_SIZE = 16 * 1024 * 1024  # ws_multipath's default max_payload; websockets' default (1 MiB) is raised to match
 
 
-def run_ws_multipath(mode: str, ping_interval: float, ping_timeout: float) -> None:
+def parse_request(message: "str | bytes") -> tuple[str, int, int]:
+    """``"N SIZE"`` (burst) or ``"stream SIZE"``: (kind, count, size)."""
+    text = message if isinstance(message, str) else message.decode()
+    first, size = text.split()
+    if first == "stream":
+        return "stream", 0, int(size)
+    return "burst", int(first), int(size)
+
+
+def run_ws_multipath(mode: str, ping_interval: float, ping_timeout: float, compression: bool, wsgi: bool) -> None:
     from ws_multipath import ConnectionClosed, MultipathServer
 
-    server = MultipathServer(port=0, host="127.0.0.1")
-    handler = server.create_handler(path="/", ping_interval=ping_interval, ping_timeout=ping_timeout, max_payload=MAX_SIZE)
+    extra = {}
+    if wsgi or mode == "http":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from flask_app import app
 
-    if mode == "echo":
+        extra["wsgi_app"] = app
+    server = MultipathServer(port=0, host="127.0.0.1", **extra)
+    handler = server.create_handler(path="/ws" if mode == "http" else "/", ping_interval=ping_interval, ping_timeout=ping_timeout,
+                                    max_payload=MAX_SIZE, per_message_deflate=compression)
+
+    if mode in ("echo", "http"):
 
         @handler.on("connection")
         def on_connection(ws, request):  # type: ignore[no-untyped-def]
@@ -54,6 +90,30 @@ def run_ws_multipath(mode: str, ping_interval: float, ping_timeout: float) -> No
         def on_connection(ws, request):  # type: ignore[no-untyped-def]
             ws.on("message", lambda data, is_binary: handler.broadcast(data))
 
+    elif mode == "burst":
+
+        @handler.on("connection")
+        def on_connection(ws, request):  # type: ignore[no-untyped-def]
+            def on_message(data, is_binary):  # type: ignore[no-untyped-def]
+                _, count, size = parse_request(data)
+                payload = "x" * size
+                for _ in range(count):
+                    ws.send(payload)
+
+            ws.on("message", on_message)
+
+    elif mode == "stream":
+
+        @handler.on("connection")
+        def on_connection(ws, request):  # type: ignore[no-untyped-def]
+            try:
+                _, _, size = parse_request(ws.receive())
+                payload = "x" * size
+                while True:
+                    ws.send(payload)
+            except ConnectionClosed:
+                pass
+
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     import ws_multipath
@@ -62,7 +122,7 @@ def run_ws_multipath(mode: str, ping_interval: float, ping_timeout: float) -> No
     server.serve_forever()
 
 
-def run_websockets(mode: str, ping_interval: float, ping_timeout: float) -> None:
+def run_websockets(mode: str, ping_interval: float, ping_timeout: float, compression: bool) -> None:
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.server import broadcast, serve
 
@@ -82,14 +142,28 @@ def run_websockets(mode: str, ping_interval: float, ping_timeout: float) -> None
         except ConnectionClosed:
             pass
 
-    if mode not in ("echo", "iter", "broadcast"):
+    def push(ws):  # type: ignore[no-untyped-def]
+        try:
+            for message in ws:
+                kind, count, size = parse_request(message)
+                payload = "x" * size
+                if kind == "stream":
+                    while True:
+                        ws.send(payload)
+                for _ in range(count):
+                    ws.send(payload)
+        except ConnectionClosed:
+            pass
+
+    handlers = {"echo": echo, "iter": echo, "broadcast": fan_out, "burst": push, "stream": push}
+    if mode not in handlers:
         raise SystemExit(f"unknown mode {mode!r}")
-    handler = fan_out if mode == "broadcast" else echo
+    handler = handlers[mode]
     with serve(
         handler,
         "127.0.0.1",
         0,
-        compression=None,
+        compression="deflate" if compression else None,
         max_size=MAX_SIZE,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
@@ -101,18 +175,70 @@ def run_websockets(mode: str, ping_interval: float, ping_timeout: float) -> None
         server.serve_forever()
 
 
+class _RawEcho(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        recv, sendall = sock.recv, sock.sendall
+        try:
+            while True:
+                data = recv(65536)
+                if not data:
+                    return
+                sendall(data)
+        except OSError:
+            pass
+
+
+class _ThreadingServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+
+def run_raw_tcp(mode: str) -> None:
+    """The ceiling: a threaded TCP echo with no WebSocket framing."""
+    if mode not in ("echo", "iter"):
+        raise SystemExit(f"raw_tcp has no mode {mode!r}")
+    server = _ThreadingServer(("127.0.0.1", 0), _RawEcho)
+    print(f"PORT {server.server_address[1]} {socketserver.__file__}", flush=True)
+    server.serve_forever()
+
+
+def run_werkzeug(mode: str) -> None:
+    """The tiny Flask app on Werkzeug's dev server, threaded (HTTP/1.1 keep-alive)."""
+    if mode != "http":
+        raise SystemExit(f"werkzeug has no mode {mode!r}")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import werkzeug
+    from werkzeug.serving import make_server
+
+    from flask_app import app
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log line per request
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    print(f"PORT {server.server_port} {werkzeug.__file__}", flush=True)
+    server.serve_forever()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--impl", required=True, choices=("ws_multipath", "websockets"))
-    parser.add_argument("--mode", required=True, choices=("echo", "iter", "broadcast"))
+    parser.add_argument("--impl", required=True, choices=("ws_multipath", "websockets", "raw_tcp", "werkzeug"))
+    parser.add_argument("--mode", required=True, choices=("echo", "iter", "broadcast", "burst", "stream", "http"))
     parser.add_argument("--ping-interval", type=float, default=20.0)
     parser.add_argument("--ping-timeout", type=float, default=20.0)
+    parser.add_argument("--compression", action="store_true", help="permessage-deflate on (each library's defaults)")
+    parser.add_argument("--wsgi", action="store_true", help="ws_multipath: mount the Flask app beside the WebSocket handler")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.impl == "ws_multipath":
-        run_ws_multipath(args.mode, args.ping_interval, args.ping_timeout)
+        run_ws_multipath(args.mode, args.ping_interval, args.ping_timeout, args.compression, args.wsgi)
+    elif args.impl == "websockets":
+        run_websockets(args.mode, args.ping_interval, args.ping_timeout, args.compression)
+    elif args.impl == "raw_tcp":
+        run_raw_tcp(args.mode)
     else:
-        run_websockets(args.mode, args.ping_interval, args.ping_timeout)
+        run_werkzeug(args.mode)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,31 @@ from ws_multipath.protocol.deflate import DeflateSettings, negotiate_deflate
 
 
 def agree(offer: str, **settings):
+    settings.setdefault("server_max_window_bits", 15)  # RFC 7692's defaults, so that the answers show the client's parameters
+    settings.setdefault("client_max_window_bits", None)
     result = negotiate_deflate([offer], DeflateSettings(**settings), 1 << 20)
     return None if result is None else result[0]
 
 
 def test_plain_offer_is_accepted():
     assert agree("permessage-deflate") == "permessage-deflate"
+
+
+def test_default_window_is_announced():
+    # websockets' defaults: a 4 KiB window and zlib memory level 5 (32 KiB of compressor, not 256)
+    result = negotiate_deflate(["permessage-deflate"], DeflateSettings(), 1 << 20)
+    assert result is not None and result[0] == "permessage-deflate; server_max_window_bits=12"
+    assert result[1]._memory_level == 5 and result[1]._compression_level == -1
+    result = negotiate_deflate(["permessage-deflate; client_max_window_bits"], DeflateSettings(), 1 << 20)
+    assert result is not None and result[0] == "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+
+
+def test_memory_and_compression_levels_are_checked():
+    assert DeflateSettings.from_option({"memory_level": 9, "compression_level": 1}).memory_level == 9
+    with pytest.raises(ValueError, match="memory_level"):
+        DeflateSettings.from_option({"memory_level": 0})
+    with pytest.raises(ValueError, match="compression_level"):
+        DeflateSettings.from_option({"compression_level": 10})
 
 
 def test_client_parameters_are_answered():

@@ -157,7 +157,8 @@ class FrameReader:
         if skip_utf8_validation:
             self._frames._message_decoder = _LenientMessageDecoder()
         self._utf8_errors = "replace" if skip_utf8_validation else "strict"
-        self._fast = deflate is None  # compressed messages always go through wsproto
+        self._deflate = deflate  # whole compressed messages take the hot path too (deflate.inflate_message)
+        self._fast = True
         self._message: Optional[BytesIO] = None  # the data message in progress, joined as it comes
         self._closed = False
         self._waiting: list[Union[bytes, bytearray]] = []  # the start of a frame for the hot path
@@ -215,10 +216,11 @@ class FrameReader:
         anything else and returns the bytes from there on for wsproto, which
         then checks them as usual."""
         pos, end_of_data, limit = 0, len(data), self._max_payload
+        deflate = self._deflate
         while end_of_data - pos >= 2:
             first, second = data[pos], data[pos + 1]
-            if (first != 0x81 and first != 0x82) or not second & 0x80:
-                break  # fragmented, control, reserved bits or opcodes, unmasked
+            if (first != 0x81 and first != 0x82 and (deflate is None or (first != 0xC1 and first != 0xC2))) or not second & 0x80:
+                break  # fragmented, control, reserved bits or opcodes (RSV1 without deflate), unmasked
             length = second & 0x7F
             if length < 126:
                 start = pos + 6
@@ -240,12 +242,23 @@ class FrameReader:
                 break  # wsproto fails it with 1009
             end = start + length
             if end > end_of_data:
+                if first & 0x40:  # compressed: inflated once whole
+                    return self._wait(data, pos, end - pos)
                 if first == 0x81 and end_of_data > start:
                     break  # wsproto checks partial text as it comes: invalid UTF-8 fails at once
                 if start <= end_of_data and first == 0x82:  # its head and mask are here: wait for the payload
                     return self._wait(data, 0, end, start)
                 return self._wait(data, pos, end - pos)
             payload = unmask(data, start, end, bytes(data[start - 4 : start]))
+            if first & 0x40:
+                inflated = deflate.inflate_message(payload)  # type: ignore[union-attr]
+                if isinstance(inflated, CloseReason):
+                    error = PayloadTooBig(limit) if inflated == CloseReason.MESSAGE_TOO_BIG else ProtocolError(int(inflated), "error in extension")
+                    events.append(Failure(error))
+                    self._closed = True
+                    return b""
+                payload = inflated
+                first &= 0xBF
             if first == 0x82:
                 events.append(Message(payload))
             else:
@@ -411,8 +424,7 @@ class FrameWriter:
         else:
             opcode, payload = 0x82, data
         if self._deflate is not None and len(payload) >= self._threshold:
-            proto = cast(Any, self)  # wsproto only reads ``proto.client``
-            _, payload = self._deflate.frame_outbound(proto, Opcode(opcode & 0x0F), _NO_RSV, bytes(payload), True)
+            payload = self._deflate.deflate_message(bytes(payload))
             opcode |= 0x40
         return _header(opcode, payload.nbytes if isinstance(payload, memoryview) else len(payload)), payload
 

@@ -284,6 +284,9 @@ class WebSocket(EventEmitter):
         """
         if self._socket_reader.on_reading_thread():
             raise RuntimeError("receive() called from a listener on the thread that reads this connection: it would never return")
+        message: Optional[Union[str, bytes]] = self._inbox.get_nowait()  # read ahead (pipelined clients): no reading
+        if message is not None:
+            return message
         if self._socket_reader.claim_pull():
             try:
                 message = self._pull(timeout)
@@ -348,15 +351,21 @@ class WebSocket(EventEmitter):
         events = self._reader.receive_data(data) if data else []
         if self._held_back:
             events, self._held_back = self._held_back + events, []
+        queued = False  # a message went to the inbox while pulling
         for index, event in enumerate(events):
             kind = type(event)
             if kind is Message:
+                if queued and len(self._inbox) >= self._options.max_queue:
+                    self._held_back = events[index:]
+                    return
                 self._messages_in += 1
                 if self._deliver(event.data) and self._socket_reader.pulling:  # type: ignore[union-attr]
-                    # The puller returns this message to the application first, so that
-                    # its answer goes out before a close or a violation that followed.
-                    self._held_back = events[index + 1 :]
-                    return
+                    queued = True
+            elif queued:
+                # The puller returns the messages before this event to the application first,
+                # so that their answers go out before a close or a violation that followed.
+                self._held_back = events[index:]
+                return
             elif kind is Ping:
                 self._on_ping(event.payload)  # type: ignore[union-attr]
             elif kind is Pong:

@@ -41,9 +41,23 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Union
 
+from ..protocol import frames
 from ..protocol.closing import FrameKind
 from ..protocol.frames import Payload
 from .flusher import Flusher
+
+#: ``send_nowait(sock, data) -> int`` of the C speedups (a non-blocking send
+#: that keeps the GIL: no hand-off to another thread per small frame), or
+#: None on the pure-Python path.
+_send_nowait: Optional[Callable[[Any, bytes], int]] = None
+if frames.SPEEDUPS:
+    from .. import _speedups  # type: ignore[attr-defined,unused-ignore]
+
+    _send_nowait = getattr(_speedups, "send_nowait", None)
+
+#: Frames up to this size are sent by ``_send_nowait`` (a larger copy into the
+#: kernel would keep the other threads from Python for longer).
+_NOWAIT_LIMIT = 16 * 1024
 
 __all__ = ["Transport", "MAX_OUTBOX_BYTES"]
 
@@ -123,7 +137,8 @@ class Transport:
         ``OSError`` when the socket fails or the write deadline passes."""
         self._write_lock.acquire()
         try:
-            self._flush_outbox()
+            if self._outbox:
+                self._flush_outbox()
             if not self._may_write(kind):
                 return False
             self._send_all(frame)
@@ -136,7 +151,8 @@ class Transport:
         the write lock (compression state carries between messages)."""
         self._write_lock.acquire()
         try:
-            self._flush_outbox()
+            if self._outbox:  # read without _state_lock: see _release
+                self._flush_outbox()
             if not self._may_write(FrameKind.DATA):
                 return False
             header, payload = encode(data)
@@ -152,7 +168,8 @@ class Transport:
         that are no frame (the 101 response). Frames posted meanwhile wait."""
         self._write_lock.acquire()
         try:
-            self._flush_outbox()
+            if self._outbox:
+                self._flush_outbox()
             yield self._send_all
         finally:
             self._release()
@@ -162,22 +179,43 @@ class Transport:
         most ``write_timeout`` (then the connection is dropped: 1011)."""
         if isinstance(payload, memoryview):
             payload = _as_bytes_view(payload)
+        self.bytes_out += len(header) + len(payload)  # counted once per frame, however many sends it takes
         if self._tls or len(payload) <= _COALESCE_LIMIT:
+            if type(header) is bytes and type(payload) is bytes and not self._tls:
+                # The common case, a small frame on plain TCP: one send, no lists.
+                frame = header + payload if payload else header
+                if _send_nowait is not None and len(frame) <= _NOWAIT_LIMIT:
+                    sent = _send_nowait(self.sock, frame)
+                else:
+                    try:
+                        sent = self.sock.send(frame, socket.MSG_DONTWAIT)
+                    except _WOULD_BLOCK:
+                        sent = 0
+                if sent == len(frame):
+                    return
+                buffers: list[Payload] = [memoryview(frame)[sent:] if sent else frame]
+                self._wait_and_send(buffers)
+                return
             buffers = [bytes(header) + bytes(payload) if payload else header]
         else:
             buffers = [header, payload]
+        buffers = _advance(buffers, self._send_now(buffers))
+        if buffers:
+            self._wait_and_send(buffers)
+
+    def _wait_and_send(self, buffers: list[Payload]) -> None:
+        """The rest of ``_send_all`` once the socket is full: wait for
+        writability (within ``write_timeout``) and send the rest."""
         deadline: Optional[float] = None
         while True:
-            sent = self._send_now(buffers)
-            self.bytes_out += sent
-            buffers = _advance(buffers, sent)
-            if not buffers:
-                return
             if deadline is None:
                 deadline = float("inf") if self._write_timeout is None else time.monotonic() + self._write_timeout
             if not self._wait_writable(deadline):
                 self._on_write_timeout()
                 raise TimeoutError("write timed out")
+            buffers = _advance(buffers, self._send_now(buffers))
+            if not buffers:
+                return
 
     def _send_now(self, buffers: list[Payload]) -> int:
         """Bytes of ``buffers`` the socket takes without blocking (0 or all of
@@ -187,6 +225,8 @@ class Transport:
                 with self.tls_lock:
                     return self.sock.send(buffers[0])
             if len(buffers) == 1:
+                if _send_nowait is not None and len(buffers[0]) <= _NOWAIT_LIMIT:
+                    return _send_nowait(self.sock, buffers[0])  # type: ignore[arg-type]
                 return self.sock.send(buffers[0], socket.MSG_DONTWAIT)
             return self.sock.sendmsg(buffers, (), socket.MSG_DONTWAIT)
         except _WOULD_BLOCK:
@@ -299,9 +339,17 @@ class Transport:
 
     def _release(self) -> None:
         """Give the write lock back; frames posted while it was held are
-        then the flusher's to write."""
+        then the flusher's to write.
+
+        The outbox is looked at without ``_state_lock`` here (and before a
+        blocking write): a poster appends under ``_state_lock`` after failing
+        to take the write lock, so either its frame is in the outbox when
+        this checks (and it is enrolled), or it found the write lock free
+        (and wrote the frame itself), or it enrols the flusher itself, which
+        then finds the write lock free."""
         self._write_lock.release()
-        self._enrol_if_waiting()
+        if self._outbox:
+            self._enrol_if_waiting()
 
     def _enrol_if_waiting(self) -> None:
         with self._state_lock:

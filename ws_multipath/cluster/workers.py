@@ -148,10 +148,6 @@ def _die_with_parent() -> None:
         pass
 
 
-class _Stop(Exception):
-    pass
-
-
 def supervise(
     spec: str, workers: int, port: int, host: Optional[str], broker: Optional[str], grace: float = 10.0,
     fd: Optional[int] = None, worker_args: tuple[str, ...] = (),
@@ -179,13 +175,12 @@ def supervise(
     def start() -> "subprocess.Popen[bytes]":
         return subprocess.Popen(argv, env=env, preexec_fn=preexec, pass_fds=pass_fds)  # noqa: PLW1509 - the supervisor has one thread
 
-    stopping = False
+    stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            raise _Stop()
+        # only a flag: an exception raised from here could land inside
+        # subprocess.Popen while a worker is being restarted
+        stopping.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     procs: dict[int, "subprocess.Popen[bytes]"] = {}  # slot -> process
@@ -193,30 +188,26 @@ def supervise(
     backoff: dict[int, float] = {}
     restart_at: dict[int, float] = {}
     try:
-        try:
+        for slot in range(workers):
+            procs[slot] = start()
+            started[slot] = time.monotonic()
+        while not stopping.wait(0.2):
+            now = time.monotonic()
             for slot in range(workers):
-                procs[slot] = start()
-                started[slot] = time.monotonic()
-            while True:
-                time.sleep(0.2)
-                now = time.monotonic()
-                for slot in range(workers):
-                    proc = procs.get(slot)
-                    if proc is not None:
-                        status = proc.poll()
-                        if status is None:
-                            continue
-                        lived = now - started[slot]
-                        delay = _BACKOFF_START if lived >= _HEALTHY_AFTER else min(backoff.get(slot, _BACKOFF_START / 2) * 2, _BACKOFF_MAX)
-                        backoff[slot] = delay
-                        logger.error("serve: worker %d (pid %d) exited with status %s after %.1f s; restarting in %.1f s", slot, proc.pid, _status(status), lived, delay)
-                        del procs[slot]
-                        restart_at[slot] = now + delay
-                    elif now >= restart_at.get(slot, 0.0):
-                        procs[slot] = start()
-                        started[slot] = now
-        except _Stop:
-            pass
+                proc = procs.get(slot)
+                if proc is not None:
+                    status = proc.poll()
+                    if status is None:
+                        continue
+                    lived = now - started[slot]
+                    delay = _BACKOFF_START if lived >= _HEALTHY_AFTER else min(backoff.get(slot, _BACKOFF_START / 2) * 2, _BACKOFF_MAX)
+                    backoff[slot] = delay
+                    logger.error("serve: worker %d (pid %d) exited with status %s after %.1f s; restarting in %.1f s", slot, proc.pid, _status(status), lived, delay)
+                    del procs[slot]
+                    restart_at[slot] = now + delay
+                elif now >= restart_at.get(slot, 0.0):
+                    procs[slot] = start()
+                    started[slot] = now
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not abandon the workers
         for proc in procs.values():

@@ -16,7 +16,7 @@ import os
 import struct
 from codecs import getincrementaldecoder
 from io import BytesIO
-from typing import Any, Optional, Union, cast
+from typing import Optional, Union, cast
 
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import (

@@ -26,6 +26,17 @@ def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT, interv
         time.sleep(interval)
 
 
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1: ``(certfile, keyfile)``."""
+    from .faultkit import make_certificate
+
+    made = make_certificate(str(tmp_path_factory.mktemp("tls")))
+    if made is None:
+        pytest.skip("neither the cryptography package nor the openssl CLI is available")
+    return made
+
+
 @pytest.fixture
 def make_server() -> Iterator[Callable[..., MultipathServer]]:
     """Factory of servers on 127.0.0.1:0, closed at the end of the test."""

@@ -29,8 +29,12 @@ import pytest
 
 from ws_multipath import MultipathServer
 
-from .test_demo_page import CHROMEDRIVER, CHROMIUM, WAIT
-from .test_demo_page import browser  # noqa: F401 - the fixture: its flags, SE_OFFLINE, a fresh profile
+from .test_demo_page import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    WAIT,
+    browser,  # noqa: F401 - the fixture: its flags, SE_OFFLINE, a fresh profile
+)
 from .test_examples import free_port, load
 
 _missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]

@@ -38,7 +38,6 @@ from faultkit import (  # noqa: E402
     connect,
     encode_frame,
     fd_count,
-    make_certificate,
     make_server,
     parse_server_frames,
     raise_nofile,
@@ -959,14 +958,6 @@ def test_request_head_limits_answer_431(servers, errors):
     for _ in range(scaled(20)):
         assert status_of(b"GET /h HTTP/1.1\r\n" + b"X-Long: " + b"a" * 100_000) == 431
     errors.assert_clean()
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    made = make_certificate(str(tmp_path_factory.mktemp("tls")))
-    if made is None:
-        pytest.skip("neither the cryptography package nor the openssl CLI is available")
-    return made
 
 
 @pytest.mark.timeout(60)

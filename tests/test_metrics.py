@@ -10,7 +10,13 @@ import sys
 import pytest
 
 from tests.conftest import wait_until
-from tests.faultkit import encode_frame, raw_connect, raw_upgrade, read_http_response, upgrade_request
+from tests.faultkit import (
+    encode_frame,
+    raw_connect,
+    raw_upgrade,
+    read_http_response,
+    upgrade_request,
+)
 
 prometheus_client = pytest.importorskip("prometheus_client")
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 import threading
-
-import pytest
 
 from tests.conftest import wait_until
 from tests.faultkit import (
@@ -21,7 +18,6 @@ from tests.faultkit import (
     read_until_eof,
     upgrade_request,
 )
-from ws_multipath import MultipathServer
 from ws_multipath.log import JSONFormatter
 from ws_multipath.sync import transport as transport_module
 

@@ -17,7 +17,6 @@ from .faultkit import (
     HOST,
     collect_errors,
     connect,
-    make_certificate,
     make_server,
     raw_connect,
     read_http_response,
@@ -27,14 +26,6 @@ from .faultkit import (
 )
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    made = make_certificate(str(tmp_path_factory.mktemp("tls")))
-    if made is None:
-        pytest.skip("neither the cryptography package nor the openssl CLI is available")
-    return made
 
 
 def stalled_client(port: int, path: str, headers: tuple = (), tls: "ssl.SSLContext | None" = None) -> socket.socket:

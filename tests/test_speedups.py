@@ -206,3 +206,25 @@ def test_the_environment_variable_forces_the_python_path(value):
 @pytest.mark.parametrize("value", [None, "", "0"])
 def test_without_the_environment_variable_the_extension_is_used(speedups, value):
     assert active_path(value) == "True False"
+
+
+@pytest.mark.skipif(not hasattr(__import__("socket"), "MSG_MORE"), reason="MSG_MORE is Linux's")
+def test_send_nowait_sends_with_and_without_more(speedups):
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    with server, socket.create_connection(server.getsockname()) as client:
+        peer, _ = server.accept()
+        with peer:
+            assert speedups.send_nowait(client, b"held ", True) == 5  # in the kernel, held for more
+            assert speedups.send_nowait(client, b"and pushed") == 10  # pushes both
+            peer.settimeout(5)
+            received = b""
+            while len(received) < 15:
+                received += peer.recv(64)
+            assert received == b"held and pushed"
+            with pytest.raises(TypeError):
+                speedups.send_nowait(client)
+            client.close()
+            with pytest.raises(OSError):
+                speedups.send_nowait(client, b"x")

@@ -13,8 +13,10 @@
  *         large frame that came in many reads is unmasked from them straight
  *         into its message (one allocation and one pass instead of two).
  *
- *     send_nowait(sock, data) -> int
+ *     send_nowait(sock, data[, more]) -> int
  *         one non-blocking send(2) of data on sock (anything with fileno()),
+ *         with MSG_MORE when more is true (the kernel holds a partial segment
+ *         for the frames that follow: see sync/corking.py),
  *         WITHOUT letting the GIL go: the bytes sent, 0 if the socket is full
  *         (EAGAIN), OSError otherwise. socket.send lets the GIL go around
  *         every call, which with many threads waiting for it is a hand-off
@@ -277,16 +279,24 @@ speedups_unmask_joined(PyObject *module, PyObject *const *args, Py_ssize_t nargs
 
 #ifndef _WIN32
 PyDoc_STRVAR(send_nowait_doc,
-"send_nowait(sock, data) -> int\n\n"
-"One non-blocking send of data on sock without releasing the GIL: the bytes\n"
-"sent, 0 when the socket buffer is full; OSError on any other failure.");
+"send_nowait(sock, data[, more]) -> int\n\n"
+"One non-blocking send of data on sock without releasing the GIL (with\n"
+"MSG_MORE when more is true): the bytes sent, 0 when the socket buffer is\n"
+"full; OSError on any other failure.");
 
 static PyObject *
 speedups_send_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "send_nowait() takes exactly 2 arguments");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "send_nowait() takes 2 or 3 arguments");
         return NULL;
+    }
+    int more = 0;
+    if (nargs == 3) {
+        more = PyObject_IsTrue(args[2]);
+        if (more < 0) {
+            return NULL;
+        }
     }
     PyObject *fileno = PyObject_CallMethod(args[0], "fileno", NULL);
     if (fileno == NULL) {
@@ -308,6 +318,11 @@ speedups_send_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int flags = MSG_DONTWAIT;
 #ifdef MSG_NOSIGNAL
     flags |= MSG_NOSIGNAL;
+#endif
+#ifdef MSG_MORE
+    if (more) {
+        flags |= MSG_MORE;
+    }
 #endif
     ssize_t sent;
     do {

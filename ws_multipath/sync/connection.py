@@ -285,17 +285,19 @@ class WebSocket(EventEmitter):
         if self._socket_reader.on_reading_thread():
             raise RuntimeError("receive() called from a listener on the thread that reads this connection: it would never return")
         message: Optional[Union[str, bytes]] = self._inbox.get_nowait()  # read ahead (pipelined clients): no reading
-        if message is not None:
-            return message
-        if self._socket_reader.claim_pull():
-            try:
-                message = self._pull(timeout)
-            finally:
-                self._socket_reader.release_pull()
-        else:
-            message = self._inbox.get(timeout)
         if message is None:
-            raise self._closed_error()
+            if self._socket_reader.claim_pull():
+                try:
+                    message = self._pull(timeout)
+                finally:
+                    self._socket_reader.release_pull()
+            else:
+                message = self._inbox.get(timeout)
+            if message is None:
+                raise self._closed_error()
+        transport = self._transport
+        if transport.can_cork:  # the answers to messages read ahead go out together (transport.py)
+            transport.more_coming = len(self._inbox) > 0
         return message
 
     def _pull(self, timeout: Optional[float]) -> Optional[Union[str, bytes]]:
@@ -308,6 +310,8 @@ class WebSocket(EventEmitter):
             if self._held_back:
                 self._feed(b"")
                 continue
+            if self._transport.corked:
+                self._transport.push()  # answers held for read-ahead that ended: out before waiting
             try:
                 self._socket_reader.pull_once(deadline)
             except TimeoutError:
@@ -351,9 +355,26 @@ class WebSocket(EventEmitter):
         events = self._reader.receive_data(data) if data else []
         if self._held_back:
             events, self._held_back = self._held_back + events, []
+        transport = self._transport
+        if len(events) > 1 and transport.can_cork and not self._socket_reader.pulling:
+            try:
+                self._act_on(events, transport)
+            finally:
+                transport.more_coming = False
+                if transport.corked:
+                    transport.push()
+        else:
+            self._act_on(events)
+
+    def _act_on(self, events: list[Event], corking: Optional[Transport] = None) -> None:
+        """Act on parsed events in order; with ``corking``, the answers to all
+        but the last go out with MSG_MORE (see ``transport.py``)."""
+        last = len(events) - 1
         queued = False  # a message went to the inbox while pulling
         for index, event in enumerate(events):
             kind = type(event)
+            if corking is not None:
+                corking.more_coming = index < last
             if kind is Message:
                 if queued and len(self._inbox) >= self._options.max_queue:
                     self._held_back = events[index:]

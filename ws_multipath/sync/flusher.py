@@ -9,8 +9,14 @@ reading therefore holds no thread at all: its outbox waits, bounded by
 ``transport.MAX_OUTBOX_BYTES``, until it reads, its ``write_timeout`` passes
 without progress, or it is dropped.
 
-``_lock`` guards the list of changes that other threads ask for; the
-selector and the set of enrolled transports belong to the flusher thread.
+It also pushes the frames that a transport sent with ``MSG_MORE`` and then
+left held in the kernel (``transport.py``, coalescing): every ``CORK_TICK``
+while any transport is corked, it pushes those corked since before the
+previous tick, so no frame waits for more than two ticks.
+
+``_lock`` guards the list of changes that other threads ask for and the
+corked transports to watch; the selector and the set of enrolled transports
+belong to the flusher thread.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ __all__ = ["Flusher"]
 
 _DEADLINE_CHECK = 0.25  # seconds between checks of the write deadlines
 
+#: Seconds between two checks for frames held by MSG_MORE: a frame waits at
+#: most two ticks when the thread that wrote it got busy with something else.
+CORK_TICK = 0.002
+
 
 class Flusher:
     """Writes the outboxes of enrolled transports on one daemon thread,
@@ -42,6 +52,27 @@ class Flusher:
         self._thread: Optional[threading.Thread] = None
         self._wake_r: Optional[socket.socket] = None
         self._wake_w: Optional[socket.socket] = None
+        self._corked: set["Transport"] = set()  # transports to push if they stay corked
+        #: Ticks counted while transports were corked (written by the flusher thread).
+        self.ticks = 0
+
+    def watch_cork(self, transport: "Transport") -> None:
+        """``transport`` began to hold frames (MSG_MORE): push them within
+        two ticks unless it pushes them itself (any thread)."""
+        transport.corked_at = self.ticks
+        with self._lock:
+            if self._stopped:
+                return
+            first = not self._corked
+            self._corked.add(transport)
+            if self._thread is None:
+                self._start()
+            wake = self._wake_w
+        if first:
+            try:
+                wake.send(b"x", socket.MSG_DONTWAIT)  # type: ignore[union-attr]
+            except OSError:
+                pass
 
     def enrol(self, transport: "Transport") -> None:
         """Write ``transport``'s outbox as its socket allows (any thread)."""
@@ -94,6 +125,7 @@ class Flusher:
         selector.register(self._wake_r, selectors.EVENT_READ, None)
         enrolled: dict[int, "Transport"] = {}
         next_check = time.monotonic() + _DEADLINE_CHECK
+        next_tick = 0.0
         try:
             while True:
                 with self._lock:
@@ -103,12 +135,16 @@ class Flusher:
                     return
                 for enrol, transport in changes:
                     _apply(selector, enrolled, enrol, transport)
-                for key, _ in selector.select(_DEADLINE_CHECK if enrolled else None):
+                timeout = CORK_TICK if self._corked else _DEADLINE_CHECK if enrolled else None
+                for key, _ in selector.select(timeout):
                     if key.data is None:
                         _drain_wakeups(self._wake_r)
                     elif not key.data.flush_ready():
                         _apply(selector, enrolled, False, key.data)
                 now = time.monotonic()
+                if self._corked and now >= next_tick:
+                    next_tick = now + CORK_TICK
+                    self._push_held()
                 if enrolled and now >= next_check:
                     next_check = now + _DEADLINE_CHECK
                     for transport in list(enrolled.values()):
@@ -121,6 +157,24 @@ class Flusher:
             for sock in (self._wake_r, self._wake_w):
                 if sock is not None:
                     sock.close()
+
+
+    def _push_held(self) -> None:
+        """One tick: push the transports corked since before the last one."""
+        self.ticks += 1
+        with self._lock:
+            corked = list(self._corked)
+        done = []
+        for transport in corked:
+            if not transport.corked or transport.closed:
+                done.append(transport)
+            elif transport.corked_at < self.ticks - 1 and transport.push():
+                done.append(transport)
+        if done:
+            with self._lock:
+                for transport in done:
+                    if not transport.corked:
+                        self._corked.discard(transport)
 
 
 def _apply(selector: selectors.BaseSelector, enrolled: dict[int, "Transport"], enrol: bool, transport: "Transport") -> None:

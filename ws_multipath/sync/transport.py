@@ -28,12 +28,22 @@ The socket is closed only by its owner (the connection's reader thread, via
 ``close``); every other thread uses ``abort``, which shuts it down so that a
 blocked ``recv`` or a wait for writability returns, without freeing the
 descriptor.
+
+Coalescing (plain TCP only): while the reading thread knows that more of a
+client's messages are already read and will be answered at once (the rest of
+a batch that one ``recv`` brought, ``more_coming``), data frames go out with
+``MSG_MORE``. They are in the kernel when ``send()`` returns, as always, but
+the kernel holds them for the frames that follow and sends one segment for
+the lot instead of one per message. The last frame of the batch goes without
+``MSG_MORE``, which sends everything; ``push`` does it when the batch ended
+without one; and the flusher pushes any transport left corked for more than
+one of its ticks (``flusher.CORK_TICK``), so a listener that is slow in the
+middle of a batch delays the answers before it by a few milliseconds at most.
 """
 
 from __future__ import annotations
 
 import collections
-import select
 import socket
 import ssl
 import threading
@@ -41,23 +51,10 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Union
 
-from ..protocol import frames
 from ..protocol.closing import FrameKind
 from ..protocol.frames import Payload
 from .flusher import Flusher
-
-#: ``send_nowait(sock, data) -> int`` of the C speedups (a non-blocking send
-#: that keeps the GIL: no hand-off to another thread per small frame), or
-#: None on the pure-Python path.
-_send_nowait: Optional[Callable[[Any, bytes], int]] = None
-if frames.SPEEDUPS:
-    from .. import _speedups  # type: ignore[attr-defined,unused-ignore]
-
-    _send_nowait = getattr(_speedups, "send_nowait", None)
-
-#: Frames up to this size are sent by ``_send_nowait`` (a larger copy into the
-#: kernel would keep the other threads from Python for longer).
-_NOWAIT_LIMIT = 16 * 1024
+from .sockets import MSG_MORE, NOWAIT_LIMIT, WOULD_BLOCK, advance, as_bytes_view, send_nowait, send_some, shutdown, wait_writable
 
 __all__ = ["Transport", "MAX_OUTBOX_BYTES"]
 
@@ -89,7 +86,6 @@ Pending = Union[bytes, bytearray, memoryview, Callable[[], bytes]]
 #: the bytes it counts against ``MAX_OUTBOX_BYTES``.
 Entry = tuple[Pending, Optional[FrameKind], int]
 
-_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
 
 
 class Transport:
@@ -117,6 +113,14 @@ class Transport:
         # stats.py: data messages and bytes written, counted under the write lock
         self.messages_out = 0
         self.bytes_out = 0
+        #: Whether data frames may be coalesced with MSG_MORE (plain TCP).
+        self.can_cork = bool(MSG_MORE) and not self._tls and sock.family in (socket.AF_INET, socket.AF_INET6)
+        #: Written by the reading thread only (when ``can_cork``): the data
+        #: frames written now are followed at once by more (see above).
+        self.more_coming = False
+        self._corked = False  # a frame went out with MSG_MORE since the last push (write lock)
+        #: The flusher's tick when this transport last began to hold frames.
+        self.corked_at = 0
 
     def attach(self, may_write: Callable[[FrameKind], bool], on_fatal: Callable[[int, str], None]) -> None:
         """Connect to the connection: ``may_write(kind)`` admits each frame
@@ -157,7 +161,7 @@ class Transport:
                 return False
             header, payload = encode(data)
             self.messages_out += 1
-            self._send_all(header, payload)
+            self._send_all(header, payload, self.more_coming)
             return True
         finally:
             self._release()
@@ -174,23 +178,52 @@ class Transport:
         finally:
             self._release()
 
-    def _send_all(self, header: Payload, payload: Payload = b"") -> None:
+    def push(self) -> bool:
+        """Send the frames the kernel holds for this transport now (any
+        thread; never waits). False if another thread writes at the moment:
+        its frame, or the flusher's next tick, pushes them then."""
+        if not self._corked:
+            return True
+        if not self._write_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._corked:
+                self._corked = False
+                if not self._closed:
+                    self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # pushes what is queued
+        except OSError:
+            pass  # the reader sees the socket fail
+        finally:
+            self._write_lock.release()
+        return True
+
+    @property
+    def corked(self) -> bool:
+        return self._corked
+
+    def _send_all(self, header: Payload, payload: Payload = b"", more: bool = False) -> None:
         """Write ``header`` and ``payload`` whole, waiting for writability at
-        most ``write_timeout`` (then the connection is dropped: 1011)."""
+        most ``write_timeout`` (then the connection is dropped: 1011). With
+        ``more`` a small frame goes with MSG_MORE (see the module docstring)."""
         if isinstance(payload, memoryview):
-            payload = _as_bytes_view(payload)
+            payload = as_bytes_view(payload)
         self.bytes_out += len(header) + len(payload)  # counted once per frame, however many sends it takes
         if self._tls or len(payload) <= _COALESCE_LIMIT:
             if type(header) is bytes and type(payload) is bytes and not self._tls:
                 # The common case, a small frame on plain TCP: one send, no lists.
                 frame = header + payload if payload else header
-                if _send_nowait is not None and len(frame) <= _NOWAIT_LIMIT:
-                    sent = _send_nowait(self.sock, frame)
+                if more and not self._corked:
+                    self._corked = True
+                    self._flusher.watch_cork(self)
+                if send_nowait is not None and len(frame) <= NOWAIT_LIMIT:
+                    sent = send_nowait(self.sock, frame, more)
                 else:
                     try:
-                        sent = self.sock.send(frame, socket.MSG_DONTWAIT)
-                    except _WOULD_BLOCK:
+                        sent = self.sock.send(frame, socket.MSG_DONTWAIT | (MSG_MORE if more else 0))
+                    except WOULD_BLOCK:
                         sent = 0
+                if sent and not more:
+                    self._corked = False  # this send pushed what was held
                 if sent == len(frame):
                     return
                 buffers: list[Payload] = [memoryview(frame)[sent:] if sent else frame]
@@ -199,7 +232,7 @@ class Transport:
             buffers = [bytes(header) + bytes(payload) if payload else header]
         else:
             buffers = [header, payload]
-        buffers = _advance(buffers, self._send_now(buffers))
+        buffers = advance(buffers, send_some(self.sock, buffers, self.tls_lock))
         if buffers:
             self._wait_and_send(buffers)
 
@@ -210,42 +243,12 @@ class Transport:
         while True:
             if deadline is None:
                 deadline = float("inf") if self._write_timeout is None else time.monotonic() + self._write_timeout
-            if not self._wait_writable(deadline):
+            if not wait_writable(self.sock, deadline):
                 self._on_write_timeout()
                 raise TimeoutError("write timed out")
-            buffers = _advance(buffers, self._send_now(buffers))
+            buffers = advance(buffers, send_some(self.sock, buffers, self.tls_lock))
             if not buffers:
                 return
-
-    def _send_now(self, buffers: list[Payload]) -> int:
-        """Bytes of ``buffers`` the socket takes without blocking (0 or all of
-        one buffer on TLS, which must retry with the same bytes)."""
-        try:
-            if self.tls_lock is not None:
-                with self.tls_lock:
-                    return self.sock.send(buffers[0])
-            if len(buffers) == 1:
-                if _send_nowait is not None and len(buffers[0]) <= _NOWAIT_LIMIT:
-                    return _send_nowait(self.sock, buffers[0])  # type: ignore[arg-type]
-                return self.sock.send(buffers[0], socket.MSG_DONTWAIT)
-            return self.sock.sendmsg(buffers, (), socket.MSG_DONTWAIT)
-        except _WOULD_BLOCK:
-            return 0
-
-    def _wait_writable(self, deadline: float) -> bool:
-        """False if ``deadline`` passes first. A shut down socket counts as
-        writable: the next send reports it."""
-        poller = select.poll()
-        try:
-            poller.register(self.sock, select.POLLOUT)
-        except (OSError, ValueError):
-            return True
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            if poller.poll(None if remaining == float("inf") else remaining * 1000):
-                return True
 
     def _on_write_timeout(self) -> None:
         self._on_fatal(1011, "write timeout")
@@ -317,7 +320,7 @@ class Transport:
         data = self._admit(entry)
         if data is None:
             return True
-        sent = self._send_now([data])
+        sent = send_some(self.sock, [data], self.tls_lock)
         self.bytes_out += sent
         if sent == len(data):
             return True
@@ -417,13 +420,13 @@ class Transport:
         waits return at once. Does nothing once closed."""
         with self._state_lock:
             if not self._closed:
-                _shutdown(self.sock, socket.SHUT_RDWR)
+                shutdown(self.sock, socket.SHUT_RDWR)
 
     def shutdown_write(self) -> None:
         """Send FIN after the last frame (the peer reads EOF), keep reading."""
         with self._state_lock:
             if not self._closed:
-                _shutdown(self.sock, socket.SHUT_WR)
+                shutdown(self.sock, socket.SHUT_WR)
 
     def close(self) -> None:
         """Release the socket (its owner only, once it stopped reading)."""
@@ -444,32 +447,4 @@ class Transport:
                 self.sock.close()
         except OSError:
             pass
-
-
-def _advance(buffers: list[Payload], sent: int) -> list[Payload]:
-    """What is left of ``buffers`` after ``sent`` bytes went out."""
-    while sent and buffers:
-        first = len(buffers[0])
-        if sent < first:
-            return [memoryview(buffers[0])[sent:], *buffers[1:]]
-        sent -= first
-        buffers = buffers[1:]
-    return buffers
-
-
-def _as_bytes_view(view: memoryview) -> Payload:
-    """A view of bytes (``len`` counts bytes), whatever the caller's format."""
-    if view.format == "B" and view.ndim == 1:
-        return view
-    try:
-        return view.cast("B")
-    except TypeError:  # not contiguous
-        return view.tobytes()
-
-
-def _shutdown(sock: socket.socket, how: int) -> None:
-    try:
-        socket.socket.shutdown(sock, how)
-    except OSError:
-        pass
 

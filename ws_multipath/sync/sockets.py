@@ -1,0 +1,101 @@
+"""Non-blocking writes to a socket, and the waits around them: the
+primitives ``transport.py`` builds ordered, deadline-bound writes from.
+
+Nothing here keeps state or takes a lock of its own; the caller holds the
+transport's write lock (and, on TLS, passes its ``tls_lock``).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import threading
+import time
+from typing import Callable, Optional
+
+from ..protocol import frames
+from ..protocol.frames import Payload
+
+__all__ = ["send_nowait", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "wait_writable", "advance", "as_bytes_view", "shutdown"]
+
+#: ``send_nowait(sock, data, more=False) -> int`` of the C speedups (a
+#: non-blocking send that keeps the GIL: no hand-off to another thread per
+#: small frame; MSG_MORE when ``more``), or None on the pure-Python path.
+send_nowait: Optional[Callable[..., int]] = None
+if frames.SPEEDUPS:
+    from .. import _speedups  # type: ignore[attr-defined,unused-ignore]
+
+    send_nowait = getattr(_speedups, "send_nowait", None)
+
+#: Frames up to this size are sent by ``send_nowait`` (a larger copy into the
+#: kernel would keep the other threads from Python for longer).
+NOWAIT_LIMIT = 16 * 1024
+
+#: Linux's flag for "more follows: hold a partial segment" (0 elsewhere).
+MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
+
+#: What a non-blocking send raises when the socket's buffer is full.
+WOULD_BLOCK = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
+
+
+def send_some(sock: socket.socket, buffers: list[Payload], tls_lock: Optional[threading.Lock]) -> int:
+    """Bytes of ``buffers`` the socket takes without blocking (0 or all of
+    one buffer on TLS, which must retry with the same bytes)."""
+    try:
+        if tls_lock is not None:
+            with tls_lock:
+                return sock.send(buffers[0])
+        if len(buffers) == 1:
+            if send_nowait is not None and len(buffers[0]) <= NOWAIT_LIMIT:
+                return send_nowait(sock, buffers[0])
+            return sock.send(buffers[0], socket.MSG_DONTWAIT)
+        return sock.sendmsg(buffers, (), socket.MSG_DONTWAIT)
+    except WOULD_BLOCK:
+        return 0
+
+
+def wait_writable(sock: socket.socket, deadline: float) -> bool:
+    """Wait until ``sock`` is writable; False if ``deadline`` (monotonic,
+    ``inf`` for none) passes first. A shut down socket counts as writable:
+    the next send reports it."""
+    poller = select.poll()
+    try:
+        poller.register(sock, select.POLLOUT)
+    except (OSError, ValueError):
+        return True
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if poller.poll(None if remaining == float("inf") else remaining * 1000):
+            return True
+
+
+def advance(buffers: list[Payload], sent: int) -> list[Payload]:
+    """What is left of ``buffers`` after ``sent`` bytes went out."""
+    while sent and buffers:
+        first = len(buffers[0])
+        if sent < first:
+            return [memoryview(buffers[0])[sent:], *buffers[1:]]
+        sent -= first
+        buffers = buffers[1:]
+    return buffers
+
+
+def as_bytes_view(view: memoryview) -> Payload:
+    """A view of bytes (``len`` counts bytes), whatever the caller's format."""
+    if view.format == "B" and view.ndim == 1:
+        return view
+    try:
+        return view.cast("B")
+    except TypeError:  # not contiguous
+        return view.tobytes()
+
+
+def shutdown(sock: socket.socket, how: int) -> None:
+    """``shutdown(2)``, ignoring a socket that is gone already."""
+    try:
+        socket.socket.shutdown(sock, how)
+    except OSError:
+        pass

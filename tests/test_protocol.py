@@ -75,10 +75,14 @@ def test_max_payload_counts_the_whole_message_and_fails_with_1009():
 def test_writer_frames_are_unmasked_with_minimal_lengths():
     writer = FrameWriter()
     for size, header_size in ((0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)):
-        header, payload = writer.message(b"x" * size)
-        assert len(header) == header_size and header[0] == 0x82 and not header[1] & 0x80
-    header, payload = writer.message("é")
-    assert header == b"\x81\x02" and payload == "é".encode()
+        for data in (b"x" * size, bytearray(b"x" * size), memoryview(b"x" * size)):
+            frame = b"".join(writer.message(data))  # small ones come whole, large ones in two parts
+            assert len(frame) == header_size + size and frame[0] == 0x82 and not frame[1] & 0x80
+            assert frame[header_size:] == b"x" * size
+    assert b"".join(writer.message("é")) == b"\x81\x02" + "é".encode()
+    assert b"".join(writer.message("x" * 200)) == b"\x81\x7e\x00\xc8" + b"x" * 200
+    with pytest.raises(UnicodeEncodeError):
+        writer.message("\ud800")  # a lone surrogate: not UTF-8
     assert writer.ping(b"p") == b"\x89\x01p" and writer.pong(b"") == b"\x8a\x00"
     assert writer.close(1001, b"bye") == b"\x88\x05\x03\xe9bye" and writer.close(None) == b"\x88\x00"
     with pytest.raises(ValueError, match="125"):

@@ -228,3 +228,23 @@ def test_send_nowait_sends_with_and_without_more(speedups):
             client.close()
             with pytest.raises(OSError):
                 speedups.send_nowait(client, b"x")
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_frame_matches_the_python_framing(speedups, size):
+    text = ("é" * size)[:size]
+    for data, opcode in ((b"b" * size, 0x82), (bytearray(b"a" * size), 0x82), ("t" * size, 0x81), (text, 0x81)):
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        header = protocol._header(opcode, len(payload))
+        assert speedups.frame(opcode, data) == header + payload
+
+
+def test_frame_bad_arguments_raise(speedups):
+    with pytest.raises(TypeError):
+        speedups.frame(0x81)
+    with pytest.raises(TypeError, match="memoryview"):
+        speedups.frame(0x82, memoryview(b"x"))
+    with pytest.raises(ValueError, match="first_byte"):
+        speedups.frame(256, b"x")
+    with pytest.raises(UnicodeEncodeError):
+        speedups.frame(0x81, "\ud800")

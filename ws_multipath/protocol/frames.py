@@ -16,7 +16,7 @@ import os
 import struct
 from codecs import getincrementaldecoder
 from io import BytesIO
-from typing import Optional, Union, cast
+from typing import Callable, Optional, Union, cast
 
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import (
@@ -374,6 +374,10 @@ unmask = _unmask_python
 #: chunks joined (a frame that came in several reads).
 unmask_joined = _unmask_joined_python
 
+#: ``frame(first_byte, data) -> bytes`` of the C extension (a whole small
+#: frame in one allocation), or None on the pure-Python path.
+_frame: Optional[Callable[[int, Union[str, bytes, bytearray]], bytes]] = None
+
 if os.environ.get("WS_MULTIPATH_NO_SPEEDUPS", "") in ("", "0"):
     try:
         from .._speedups import unmask, unmask_joined  # type: ignore[no-redef,import-not-found,unused-ignore]  # noqa: F811
@@ -381,6 +385,14 @@ if os.environ.get("WS_MULTIPATH_NO_SPEEDUPS", "") in ("", "0"):
         pass
     else:
         SPEEDUPS = True
+        from .. import _speedups  # type: ignore[attr-defined,unused-ignore]
+
+        _frame = getattr(_speedups, "frame", None)
+
+#: Messages up to this length (characters or bytes) are framed by ``_frame``
+#: into one bytes object; larger ones keep header and payload apart, so that
+#: the payload is never copied.
+_WHOLE_FRAME_LIMIT = 16 * 1024
 
 
 def check_close_code(code: int, reason: str) -> bytes:
@@ -417,7 +429,14 @@ class FrameWriter:
         return self._deflate is None
 
     def message(self, data: Union[str, Payload]) -> tuple[bytes, Payload]:
-        """Frame header and payload of one unfragmented data message."""
+        """Frame header and payload of one unfragmented data message (a
+        small one as one bytes object, with an empty payload)."""
+        if _frame is not None and self._deflate is None and len(data) <= _WHOLE_FRAME_LIMIT:
+            kind = type(data)
+            if kind is str:
+                return _frame(0x81, data), b""  # type: ignore[arg-type]
+            if kind is bytes or kind is bytearray:
+                return _frame(0x82, data), b""  # type: ignore[arg-type]
         payload: Payload
         if isinstance(data, str):
             opcode, payload = 0x81, data.encode("utf-8")

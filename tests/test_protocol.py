@@ -100,10 +100,15 @@ def test_invalid_close_codes(code):
         check_close_code(code, "")
 
 
-def test_the_whole_message_fast_path_gives_what_wsproto_gives():
+def test_the_whole_message_fast_path_gives_what_wsproto_gives(monkeypatch):
     """Random streams of frames, cut at random places, give the same events
-    with and without the fast path (which only handles whole frames)."""
+    with the fast path (its C loop and its Python loop) and without it
+    (wsproto alone); the fast path only handles whole frames."""
     import random
+
+    from ws_multipath.protocol import frames as module
+
+    parse_messages = module._parse_messages
 
     rng = random.Random(6455)
     for _ in range(300):
@@ -126,7 +131,8 @@ def test_the_whole_message_fast_path_gives_what_wsproto_gives():
         cuts = sorted(rng.sample(range(1, len(stream)), min(3, len(stream) - 1)))
         chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
         results = []
-        for fast in (True, False):
+        for fast, c_loop in ((True, True), (True, False), (False, False)):
+            monkeypatch.setattr(module, "_parse_messages", parse_messages if c_loop else None)
             reader = FrameReader(max_payload=1 << 20)
             reader._fast = fast
             events = []
@@ -135,7 +141,7 @@ def test_the_whole_message_fast_path_gives_what_wsproto_gives():
                 if events and isinstance(events[-1], Failure):
                     break
             results.append([(type(e).__name__, getattr(e, "data", None) or getattr(e, "payload", None) or getattr(getattr(e, "error", None), "code", None)) for e in events])
-        assert results[0] == results[1]
+        assert results[0] == results[1] == results[2]
 
 
 @pytest.mark.parametrize("size", [0, 1, 5, 4096, 4097, 70_001])

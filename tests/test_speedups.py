@@ -248,3 +248,37 @@ def test_frame_bad_arguments_raise(speedups):
         speedups.frame(256, b"x")
     with pytest.raises(UnicodeEncodeError):
         speedups.frame(0x81, "\ud800")
+
+
+def _client_frame(first: int, payload: bytes, length_form: int = 0) -> bytes:
+    mask = os.urandom(4)
+    size = len(payload)
+    if length_form == 126 or (not length_form and 126 <= size < 65536):
+        head = bytes((first, 0xFE)) + size.to_bytes(2, "big")
+    elif length_form == 127 or (not length_form and size >= 65536):
+        head = bytes((first, 0xFF)) + size.to_bytes(8, "big")
+    else:
+        head = bytes((first, 0x80 | size))
+    return head + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+
+
+def test_parse_messages_takes_whole_plain_frames_and_stops_at_anything_else(speedups):
+    text, binary = _client_frame(0x81, "é€".encode() * 50), _client_frame(0x82, bytes(range(200)))
+    for kind in (bytes, bytearray):
+        assert speedups.parse_messages(kind(text + binary), 1 << 20, False) == (["é€" * 50, bytes(range(200))], len(text + binary))
+    stops = [
+        _client_frame(0x01, b"fragment"),  # FIN clear
+        _client_frame(0x89, b"ping"),  # control
+        _client_frame(0xC1, b"x"),  # RSV1 (compressed): Python inflates it
+        _client_frame(0x82, b"x" * 10, length_form=126),  # not the shortest length form
+        _client_frame(0x82, b"x" * 300, length_form=127),
+        _client_frame(0x81, b"ok\xc3"),  # not UTF-8: the Python loop fails it with 1007
+        _client_frame(0x82, b"y" * 201),  # over max_payload (200)
+        bytes((0x82, 0x05)) + b"hello",  # unmasked
+        text[:-1],  # incomplete
+    ]
+    for stop in stops:
+        assert speedups.parse_messages(binary + stop + binary, 200, False) == ([bytes(range(200))], len(binary)), stop[:4]
+    assert speedups.parse_messages(_client_frame(0x81, b"ok\xc3"), 1 << 20, True) == (["ok\ufffd"], 9)
+    with pytest.raises(TypeError):
+        speedups.parse_messages(memoryview(text), 10, False)

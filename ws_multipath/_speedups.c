@@ -13,6 +13,15 @@
  *         large frame that came in many reads is unmasked from them straight
  *         into its message (one allocation and one pass instead of two).
  *
+ *     parse_messages(data, max_payload, lenient) -> (list, int)
+ *         the complete, unfragmented, masked text and binary frames at the
+ *         start of data (bytes or bytearray), unmasked: text decoded from
+ *         UTF-8 (strictly, or with replacement when lenient), binary as
+ *         bytes; and the offset where they end. It stops at the first frame
+ *         that is anything else (incomplete, fragmented, control, compressed,
+ *         reserved bits, unmasked, a length over max_payload or not in its
+ *         shortest form, text that is not UTF-8), which the caller parses
+ *         as before: the Python loop of FrameReader._parse_whole_messages.
  *     frame(first_byte, data) -> bytes
  *         one unmasked frame (RFC 6455 section 5.2): first_byte (FIN, RSV,
  *         opcode), the shortest length form, then data, which is a str
@@ -282,6 +291,124 @@ speedups_unmask_joined(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     return result;
 }
 
+PyDoc_STRVAR(parse_messages_doc,
+"parse_messages(data, max_payload, lenient) -> (list, int)\n\n"
+"The whole masked text and binary frames at the start of data, unmasked\n"
+"(text decoded), and the offset where they end.");
+
+static PyObject *
+speedups_parse_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "parse_messages() takes exactly 3 arguments");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[0]) && !PyByteArray_Check(args[0])) {
+        PyErr_Format(PyExc_TypeError, "data must be bytes or bytearray, not %.100s", Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    long long max_payload = PyLong_AsLongLong(args[1]);
+    if (max_payload == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    int lenient = PyObject_IsTrue(args[2]);
+    if (lenient < 0) {
+        return NULL;
+    }
+    const char *errors = lenient ? "replace" : "strict";
+    PyObject *messages = PyList_New(0);
+    if (messages == NULL) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(messages);
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)view.buf;
+    Py_ssize_t end_of_data = view.len, pos = 0;
+    unsigned char small[256];
+    while (end_of_data - pos >= 2) {
+        unsigned char first = data[pos], second = data[pos + 1];
+        if ((first != 0x81 && first != 0x82) || !(second & 0x80)) {
+            break;
+        }
+        uint64_t length = second & 0x7F;
+        Py_ssize_t start;
+        if (length < 126) {
+            start = pos + 6;
+        } else if (length == 126) {
+            if (end_of_data - pos < 4) {
+                break;
+            }
+            length = ((uint64_t)data[pos + 2] << 8) | data[pos + 3];
+            if (length < 126) {
+                break;
+            }
+            start = pos + 8;
+        } else {
+            if (end_of_data - pos < 10) {
+                break;
+            }
+            length = 0;
+            for (int i = 0; i < 8; i++) {
+                length = (length << 8) | data[pos + 2 + i];
+            }
+            if (length < 65536 || (length >> 63)) {
+                break;
+            }
+            start = pos + 14;
+        }
+        if (max_payload >= 0 && length > (uint64_t)max_payload) {
+            break;
+        }
+        if (start > end_of_data || length > (uint64_t)(end_of_data - start)) {
+            break;  /* incomplete */
+        }
+        Py_ssize_t size = (Py_ssize_t)length;
+        const unsigned char *mask = data + start - 4;
+        PyObject *message;
+        if (first == 0x82) {
+            message = PyBytes_FromStringAndSize(NULL, size);
+            if (message == NULL) {
+                goto error;
+            }
+            xor_mask(data + start, (unsigned char *)PyBytes_AS_STRING(message), size, mask);
+        } else {
+            unsigned char *text = size <= (Py_ssize_t)sizeof(small) ? small : (unsigned char *)PyMem_Malloc((size_t)size);
+            if (text == NULL) {
+                PyErr_NoMemory();
+                goto error;
+            }
+            xor_mask(data + start, text, size, mask);
+            message = PyUnicode_DecodeUTF8((const char *)text, size, errors);
+            if (text != small) {
+                PyMem_Free(text);
+            }
+            if (message == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                    goto error;
+                }
+                PyErr_Clear();  /* the caller's loop fails it with 1007 */
+                break;
+            }
+        }
+        int appended = PyList_Append(messages, message);
+        Py_DECREF(message);
+        if (appended < 0) {
+            goto error;
+        }
+        pos = start + size;
+    }
+    PyBuffer_Release(&view);
+    PyObject *result = Py_BuildValue("(Nn)", messages, pos);
+    return result;
+error:
+    PyBuffer_Release(&view);
+    Py_DECREF(messages);
+    return NULL;
+}
+
 PyDoc_STRVAR(frame_doc,
 "frame(first_byte, data) -> bytes\n\n"
 "An unmasked frame: first_byte, the length, then data (a str as UTF-8,\n"
@@ -430,6 +557,7 @@ static PyMethodDef speedups_methods[] = {
     {"mask_into", (PyCFunction)(void (*)(void))speedups_mask_into, METH_FASTCALL, mask_into_doc},
     {"unmask_joined", (PyCFunction)(void (*)(void))speedups_unmask_joined, METH_FASTCALL, unmask_joined_doc},
     {"frame", (PyCFunction)(void (*)(void))speedups_frame, METH_FASTCALL, frame_doc},
+    {"parse_messages", (PyCFunction)(void (*)(void))speedups_parse_messages, METH_FASTCALL, parse_messages_doc},
 #ifndef _WIN32
     {"send_nowait", (PyCFunction)(void (*)(void))speedups_send_nowait, METH_FASTCALL, send_nowait_doc},
 #endif

@@ -158,7 +158,10 @@ class FrameReader:
             self._frames._message_decoder = _LenientMessageDecoder()
         self._utf8_errors = "replace" if skip_utf8_validation else "strict"
         self._deflate = deflate  # whole compressed messages take the hot path too (deflate.inflate_message)
-        self._fast = True
+        self._fast = True  # the hot path for whole frames (tests turn it off to compare)
+        #: True when wsproto holds no partial frame or message (so the next
+        #: bytes start a frame, for the hot path); updated after each feed.
+        self._between_frames = True
         self._message: Optional[BytesIO] = None  # the data message in progress, joined as it comes
         self._closed = False
         self._waiting: list[Union[bytes, bytearray]] = []  # the start of a frame for the hot path
@@ -184,7 +187,7 @@ class FrameReader:
             else:
                 data = bytearray().join(self._waiting)  # unmasked in place: one copy less
                 self._waiting, self._waiting_size = [], 0
-        if self._fast and self._between_frames():
+        if self._fast and self._between_frames:
             data = self._parse_whole_messages(data, events)
             if not data or (events and type(events[-1]) is Failure):
                 return events
@@ -199,9 +202,10 @@ class FrameReader:
                 events.append(Failure(PayloadTooBig(self._max_payload)))
             else:
                 events.append(Failure(ProtocolError(int(exc.code), str(exc))))
+        self._between_frames = self._wsproto_between_frames()
         return events
 
-    def _between_frames(self) -> bool:
+    def _wsproto_between_frames(self) -> bool:
         """True when wsproto holds no partial frame and no partial message,
         so the next bytes start a frame (reads wsproto's parser state)."""
         decoder = self._frames._frame_decoder
@@ -216,6 +220,12 @@ class FrameReader:
         anything else and returns the bytes from there on for wsproto, which
         then checks them as usual."""
         pos, end_of_data, limit = 0, len(data), self._max_payload
+        if _parse_messages is not None:  # the C loop takes the plain frames; this one goes on from where it stops
+            messages, pos = _parse_messages(data, limit, self._utf8_errors != "strict")
+            if messages:
+                events.extend(map(Message, messages))
+            if pos == end_of_data:
+                return b""
         deflate = self._deflate
         while end_of_data - pos >= 2:
             first, second = data[pos], data[pos + 1]
@@ -378,6 +388,10 @@ unmask_joined = _unmask_joined_python
 #: frame in one allocation), or None on the pure-Python path.
 _frame: Optional[Callable[[int, Union[str, bytes, bytearray]], bytes]] = None
 
+#: ``parse_messages(data, max_payload, lenient) -> (messages, end)`` of the C
+#: extension: the plain whole frames at the start of ``data``, or None.
+_parse_messages: Optional[Callable[[Union[bytes, bytearray], int, bool], tuple[list[Union[str, bytes]], int]]] = None
+
 if os.environ.get("WS_MULTIPATH_NO_SPEEDUPS", "") in ("", "0"):
     try:
         from .._speedups import unmask, unmask_joined  # type: ignore[no-redef,import-not-found,unused-ignore]  # noqa: F811
@@ -388,6 +402,7 @@ if os.environ.get("WS_MULTIPATH_NO_SPEEDUPS", "") in ("", "0"):
         from .. import _speedups  # type: ignore[attr-defined,unused-ignore]
 
         _frame = getattr(_speedups, "frame", None)
+        _parse_messages = getattr(_speedups, "parse_messages", None)
 
 #: Messages up to this length (characters or bytes) are framed by ``_frame``
 #: into one bytes object; larger ones keep header and payload apart, so that

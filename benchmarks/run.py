@@ -83,6 +83,7 @@ SCENARIOS: list[dict[str, Any]] = [
     _echo("echo_256x32B", 256, 32, "echo, 256 clients, 32 B text"),
     _echo("echo_16x64KiB", 16, 64 * KiB, "echo, 16 clients, 64 KiB binary", binary=True),
     _echo("echo_16x1MiB", 16, MiB, "echo, 16 clients, 1 MiB binary", binary=True),
+    _echo("echo_16x64KiB_text", 16, 64 * KiB, "echo, 16 clients, 64 KiB text"),
     _echo("pipelined_1x32_1KiB", 1, KiB, "pipelined echo, 1 client, 32 in flight, 1 KiB", inflight=32),
     _echo("iter_16x32B", 16, 32, "`for message in ws`, 16 clients, 32 B", server="iter"),
     _echo("iter_16x1KiB", 16, KiB, "`for message in ws`, 16 clients, 1 KiB", server="iter"),

@@ -114,11 +114,15 @@ def test_the_whole_message_fast_path_gives_what_wsproto_gives(monkeypatch):
     for _ in range(300):
         frames = []
         for _ in range(rng.randint(1, 8)):
-            kind = rng.choice(["text", "binary", "fragmented", "ping", "bad_utf8", "long"])
+            kind = rng.choice(["text", "binary", "fragmented", "ping", "bad_utf8", "long", "long_text", "long_bad_text"])
             if kind == "text":
                 frames.append(client_frame(1, "é€x".encode() * rng.randint(0, 60)))
             elif kind == "binary":
                 frames.append(client_frame(2, rng.randbytes(rng.randint(0, 300))))
+            elif kind == "long_text":
+                frames.append(client_frame(1, "é€x".encode() * rng.choice([30, 22000, 30000])))
+            elif kind == "long_bad_text":
+                frames.append(client_frame(1, "é€x".encode() * 9000 + b"\xff" + b"x" * 40000))
             elif kind == "long":
                 frames.append(client_frame(2, rng.randbytes(rng.choice([65535, 65536, 70000]))))
             elif kind == "fragmented":
@@ -128,7 +132,7 @@ def test_the_whole_message_fast_path_gives_what_wsproto_gives(monkeypatch):
             else:
                 frames.append(client_frame(1, b"ok\xc3"))
         stream = b"".join(frames)
-        cuts = sorted(rng.sample(range(1, len(stream)), min(3, len(stream) - 1)))
+        cuts = sorted(rng.sample(range(1, len(stream)), min(rng.choice([3, 12]), len(stream) - 1)))
         chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
         results = []
         for fast, c_loop in ((True, True), (True, False), (False, False)):
@@ -163,3 +167,23 @@ def test_invalid_utf8_fails_at_once_when_a_text_frame_arrives_in_pieces():
     assert reader.receive_data(b"\x81\x82") == []
     events = reader.receive_data(b"\x00\x00\x00\x00\x80")
     assert len(events) == 1 and isinstance(events[0], Failure) and events[0].error.code == 1007
+
+
+def test_invalid_utf8_fails_before_the_rest_of_a_large_text_frame_arrives():
+    """RFC 6455 section 8.1: fail as soon as the text is known to be invalid."""
+    frame = client_frame(1, "é".encode() * 1000 + b"\xc3\x28" + b"x" * 100_000)
+    reader = FrameReader(max_payload=1 << 20)
+    assert reader.receive_data(frame[:1000]) == []  # valid so far
+    events = reader.receive_data(frame[1000:3000])  # the bad byte is in here
+    assert len(events) == 1 and isinstance(events[0], Failure) and events[0].error.code == 1007
+    assert reader.receive_data(frame[3000:]) == []  # nothing after a failure
+
+
+def test_a_large_text_frame_in_many_reads_is_one_message():
+    text = "é€x" * 40_000
+    frame = client_frame(1, text.encode())
+    reader = FrameReader(max_payload=1 << 20)
+    events = []
+    for start in range(0, len(frame), 777):  # cuts inside characters and the mask's phase
+        events += reader.receive_data(frame[start : start + 777])
+    assert [type(e) for e in events] == [Message] and events[0].data == text

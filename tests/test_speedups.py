@@ -15,11 +15,9 @@ import pytest
 
 from ws_multipath.protocol import frames as protocol
 from ws_multipath.protocol.events import Message
-from ws_multipath.protocol.frames import (
-    FrameReader,
-    _unmask_joined_python,
-    _unmask_python,
-)
+from ws_multipath.protocol.frames import FrameReader
+from ws_multipath.protocol.masking import _unmask_joined_python, _unmask_python
+from ws_multipath.protocol.writer import _header
 
 OFFSETS = range(16)  # every alignment of the payload modulo 8, at every mask phase
 
@@ -194,7 +192,7 @@ def active_path(value: str | None) -> str:
     env.pop("WS_MULTIPATH_NO_SPEEDUPS", None)
     if value is not None:
         env["WS_MULTIPATH_NO_SPEEDUPS"] = value
-    code = "import ws_multipath.protocol.frames as p; print(p.SPEEDUPS, p.unmask is p._unmask_python)"
+    code = "import ws_multipath.protocol.masking as p; print(p.SPEEDUPS, p.unmask is p._unmask_python)"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
@@ -235,7 +233,7 @@ def test_frame_matches_the_python_framing(speedups, size):
     text = ("é" * size)[:size]
     for data, opcode in ((b"b" * size, 0x82), (bytearray(b"a" * size), 0x82), ("t" * size, 0x81), (text, 0x81)):
         payload = data.encode() if isinstance(data, str) else bytes(data)
-        header = protocol._header(opcode, len(payload))
+        header = _header(opcode, len(payload))
         assert speedups.frame(opcode, data) == header + payload
 
 

@@ -1,7 +1,8 @@
-"""The WebSocket protocol without I/O: frames in and out (``frames``), the
-closing state machine (``closing``), permessage-deflate (``deflate``) and the
-events the frame reader returns (``events``)."""
+"""The WebSocket protocol without I/O: frames in (``frames``) and out
+(``writer``), masking and the optional C speedups (``masking``), the closing
+state machine (``closing``), permessage-deflate (``deflate``) and the events
+the frame reader returns (``events``)."""
 
-from .frames import SPEEDUPS
+from .masking import SPEEDUPS
 
 __all__ = ["SPEEDUPS"]

@@ -1,9 +1,12 @@
-"""The WebSocket protocol of one server-side connection, without I/O.
+"""Frames in: the bytes a client sent, parsed into events, without I/O.
 
-``FrameReader`` is fed the bytes a client sent and returns ``events``; it is
-built on wsproto's frame parser (RFC 6455 framing, masking, reserved bits,
-incremental UTF-8 validation, close-frame checks) and adds the message size
-limit. ``FrameWriter`` turns messages and control frames into bytes.
+``FrameReader`` is fed what the socket read and returns ``events``
+(``events.py``). Whole, plain frames (what clients send nearly always) take a
+hot path of its own, in C when the speedups are built (``masking.py``);
+anything else goes to wsproto's frame parser (RFC 6455 framing, masking,
+reserved bits, incremental UTF-8 validation, close-frame checks), with the
+message size limit added. ``FrameWriter`` (``writer.py``, re-exported here)
+turns messages and control frames into bytes.
 
 The two halves share no state but the negotiated extension, whose inbound
 and outbound parts are separate objects inside it, so one thread may read
@@ -12,11 +15,9 @@ while another writes.
 
 from __future__ import annotations
 
-import os
-import struct
 from codecs import getincrementaldecoder
 from io import BytesIO
-from typing import Callable, Optional, Union, cast
+from typing import Optional, Union, cast
 
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import (
@@ -32,10 +33,11 @@ from wsproto.frame_protocol import (
 from ..errors import PayloadTooBig, ProtocolError
 from .deflate import BoundedDeflate
 from .events import CloseReceived, Event, Failure, Message, Ping, Pong
+from .masking import SPEEDUPS, unmask, unmask_joined
+from .masking import parse_messages as _parse_messages
+from .writer import FrameWriter, Payload, check_close_code
 
 __all__ = ["FrameReader", "FrameWriter", "check_close_code", "unmask", "SPEEDUPS", "Payload", "FRAME_OVERHEAD"]
-
-Payload = Union[bytes, bytearray, memoryview]
 
 _NO_RSV = RsvBits(False, False, False)
 
@@ -169,12 +171,17 @@ class FrameReader:
         self._waiting_for = 0
         self._waiting_text = False  # parse again on every read: invalid UTF-8 must fail at once
         self._waiting_payload = 0  # > 0: where the waiting binary frame's payload starts in self._waiting
+        self._text: Optional[_PartialText] = None  # a text frame whose payload is arriving
 
     def receive_data(self, data: Union[bytes, bytearray]) -> list[Event]:
         """Parse ``data``; return the complete events it finished."""
         events: list[Event] = []
         if self._closed:
             return events
+        if self._text is not None:
+            data = self._continue_text(data, 0, events)
+            if not data:
+                return events
         if self._waiting:
             self._waiting.append(data)
             self._waiting_size += len(data)
@@ -254,8 +261,9 @@ class FrameReader:
             if end > end_of_data:
                 if first & 0x40:  # compressed: inflated once whole
                     return self._wait(data, pos, end - pos)
-                if first == 0x81 and end_of_data > start:
-                    break  # wsproto checks partial text as it comes: invalid UTF-8 fails at once
+                if first == 0x81 and end_of_data >= start:  # decoded as it comes: invalid UTF-8 fails at once
+                    self._text = _PartialText(bytes(data[start - 4 : start]), length, self._utf8_errors)
+                    return self._continue_text(data, start, events)
                 if start <= end_of_data and first == 0x82:  # its head and mask are here: wait for the payload
                     return self._wait(data, 0, end, start)
                 return self._wait(data, pos, end - pos)
@@ -308,6 +316,30 @@ class FrameReader:
         last = chunks[-1]
         return last[len(last) - extra :] if extra else b""
 
+    def _continue_text(self, data: Union[bytes, bytearray], start: int, events: list[Event]) -> Union[bytes, bytearray]:
+        """Unmask and decode the next part of the text frame in progress from
+        ``data[start:]``; return the bytes after the frame (b"" if none)."""
+        text = self._text
+        assert text is not None
+        take = min(len(data) - start, text.remaining)
+        phase = text.received & 3
+        mask = text.mask[phase:] + text.mask[:phase] if phase else text.mask
+        try:
+            text.parts.append(text.decoder.decode(unmask(data, start, start + take, mask), take == text.remaining))
+        except UnicodeDecodeError as exc:
+            events.append(Failure(ProtocolError(1007, f"invalid UTF-8 in a text message: {exc.reason}")))
+            self._closed = True
+            self._text = None
+            return b""
+        text.received += take
+        text.remaining -= take
+        if text.remaining:
+            return b""
+        self._text = None
+        events.append(Message("".join(text.parts)))
+        end = start + take
+        return data[end:] if end < len(data) else b""
+
     def _on_frame(self, frame: Frame) -> Optional[Event]:
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
@@ -335,155 +367,15 @@ class FrameReader:
         return None
 
 
-def _unmask_python(data: Union[bytes, bytearray], start: int, end: int, mask: bytes) -> bytes:
-    """``data[start:end]`` XORed with the 4-byte ``mask`` (RFC 6455 section 5.3).
+class _PartialText:
+    """A text frame whose payload comes in several reads: decoded as it
+    comes, so that invalid UTF-8 fails at once (RFC 6455 section 8.1)."""
 
-    The pure-Python path (see ``unmask``). Big integers are fastest for short
-    payloads (measured 0.5 us against 1.5 us at 32 bytes); past a few KiB,
-    translation tables over every fourth byte are (80 against 180 us at
-    64 KiB). A ``bytearray`` is unmasked in place, which saves a copy of
-    large frames."""
-    size = end - start
-    if size <= 4096:
-        key = (mask * ((size + 3) >> 2))[:size]
-        return (int.from_bytes(data[start:end], "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
-    if isinstance(data, bytearray):
-        buffer, offset = data, start
-    else:
-        buffer, offset = bytearray(memoryview(data)[start:end]), 0
-    for index in range(4):
-        first = offset + index
-        buffer[first : offset + size : 4] = buffer[first : offset + size : 4].translate(_XOR_TABLES[mask[index]])
-    return bytes(memoryview(buffer)[offset : offset + size])
+    __slots__ = ("mask", "remaining", "received", "decoder", "parts")
 
-
-_XOR_TABLES = [bytes(byte ^ key for byte in range(256)) for key in range(256)]
-
-
-def _unmask_joined_python(chunks: list[Union[bytes, bytearray]], start: int, end: int, mask: bytes) -> bytes:
-    """``unmask(b"".join(chunks), start, end, mask)``; the C form unmasks
-    from the chunks without joining them."""
-    return _unmask_python(bytearray().join(chunks), start, end, mask)  # joined into a bytearray: unmasked in place
-
-#: True when ``unmask`` is the C extension ``ws_multipath._speedups`` (about
-#: 50 times faster on large frames); False on the pure-Python path: when the
-#: extension was not built (no compiler at install time), or when the
-#: environment variable ``WS_MULTIPATH_NO_SPEEDUPS`` is set to anything but
-#: ``""`` or ``"0"`` when this module is imported.
-SPEEDUPS = False
-
-#: ``unmask(data, start, end, mask) -> bytes``: ``data[start:end]`` XORed
-#: with the 4-byte ``mask`` (RFC 6455 section 5.3), for ``bytes`` or
-#: ``bytearray`` data with ``0 <= start <= end <= len(data)``. What is left in
-#: ``data[start:end]`` afterwards is unspecified: the pure-Python path
-#: unmasks a large ``bytearray`` in place (one copy less), the C one leaves it
-#: alone (it writes the result in one pass).
-unmask = _unmask_python
-
-#: ``unmask_joined(chunks, start, end, mask) -> bytes``: ``unmask`` of the
-#: chunks joined (a frame that came in several reads).
-unmask_joined = _unmask_joined_python
-
-#: ``frame(first_byte, data) -> bytes`` of the C extension (a whole small
-#: frame in one allocation), or None on the pure-Python path.
-_frame: Optional[Callable[[int, Union[str, bytes, bytearray]], bytes]] = None
-
-#: ``parse_messages(data, max_payload, lenient) -> (messages, end)`` of the C
-#: extension: the plain whole frames at the start of ``data``, or None.
-_parse_messages: Optional[Callable[[Union[bytes, bytearray], int, bool], tuple[list[Union[str, bytes]], int]]] = None
-
-if os.environ.get("WS_MULTIPATH_NO_SPEEDUPS", "") in ("", "0"):
-    try:
-        from .._speedups import unmask, unmask_joined  # type: ignore[no-redef,import-not-found,unused-ignore]  # noqa: F811
-    except ImportError:
-        pass
-    else:
-        SPEEDUPS = True
-        from .. import _speedups  # type: ignore[attr-defined,unused-ignore]
-
-        _frame = getattr(_speedups, "frame", None)
-        _parse_messages = getattr(_speedups, "parse_messages", None)
-
-#: Messages up to this length (characters or bytes) are framed by ``_frame``
-#: into one bytes object; larger ones keep header and payload apart, so that
-#: the payload is never copied.
-_WHOLE_FRAME_LIMIT = 16 * 1024
-
-
-def check_close_code(code: int, reason: str) -> bytes:
-    """Validate a close code and reason an application passes to ``close``;
-    return the reason encoded. Raises ``ValueError`` naming the argument."""
-    if not isinstance(code, int) or isinstance(code, bool):
-        raise TypeError(f"code must be an int, not {type(code).__name__}")
-    if not (code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999):
-        raise ValueError(f"code {code} may not be sent in a close frame (RFC 6455 section 7.4)")
-    if not isinstance(reason, str):
-        raise TypeError(f"reason must be a str, not {type(reason).__name__}")
-    encoded = reason.encode("utf-8")
-    if len(encoded) > 123:
-        raise ValueError(f"reason is {len(encoded)} bytes in UTF-8; at most 123 fit in a close frame")
-    return encoded
-
-
-class FrameWriter:
-    """Messages and control frames out as bytes (unmasked: server to client).
-
-    Owned by whoever holds the connection's write lock, since compression
-    state carries from one message to the next.
-    """
-
-    def __init__(self, deflate: Optional[BoundedDeflate] = None, compress_threshold: int = 0) -> None:
-        self._deflate = deflate
-        self._threshold = compress_threshold
-        self.client = False  # read by wsproto's extension
-
-    @property
-    def shares_frames(self) -> bool:
-        """True when every connection would encode a message identically
-        (no compression context), so one encoding can be sent to many."""
-        return self._deflate is None
-
-    def message(self, data: Union[str, Payload]) -> tuple[bytes, Payload]:
-        """Frame header and payload of one unfragmented data message (a
-        small one as one bytes object, with an empty payload)."""
-        if _frame is not None and self._deflate is None and len(data) <= _WHOLE_FRAME_LIMIT:
-            kind = type(data)
-            if kind is str:
-                return _frame(0x81, data), b""  # type: ignore[arg-type]
-            if kind is bytes or kind is bytearray:
-                return _frame(0x82, data), b""  # type: ignore[arg-type]
-        payload: Payload
-        if isinstance(data, str):
-            opcode, payload = 0x81, data.encode("utf-8")
-        else:
-            opcode, payload = 0x82, data
-        if self._deflate is not None and len(payload) >= self._threshold:
-            payload = self._deflate.deflate_message(bytes(payload))
-            opcode |= 0x40
-        return _header(opcode, payload.nbytes if isinstance(payload, memoryview) else len(payload)), payload
-
-    def ping(self, payload: bytes = b"") -> bytes:
-        return _control(0x89, payload)
-
-    def pong(self, payload: bytes = b"") -> bytes:
-        return _control(0x8A, payload)
-
-    def close(self, code: Optional[int], reason: bytes = b"") -> bytes:
-        """A close frame; ``code=None`` sends an empty one (for a peer's 1005)."""
-        if code is None:
-            return _control(0x88, b"")
-        return _control(0x88, struct.pack("!H", code) + reason)
-
-
-def _header(first_byte: int, length: int) -> bytes:
-    if length < 126:
-        return bytes((first_byte, length))
-    if length < 65536:
-        return struct.pack("!BBH", first_byte, 126, length)
-    return struct.pack("!BBQ", first_byte, 127, length)
-
-
-def _control(first_byte: int, payload: bytes) -> bytes:
-    if len(payload) > 125:
-        raise ValueError(f"a control frame's payload is at most 125 bytes, not {len(payload)}")
-    return bytes((first_byte, len(payload))) + payload
+    def __init__(self, mask: bytes, size: int, errors: str) -> None:
+        self.mask = mask
+        self.remaining = size
+        self.received = 0
+        self.decoder = getincrementaldecoder("utf-8")(errors)
+        self.parts: list[str] = []

@@ -14,8 +14,8 @@ import threading
 import time
 from typing import Callable, Optional
 
-from ..protocol import frames
-from ..protocol.frames import Payload
+from ..protocol.masking import SPEEDUPS
+from ..protocol.writer import Payload
 
 __all__ = ["send_nowait", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "wait_writable", "advance", "as_bytes_view", "shutdown"]
 
@@ -23,7 +23,7 @@ __all__ = ["send_nowait", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some"
 #: non-blocking send that keeps the GIL: no hand-off to another thread per
 #: small frame; MSG_MORE when ``more``), or None on the pure-Python path.
 send_nowait: Optional[Callable[..., int]] = None
-if frames.SPEEDUPS:
+if SPEEDUPS:
     from .. import _speedups  # type: ignore[attr-defined,unused-ignore]
 
     send_nowait = getattr(_speedups, "send_nowait", None)

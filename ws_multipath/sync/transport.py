@@ -52,7 +52,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Union
 
 from ..protocol.closing import FrameKind
-from ..protocol.frames import Payload
+from ..protocol.writer import Payload
 from .flusher import Flusher
 from .sockets import MSG_MORE, NOWAIT_LIMIT, WOULD_BLOCK, advance, as_bytes_view, send_nowait, send_some, shutdown, wait_writable
 

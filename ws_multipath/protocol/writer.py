@@ -1,0 +1,98 @@
+"""Frames out: messages and control frames as bytes (server to client,
+unmasked), and the check of a close code an application passes."""
+
+from __future__ import annotations
+
+import struct
+from typing import Optional, Union
+
+from .deflate import BoundedDeflate
+from .masking import frame as _frame
+
+__all__ = ["FrameWriter", "check_close_code", "Payload"]
+
+Payload = Union[bytes, bytearray, memoryview]
+
+#: Messages up to this length (characters or bytes) are framed by ``_frame``
+#: into one bytes object; larger ones keep header and payload apart, so that
+#: the payload is never copied.
+_WHOLE_FRAME_LIMIT = 16 * 1024
+
+
+def check_close_code(code: int, reason: str) -> bytes:
+    """Validate a close code and reason an application passes to ``close``;
+    return the reason encoded. Raises ``ValueError`` naming the argument."""
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise TypeError(f"code must be an int, not {type(code).__name__}")
+    if not (code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        raise ValueError(f"code {code} may not be sent in a close frame (RFC 6455 section 7.4)")
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+    encoded = reason.encode("utf-8")
+    if len(encoded) > 123:
+        raise ValueError(f"reason is {len(encoded)} bytes in UTF-8; at most 123 fit in a close frame")
+    return encoded
+
+
+class FrameWriter:
+    """Messages and control frames out as bytes (unmasked: server to client).
+
+    Owned by whoever holds the connection's write lock, since compression
+    state carries from one message to the next.
+    """
+
+    def __init__(self, deflate: Optional[BoundedDeflate] = None, compress_threshold: int = 0) -> None:
+        self._deflate = deflate
+        self._threshold = compress_threshold
+        self.client = False  # read by wsproto's extension
+
+    @property
+    def shares_frames(self) -> bool:
+        """True when every connection would encode a message identically
+        (no compression context), so one encoding can be sent to many."""
+        return self._deflate is None
+
+    def message(self, data: Union[str, Payload]) -> tuple[bytes, Payload]:
+        """Frame header and payload of one unfragmented data message (a
+        small one as one bytes object, with an empty payload)."""
+        if _frame is not None and self._deflate is None and len(data) <= _WHOLE_FRAME_LIMIT:
+            kind = type(data)
+            if kind is str:
+                return _frame(0x81, data), b""  # type: ignore[arg-type]
+            if kind is bytes or kind is bytearray:
+                return _frame(0x82, data), b""  # type: ignore[arg-type]
+        payload: Payload
+        if isinstance(data, str):
+            opcode, payload = 0x81, data.encode("utf-8")
+        else:
+            opcode, payload = 0x82, data
+        if self._deflate is not None and len(payload) >= self._threshold:
+            payload = self._deflate.deflate_message(bytes(payload))
+            opcode |= 0x40
+        return _header(opcode, payload.nbytes if isinstance(payload, memoryview) else len(payload)), payload
+
+    def ping(self, payload: bytes = b"") -> bytes:
+        return _control(0x89, payload)
+
+    def pong(self, payload: bytes = b"") -> bytes:
+        return _control(0x8A, payload)
+
+    def close(self, code: Optional[int], reason: bytes = b"") -> bytes:
+        """A close frame; ``code=None`` sends an empty one (for a peer's 1005)."""
+        if code is None:
+            return _control(0x88, b"")
+        return _control(0x88, struct.pack("!H", code) + reason)
+
+
+def _header(first_byte: int, length: int) -> bytes:
+    if length < 126:
+        return bytes((first_byte, length))
+    if length < 65536:
+        return struct.pack("!BBH", first_byte, 126, length)
+    return struct.pack("!BBQ", first_byte, 127, length)
+
+
+def _control(first_byte: int, payload: bytes) -> bytes:
+    if len(payload) > 125:
+        raise ValueError(f"a control frame's payload is at most 125 bytes, not {len(payload)}")
+    return bytes((first_byte, len(payload))) + payload

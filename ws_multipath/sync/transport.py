@@ -161,10 +161,25 @@ class Transport:
                 return False
             header, payload = encode(data)
             self.messages_out += 1
-            self._send_all(header, payload, self.more_coming)
+            if payload or send_nowait is None or self._tls or len(header) > NOWAIT_LIMIT:
+                self._send_all(header, payload, self.more_coming)
+                return True
+            # The common case: a small frame, whole in ``header``, on plain TCP.
+            more = self.more_coming
+            if more and not self._corked:
+                self._corked = True
+                self._flusher.watch_cork(self)
+            sent = send_nowait(self.sock, header, more)
+            self.bytes_out += len(header)
+            if sent and not more:
+                self._corked = False  # this send pushed what was held
+            if sent != len(header):
+                self._wait_and_send([memoryview(header)[sent:] if sent else header])
             return True
         finally:
-            self._release()
+            self._write_lock.release()
+            if self._outbox:  # see _release
+                self._enrol_if_waiting()
 
     @contextmanager
     def writing(self) -> Iterator[Callable[..., None]]:

@@ -5,8 +5,14 @@ garbled and missing files (unknown, never an error)."""
 
 from __future__ import annotations
 
+import json
+import os
 import resource
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from ws_multipath import measure_capacity
 from ws_multipath.sync.capacity import FD_MARGIN, PER_CONNECTION_BYTES, SERVER_FDS, SERVER_THREADS, THREAD_MARGIN
@@ -127,3 +133,24 @@ def test_strict_overcommit_counts_whole_thread_stacks(tmp_path):
     available = capacity.bound("MemAvailable")
     assert available is not None and available.in_use == 4 * gib and available.per_connection == PER_CONNECTION_BYTES
     assert capacity.binding == commit and capacity.memory == commit.connections
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.getuid() != 0, reason="needs root, to become another user")
+def test_rlimit_nproc_counts_the_users_threads_when_it_is_enforced(tmp_path):
+    """As root it does not apply (left out); as an ordinary user it counts
+    the threads of that user's processes."""
+    assert measure_capacity().bound("RLIMIT_NPROC") is None
+    code = ("import json, threading; from ws_multipath import measure_capacity; "
+            "hold = threading.Event(); [threading.Thread(target=hold.wait, daemon=True).start() for _ in range(5)]; "
+            "b = measure_capacity().bound('RLIMIT_NPROC'); print(json.dumps(b and [b.limit, b.in_use, b.scope]))")
+
+    def become_nobody() -> None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (4000, 4000))
+        os.setgid(65534)
+        os.setuid(65534)
+
+    out = subprocess.run([sys.executable, "-c", code], preexec_fn=become_nobody, capture_output=True, text=True, timeout=30,
+                         cwd=str(Path(__file__).resolve().parent.parent))
+    assert out.returncode == 0, out.stderr
+    limit, in_use, scope = json.loads(out.stdout)
+    assert (limit, scope) == (4000, "user") and in_use >= 6  # its main thread and the 5 it started

@@ -130,8 +130,7 @@ class LimitReader:
 
     def nproc(self) -> None:
         limits = self.rlimit("RLIMIT_NPROC")
-        caps = self.status().get("CapEff", "0")
-        if limits is None or os.getuid() == 0 or int(caps if caps.isalnum() else "0", 16) & _CAPS_EXEMPT:
+        if limits is None or os.getuid() == 0 or _hex(self.status().get("CapEff", "")) & _CAPS_EXEMPT:
             return  # unlimited, or not enforced
         uid, threads = os.getuid(), 0
         try:
@@ -140,8 +139,9 @@ class LimitReader:
             pids = []
         for pid in pids:  # the kernel counts the threads of the real uid
             status = self.status(f"{pid}/status")
-            if status.get("Uid", "").split()[:1] == [str(uid)]:
-                threads += int(status.get("Threads", "0") or 0)
+            count = status.get("Threads", "")
+            if status.get("Uid", "").split()[:1] == [str(uid)] and count.isdigit():
+                threads += int(count)
         self.add("RLIMIT_NPROC", "threads", "user", limits[0], threads if pids else None, 1, self.thread_reserve, limits[1])
 
     def cgroup_dirs(self, controller: str) -> Optional[list[Path]]:
@@ -200,6 +200,13 @@ class LimitReader:
                      whole, reserve, address_space[1])
         if self.number("sys/vm/overcommit_memory") == 2:
             self.add("CommitLimit", "memory", "machine", info.get("CommitLimit"), info.get("Committed_AS"), whole, reserve)
+
+
+def _hex(text: str) -> int:
+    try:
+        return int(text, 16)
+    except ValueError:
+        return 0
 
 
 def _walk(directory: Path, mount: Path) -> Iterator[Path]:

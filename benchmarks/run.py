@@ -644,7 +644,8 @@ def run_idle(impl: str, opts: argparse.Namespace, logs: Path) -> dict:
         baseline = proc_status(server.pid)
         fd_limit = nofile_limit(server.pid)
         capacity_at_start = ask(server, control, "capacity", "capacity", 30)
-        config = dict(mode="idle", url=f"ws://127.0.0.1:{port}/", target=opts.idle_target, concurrency=100, max_failures=200,
+        target = opts.idle_peer_target if opts.idle_peer_target and impl != "ws_multipath" else opts.idle_target
+        config = dict(mode="idle", url=f"ws://127.0.0.1:{port}/", target=target, concurrency=100, max_failures=200,
                       connect_limit=opts.idle_connect_limit, hold=opts.idle_hold, echo_every=opts.idle_echo_every,
                       echo_sample=opts.idle_echo_sample, wait_close=True, close_wait=60,
                       timeout=opts.idle_connect_limit + opts.idle_hold + 60 + 90)
@@ -688,7 +689,10 @@ def run_idle(impl: str, opts: argparse.Namespace, logs: Path) -> dict:
         alive = server.poll() is None
         end = proc_status(server.pid) if alive else at_held
         cpu1 = cpu_seconds(server.pid) if alive else cpu0
-        closed = ask(server, control, "close", "closed", 90) if alive else None
+        times0 = machine_times()
+        closed = ask(server, control, "close", "closed", 150) if alive else None
+        times1 = machine_times()
+        busy_during_close = 100.0 * (1 - (times1[0] - times0[0]) / max(1, times1[1] - times0[1]))
         clients_closed = reader.event(90)
         held = event["open"]
         per = (lambda key: (end[key] - baseline[key]) / held if held else None)
@@ -701,7 +705,7 @@ def run_idle(impl: str, opts: argparse.Namespace, logs: Path) -> dict:
         codes = (clients_closed or {}).get("close_codes") or {}
         return {
             "impl": impl,
-            "target": opts.idle_target,
+            "target": target,
             "held": held,
             "opened": held_event["open"],
             "failed": held_event["failed"],
@@ -719,6 +723,9 @@ def run_idle(impl: str, opts: argparse.Namespace, logs: Path) -> dict:
             "echo_rtt_max_ms": event.get("echo_rtt_max_ms"),
             "close": closed,
             "close_seconds": (closed or {}).get("seconds"),
+            "all_closed_seconds": (closed or {}).get("all_closed_seconds"),
+            "close_cpu_seconds": (closed or {}).get("cpu_seconds"),
+            "busy_during_close_pct": busy_during_close,
             "clients_closed": clients_closed,
             "closed_1001": codes.get("1001", 0),
             "closed_other": sum(n for code, n in codes.items() if code != "1001"),
@@ -982,7 +989,8 @@ def render(summary: dict, meta: dict) -> str:
                      f"{col('server_rss_peak_mib', 1)} | {col('server_threads_peak', 0)} |")
     if "idle" in summary:
         e = summary["idle"]
-        lines += ["", f"## Idle connections (target {meta.get('idle_target')}, heartbeat every {meta.get('idle_ping')} s, held {meta.get('idle_hold')} s)", "",
+        peers = f"; websockets: {meta['idle_peer_target']}" if meta.get("idle_peer_target") else ""
+        lines += ["", f"## Idle connections (target {meta.get('idle_target')}{peers}, heartbeat every {meta.get('idle_ping')} s, held {meta.get('idle_hold')} s)", "",
                   "| | ws_multipath | websockets | ratio |", "|---|---:|---:|---:|"]
         a, b = e["ws_multipath"], e["websockets"]
 
@@ -1002,7 +1010,9 @@ def render(summary: dict, meta: dict) -> str:
             row("sample echoes answered", "echo_answered", 0)
             row("echo round trip p50 (ms)", "echo_rtt_p50_ms", 2)
             row("echo round trip max (ms)", "echo_rtt_max_ms", 1)
-            row("seconds to close() them all", "close_seconds", 2)
+            row("seconds for close() to return", "close_seconds", 2)
+            row("seconds until every connection had ended", "all_closed_seconds", 2)
+            row("server CPU seconds during the close", "close_cpu_seconds", 2)
             row("clients closed with 1001", "closed_1001", 0)
             row("clients closed otherwise", "closed_other", 0)
         for impl, x in (("ws_multipath", a), ("websockets", b)):
@@ -1017,8 +1027,10 @@ def render(summary: dict, meta: dict) -> str:
                                  f"{fmt(e['echo_rtt_p50_ms'], 2)} ms, p99 {fmt(e['echo_rtt_p99_ms'], 2)} ms, max {fmt(e['echo_rtt_max_ms'], 1)} ms")
                 c, cc = x.get("close") or {}, x.get("clients_closed") or {}
                 if c or cc:
-                    lines.append(f"  - close(): {fmt(c.get('seconds'), 2)} s for {c.get('open_before', '?')} open connections "
-                                 f"({c.get('open_after', '?')} open after); the clients saw close codes {cc.get('close_codes')} "
+                    lines.append(f"  - close(): returned after {fmt(c.get('seconds'), 2)} s for {c.get('open_before', '?')} open connections "
+                                 f"({c.get('open_after', '?')} still open then), all ended after {fmt(c.get('all_closed_seconds'), 2)} s, "
+                                 f"{fmt(c.get('cpu_seconds'), 2)} s of server CPU, machine {fmt(x.get('busy_during_close_pct'), 0)}% busy meanwhile; "
+                                 f"the clients saw close codes {cc.get('close_codes')} "
                                  f"(spread over {fmt(cc.get('close_spread_seconds'), 2)} s), {cc.get('still_open', '?')} still open ({cc.get('reason', 'no report')})")
                 for when, cap in (("at start", x.get("capacity_at_start")), ("while holding", x.get("capacity_while_holding"))):
                     if cap and cap.get("summary"):
@@ -1167,6 +1179,8 @@ def main() -> int:
     parser.add_argument("--idle-ping", type=float, help="heartbeat interval during the idle test (default 20, both libraries' default; quick 5)")
     parser.add_argument("--idle-connect-limit", type=float, default=120.0, help="seconds allowed to open them")
     parser.add_argument("--idle-margin", type=int, default=2500, help="threads left free on the machine (pid_max guard)")
+    parser.add_argument("--idle-peer-target", type=int, help="idle connections to try for the peers (default: --idle-target; "
+                        "websockets takes 4 descriptors and 3 threads per connection, so its ceiling is lower)")
     parser.add_argument("--idle-echo-sample", type=int, default=8, help="connections that get a sample echo during the hold (default 8)")
     parser.add_argument("--idle-echo-every", type=float, default=1.0, help="seconds between two sample echoes on each (default 1)")
     parser.add_argument("--quiet-wait", type=float, default=30.0, help="seconds to wait at most before each run for other processes to calm down (default 30)")
@@ -1230,6 +1244,7 @@ def main() -> int:
         "idle_target": opts.idle_target,
         "idle_hold": opts.idle_hold,
         "idle_ping": opts.idle_ping,
+        "idle_peer_target": opts.idle_peer_target,
         "idle_echo_sample": opts.idle_echo_sample,
         "idle_echo_every": opts.idle_echo_every,
     }

@@ -36,7 +36,9 @@ Modes:
   ``server.capacity()`` (the connection ceiling and what binds it; websockets:
   the descriptor limit only). ``close``: close the server, every connection
   with 1001 (``server.close()``; websockets: ``server.shutdown()``), and say how
-  long that took and how many were open.
+  long that took, how long until every connection had ended (ws_multipath's
+  ``close()`` returns at its deadline even if some have not), the CPU time it
+  used, and how many were open.
 """
 
 from __future__ import annotations
@@ -68,8 +70,11 @@ def parse_request(message: "str | bytes") -> tuple[str, int, int]:
 class Control:
     """``--control``: answers ``capacity`` and ``close`` lines from stdin (see the module docstring)."""
 
-    def __init__(self, capacity: Callable[[], dict], close: Callable[[], None], open_now: Callable[[], int]) -> None:
-        self.capacity, self.close, self.open_now = capacity, close, open_now
+    def __init__(self, capacity: Callable[[], dict], close: Callable[[], None], open_now: Callable[[], int],
+                 finished: Optional[threading.Event] = None) -> None:
+        """``close()`` closes the server; ``finished``, when given, is set once
+        every connection has ended (close() may return before: at its deadline)."""
+        self.capacity, self.close, self.open_now, self.finished = capacity, close, open_now, finished
         self.done = threading.Event()  # the close was reported: the main thread may exit
         threading.Thread(target=self._run, name="control", daemon=True).start()
 
@@ -79,9 +84,14 @@ class Control:
             if word == "capacity":
                 say({"event": "capacity", **self.capacity()})
             elif word == "close":
-                before, started = self.open_now(), time.monotonic()
+                before, started, cpu0 = self.open_now(), time.monotonic(), time.process_time()
                 self.close()
-                say({"event": "closed", "seconds": time.monotonic() - started, "open_before": before, "open_after": self.open_now()})
+                returned, after = time.monotonic() - started, self.open_now()
+                if self.finished is not None:
+                    self.finished.wait(120)
+                say({"event": "closed", "seconds": returned, "open_before": before, "open_after": after,
+                     "all_closed_seconds": time.monotonic() - started if self.finished is None or self.finished.is_set() else None,
+                     "cpu_seconds": time.process_time() - cpu0})
                 self.done.set()
                 return
 
@@ -171,7 +181,9 @@ def run_ws_multipath(mode: str, ping_interval: float, ping_timeout: float, compr
     import ws_multipath
 
     print(f"PORT {server.port} {ws_multipath.__file__}", flush=True)
-    controller = Control(lambda: ws_multipath_capacity(server), server.close, lambda: server.stats()["open"]) if control else None
+    finished = threading.Event()
+    controller = Control(lambda: ws_multipath_capacity(server), lambda: server.close(callback=finished.set),
+                         lambda: server.stats()["open"], finished) if control else None
     server.serve_forever()
     if controller is not None:
         controller.wait()

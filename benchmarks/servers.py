@@ -243,8 +243,8 @@ def run_websockets(mode: str, ping_interval: float, ping_timeout: float, compres
         if control:
             controller = Control(nofile, server.shutdown, lambda: len(server.connections))
         server.serve_forever()
-    if controller is not None:
-        controller.wait()
+        if controller is not None:
+            controller.wait()  # before leaving the block, whose shutdown() would run beside the control's
 
 
 class _RawEcho(socketserver.BaseRequestHandler):

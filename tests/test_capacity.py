@@ -144,6 +144,15 @@ def test_nothing_is_said_when_no_limit_is_known(tmp_path, startup_log):
     assert [r for r in startup_log.records if r.levelno >= logging.INFO] == []
 
 
+def test_a_failure_to_measure_is_a_warning_not_an_error(startup_log):
+    def broken():  # type: ignore[no-untyped-def]
+        raise RuntimeError("a /proc nobody expected")
+
+    assert report_capacity(10, broken) is None
+    [record] = [r for r in startup_log.records if r.levelno >= logging.WARNING]
+    assert record.getMessage() == "could not measure how many connections this process can hold" and record.exc_info
+
+
 def test_how_to_raise_the_descriptor_limit_below_and_above_the_hard_limit():
     bound = Bound("RLIMIT_NOFILE", "fds", "process", 1024, 10, FD_RESERVE, 1, 1024 - 10 - FD_RESERVE, hard=4096)
     assert "`ulimit -n 2046`" in bound.how_to_raise(2000) and "(the hard limit is 4,096)" in bound.how_to_raise(2000)

@@ -106,7 +106,9 @@ class MultipathServer(EventEmitter):
     - ``open_timeout``: seconds from accept to the end of the upgrade request,
       TLS handshake included; slower clients are dropped.
     - ``max_connections``: open WebSocket connections on all paths together;
-      upgrades past it get 503. None: no limit.
+      upgrades past it get 503. None: no limit. Once listening, the server
+      logs how many this process can hold (``capacity()``): a WARNING when
+      ``max_connections`` is above that.
     - ``ssl_context``: a server-side ``ssl.SSLContext`` to serve ``wss://``.
     - ``backlog``: the listen queue (the stdlib's default of 5 refuses
       bursts; Node uses 511).

@@ -46,8 +46,9 @@ __all__ = ["Bound", "Capacity", "measure_capacity", "report_capacity", "exhausti
 #: Resident memory of one idle connection (the thread's touched stack, the
 #: socket's objects, the parser), as benchmarks/run.py's ``idle`` scenario
 #: measures it: 33.0 KiB with 2,000 connections and the heartbeat on
-#: (benchmarks/results/2026-12-01-idle-2000.md). Messages in flight cost
-#: their size on top (up to ``max_queue`` x ``max_payload``), deflate more.
+#: (benchmarks/results/2026-12-01-idle-2000.md); 34.9 and 36.7 KiB at 19,000
+#: on a busy machine. Messages in flight cost their size on top (up to
+#: ``max_queue`` x ``max_payload``), deflate more.
 PER_CONNECTION_BYTES = 33 * 1024
 #: Descriptors the server holds besides its connections: the listening
 #: socket, the flusher's wake-up socket pair and its epoll selector (the
@@ -204,14 +205,19 @@ def measure_capacity(held: int = 0, *, listening: bool = False, per_connection_b
                     bounds, tuple(read.unknown), held)
 
 
-def report_capacity(max_connections: Optional[int], measure: Optional[Callable[[], Capacity]] = None) -> Capacity:
+def report_capacity(max_connections: Optional[int], measure: Optional[Callable[[], Capacity]] = None) -> Optional[Capacity]:
     """Log the ceiling once (the server calls it when it starts listening):
     one WARNING when ``max_connections`` is above it, naming the binding
     limit, its numbers, what happens past it and how to raise it (and the
     other limits below ``max_connections``); else one INFO line; nothing
     when no limit could be read. Returns what ``measure()`` found (by
-    default ``measure_capacity(listening=True)``)."""
-    capacity = measure() if measure is not None else measure_capacity(listening=True)
+    default ``measure_capacity(listening=True)``); None, after a WARNING
+    with the traceback, if measuring failed: that never stops the server."""
+    try:
+        capacity = measure() if measure is not None else measure_capacity(listening=True)
+    except Exception:  # noqa: BLE001 - a diagnostic must not stop the server from listening
+        logger.warning("could not measure how many connections this process can hold", exc_info=True)
+        return None
     binding, ceiling = capacity.binding, capacity.connections
     if binding is None or ceiling is None:
         logger.debug("connection capacity: no limit could be read (%s)", ", ".join(capacity.unknown))

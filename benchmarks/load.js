@@ -10,7 +10,7 @@
 //   {"event":"connected",...}  all clients are open (echo, pipeline, broadcast)
 //   {"event":"start"}          the measurement window begins (after warm-up)
 //   {"event":"result",...}     the window ended: ops, seconds, cpu_user_s, cpu_system_s
-//   {"event":"progress"|"held",...}  idle mode
+//   {"event":"progress"|"held"|"closed",...}  idle mode
 //   {"event":"error","message":...}  then exit code 1
 // Every loop is bounded in time (cfg.duration, cfg.timeout) and in count (cfg.max_ops).
 // Reads "stop" lines on stdin (idle mode: stop opening connections).
@@ -418,6 +418,11 @@ async function runBroadcast() {
 }
 
 // idle: open up to `target` connections, keep them, count closes and pings.
+// During the hold, every `echo_every` s a 32 B message goes to each of
+// `echo_sample` connections spread over the set (one in flight each) and its
+// round trip is timed. With `wait_close`, the connections stay open after the
+// result until the server closes them (run.py asks it to), and a "closed"
+// event tells their close codes (or who was still open after `close_wait` s).
 function runIdle() {
   const t0 = now();
   let started = 0;
@@ -428,9 +433,62 @@ function runIdle() {
   let inFlight = 0;
   let done = false;
   let heldAt = null;
+  let closing = false;
+  const closeCodes = {};
+  let firstClose = null;
+  let lastClose = null;
   const sockets = [];
+  const echo = { sent: 0, answered: 0, skipped: 0, rtts: [] };
   function report(event, extra) {
     out({ event, open, failed, closed_after_open: closedAfterOpen, pings, seconds: now() - t0, ...extra });
+  }
+  function percentile(sorted, q) {
+    return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : null;
+  }
+  function startEchoes() {
+    const count = Math.min(cfg.echo_sample || 0, sockets.length);
+    const sample = [];
+    for (let i = 0; i < count; i++) sample.push(sockets[Math.floor((i * sockets.length) / count)]);
+    const pending = new Map();
+    for (const ws of sample) {
+      ws.on('message', () => {
+        const sentAt = pending.get(ws);
+        if (sentAt === undefined) return;
+        pending.delete(ws);
+        echo.answered++;
+        echo.rtts.push((now() - sentAt) * 1000);
+      });
+    }
+    function tick() {
+      for (const ws of sample) {
+        if (ws.readyState !== WebSocket.OPEN) continue;
+        if (pending.has(ws)) {
+          echo.skipped++; // the previous one is still unanswered
+          continue;
+        }
+        pending.set(ws, now());
+        echo.sent++;
+        ws.send(Buffer.alloc(32, 'e'));
+      }
+    }
+    tick();
+    return count ? setInterval(tick, (cfg.echo_every || 1) * 1000) : null;
+  }
+  function echoSummary() {
+    const sorted = echo.rtts.slice().sort((a, b) => a - b);
+    return { echo_sample: Math.min(cfg.echo_sample || 0, sockets.length), echo_every: cfg.echo_every || 1, echo_sent: echo.sent,
+      echo_answered: echo.answered, echo_skipped: echo.skipped, echo_rtt_p50_ms: percentile(sorted, 0.5),
+      echo_rtt_p99_ms: percentile(sorted, 0.99), echo_rtt_max_ms: sorted.length ? sorted[sorted.length - 1] : null };
+  }
+  let closedReported = false;
+  function closedReport(reason) {
+    if (closedReported) return;
+    closedReported = true;
+    const codes = { ...closeCodes };
+    report('closed', { reason, close_codes: codes, still_open: open,
+      close_spread_seconds: firstClose === null ? null : lastClose - firstClose });
+    for (const ws of sockets) ws.terminate();
+    setTimeout(() => process.exit(0), 200);
   }
   function finishConnecting(reason) {
     if (done) return;
@@ -440,10 +498,19 @@ function runIdle() {
     report('held', { stop_reason: reason, connect_seconds: heldAt - t0 });
     const pings0 = pings;
     const closed0 = closedAfterOpen;
+    const echoes = startEchoes();
     setTimeout(() => {
-      report('result', { hold_seconds: now() - heldAt, pings_during_hold: pings - pings0, closed_during_hold: closedAfterOpen - closed0 });
-      for (const ws of sockets) ws.terminate();
-      setTimeout(() => process.exit(0), 200);
+      if (echoes) clearInterval(echoes);
+      report('result', { hold_seconds: now() - heldAt, pings_during_hold: pings - pings0, closed_during_hold: closedAfterOpen - closed0,
+        ...echoSummary() });
+      if (!cfg.wait_close) {
+        for (const ws of sockets) ws.terminate();
+        setTimeout(() => process.exit(0), 200);
+        return;
+      }
+      closing = true;
+      if (open === 0) return closedReport('all closed');
+      setTimeout(() => closedReport(`close_wait ${cfg.close_wait} s passed`), (cfg.close_wait || 60) * 1000);
     }, cfg.hold * 1000);
   }
   function maybeDone() {
@@ -478,10 +545,16 @@ function runIdle() {
       pings++;
     });
     ws.on('error', () => {});
-    ws.on('close', () => {
+    ws.on('close', (code) => {
       if (wasOpen) {
         open--;
         closedAfterOpen++;
+        if (closing) {
+          closeCodes[code] = (closeCodes[code] || 0) + 1;
+          lastClose = now();
+          if (firstClose === null) firstClose = lastClose;
+          if (open === 0) closedReport('all closed');
+        }
       } else {
         failed++;
       }

@@ -478,7 +478,8 @@ def wait_listening(port: int, timeout: float) -> bool:
 
 
 def start_server(impl: str, mode: str, logs: Path, ping_interval: float = 20.0, ping_timeout: float = 20.0,
-                 compression: bool = False) -> tuple[subprocess.Popen, int]:
+                 compression: bool = False, control: bool = False) -> tuple[subprocess.Popen, int]:
+    """Start a server; ``control``: it answers ``capacity`` and ``close`` on stdin (servers.py --control)."""
     stderr = open(logs / f"server-{impl}.log", "ab")
     port = 0
     if impl == "node_ws":
@@ -493,11 +494,12 @@ def start_server(impl: str, mode: str, logs: Path, ping_interval: float = 20.0, 
                    "--ping-interval", str(ping_interval), "--ping-timeout", str(ping_timeout)]
         command += ["--compression"] if compression else []
         command += ["--wsgi"] if impl == "ws_multipath+wsgi" else []
+        command += ["--control"] if control else []
     proc = subprocess.Popen(
         command,
         stdout=subprocess.PIPE if not port else subprocess.DEVNULL,
         stderr=stderr,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if control else subprocess.DEVNULL,
         preexec_fn=_raise_nofile,
         cwd=str(WORK),
         env=server_env(),
@@ -607,11 +609,31 @@ def run_throughput(scenario: dict, impl: str, opts: argparse.Namespace, logs: Pa
             stop_process(server)
 
 
+def ask(server: subprocess.Popen, reader: "LineReader", word: str, answer: str, timeout: float) -> Optional[dict]:
+    """Send a --control line to the server; its JSON answer (event ``answer``), or None."""
+    try:
+        server.stdin.write(word.encode() + b"\n")  # type: ignore[union-attr]
+        server.stdin.flush()  # type: ignore[union-attr]
+    except OSError:
+        return None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        event = reader.event(max(0.0, deadline - time.monotonic()))
+        if event is None or event.get("event") == answer:
+            return event
+    return None
+
+
 def run_idle(impl: str, opts: argparse.Namespace, logs: Path) -> dict:
-    """Open up to --idle-target connections, hold them with the heartbeat on,
-    and read the server's RSS, threads and descriptors from /proc."""
+    """Open up to --idle-target connections, hold them with the heartbeat on
+    while sample echoes go to --idle-echo-sample of them every
+    --idle-echo-every s (round trips timed), read the server's RSS, threads
+    and descriptors from /proc, then ask the server to close them all (1001)
+    and time it (the server reports its close() duration, the generator the
+    close codes its clients got)."""
     background = wait_quiet(opts)
-    server, port = start_server(impl, "echo", logs, ping_interval=opts.idle_ping, ping_timeout=20.0)
+    server, port = start_server(impl, "echo", logs, ping_interval=opts.idle_ping, ping_timeout=20.0, control=True)
+    control = LineReader(server)
     load = None
     pid_max = read_sysctl("kernel.pid_max", 32768)
     threads_max = read_sysctl("kernel.threads-max", 1 << 30)
@@ -622,8 +644,12 @@ def run_idle(impl: str, opts: argparse.Namespace, logs: Path) -> dict:
         time.sleep(0.3)
         baseline = proc_status(server.pid)
         fd_limit = nofile_limit(server.pid)
-        config = dict(mode="idle", url=f"ws://127.0.0.1:{port}/", target=opts.idle_target, concurrency=100, max_failures=200,
-                      connect_limit=opts.idle_connect_limit, hold=opts.idle_hold, timeout=opts.idle_connect_limit + opts.idle_hold + 60)
+        capacity_at_start = ask(server, control, "capacity", "capacity", 30)
+        target = opts.idle_peer_target if opts.idle_peer_target and impl != "ws_multipath" else opts.idle_target
+        config = dict(mode="idle", url=f"ws://127.0.0.1:{port}/", target=target, concurrency=100, max_failures=200,
+                      connect_limit=opts.idle_connect_limit, hold=opts.idle_hold, echo_every=opts.idle_echo_every,
+                      echo_sample=opts.idle_echo_sample, wait_close=True, close_wait=60,
+                      timeout=opts.idle_connect_limit + opts.idle_hold + 60 + 90)
         load = start_load(config, logs)
         reader = LineReader(load)
         guard = ""
@@ -657,12 +683,18 @@ def run_idle(impl: str, opts: argparse.Namespace, logs: Path) -> dict:
         cpu0 = cpu_seconds(server.pid)
         time.sleep(1.0)
         at_held = proc_status(server.pid)
+        capacity_held = ask(server, control, "capacity", "capacity", 30)
         event = reader.event(opts.idle_hold + 30)
         if event is None or event["event"] != "result":
             raise RuntimeError(f"generator gave no result: {event}")
         alive = server.poll() is None
         end = proc_status(server.pid) if alive else at_held
         cpu1 = cpu_seconds(server.pid) if alive else cpu0
+        times0 = machine_times()
+        closed = ask(server, control, "close", "closed", 150) if alive else None
+        times1 = machine_times()
+        busy_during_close = 100.0 * (1 - (times1[0] - times0[0]) / max(1, times1[1] - times0[1]))
+        clients_closed = reader.event(90)
         held = event["open"]
         per = (lambda key: (end[key] - baseline[key]) / held if held else None)
         stop_reason = guard or held_event["stop_reason"]
@@ -671,9 +703,10 @@ def run_idle(impl: str, opts: argparse.Namespace, logs: Path) -> dict:
             stop_reason += f"; the server reached its file descriptor limit ({max_fds} open, limit {fd_limit})"
         if not alive:
             stop_reason += f"; the server process exited during the test (exit code {server.returncode})"
+        codes = (clients_closed or {}).get("close_codes") or {}
         return {
             "impl": impl,
-            "target": opts.idle_target,
+            "target": target,
             "held": held,
             "opened": held_event["open"],
             "failed": held_event["failed"],
@@ -683,6 +716,23 @@ def run_idle(impl: str, opts: argparse.Namespace, logs: Path) -> dict:
             "closed_during_hold": event["closed_during_hold"],
             "pings_during_hold": event["pings_during_hold"],
             "hold_seconds": event["hold_seconds"],
+            "echo": {k: event.get(k) for k in ("echo_sample", "echo_every", "echo_sent", "echo_answered", "echo_skipped",
+                                               "echo_rtt_p50_ms", "echo_rtt_p99_ms", "echo_rtt_max_ms")},
+            "echo_answered": event.get("echo_answered"),
+            "echo_sent": event.get("echo_sent"),
+            "echo_rtt_p50_ms": event.get("echo_rtt_p50_ms"),
+            "echo_rtt_max_ms": event.get("echo_rtt_max_ms"),
+            "close": closed,
+            "close_seconds": (closed or {}).get("seconds"),
+            "all_closed_seconds": (closed or {}).get("all_closed_seconds"),
+            "close_cpu_seconds": (closed or {}).get("cpu_seconds"),
+            "busy_during_close_pct": busy_during_close,
+            "clients_closed": clients_closed,
+            "closed_1001": codes.get("1001", 0),
+            "closed_other": sum(n for code, n in codes.items() if code != "1001"),
+            "still_open_after_close": (clients_closed or {}).get("still_open"),
+            "capacity_at_start": capacity_at_start,
+            "capacity_while_holding": capacity_held,
             "baseline": baseline,
             "at_hold_start": at_held,
             "at_hold_end": end,
@@ -940,7 +990,8 @@ def render(summary: dict, meta: dict) -> str:
                      f"{col('server_rss_peak_mib', 1)} | {col('server_threads_peak', 0)} |")
     if "idle" in summary:
         e = summary["idle"]
-        lines += ["", f"## Idle connections (target {meta.get('idle_target')}, heartbeat every {meta.get('idle_ping')} s, held {meta.get('idle_hold')} s)", "",
+        peers = f"; websockets: {meta['idle_peer_target']}" if meta.get("idle_peer_target") else ""
+        lines += ["", f"## Idle connections (target {meta.get('idle_target')}{peers}, heartbeat every {meta.get('idle_ping')} s, held {meta.get('idle_hold')} s)", "",
                   "| | ws_multipath | websockets | ratio |", "|---|---:|---:|---:|"]
         a, b = e["ws_multipath"], e["websockets"]
 
@@ -955,11 +1006,39 @@ def render(summary: dict, meta: dict) -> str:
         row("server cores while holding", "hold_cpu_cores", 3)
         row("pings seen by clients during the hold", "pings_during_hold", 0)
         row("connections dropped during the hold", "closed_during_hold", 0)
+        if "echo_sent" in a or "echo_sent" in b:
+            row("sample echoes sent during the hold", "echo_sent", 0)
+            row("sample echoes answered", "echo_answered", 0)
+            row("echo round trip p50 (ms)", "echo_rtt_p50_ms", 2)
+            row("echo round trip max (ms)", "echo_rtt_max_ms", 1)
+            row("seconds for close() to return", "close_seconds", 2)
+            row("seconds until every connection had ended", "all_closed_seconds", 2)
+            row("server CPU seconds during the close", "close_cpu_seconds", 2)
+            row("clients closed with 1001", "closed_1001", 0)
+            row("clients closed otherwise", "closed_other", 0)
         for impl, x in (("ws_multipath", a), ("websockets", b)):
             if "stop_reason" in x:
                 s = x["at_hold_end"]
                 lines.append(f"\n- {impl}: stopped opening because: {x['stop_reason']}; {x['failed']} failed; "
                              f"server at the end: RSS {s['rss'] / MiB:.0f} MiB, {s['threads']} threads, {s['fds']} fds (limit {x.get('server_fd_limit')})")
+                e = x.get("echo") or {}
+                if e.get("echo_sent") is not None:
+                    lines.append(f"  - sample echoes: {e['echo_sample']} connections, one each every {e['echo_every']} s: {e['echo_answered']} of "
+                                 f"{e['echo_sent']} answered ({e['echo_skipped']} rounds skipped while one was unanswered); round trip p50 "
+                                 f"{fmt(e['echo_rtt_p50_ms'], 2)} ms, p99 {fmt(e['echo_rtt_p99_ms'], 2)} ms, max {fmt(e['echo_rtt_max_ms'], 1)} ms")
+                c, cc = x.get("close") or {}, x.get("clients_closed") or {}
+                if c or cc:
+                    lines.append(f"  - close(): returned after {fmt(c.get('seconds'), 2)} s for {c.get('open_before', '?')} open connections "
+                                 f"({c.get('open_after', '?')} still open then), all ended after {fmt(c.get('all_closed_seconds'), 2)} s, "
+                                 f"{fmt(c.get('cpu_seconds'), 2)} s of server CPU, machine {fmt(x.get('busy_during_close_pct'), 0)}% busy meanwhile; "
+                                 f"the clients saw close codes {cc.get('close_codes')} "
+                                 f"(spread over {fmt(cc.get('close_spread_seconds'), 2)} s), {cc.get('still_open', '?')} still open ({cc.get('reason', 'no report')})")
+                for when, cap in (("at start", x.get("capacity_at_start")), ("while holding", x.get("capacity_while_holding"))):
+                    if cap and cap.get("summary"):
+                        lines.append(f"  - ceiling {when} (server.capacity()): {cap['summary']}; by kind: fds {fmt(cap.get('fds'), 0)}, "
+                                     f"threads {fmt(cap.get('threads'), 0)}, memory {fmt(cap.get('memory'), 0)}")
+                    elif cap:
+                        lines.append(f"  - {when}: RLIMIT_NOFILE soft {cap.get('nofile_soft')}, hard {cap.get('nofile_hard')}")
             for err in x.get("errors", []):
                 lines.append(f"\n- {impl}: error: {err}")
     if "soak_256x32B" in summary:
@@ -1101,6 +1180,10 @@ def main() -> int:
     parser.add_argument("--idle-ping", type=float, help="heartbeat interval during the idle test (default 20, both libraries' default; quick 5)")
     parser.add_argument("--idle-connect-limit", type=float, default=120.0, help="seconds allowed to open them")
     parser.add_argument("--idle-margin", type=int, default=2500, help="threads left free on the machine (pid_max guard)")
+    parser.add_argument("--idle-peer-target", type=int, help="idle connections to try for the peers (default: --idle-target; "
+                        "websockets takes 4 descriptors and 3 threads per connection, so its ceiling is lower)")
+    parser.add_argument("--idle-echo-sample", type=int, default=8, help="connections that get a sample echo during the hold (default 8)")
+    parser.add_argument("--idle-echo-every", type=float, default=1.0, help="seconds between two sample echoes on each (default 1)")
     parser.add_argument("--quiet-wait", type=float, default=30.0, help="seconds to wait at most before each run for other processes to calm down (default 30)")
     parser.add_argument("--quiet-budget", type=float, help="seconds of such waiting in all (default 180, quick 45)")
     parser.add_argument("--quiet-threshold", type=float, default=15.0, help="machine busy %% counted as quiet (default 15)")
@@ -1162,6 +1245,9 @@ def main() -> int:
         "idle_target": opts.idle_target,
         "idle_hold": opts.idle_hold,
         "idle_ping": opts.idle_ping,
+        "idle_peer_target": opts.idle_peer_target,
+        "idle_echo_sample": opts.idle_echo_sample,
+        "idle_echo_every": opts.idle_echo_every,
     }
     log(f"machine: {meta['machine']}\nversions: {meta['versions']}")
     started = time.monotonic()
@@ -1208,7 +1294,7 @@ def main() -> int:
     print(text)
     if not opts.no_save:
         RESULTS.mkdir(exist_ok=True)
-        suffix = "-partial" if opts.scenarios else ("-quick" if q else "")
+        suffix = f"-idle-{opts.idle_target}" if names == ["idle"] else "-partial" if opts.scenarios else ("-quick" if q else "")
         base = RESULTS / f"{stamp}{suffix}"
         base.with_suffix(".md").write_text(text + f"\nTotal time: {meta['elapsed_s']} s.\n")
         base.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1, default=str) + "\n")

@@ -2,7 +2,7 @@
 
     python benchmarks/servers.py --impl ws_multipath|websockets|raw_tcp|werkzeug
                                  --mode echo|iter|broadcast|burst|stream|http
-                                 [--ping-interval S] [--ping-timeout S] [--compression] [--wsgi]
+                                 [--ping-interval S] [--ping-timeout S] [--compression] [--wsgi] [--control]
 
 (Node's ``ws`` server is benchmarks/node_server.js; gunicorn runs
 benchmarks/flask_app.py itself.)
@@ -31,17 +31,29 @@ Modes:
 - ``--wsgi`` (ws_multipath): mount the Flask app beside the WebSocket handler.
 - ``raw_tcp``: a threaded TCP echo with no framing at all (one thread per
   connection, ``recv``/``sendall``, TCP_NODELAY): the ceiling.
+- ``--control`` (ws_multipath, websockets; the idle scenario): lines on stdin
+  ask; answers are JSON lines on stdout. ``capacity``: ws_multipath's
+  ``server.capacity()`` (the connection ceiling and what binds it; websockets:
+  the descriptor limit only). ``close``: close the server, every connection
+  with 1001 (``server.close()``; websockets: ``server.shutdown()``), and say how
+  long that took, how long until every connection had ended (ws_multipath's
+  ``close()`` returns at its deadline even if some have not), the CPU time it
+  used, and how many were open.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import resource
 import socket
 import socketserver
 import sys
 import threading
+import time
+from typing import Any, Callable, Optional
 
 MAX_SIZE = 16 * 1024 * 1024  # ws_multipath's default max_payload; websockets' default (1 MiB) is raised to match
 
@@ -55,7 +67,57 @@ def parse_request(message: "str | bytes") -> tuple[str, int, int]:
     return "burst", int(first), int(size)
 
 
-def run_ws_multipath(mode: str, ping_interval: float, ping_timeout: float, compression: bool, wsgi: bool) -> None:
+class Control:
+    """``--control``: answers ``capacity`` and ``close`` lines from stdin (see the module docstring)."""
+
+    def __init__(self, capacity: Callable[[], dict], close: Callable[[], None], open_now: Callable[[], int],
+                 finished: Optional[threading.Event] = None) -> None:
+        """``close()`` closes the server; ``finished``, when given, is set once
+        every connection has ended (close() may return before: at its deadline)."""
+        self.capacity, self.close, self.open_now, self.finished = capacity, close, open_now, finished
+        self.done = threading.Event()  # the close was reported: the main thread may exit
+        threading.Thread(target=self._run, name="control", daemon=True).start()
+
+    def _run(self) -> None:
+        for line in sys.stdin:
+            word = line.strip()
+            if word == "capacity":
+                say({"event": "capacity", **self.capacity()})
+            elif word == "close":
+                before, started, cpu0 = self.open_now(), time.monotonic(), time.process_time()
+                self.close()
+                returned, after = time.monotonic() - started, self.open_now()
+                if self.finished is not None:
+                    self.finished.wait(120)
+                say({"event": "closed", "seconds": returned, "open_before": before, "open_after": after,
+                     "all_closed_seconds": time.monotonic() - started if self.finished is None or self.finished.is_set() else None,
+                     "cpu_seconds": time.process_time() - cpu0})
+                self.done.set()
+                return
+
+    def wait(self) -> None:
+        self.done.wait(120)
+
+
+def say(obj: dict) -> None:
+    print(json.dumps(obj, default=str), flush=True)
+
+
+def nofile() -> dict:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return {"nofile_soft": soft, "nofile_hard": hard}
+
+
+def ws_multipath_capacity(server: Any) -> dict:
+    if not hasattr(server, "capacity"):  # a commit from before server.capacity()
+        return nofile()
+    capacity = server.capacity()
+    return {**nofile(), "connections": capacity.connections, "held": capacity.held, "fds": capacity.fds, "threads": capacity.threads,
+            "memory": capacity.memory, "binding": capacity.binding.name if capacity.binding else None, "summary": str(capacity),
+            "bounds": {b.name: b.connections for b in capacity.bounds}, "unknown": list(capacity.unknown)}
+
+
+def run_ws_multipath(mode: str, ping_interval: float, ping_timeout: float, compression: bool, wsgi: bool, control: bool = False) -> None:
     from ws_multipath import ConnectionClosed, MultipathServer
 
     extra = {}
@@ -119,10 +181,15 @@ def run_ws_multipath(mode: str, ping_interval: float, ping_timeout: float, compr
     import ws_multipath
 
     print(f"PORT {server.port} {ws_multipath.__file__}", flush=True)
+    finished = threading.Event()
+    controller = Control(lambda: ws_multipath_capacity(server), lambda: server.close(callback=finished.set),
+                         lambda: server.stats()["open"], finished) if control else None
     server.serve_forever()
+    if controller is not None:
+        controller.wait()
 
 
-def run_websockets(mode: str, ping_interval: float, ping_timeout: float, compression: bool) -> None:
+def run_websockets(mode: str, ping_interval: float, ping_timeout: float, compression: bool, control: bool = False) -> None:
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.server import broadcast, serve
 
@@ -172,7 +239,12 @@ def run_websockets(mode: str, ping_interval: float, ping_timeout: float, compres
         import websockets
 
         print(f"PORT {server.socket.getsockname()[1]} {websockets.__file__}", flush=True)
+        controller: Optional[Control] = None
+        if control:
+            controller = Control(nofile, server.shutdown, lambda: len(server.connections))
         server.serve_forever()
+        if controller is not None:
+            controller.wait()  # before leaving the block, whose shutdown() would run beside the control's
 
 
 class _RawEcho(socketserver.BaseRequestHandler):
@@ -229,12 +301,13 @@ def main() -> None:
     parser.add_argument("--ping-timeout", type=float, default=20.0)
     parser.add_argument("--compression", action="store_true", help="permessage-deflate on (each library's defaults)")
     parser.add_argument("--wsgi", action="store_true", help="ws_multipath: mount the Flask app beside the WebSocket handler")
+    parser.add_argument("--control", action="store_true", help="answer 'capacity' and 'close' lines on stdin (the idle scenario)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.impl == "ws_multipath":
-        run_ws_multipath(args.mode, args.ping_interval, args.ping_timeout, args.compression, args.wsgi)
+        run_ws_multipath(args.mode, args.ping_interval, args.ping_timeout, args.compression, args.wsgi, args.control)
     elif args.impl == "websockets":
-        run_websockets(args.mode, args.ping_interval, args.ping_timeout, args.compression)
+        run_websockets(args.mode, args.ping_interval, args.ping_timeout, args.compression, args.control)
     elif args.impl == "raw_tcp":
         run_raw_tcp(args.mode)
     else:

@@ -27,6 +27,7 @@ from .handler import WebSocketHandler
 from .http.request import Headers, Request
 from .options import HandlerOptions
 from .server import MultipathServer
+from .sync.capacity import Capacity, measure_capacity
 from .sync.connection import ReadyState, WebSocket
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "PayloadTooBig",
     "HandshakeError",
     "HookError",
+    "Capacity",
+    "measure_capacity",
 ]
 
 __version__ = "0.1.0"

@@ -36,6 +36,7 @@ from .sync.acceptor import (
     check_reuse_port,
     prepare_unix_path,
 )
+from .sync.capacity import Capacity, measure_capacity, report_capacity
 from .sync.flusher import Flusher
 from .sync.reader import listener_thread
 from .sync.timers import Timers
@@ -105,7 +106,9 @@ class MultipathServer(EventEmitter):
     - ``open_timeout``: seconds from accept to the end of the upgrade request,
       TLS handshake included; slower clients are dropped.
     - ``max_connections``: open WebSocket connections on all paths together;
-      upgrades past it get 503. None: no limit.
+      upgrades past it get 503. None: no limit. Once listening, the server
+      logs how many this process can hold (``capacity()``): a WARNING when
+      ``max_connections`` is above that.
     - ``ssl_context``: a server-side ``ssl.SSLContext`` to serve ``wss://``.
     - ``backlog``: the listen queue (the stdlib's default of 5 refuses
       bursts; Node uses 511).
@@ -295,6 +298,16 @@ class MultipathServer(EventEmitter):
         total["paths"] = paths
         return total
 
+    def capacity(self) -> Capacity:
+        """How many connections this process can hold, counting the ones
+        open now, and which limit sets that: file descriptors, threads or
+        memory (``ws_multipath.sync.capacity``). It reads ``/proc`` on each
+        call; a limit it cannot read is left out (``Capacity.unknown``), and
+        ``connections`` is None when none could be read."""
+        with self._lock:
+            held = self._open_connections
+        return measure_capacity(held, listening=self._tcp is not None)
+
     def wait_cluster_ready(self, timeout: Optional[float] = None) -> bool:
         """Wait until the broker confirmed this server's subscriptions (True),
         or ``timeout`` passed (False); True at once without a broker.
@@ -343,6 +356,7 @@ class MultipathServer(EventEmitter):
             self._tcp = tcp
         self._accept_thread = threading.Thread(target=self._accept_loop, name="ws_multipath-accept", daemon=True)
         self._accept_thread.start()
+        report_capacity(self._max_connections)  # one line: the connection ceiling, a WARNING if below max_connections
 
     def _accept_loop(self) -> None:
         assert self._tcp is not None

@@ -14,14 +14,18 @@ import socketserver
 import stat
 import sys
 import threading
+import time
 import weakref
 from typing import Any, Callable, Optional
 
 from ..log import format_address, logger
+from .capacity import exhaustion_hint
 
 __all__ = ["TCPServer", "bind_address", "check_reuse_port", "prepare_unix_path", "check_listening_socket", "unix_peer"]
 
 _ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() ran out of descriptors
+_LOG_EVERY = 60.0  # seconds between two lines about running out (a limit reached again and again)
+_EXHAUSTED_KIND = {errno.EMFILE: "descriptors", errno.ENFILE: "files", errno.ENOBUFS: "memory", errno.ENOMEM: "memory"}
 
 
 class _RequestHandler(socketserver.BaseRequestHandler):
@@ -61,6 +65,8 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._stopping = stopping
         self.detached: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
         self._exhausted = False
+        self._quiet_until = 0.0  # monotonic time before which running out is not logged again
+        self._unlogged = 0  # times it ran out since the last line
         if sock is None:
             super().__init__(address, _RequestHandler, bind_and_activate=False)
         else:
@@ -80,8 +86,8 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         try:
             request = self.socket.accept()
         except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                self._back_off(f"accept() failed: {exc}")
+            if exc.errno in _EXHAUSTED_KIND:
+                self._back_off(f"accept() failed: {exc}", _EXHAUSTED_KIND[exc.errno])
             raise
         self._exhausted = False
         if self._unix_peer is not None:  # AF_UNIX peers are '' (unnamed): name the socket they came through
@@ -95,12 +101,24 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             thread.start()
         except RuntimeError as exc:  # can't start new thread
             request.close()
-            self._back_off(f"cannot start a connection thread: {exc}")
+            self._back_off(f"cannot start a connection thread: {exc}", "threads")
 
-    def _back_off(self, message: str) -> None:
+    def _back_off(self, message: str, kind: str) -> None:
+        """Wait a moment before the next accept(); the open connections are
+        served on meanwhile. Logged at ERROR when it starts, at most once a
+        minute (a process at its limit runs out each time a client comes
+        while none has left), with the limit that ran out and how to raise it."""
         if not self._exhausted:
             self._exhausted = True
-            logger.error("%s; backing off (logged once until it recovers)", message)
+            now = time.monotonic()
+            if now < self._quiet_until:
+                self._unlogged += 1
+            else:
+                again = f"; it ran out {self._unlogged} more times since the last such line" if self._unlogged else ""
+                hint = exhaustion_hint(kind)
+                logger.error("%s; backing off, open connections are served on, new clients wait in the listen queue "
+                             "(logged at most once a minute%s)%s", message, again, f". {hint}" if hint else "")
+                self._quiet_until, self._unlogged = now + _LOG_EVERY, 0
         self._stopping.wait(_ACCEPT_BACKOFF)
 
     def shutdown_request(self, request: Any) -> None:

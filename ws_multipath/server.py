@@ -354,6 +354,7 @@ class MultipathServer(EventEmitter):
                     made = os.stat(self._unix_path)
                     self._unix_inode = (made.st_dev, made.st_ino)
             self._tcp = tcp
+        self._flusher.open()  # its descriptors now, before connections can fill the table
         self._accept_thread = threading.Thread(target=self._accept_loop, name="ws_multipath-accept", daemon=True)
         self._accept_thread.start()
         report_capacity(self._max_connections)  # one line: the connection ceiling, a WARNING if below max_connections

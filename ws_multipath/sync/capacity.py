@@ -52,9 +52,9 @@ __all__ = ["Bound", "Capacity", "measure_capacity", "report_capacity", "exhausti
 PER_CONNECTION_BYTES = 33 * 1024
 #: Descriptors the server holds besides its connections: the listening
 #: socket, the flusher's wake-up socket pair and its epoll selector (the
-#: accept loop uses ``poll()``, which needs none). Kept free, less the
-#: listening socket once it is open (``listening=True``); the flusher's are
-#: counted twice once it runs, so the ceiling then errs low by 3.
+#: accept loop uses ``poll()``, which needs none). Kept free until the
+#: server listens (``listening=True``: all four are open then, and counted
+#: once, as descriptors in use).
 SERVER_FDS = 4
 #: Descriptors kept free beyond those, for what needs one for a moment: an
 #: upgrade past ``max_connections`` holds its socket until its 503 is
@@ -174,14 +174,14 @@ def measure_capacity(held: int = 0, *, listening: bool = False, per_connection_b
                      proc: str = "/proc", sys: str = "/sys") -> Capacity:
     """Read the limits now. ``held``: connections this process holds already
     (what they use is counted as theirs); ``listening``: the server's
-    listening socket is open already (it is then counted once, not kept free
-    as well), so ``MultipathServer(max_connections=measure_capacity().connections)``
+    listening socket and the flusher's descriptors are open already (they
+    are then counted once, not kept free as well), so ``MultipathServer(max_connections=measure_capacity().connections)``
     gets no warning. ``proc`` and ``sys``: where those file systems are
     (tests; a host's ``/proc`` mounted elsewhere). A limit that is missing
     or unreadable goes into ``unknown``; nothing raises."""
     read = LimitReader(Path(proc), Path(sys), _THREAD_RESERVE)
     threads = read.system_threads()
-    read.fds(_FD_RESERVE - (1 if listening else 0))
+    read.fds(_FD_RESERVE - (SERVER_FDS if listening else 0))
     read.add("fs.file-max", "fds", "machine", read.number("sys/fs/file-nr", field=2), read.system_files(), 1, _FD_RESERVE)
     read.add("kernel.threads-max", "threads", "machine", read.number("sys/kernel/threads-max"), threads, 1, _THREAD_RESERVE)
     read.add("kernel.pid_max", "threads", "machine", read.number("sys/kernel/pid_max"), threads, 1, RESERVED_PIDS + _THREAD_RESERVE)

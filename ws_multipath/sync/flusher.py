@@ -52,6 +52,18 @@ class Flusher:
         self._thread: Optional[threading.Thread] = None
         self._wake_r: Optional[socket.socket] = None
         self._wake_w: Optional[socket.socket] = None
+        self._selector: Optional[selectors.BaseSelector] = None  # the thread's, once it runs
+
+    def open(self) -> None:
+        """Open the flusher's descriptors (a wake-up socket pair and the
+        selector). The server calls this when it starts listening, so that
+        they never have to be opened later, when the descriptor table may be
+        full of connections; the first enrolment opens them otherwise."""
+        with self._lock:
+            if self._selector is None and not self._stopped:
+                self._wake_r, self._wake_w = socket.socketpair()
+                self._wake_r.setblocking(False)
+                self._selector = selectors.DefaultSelector()
         self._corked: set["Transport"] = set()  # transports to push if they stay corked
         #: Ticks counted while transports were corked (written by the flusher thread).
         self.ticks = 0
@@ -98,8 +110,12 @@ class Flusher:
             pass
 
     def _start(self) -> None:
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
+        """Start the thread (``_lock`` held), opening the descriptors first if
+        the server did not."""
+        if self._selector is None:
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._selector = selectors.DefaultSelector()
         self._thread = threading.Thread(target=self._run, name="ws_multipath-flusher", daemon=True)
         self._thread.start()
 
@@ -109,6 +125,7 @@ class Flusher:
             self._stopped = True
             thread, wake = self._thread, self._wake_w
         if thread is None:
+            self._close_descriptors()
             return
         try:
             wake.send(b"x", socket.MSG_DONTWAIT)  # type: ignore[union-attr]
@@ -119,10 +136,15 @@ class Flusher:
 
     # -- the flusher thread ---------------------------------------------------
 
+    def _close_descriptors(self) -> None:
+        for closable in (self._selector, self._wake_r, self._wake_w):
+            if closable is not None:
+                closable.close()
+
     def _run(self) -> None:
-        selector = selectors.DefaultSelector()
-        assert self._wake_r is not None
-        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        selector, wake_r = self._selector, self._wake_r
+        assert selector is not None and wake_r is not None
+        selector.register(wake_r, selectors.EVENT_READ, None)
         enrolled: dict[int, "Transport"] = {}
         next_check = time.monotonic() + _DEADLINE_CHECK
         next_tick = 0.0
@@ -138,7 +160,7 @@ class Flusher:
                 timeout = CORK_TICK if self._corked else _DEADLINE_CHECK if enrolled else None
                 for key, _ in selector.select(timeout):
                     if key.data is None:
-                        _drain_wakeups(self._wake_r)
+                        _drain_wakeups(wake_r)
                     elif not key.data.flush_ready():
                         _apply(selector, enrolled, False, key.data)
                 now = time.monotonic()
@@ -153,10 +175,7 @@ class Flusher:
         except Exception:  # noqa: BLE001 - a bug: say so; transports fall back to their deadlines
             logger.exception("the flusher thread failed")
         finally:
-            selector.close()
-            for sock in (self._wake_r, self._wake_w):
-                if sock is not None:
-                    sock.close()
+            self._close_descriptors()
 
 
     def _push_held(self) -> None:

@@ -4,6 +4,7 @@ small helpers for waiting on conditions without sleeping blindly."""
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import threading
 import time
@@ -65,6 +66,13 @@ def echo(ws, request) -> None:  # type: ignore[no-untyped-def]
 
 def url(server: MultipathServer, path: str) -> str:
     return f"ws://127.0.0.1:{server.port}{path}"
+
+
+def serve_one(server, path="/ws", **options):
+    """A handler whose connections are put on the returned queue."""
+    connections: queue.Queue = queue.Queue()
+    server.create_handler(path=path, **options).on("connection", lambda ws, request: connections.put(ws))
+    return connections
 
 
 def raw_request(server: MultipathServer, head: bytes, timeout: float = TIMEOUT) -> bytes:

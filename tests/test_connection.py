@@ -1,5 +1,5 @@
-"""WebSocket (the server-side connection): sending, receiving, listeners,
-closing, attributes, thread safety."""
+"""WebSocket (the server-side connection): sending, receiving, closing,
+attributes, thread safety. What arrives and where it goes: test_incoming.py."""
 
 from __future__ import annotations
 
@@ -15,14 +15,7 @@ from websockets.sync.client import connect
 
 from ws_multipath import ConnectionClosed, ReadyState, WebSocket
 
-from .conftest import TIMEOUT, echo, read_until_eof, upgrade_head, url, wait_until
-
-
-def serve_one(server, path="/ws", **options):
-    """A handler whose connections are put on the returned queue."""
-    connections: queue.Queue = queue.Queue()
-    server.create_handler(path=path, **options).on("connection", lambda ws, request: connections.put(ws))
-    return connections
+from .conftest import TIMEOUT, echo, read_until_eof, serve_one, upgrade_head, url, wait_until
 
 
 # -- send ------------------------------------------------------------------------
@@ -139,94 +132,6 @@ def test_receive_inside_a_message_listener_raises_runtime_error(server):
     with connect(url(server, "/x"), open_timeout=TIMEOUT) as client:
         client.send("x")
         assert isinstance(errors.get(timeout=TIMEOUT), RuntimeError)
-
-
-def test_full_queue_stops_reading_and_loses_nothing(server):
-    connections = serve_one(server, max_queue=2)
-    count = 200
-    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
-        ws = connections.get(timeout=TIMEOUT)
-        sender = threading.Thread(target=lambda: [client.send(str(i)) for i in range(count)])
-        sender.start()
-        assert wait_until(lambda: len(ws._inbox) == 2)
-        assert len(ws._inbox) <= 2
-        assert [ws.receive(timeout=TIMEOUT) for _ in range(count)] == [str(i) for i in range(count)]
-        sender.join(TIMEOUT)
-
-
-# -- listeners -------------------------------------------------------------------
-
-
-def test_message_listener_gets_data_and_is_binary(server):
-    handler = server.create_handler(path="/l")
-    got: queue.Queue = queue.Queue()
-    handler.on("connection", lambda ws, request: ws.on("message", lambda data, is_binary: got.put((data, is_binary))))
-    with connect(url(server, "/l"), open_timeout=TIMEOUT) as client:
-        client.send("t")
-        client.send(b"b")
-        assert got.get(timeout=TIMEOUT) == ("t", False)
-        assert got.get(timeout=TIMEOUT) == (b"b", True)
-
-
-def test_no_message_is_lost_when_the_client_sends_with_its_handshake(server):
-    """Frames that arrive in the same packet as the upgrade request reach a
-    listener attached in the 'connection' listener."""
-    handler = server.create_handler(path="/early")
-    got: queue.Queue = queue.Queue()
-    handler.on("connection", lambda ws, request: ws.on("message", lambda data, is_binary: got.put(data)))
-    frames = b"".join(_masked_text(f"m{i}") for i in range(5))
-    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
-        sock.sendall(upgrade_head("/early") + frames)
-        assert [got.get(timeout=TIMEOUT) for _ in range(5)] == [f"m{i}" for i in range(5)]
-
-
-def test_listeners_of_one_connection_run_one_at_a_time_in_order(server):
-    handler = server.create_handler(path="/order")
-    seen: list[int] = []
-    active = [0]
-    overlap = []
-    done = threading.Event()
-
-    def on_message(data, is_binary):
-        active[0] += 1
-        overlap.append(active[0])
-        seen.append(int(data))
-        active[0] -= 1
-        if len(seen) == 300:
-            done.set()
-
-    handler.on("connection", lambda ws, request: ws.on("message", on_message))
-    with connect(url(server, "/order"), open_timeout=TIMEOUT) as client:
-        for i in range(300):
-            client.send(str(i))
-        assert done.wait(TIMEOUT)
-    assert seen == list(range(300)) and max(overlap) == 1
-
-
-def test_ping_pong_and_close_events(server):
-    handler = server.create_handler(path="/events")
-    events: queue.Queue = queue.Queue()
-
-    @handler.on("connection")
-    def attach(ws, request):
-        ws.on("ping", lambda payload: events.put(("ping", payload)))
-        ws.on("pong", lambda payload: events.put(("pong", payload)))
-        ws.on("close", lambda code, reason: events.put(("close", code, reason)))
-        ws.ping(b"srv")
-
-    with connect(url(server, "/events"), open_timeout=TIMEOUT) as client:
-        assert events.get(timeout=TIMEOUT) == ("pong", b"srv")
-        client.ping(b"cli").wait(TIMEOUT)  # auto_pong answered
-        assert events.get(timeout=TIMEOUT) == ("ping", b"cli")
-        client.close(4001, "see you")
-    assert events.get(timeout=TIMEOUT) == ("close", 4001, "see you")
-
-
-def test_auto_pong_off_does_not_answer(server):
-    connections = serve_one(server, auto_pong=False)
-    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
-        connections.get(timeout=TIMEOUT)
-        assert not client.ping(b"x").wait(0.3)
 
 
 # -- closing -------------------------------------------------------------------
@@ -378,13 +283,6 @@ def test_attributes(server):
 # -- helpers -------------------------------------------------------------------
 
 
-def _masked_text(text: str) -> bytes:
-    payload = text.encode()
-    mask = b"\x01\x02\x03\x04"
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes((0x81, 0x80 | len(payload))) + mask + masked
-
-
 def _read_http_head(sock: socket.socket) -> bytes:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -450,17 +348,6 @@ def test_a_busy_connection_listener_still_gets_pings_answered(server):
         assert [t for t in threading.enumerate() if t.name.startswith("ws_multipath-reader")]
         release.set()
         assert got.get(timeout=TIMEOUT) == "queued meanwhile"
-
-
-def test_iteration_answers_a_message_before_the_close_that_followed_it(server):
-    handler = server.create_handler(path="/iter")
-    handler.on("connection", lambda ws, request: [ws.send(m) for m in ws])
-    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
-        close = bytes((0x88, 0x82)) + b"\x00" * 4 + struct.pack("!H", 1000)
-        sock.sendall(upgrade_head("/iter") + _masked_text("last words") + close)
-        data = read_until_eof(sock)
-    body = data.split(b"\r\n\r\n", 1)[1]
-    assert body.startswith(b"\x81\x0alast words\x88\x02\x03\xe8")
 
 
 def test_log_lines_about_a_connection_name_its_peer_as_host_port_and_its_path(server, library_log):

@@ -93,7 +93,7 @@ class WebSocketHandler(EventEmitter):
         reason; a plain dict, shape in ``ws_multipath/stats.py``. Cheap
         (no lock on the message path); call it as often as you scrape."""
         with self._lock:
-            live = [(ws._messages_in, ws._transport.messages_out, ws._bytes_in, ws._transport.bytes_out) for ws in self._connections]
+            live = [(ws._incoming.messages_in, ws._transport.messages_out, ws._incoming.bytes_in, ws._transport.bytes_out) for ws in self._connections]
             return self._totals.snapshot(self.path, live, self._refusals.snapshot())
 
     # -- broadcast ------------------------------------------------------------
@@ -337,20 +337,20 @@ class WebSocketHandler(EventEmitter):
     def _remove(self, ws: WebSocket) -> None:
         """Forget a connection that ended (or whose 101 could not be sent):
         log it and add its counts to the totals."""
-        transport = ws._transport
+        transport, incoming = ws._transport, ws._incoming
         code = ws.close_code or 1006
         drop = _drop_key(ws._dropped)
         with self._lock:
             self._connections.discard(ws)
-            self._totals.ended(ws._messages_in, transport.messages_out, ws._bytes_in, transport.bytes_out, code, drop)
+            self._totals.ended(incoming.messages_in, transport.messages_out, incoming.bytes_in, transport.bytes_out, code, drop)
         duration = time.monotonic() - ws._opened_at if ws._opened_at else 0.0
         logger.info(
             "closed %s: %d%s after %.2f s, %d messages in (%d bytes), %d out (%d bytes)%s",
             ws._label(), code, f" {ws.close_reason!r}" if ws.close_reason else "", duration,
-            ws._messages_in, ws._bytes_in, transport.messages_out, transport.bytes_out, f", dropped: {drop}" if drop else "",
+            incoming.messages_in, incoming.bytes_in, transport.messages_out, transport.bytes_out, f", dropped: {drop}" if drop else "",
             extra={"event": "closed", "path": self.path, "client": format_address(ws.remote_address), "code": code,
-                   "reason": ws.close_reason, "duration": round(duration, 3), "messages_in": ws._messages_in,
-                   "messages_out": transport.messages_out, "bytes_in": ws._bytes_in, "bytes_out": transport.bytes_out, "drop": drop},
+                   "reason": ws.close_reason, "duration": round(duration, 3), "messages_in": incoming.messages_in,
+                   "messages_out": transport.messages_out, "bytes_in": incoming.bytes_in, "bytes_out": transport.bytes_out, "drop": drop},
         )
         self._server._release_connection()
         self._maybe_finish_close()

@@ -4,7 +4,7 @@ Nothing here is on the per-message path. Each connection counts its own
 traffic in plain int attributes, each incremented by the one thread that
 may touch it at that moment, without a lock of its own:
 
-- in: ``WebSocket._messages_in`` / ``_bytes_in``, by the thread that reads
+- in: ``Incoming.messages_in`` / ``bytes_in``, by the thread that reads
   the connection (one at a time: ``reader.py``);
 - out: ``Transport.messages_out`` / ``bytes_out``, under the transport's
   write lock, which every writer (``send()``, a broadcast's direct write,

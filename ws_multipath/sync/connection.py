@@ -7,11 +7,7 @@ return. ``'message'``, ``'ping'``, ``'pong'`` and ``'close'`` listeners run on
 the reading thread, in order, one at a time; there is no hand-off per
 message.
 
-Where messages go: to the ``'message'`` listeners when there are any at the
-time the message is complete, otherwise to the inbox (at most ``max_queue``
-messages) that ``receive()`` and iteration read. When the inbox is full the
-connection stops reading the socket (backpressure) until the application
-takes a message.
+Where messages go, and how arriving frames are acted on: ``incoming.py``.
 
 Closing (the rules live in ``protocol/closing.py``): ``close()`` sends a close frame
 and waits (in the background) for the peer's, up to ``close_timeout``;
@@ -27,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 import uuid
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
@@ -36,10 +31,10 @@ from ..errors import ConnectionClosed, ProtocolError, connection_closed
 from ..http.request import Request
 from ..log import format_address, logger
 from ..protocol.closing import Closing, FrameKind, ReadyState
-from ..protocol.events import CloseReceived, Event, Failure, Message, Ping, Pong
 from ..protocol.frames import FrameReader, FrameWriter, Payload, check_close_code
 from .heartbeat import Heartbeat
 from .inbox import Inbox
+from .incoming import Incoming
 from .reader import SocketReader
 from .timers import Timer, Timers
 from .transport import Transport
@@ -93,7 +88,6 @@ class WebSocket(EventEmitter):
         self.extensions = extensions
         self._transport = transport
         self._options = options
-        self._reader = reader
         self._writer = writer
         self._timers = timers
         self._on_closed = on_closed
@@ -101,14 +95,12 @@ class WebSocket(EventEmitter):
         self._closing = Closing()
         transport.attach(self._closing.may_write, self._fail)
         self._inbox = Inbox(options.max_queue)
-        self._held_back: list[Event] = []  # events after a message the puller returns first
+        self._incoming = Incoming(self, reader, self._inbox, self._closing, transport, options, writer)
         self._close_timer: Optional[Timer] = None
-        # stats.py: counted by the reading thread; the handler's accounting
-        self._messages_in = 0
-        self._bytes_in = 0
+        # stats.py: the handler's accounting (messages and bytes in: Incoming)
         self._opened_at = 0.0
         self._dropped: Optional[str] = None  # why the server cut the connection
-        self._socket_reader = SocketReader(transport.sock, timers, self._feed, self._begin, self._resume, self._finish, self._label(), options.max_queue, transport.tls_lock)
+        self._socket_reader = SocketReader(transport.sock, timers, self._incoming.feed, self._begin, self._incoming.resume, self._finish, self._label(), options.max_queue, transport.tls_lock)
         self._heartbeat = Heartbeat(
             timers,
             options.ping_interval,
@@ -117,6 +109,7 @@ class WebSocket(EventEmitter):
             self._on_pong_timeout,
             self._socket_reader.reading,
         )
+        self._incoming.attach(self._socket_reader, self._heartbeat)
 
     # -- attributes ---------------------------------------------------------
 
@@ -288,7 +281,7 @@ class WebSocket(EventEmitter):
         if message is None:
             if self._socket_reader.claim_pull():
                 try:
-                    message = self._pull(timeout)
+                    message = self._incoming.pull(timeout)
                 finally:
                     self._socket_reader.release_pull()
             else:
@@ -300,23 +293,6 @@ class WebSocket(EventEmitter):
             transport.more_coming = len(self._inbox) > 0
         return message
 
-    def _pull(self, timeout: Optional[float]) -> Optional[Union[str, bytes]]:
-        """Read on this thread until a message is in the inbox (None: closed)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            message = self._inbox.get_nowait()
-            if message is not None or self.ready_state is ReadyState.CLOSED:
-                return message
-            if self._held_back:
-                self._feed(b"")
-                continue
-            if self._transport.corked:
-                self._transport.push()  # answers held for read-ahead that ended: out before waiting
-            try:
-                self._socket_reader.pull_once(deadline)
-            except TimeoutError:
-                raise TimeoutError(f"no message within {timeout} s") from None
-
     def __iter__(self) -> Iterator[Union[str, bytes]]:
         """Yield messages until the connection closes."""
         while True:
@@ -325,7 +301,7 @@ class WebSocket(EventEmitter):
             except ConnectionClosed:
                 return
 
-    # -- reading (on the thread that ``SocketReader`` picks) ----------------
+    # -- reading (on the thread that ``SocketReader`` picks; what it reads: ``incoming.py``)
 
     def _watch(self) -> None:
         """Before the ``'connection'`` listeners: have unread data taken over
@@ -340,94 +316,9 @@ class WebSocket(EventEmitter):
         """Before the first read: start the heartbeat, parse what came with the handshake."""
         self._heartbeat.start()
         if self.request.buffered:
-            self._feed(self.request.buffered)
+            self._incoming.feed(self.request.buffered)
 
-    def _resume(self) -> None:
-        """A thread starts looping: act on events a puller held back."""
-        if self._held_back:
-            self._feed(b"")
-
-    def _feed(self, data: bytes) -> None:
-        """Parse ``data`` and act on its events (``b""``: only the held-back ones)."""
-        self._bytes_in += len(data)
-        if not self._closing.reads_frames:
-            return
-        events = self._reader.receive_data(data) if data else []
-        if self._held_back:
-            events, self._held_back = self._held_back + events, []
-        transport = self._transport
-        if len(events) > 1 and transport.can_cork and not self._socket_reader.pulling:
-            try:
-                self._act_on(events, transport)
-            finally:
-                transport.more_coming = False
-                if transport.corked:
-                    transport.push()
-        else:
-            self._act_on(events)
-
-    def _act_on(self, events: list[Event], corking: Optional[Transport] = None) -> None:
-        """Act on parsed events in order; with ``corking``, the answers to all
-        but the last go out with MSG_MORE (see ``transport.py``)."""
-        last = len(events) - 1
-        queued = False  # a message went to the inbox while pulling
-        for index, event in enumerate(events):
-            kind = type(event)
-            if corking is not None:
-                corking.more_coming = index < last
-            if kind is Message:
-                if queued and len(self._inbox) >= self._options.max_queue:
-                    self._held_back = events[index:]
-                    return
-                self._messages_in += 1
-                if self._deliver(event.data) and self._socket_reader.pulling:  # type: ignore[union-attr]
-                    queued = True
-            elif queued:
-                # The puller returns the messages before this event to the application first,
-                # so that their answers go out before a close or a violation that followed.
-                self._held_back = events[index:]
-                return
-            elif kind is Ping:
-                self._on_ping(event.payload)  # type: ignore[union-attr]
-            elif kind is Pong:
-                self._heartbeat.pong()
-                self._emit_in_order("pong", event.payload)  # type: ignore[union-attr]
-            elif kind is CloseReceived:
-                self._on_close_frame(event.code, event.reason)  # type: ignore[union-attr]
-            elif kind is Failure:
-                self._on_protocol_error(event.error)  # type: ignore[union-attr]
-
-    def _deliver(self, data: Union[str, bytes]) -> bool:
-        """Give a message to the listeners, or else to the inbox (True).
-        Once the server is closing, it is discarded."""
-        if not self._closing.delivers_messages:
-            return False
-        if self._listeners.get("message"):
-            dispatcher = self._socket_reader.dispatcher
-            if dispatcher is None:
-                self._emit_message(data)
-            else:
-                dispatcher.call(self._emit_message, data, wait=True)
-            return False
-        self._inbox.put(data, wait=not self._socket_reader.pulling)  # the puller is the consumer: never wait on itself
-        return True
-
-    def _emit_message(self, data: Union[str, bytes]) -> None:
-        reader = self._socket_reader
-        reader.enter_listener()
-        try:
-            self.emit("message", data, not isinstance(data, str))
-        finally:
-            reader.leave_listener()
-
-    def _emit_in_order(self, event: str, *args: Any) -> None:
-        """Emit on the thread that runs this connection's listeners, after
-        the messages read before (see ``dispatch.py``)."""
-        dispatcher = self._socket_reader.dispatcher
-        if dispatcher is None:
-            self.emit(event, *args)
-        elif self._listeners.get(event):  # queued calls count against max_queue like messages
-            dispatcher.call(self.emit, event, *args, wait=True)
+    # -- the end: close frames, violations, the socket gone (reading thread, timers)
 
     def _seal(self) -> None:
         """Closing: the reader must never wait for the application again."""
@@ -435,11 +326,6 @@ class WebSocket(EventEmitter):
         dispatcher = self._socket_reader.dispatcher
         if dispatcher is not None:
             dispatcher.seal()
-
-    def _on_ping(self, payload: bytes) -> None:
-        if self._options.auto_pong:
-            self._write_quietly(self._writer.pong(payload), FrameKind.PONG)
-        self._emit_in_order("ping", payload)
 
     def _on_close_frame(self, code: int, reason: str) -> None:
         with self._lock:
@@ -466,7 +352,7 @@ class WebSocket(EventEmitter):
         self._write_quietly(self._writer.close(error.code, reason.encode("utf-8")[:123]), FrameKind.CLOSE)
         self._linger()
         if self._listeners.get("error"):
-            self._emit_in_order("error", error)
+            self._incoming.emit_in_order("error", error)
 
     def _finish(self) -> None:
         self._heartbeat.stop()

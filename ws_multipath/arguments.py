@@ -1,18 +1,47 @@
 """Checks of ``MultipathServer``'s arguments: each error is a ``TypeError``
-or ``ValueError`` that names the argument."""
+or ``ValueError`` that names the argument. And what stands in for an
+argument: ``NO_PORT``, the default that says ``port`` was not given, and
+``NoListen``, the ``listen`` that ``auto_listen=True`` takes away."""
 
 from __future__ import annotations
 
 import os
 import socket
 import ssl
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .http.proxies import TrustedProxies
 from .http.wsgi import WSGIOptions
 from .sync.acceptor import check_listening_socket
 
-__all__ = ["check_arguments", "check_listen_arguments", "wsgi_options"]
+if TYPE_CHECKING:
+    from .server import MultipathServer
+
+__all__ = ["NO_PORT", "NoListen", "check_arguments", "check_listen_arguments", "check_path", "wsgi_options"]
+
+
+class _NoPort(int):
+    """The default of ``port``: not given (``sock=`` or ``unix_path=`` may stand in)."""
+
+    def __repr__(self) -> str:
+        return "<no port>"
+
+
+NO_PORT = _NoPort(0)
+
+
+class NoListen:
+    """``server.listen`` exists only with ``auto_listen=False`` (as in
+    ws-multipath): ``hasattr(server, "listen")`` is False otherwise, and
+    ``server.listen()`` raises an ``AttributeError`` that says why."""
+
+    def __get__(self, server: Optional["MultipathServer"], owner: type) -> Callable[[], None]:
+        if server is None:
+            return self  # type: ignore[return-value]
+        raise AttributeError(
+            "MultipathServer has no listen() here: it listens in its constructor (auto_listen=True); "
+            "pass auto_listen=False to call listen() yourself"
+        )
 
 
 def wsgi_options(
@@ -68,6 +97,16 @@ def check_listen_arguments(has_port: bool, host: Any, sock: Any, unix_path: Any,
             raise ValueError("unix_path needs Unix sockets, which this system lacks")
         if not isinstance(unix_path, (str, os.PathLike)) or not os.fspath(unix_path):
             raise TypeError(f"unix_path must be a non-empty str or path, not {unix_path!r}")
+
+
+def check_path(path: Any) -> None:
+    """``create_handler``'s path: a str that starts with ``/``, without query or fragment."""
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str, not {type(path).__name__}")
+    if not path.startswith("/"):
+        raise ValueError(f"path must start with '/', not {path!r}")
+    if "?" in path or "#" in path:
+        raise ValueError(f"path must not contain a query or fragment: {path!r}")
 
 
 def check_arguments(port: Any, host: Any, open_timeout: Any, max_connections: Any, ssl_context: Any, backlog: Any, max_header_size: Any, max_headers: Any) -> None:

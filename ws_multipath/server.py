@@ -1,16 +1,16 @@
 """``MultipathServer``: one listening socket, many WebSocket paths.
 
 The server owns the lifecycle (listening, closing) and the routing table.
-The accept loop (``sync/acceptor.py``) starts one request thread per connection;
-that thread's HTTP side (``http/handshake.py``) reads the request within
-``open_timeout``, TLS included, and hands the socket to the path's handler,
-which answers the handshake and then reads the connection on the same
-thread until it ends.
+Where it listens and the accept loop live in ``sync/acceptor.py``; the loop
+starts one request thread per connection; that thread's HTTP side
+(``http/handshake.py``) reads the request within ``open_timeout``, TLS
+included, and hands the socket to the path's handler, which answers the
+handshake and then reads the connection on the same thread until it ends.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 import signal
 import socket
 import ssl
@@ -19,7 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
-from .arguments import check_arguments, check_listen_arguments, wsgi_options
+from .arguments import NO_PORT, NoListen, check_arguments, check_listen_arguments, check_path, wsgi_options
 from .emitter import EventEmitter
 from .handler import WebSocketHandler
 from .http.handshake import HeadLimits, HTTPSide
@@ -29,13 +29,8 @@ from .http.routing import RoutingTable
 from .http.wsgi import WSGIServer
 from .log import logger
 from .options import HandlerOptions, HandlerOptionsDict
-from .stats import merge
-from .sync.acceptor import (
-    TCPServer,
-    bind_address,
-    check_reuse_port,
-    prepare_unix_path,
-)
+from .stats import server_stats
+from .sync.acceptor import Acceptor, check_reuse_port
 from .sync.capacity import Capacity, measure_capacity, report_capacity
 from .sync.flusher import Flusher
 from .sync.reader import listener_thread
@@ -51,31 +46,6 @@ if TYPE_CHECKING:
     from .cluster.node import ClusterNode
 
 __all__ = ["MultipathServer"]
-
-_AF_UNIX: int = getattr(socket, "AF_UNIX", -1)
-
-class _NoPort(int):
-    """The default of ``port``: not given (``sock=`` or ``unix_path=`` may stand in)."""
-
-    def __repr__(self) -> str:
-        return "<no port>"
-
-
-_NO_PORT = _NoPort(0)
-
-
-class _ListenMethod:
-    """``server.listen`` exists only with ``auto_listen=False`` (as in
-    ws-multipath): ``hasattr(server, "listen")`` is False otherwise, and
-    ``server.listen()`` raises an ``AttributeError`` that says why."""
-
-    def __get__(self, server: Optional["MultipathServer"], owner: type) -> Callable[[], None]:
-        if server is None:
-            return self  # type: ignore[return-value]
-        raise AttributeError(
-            "MultipathServer has no listen() here: it listens in its constructor (auto_listen=True); "
-            "pass auto_listen=False to call listen() yourself"
-        )
 
 
 class MultipathServer(EventEmitter):
@@ -151,11 +121,11 @@ class MultipathServer(EventEmitter):
 
     EVENTS = frozenset({"connection", "unhandled", "close", "error"})
 
-    listen = _ListenMethod()
+    listen = NoListen()
 
     def __init__(
         self,
-        port: int = _NO_PORT,
+        port: int = NO_PORT,
         host: Optional[str] = None,
         auto_listen: bool = True,
         reject_unhandled: bool = True,
@@ -180,8 +150,8 @@ class MultipathServer(EventEmitter):
         reuse_port: bool = False,
     ) -> None:
         super().__init__()
-        check_listen_arguments(port is not _NO_PORT, host, sock, unix_path, reuse_port)
-        if port is _NO_PORT:
+        check_listen_arguments(port is not NO_PORT, host, sock, unix_path, reuse_port)
+        if port is NO_PORT:
             port = 0
         check_arguments(port, host, open_timeout, max_connections, ssl_context, backlog, max_header_size, max_headers)
         proxies = TrustedProxies(trusted_proxies or ())
@@ -191,7 +161,6 @@ class MultipathServer(EventEmitter):
         )
         if reuse_port:
             check_reuse_port()
-        self._reuse_port = bool(reuse_port)
         self._cluster: Optional["ClusterNode"] = None
         if broker is not None:
             from .cluster.broker import make_broker
@@ -199,12 +168,7 @@ class MultipathServer(EventEmitter):
 
             made, owned = make_broker(broker)
             self._cluster = ClusterNode(self, made, owned)
-        self._requested = (host, port)
-        self._given_socket = sock
-        self._unix_path = os.fspath(unix_path) if unix_path is not None else None
-        self._unix_inode: Optional[tuple[int, int]] = None  # (st_dev, st_ino) of the socket file we made
         self._max_connections = max_connections
-        self._backlog = backlog
         self._routes: RoutingTable[WebSocketHandler] = RoutingTable()
         self._handlers: list[WebSocketHandler] = []  # every handler made, closed ones too (their counts stay)
         self._timers = Timers()
@@ -219,8 +183,6 @@ class MultipathServer(EventEmitter):
         self._close_deadline = 0.0  # when close() stops waiting (monotonic), set by the first call
         self._closing_event = threading.Event()
         self._closed_event = threading.Event()
-        self._tcp: Optional[TCPServer] = None
-        self._accept_thread: Optional[threading.Thread] = None
         self._wsgi_graceful = None if wsgi is None else wsgi.graceful_timeout
         self._http = HTTPSide(
             self._routes,
@@ -231,6 +193,9 @@ class MultipathServer(EventEmitter):
             self,
             self._detach,
             None if wsgi is None else WSGIServer(wsgi, self._timers, self._maybe_finish_close),
+        )
+        self._acceptor = Acceptor(
+            host, port, sock, unix_path, backlog, bool(reuse_port), self._http.serve, self._closing_event, functools.partial(self.emit, "error"),
         )
         if auto_listen:
             try:
@@ -250,27 +215,17 @@ class MultipathServer(EventEmitter):
     def port(self) -> Optional[int]:
         """The bound port (the real one when 0 was asked), or the requested
         one before listening; None on a Unix socket."""
-        if self._tcp is not None:
-            address = self._tcp.server_address
-            return address[1] if isinstance(address, tuple) else None
-        if self._unix_path is not None:
-            return None
-        if self._given_socket is not None:
-            return self._given_socket.getsockname()[1] if self._given_socket.family != _AF_UNIX else None
-        return self._requested[1]
+        return self._acceptor.port
 
     @property
     def address(self) -> Any:
         """``(host, port)`` the server is bound to; a Unix socket's path."""
-        if self._tcp is None:
-            return self._unix_path if self._unix_path is not None else self._requested
-        address = self._tcp.server_address
-        return tuple(address[:2]) if isinstance(address, tuple) else address
+        return self._acceptor.address
 
     @property
     def listening(self) -> bool:
         """True exactly while the server accepts connections."""
-        return self._tcp is not None and not self._closing
+        return self._acceptor.bound and not self._closing
 
     @property
     def node_id(self) -> Optional[str]:
@@ -284,19 +239,7 @@ class MultipathServer(EventEmitter):
         ``ws_multipath/stats.py``."""
         with self._lock:
             handlers = list(self._handlers)
-        paths: dict[str, dict[str, Any]] = {}
-        for handler in handlers:
-            one = handler.stats()
-            if one["path"] in paths:  # a path served again after its handler closed
-                merge(paths[one["path"]], one)
-            else:
-                paths[one["path"]] = one
-        total: dict[str, Any] = {"open": 0, "accepted": 0, "refused": self._http.refusals.snapshot(),
-                                 "messages_in": 0, "messages_out": 0, "bytes_in": 0, "bytes_out": 0, "closes": {}, "drops": {}}
-        for one in paths.values():
-            merge(total, one)
-        total["paths"] = paths
-        return total
+        return server_stats([handler.stats() for handler in handlers], self._http.refusals.snapshot())
 
     def capacity(self) -> Capacity:
         """How many connections this process can hold, counting the ones
@@ -306,7 +249,7 @@ class MultipathServer(EventEmitter):
         ``connections`` is None when none could be read."""
         with self._lock:
             held = self._open_connections
-        return measure_capacity(held, listening=self._tcp is not None)
+        return measure_capacity(held, listening=self._acceptor.bound)
 
     def wait_cluster_ready(self, timeout: Optional[float] = None) -> bool:
         """Wait until the broker confirmed this server's subscriptions (True),
@@ -330,47 +273,17 @@ class MultipathServer(EventEmitter):
         with self._lock:
             if self._closing:
                 raise RuntimeError("the server is closed")
-            if self._tcp is not None:
+            if self._acceptor.bound:
                 raise RuntimeError("the server is already listening")
-            given = self._given_socket
-            if given is not None:
-                tcp = TCPServer(given.getsockname(), given.family, self._backlog, self._http.serve, self._closing_event, sock=given)
-            else:
-                address: Any
-                if self._unix_path is not None:
-                    prepare_unix_path(self._unix_path)
-                    family, address = _AF_UNIX, self._unix_path
-                else:
-                    host, port = self._requested
-                    family, address = bind_address(host, port)
-                tcp = TCPServer(address, family, self._backlog, self._http.serve, self._closing_event, self._reuse_port)
-                try:
-                    tcp.server_bind()
-                    tcp.server_activate()
-                except BaseException:
-                    tcp.server_close()
-                    raise
-                if self._unix_path is not None:
-                    made = os.stat(self._unix_path)
-                    self._unix_inode = (made.st_dev, made.st_ino)
-            self._tcp = tcp
+            self._acceptor.bind()
         self._flusher.open()  # its descriptors now, before connections can fill the table
-        self._accept_thread = threading.Thread(target=self._accept_loop, name="ws_multipath-accept", daemon=True)
-        self._accept_thread.start()
+        self._acceptor.start()
         report_capacity(self._max_connections)  # one line: the connection ceiling, a WARNING if below max_connections
-
-    def _accept_loop(self) -> None:
-        assert self._tcp is not None
-        try:
-            self._tcp.serve_forever(poll_interval=0.5)
-        except Exception as exc:  # noqa: BLE001 - report; the loop cannot go on
-            if not self.emit("error", exc):
-                logger.exception("the accept loop failed")
 
     def serve_forever(self) -> None:
         """Block until the server is closed: by ``close()`` from another
         thread, or by Ctrl-C or SIGTERM, which close it gracefully."""
-        if self._tcp is None and not self._closing:
+        if not self._acceptor.bound and not self._closing:
             self._listen()
         restore = None
         if threading.current_thread() is threading.main_thread():
@@ -395,12 +308,7 @@ class MultipathServer(EventEmitter):
         the values arrive in ``request.path_params``. An invalid pattern, or
         one matching the same paths as a registered one (``/rooms/<name>``
         beside ``/rooms/<room>``), raises ``ValueError``."""
-        if not isinstance(path, str):
-            raise TypeError(f"path must be a str, not {type(path).__name__}")
-        if not path.startswith("/"):
-            raise ValueError(f"path must start with '/', not {path!r}")
-        if "?" in path or "#" in path:
-            raise ValueError(f"path must not contain a query or fragment: {path!r}")
+        check_path(path)
         handler = WebSocketHandler(self, path, HandlerOptions.from_kwargs(**options))
         with self._lock:
             if self._closing:
@@ -419,8 +327,7 @@ class MultipathServer(EventEmitter):
 
     def _detach(self, sock: socket.socket) -> None:
         """An ``'unhandled'`` listener owns ``sock``: the accept loop leaves it open."""
-        assert self._tcp is not None
-        self._tcp.detached.add(sock)
+        self._acceptor.detach(sock)
 
     # -- connection accounting (called by handlers) -------------------------
 
@@ -468,7 +375,7 @@ class MultipathServer(EventEmitter):
         if starting:
             if self._cluster is not None:
                 self._cluster.close()  # no more messages from the other processes
-            self._stop_accepting()
+            self._acceptor.stop()
             self._http.close()
             for handler in handlers:
                 handler.close()
@@ -476,32 +383,6 @@ class MultipathServer(EventEmitter):
         if not getattr(listener_thread, "active", False):
             if not self._closed_event.wait(max(0.0, self._close_deadline - time.monotonic())):
                 logger.warning("close(): connections still open after the close timeout (a listener may be blocking)")
-
-    def _stop_accepting(self) -> None:
-        tcp = self._tcp
-        if tcp is None:
-            return
-        try:
-            tcp.socket.shutdown(socket.SHUT_RDWR)  # wakes the accept loop's select()
-        except OSError:
-            pass
-        if threading.current_thread() is self._accept_thread:
-            threading.Thread(target=tcp.shutdown, daemon=True).start()
-        else:
-            tcp.shutdown()
-        tcp.server_close()
-        self._remove_unix_socket()
-
-    def _remove_unix_socket(self) -> None:
-        """Remove the socket file we made, unless another server made its own there since."""
-        if self._unix_path is None or self._unix_inode is None:
-            return
-        try:
-            now = os.stat(self._unix_path)
-            if (now.st_dev, now.st_ino) == self._unix_inode:
-                os.unlink(self._unix_path)
-        except OSError:
-            pass
 
     def _handler_closed(self, handler: WebSocketHandler) -> None:
         with self._lock:

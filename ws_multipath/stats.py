@@ -47,9 +47,9 @@ counter never goes back), with ``open`` 0.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Iterable
 
-__all__ = ["REFUSAL_KEYS", "DROP_KEYS", "Refusals", "HandlerTotals", "merge"]
+__all__ = ["REFUSAL_KEYS", "DROP_KEYS", "Refusals", "HandlerTotals", "merge", "server_stats"]
 
 #: Reason keys of refused upgrades and requests.
 REFUSAL_KEYS = {
@@ -135,3 +135,20 @@ def merge(into: dict[str, Any], other: dict[str, Any]) -> None:
         target = refused.setdefault(status, {})
         for key, count in keys.items():
             target[key] = target.get(key, 0) + count
+
+
+def server_stats(handler_stats: Iterable[dict[str, Any]], refused: dict[int, dict[str, int]]) -> dict[str, Any]:
+    """``server.stats()``: the handlers' ``stats()`` by path, their totals,
+    and ``refused``, what no handler saw."""
+    paths: dict[str, dict[str, Any]] = {}
+    for one in handler_stats:
+        if one["path"] in paths:  # a path served again after its handler closed
+            merge(paths[one["path"]], one)
+        else:
+            paths[one["path"]] = one
+    total: dict[str, Any] = {"open": 0, "accepted": 0, "refused": refused,
+                             "messages_in": 0, "messages_out": 0, "bytes_in": 0, "bytes_out": 0, "closes": {}, "drops": {}}
+    for one in paths.values():
+        merge(total, one)
+    total["paths"] = paths
+    return total

@@ -1,6 +1,8 @@
 """The listening socket and its accept loop.
 
-A ``socketserver`` TCP server that starts one daemon thread per accepted
+``Acceptor``: where a server listens (a host and port, a Unix socket path,
+or a socket handed over), the thread that accepts there, and stopping it. A
+``socketserver`` TCP server that starts one daemon thread per accepted
 connection and hands it the socket (``handshake.HTTPSide.serve`` does the
 rest); and where to bind.
 """
@@ -21,11 +23,145 @@ from typing import Any, Callable, Optional
 from ..log import format_address, logger
 from .capacity import exhaustion_hint
 
-__all__ = ["TCPServer", "bind_address", "check_reuse_port", "prepare_unix_path", "check_listening_socket", "unix_peer"]
+__all__ = ["Acceptor", "TCPServer", "bind_address", "check_reuse_port", "prepare_unix_path", "check_listening_socket", "unix_peer"]
 
 _ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() ran out of descriptors
 _LOG_EVERY = 60.0  # seconds between two lines about running out (a limit reached again and again)
 _EXHAUSTED_KIND = {errno.EMFILE: "descriptors", errno.ENFILE: "files", errno.ENOBUFS: "memory", errno.ENOMEM: "memory"}
+
+_AF_UNIX: int = getattr(socket, "AF_UNIX", -1)
+
+
+class Acceptor:
+    """Where one server listens, and the thread that accepts there.
+
+    ``bind()`` makes the listening socket (a given one is used as it is);
+    ``start()`` accepts on a background thread, each connection handed to
+    ``serve_connection`` on a thread of its own; an exception that ends the
+    loop goes to ``on_error``, and is logged when that returns False.
+    ``stop()`` wakes and ends the loop, closes the socket and removes the
+    Unix socket file that ``bind()`` made. The server calls ``bind()`` and
+    ``stop()`` under its own lock or once; nothing here locks.
+    """
+
+    def __init__(
+        self,
+        host: Optional[str],
+        port: int,
+        sock: Optional[socket.socket],
+        unix_path: Optional[str],
+        backlog: int,
+        reuse_port: bool,
+        serve_connection: Callable[[socket.socket, tuple[Any, ...]], None],
+        stopping: threading.Event,
+        on_error: Callable[[Exception], bool],
+    ) -> None:
+        self._requested = (host, port)
+        self._given_socket = sock
+        self._unix_path = os.fspath(unix_path) if unix_path is not None else None
+        self._unix_inode: Optional[tuple[int, int]] = None  # (st_dev, st_ino) of the socket file we made
+        self._backlog = backlog
+        self._reuse_port = reuse_port
+        self._serve_connection = serve_connection
+        self._stopping = stopping
+        self._on_error = on_error
+        self._tcp: Optional[TCPServer] = None
+        self._accept_thread: Optional[threading.Thread] = None
+
+    @property
+    def bound(self) -> bool:
+        return self._tcp is not None
+
+    @property
+    def port(self) -> Optional[int]:
+        """The bound port (the real one when 0 was asked), or the requested
+        one before listening; None on a Unix socket."""
+        if self._tcp is not None:
+            address = self._tcp.server_address
+            return address[1] if isinstance(address, tuple) else None
+        if self._unix_path is not None:
+            return None
+        if self._given_socket is not None:
+            return self._given_socket.getsockname()[1] if self._given_socket.family != _AF_UNIX else None
+        return self._requested[1]
+
+    @property
+    def address(self) -> Any:
+        """``(host, port)`` the server is bound to; a Unix socket's path."""
+        if self._tcp is None:
+            return self._unix_path if self._unix_path is not None else self._requested
+        address = self._tcp.server_address
+        return tuple(address[:2]) if isinstance(address, tuple) else address
+
+    def bind(self) -> None:
+        """Make the listening socket (``OSError``: port in use, ...)."""
+        given = self._given_socket
+        if given is not None:
+            tcp = TCPServer(given.getsockname(), given.family, self._backlog, self._serve_connection, self._stopping, sock=given)
+        else:
+            address: Any
+            if self._unix_path is not None:
+                prepare_unix_path(self._unix_path)
+                family, address = _AF_UNIX, self._unix_path
+            else:
+                host, port = self._requested
+                family, address = bind_address(host, port)
+            tcp = TCPServer(address, family, self._backlog, self._serve_connection, self._stopping, self._reuse_port)
+            try:
+                tcp.server_bind()
+                tcp.server_activate()
+            except BaseException:
+                tcp.server_close()
+                raise
+            if self._unix_path is not None:
+                made = os.stat(self._unix_path)
+                self._unix_inode = (made.st_dev, made.st_ino)
+        self._tcp = tcp
+
+    def start(self) -> None:
+        """Accept on a background thread (after ``bind()``)."""
+        self._accept_thread = threading.Thread(target=self._accept_loop, name="ws_multipath-accept", daemon=True)
+        self._accept_thread.start()
+
+    def _accept_loop(self) -> None:
+        assert self._tcp is not None
+        try:
+            self._tcp.serve_forever(poll_interval=0.5)
+        except Exception as exc:  # noqa: BLE001 - report; the loop cannot go on
+            if not self._on_error(exc):
+                logger.exception("the accept loop failed")
+
+    def detach(self, sock: socket.socket) -> None:
+        """An ``'unhandled'`` listener owns ``sock``: the accept loop leaves it open."""
+        assert self._tcp is not None
+        self._tcp.detached.add(sock)
+
+    def stop(self) -> None:
+        """Stop accepting and close the listening socket; nothing before ``bind()``."""
+        tcp = self._tcp
+        if tcp is None:
+            return
+        try:
+            tcp.socket.shutdown(socket.SHUT_RDWR)  # wakes the accept loop's select()
+        except OSError:
+            pass
+        if threading.current_thread() is self._accept_thread:
+            threading.Thread(target=tcp.shutdown, daemon=True).start()
+        else:
+            tcp.shutdown()
+        tcp.server_close()
+        self._remove_unix_socket()
+
+    def _remove_unix_socket(self) -> None:
+        """Remove the socket file we made, unless another server made its own there since."""
+        if self._unix_path is None or self._unix_inode is None:
+            return
+        try:
+            now = os.stat(self._unix_path)
+            if (now.st_dev, now.st_ino) == self._unix_inode:
+                os.unlink(self._unix_path)
+        except OSError:
+            pass
 
 
 class _RequestHandler(socketserver.BaseRequestHandler):

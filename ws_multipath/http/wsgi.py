@@ -15,8 +15,9 @@ With ``wsgi_websockets=True`` an upgrade to a path no handler serves goes to
 the app with the socket in ``environ["werkzeug.socket"]`` (what
 simple-websocket and Flask-Sock look for); see ``SocketHandover``.
 
-Each connection's ``_lock`` guards its idle flag and closing flag;
-``WSGIServer._lock`` guards the set of connections and the closing flag.
+Each connection's socket (``wsgi_socket.ClientSocket``) guards its idle and
+closing flags with its ``_lock``; ``WSGIServer._lock`` guards the set of
+connections and the closing flag.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from ..log import logger
 from .proxies import TrustedProxies
 from .request import Request
 from .wsgi_body import BodyTimeout, BodyTooLarge, ClientDisconnected
-from .wsgi_connection import HTTPConnection, KiB, head_bytes
+from .wsgi_connection import HTTPConnection, head_bytes
+from .wsgi_socket import KiB
 
 __all__ = ["WSGIOptions", "WSGIServer", "BodyTooLarge", "BodyTimeout", "ClientDisconnected"]
 

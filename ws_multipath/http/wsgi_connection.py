@@ -1,10 +1,9 @@
 """One HTTP/1.1 connection served to the WSGI app, on its request thread:
 the request loop on h11 (keep-alive, pipelining, idle and head deadlines,
-draining, lingering), calling the app (``start_response``, streaming,
-hop-by-hop checks, ``result.close()``), and the hand-over of a WebSocket to
-the app (``handover.py``).
-
-``_lock`` guards the connection's idle and closing flags.
+draining), calling the app (``start_response``, streaming, hop-by-hop
+checks, ``result.close()``), and the hand-over of a WebSocket to the app
+(``handover.py``). Its socket, with the deadlines, lingering and the flags
+that ``close()`` from other threads uses: ``wsgi_socket.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import socket
 import ssl
-import threading
 import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -33,17 +31,12 @@ from .wsgi_body import (
     WSGIInput,
 )
 from .wsgi_response import AppResponse
+from .wsgi_socket import DRAIN_LIMIT, ClientSocket
 
 if TYPE_CHECKING:
     from .wsgi import WSGIServer
 
 __all__ = ["HTTPConnection", "head_bytes"]
-
-KiB = 1024
-DRAIN_LIMIT = 64 * KiB  # unread body bytes read and dropped to keep a connection alive
-LINGER = 2.0  # seconds to read what a client still sends after our last response (Apache: 2 s)
-
-
 
 
 class HTTPConnection:
@@ -64,36 +57,21 @@ class HTTPConnection:
         except OSError:
             self.local = None
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.options.max_header_size)
-        self._lock = threading.Lock()
-        self._idle = False
-        self._closing = False
+        self._socket = ClientSocket(sock, self.options.write_timeout)
         self._handover: Optional[SocketHandover] = None
         self._body_deadline: Optional[float] = None
         self._body_received = 0
         self._must_close = False
-        self._lingered = False
 
     # -- closing (other threads) ---------------------------------------------
 
     def server_closing(self) -> None:
-        with self._lock:
-            self._closing = True
-            idle = self._idle
-        if idle:
-            self._shutdown()
+        self._socket.server_closing()
         if self._handover is not None and self._handover.taken:
             self._handover.send_going_away()
 
     def abort(self) -> None:
-        with self._lock:
-            self._closing = True
-        self._shutdown()
-
-    def _shutdown(self) -> None:
-        try:
-            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self._socket.abort()
 
     # -- the request loop ------------------------------------------------------
 
@@ -108,7 +86,7 @@ class HTTPConnection:
                 if is_upgrade_request(request):
                     return self._later_upgrade(request)
                 if not self._serve(event, request) or not self._next_cycle():
-                    self._linger()
+                    self._socket.linger()
                     return False
         except ClientGone as exc:
             logger.debug("dropping %s: %s", format_address(self.address), exc)
@@ -123,28 +101,28 @@ class HTTPConnection:
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
                 logger.info("refused %s: malformed HTTP request (%s): %s", format_address(self.address), status, exc)
-                self._send_raw(error_response(HandshakeError(status, f"malformed HTTP request: {exc}")))
-                self._linger()
+                self._socket.send(error_response(HandshakeError(status, f"malformed HTTP request: {exc}")))
+                self._socket.linger()
                 return None
             if isinstance(event, h11.Request):
                 problem = self._head_too_large(event)
                 if problem:
                     logger.info("refused %s: %s (431)", format_address(self.address), problem)
-                    self._send_raw(error_response(HandshakeError(431, problem)))
-                    self._linger()
+                    self._socket.send(error_response(HandshakeError(431, problem)))
+                    self._socket.linger()
                     return None
                 return event
             if event is not h11.NEED_DATA:  # ConnectionClosed, PAUSED
                 return None
             if head_deadline is None and not self.h11.trailing_data[0]:
-                data = self._wait_idle()
+                data = self._socket.wait_idle(self.options.keepalive_timeout)
                 if not data:
                     return None
                 head_deadline = time.monotonic() + self.options.head_timeout
             else:
                 if head_deadline is None:
                     head_deadline = time.monotonic() + self.options.head_timeout
-                received = self._recv_head(head_deadline)
+                received = self._socket.recv_head(head_deadline)
                 if received is None:
                     logger.info("dropping %s: request head not completed within %ss", format_address(self.address), self.options.head_timeout)
                     return None
@@ -161,47 +139,6 @@ class HTTPConnection:
             return f"request head larger than {self.options.max_header_size} bytes"
         return ""
 
-    def _wait_idle(self) -> bytes:
-        """Wait for the first bytes of the next request (keep-alive)."""
-        with self._lock:
-            if self._closing:
-                return b""
-            self._idle = True
-        try:
-            self.sock.settimeout(self.options.keepalive_timeout)
-            return self.sock.recv(65536)
-        except OSError:  # timeout, reset, or shut down by close()
-            return b""
-        finally:
-            with self._lock:
-                self._idle = False
-
-    def _recv_head(self, deadline: float) -> Optional[bytes]:
-        """The rest of a request head: ``close()`` may cut it at once, as it
-        does an idle connection (no request is in flight yet)."""
-        with self._lock:
-            if self._closing:
-                return b""
-            self._idle = True
-        try:
-            return self._recv_until(deadline, "request head")
-        finally:
-            with self._lock:
-                self._idle = False
-
-    def _recv_until(self, deadline: float, what: str) -> Optional[bytes]:
-        """Bytes from the socket before ``deadline`` (b"" at EOF), None when it passed."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        try:
-            self.sock.settimeout(remaining)
-            return self.sock.recv(65536)
-        except socket.timeout:
-            return None
-        except OSError as exc:
-            raise ClientGone(f"connection lost reading the {what} ({exc})") from None
-
     def _request(self, event: h11.Request) -> Request:
         return request_from_h11(event, remote_address=self.peer, secure=self.secure, proxies=self.server.options.proxies)
 
@@ -216,8 +153,8 @@ class HTTPConnection:
         switching = self.h11.their_state is h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
         if self._upgrade is None or not isinstance(end, h11.EndOfMessage) or not switching:
             logger.info("refused %s: unclean WebSocket upgrade after other requests (400)", format_address(self.address))
-            self._send_raw(error_response(HandshakeError(400, "a WebSocket upgrade request must not have a body")))
-            self._linger()
+            self._socket.send(error_response(HandshakeError(400, "a WebSocket upgrade request must not have a body")))
+            self._socket.linger()
             return False
         buffered = self.h11.trailing_data[0]
         self.sock.settimeout(None)
@@ -236,9 +173,8 @@ class HTTPConnection:
                 return False
         if self.h11.their_state is not h11.DONE:
             return False
-        with self._lock:
-            if self._closing:
-                return False
+        if self._socket.closing:
+            return False
         self.h11.start_next_cycle()
         return True
 
@@ -252,36 +188,6 @@ class HTTPConnection:
             chunk = self._body_chunk(limit=limit)
             if chunk is None:
                 return
-
-    def _linger(self) -> None:
-        """Close the sending side, then read (and drop) what the client still
-        sends for a moment: closing with unread data would reset the
-        connection and could destroy the response before the client read it."""
-        if self._lingered:
-            return
-        self._lingered = True
-        with self._lock:  # nothing left to answer: close() need not wait for it
-            if self._closing:
-                return
-            self._idle = True
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + LINGER
-            received = 0
-            while received < DRAIN_LIMIT * 4:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self.sock.settimeout(remaining)
-                data = self.sock.recv(65536)
-                if not data:
-                    return
-                received += len(data)
-        except OSError:
-            pass
-        finally:
-            with self._lock:
-                self._idle = False
 
     # -- one request -----------------------------------------------------------
 
@@ -336,7 +242,7 @@ class HTTPConnection:
         if data and request.method != "HEAD":
             out += self.h11.send(h11.Data(data=data))
         if out:  # the head and the first piece of the body in one write
-            self._send_raw(out, required=True)
+            self._socket.send(out, required=True)
 
     def _head(self, response: AppResponse) -> bytes:
         """The response head, as h11 frames it; ``response.sent`` from here on."""
@@ -348,9 +254,7 @@ class HTTPConnection:
             headers.append((b"Date", formatdate(usegmt=True).encode("ascii")))
         if "server" not in names:
             headers.append((b"Server", SERVER_SOFTWARE.encode("ascii")))
-        with self._lock:
-            closing = self._closing
-        if closing or self._must_close or self._handover is not None or self._waiting_for_100():
+        if self._socket.closing or self._must_close or self._handover is not None or self._waiting_for_100():
             headers.append((b"Connection", b"close"))
             self._must_close = True
         data = self.h11.send(h11.Response(status_code=int(code), headers=headers, reason=reason.encode("latin-1")))
@@ -365,15 +269,7 @@ class HTTPConnection:
     def _send_event(self, event: Any) -> None:
         data = self.h11.send(event)  # LocalProtocolError: the app's response breaks HTTP (a body with 204, ...)
         if data:
-            self._send_raw(data, required=True)
-
-    def _send_raw(self, data: bytes, required: bool = False) -> None:
-        try:
-            self.sock.settimeout(self.options.write_timeout)
-            self.sock.sendall(data)
-        except OSError as exc:
-            if required:
-                raise ClientGone(f"connection lost writing the response ({exc})") from None
+            self._socket.send(data, required=True)
 
     def _send_error(self, status: int, text: str) -> None:
         """An error response that ends the connection (before any response head)."""
@@ -386,15 +282,15 @@ class HTTPConnection:
         self._must_close = True
         try:
             if self.h11.our_state is h11.SEND_RESPONSE:
-                self._send_raw(self._head(response), required=True)
+                self._socket.send(self._head(response), required=True)
                 if self._request_method() != b"HEAD":
                     self._send_event(h11.Data(data=body))
                 self._send_event(h11.EndOfMessage())
             else:
-                self._send_raw(error_response(HandshakeError(status, text)))
+                self._socket.send(error_response(HandshakeError(status, text)))
         except h11.LocalProtocolError:
             pass
-        self._linger()
+        self._socket.linger()
 
     def _request_method(self) -> Optional[bytes]:
         return getattr(self.h11, "_request_method", None)
@@ -427,7 +323,7 @@ class HTTPConnection:
                 self._must_close = True
                 raise ClientDisconnected("connection closed in the middle of the request body")
             try:
-                data = self._recv_until(self._body_deadline, "request body")
+                data = self._socket.recv_until(self._body_deadline, "request body")
             except ClientGone as exc:
                 self._must_close = True
                 raise ClientDisconnected(str(exc)) from None
@@ -449,8 +345,8 @@ class HTTPConnection:
             end = None
         if not isinstance(end, h11.EndOfMessage):  # what follows must be frames
             logger.info("refused %s: a WebSocket upgrade request with a body (400)", format_address(self.address))
-            self._send_raw(error_response(HandshakeError(400, "a WebSocket upgrade request must not have a body")))
-            self._linger()
+            self._socket.send(error_response(HandshakeError(400, "a WebSocket upgrade request must not have a body")))
+            self._socket.linger()
             return False
         handover = self._handover = SocketHandover(self.sock, self.h11.trailing_data[0])
         self.sock.settimeout(None)
@@ -459,19 +355,16 @@ class HTTPConnection:
         except ClientGone:
             pass
         if not handover.taken:
-            self._linger()
+            self._socket.linger()
             return False
-        with self._lock:
-            closing = self._closing
-        if closing:
+        if self._socket.closing:
             handover.send_going_away()
         if not handover.closed.wait(HANDOVER_CLOSE_WAIT):
-            self._shutdown()  # wakes simple-websocket's reader, which then closes
+            self._socket.shutdown()  # wakes simple-websocket's reader, which then closes
             if not handover.closed.wait(HANDOVER_CLOSE_WAIT):
                 logger.warning("%s: the app's WebSocket thread still uses its socket; leaving it open", format_address(self.address))
                 return True
         return False
-
 
 
 def head_bytes(request: Request) -> bytes:

@@ -1,0 +1,146 @@
+"""The socket of one HTTP connection served to the WSGI app: reads within
+deadlines, writes within ``http_write_timeout``, lingering after the last
+response, and being cut by ``close()`` from another thread.
+
+``_lock`` guards the idle and closing flags: idle while the request thread
+waits for a client that has no request in flight (``close()`` may then cut
+the connection at once), closing once ``close()`` was called.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Optional
+
+from .wsgi_body import ClientGone
+
+__all__ = ["ClientSocket", "KiB", "DRAIN_LIMIT", "LINGER"]
+
+KiB = 1024
+DRAIN_LIMIT = 64 * KiB  # unread body bytes read and dropped to keep a connection alive
+LINGER = 2.0  # seconds to read what a client still sends after our last response (Apache: 2 s)
+
+
+class ClientSocket:
+    """One HTTP connection's socket, as its request thread uses it."""
+
+    def __init__(self, sock: socket.socket, write_timeout: float) -> None:
+        self.sock = sock
+        self._write_timeout = write_timeout
+        self._lock = threading.Lock()
+        self._idle = False
+        self._closing = False
+        self._lingered = False
+
+    @property
+    def closing(self) -> bool:
+        with self._lock:
+            return self._closing
+
+    # -- closing (other threads) ---------------------------------------------
+
+    def server_closing(self) -> None:
+        """``close()``: an idle connection is shut down at once; a busy one
+        finishes its request first."""
+        with self._lock:
+            self._closing = True
+            idle = self._idle
+        if idle:
+            self.shutdown()
+
+    def abort(self) -> None:
+        with self._lock:
+            self._closing = True
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- reading and writing (the request thread) ------------------------------
+
+    def wait_idle(self, timeout: float) -> bytes:
+        """Wait for the first bytes of the next request (keep-alive)."""
+        with self._lock:
+            if self._closing:
+                return b""
+            self._idle = True
+        try:
+            self.sock.settimeout(timeout)
+            return self.sock.recv(65536)
+        except OSError:  # timeout, reset, or shut down by close()
+            return b""
+        finally:
+            with self._lock:
+                self._idle = False
+
+    def recv_head(self, deadline: float) -> Optional[bytes]:
+        """The rest of a request head: ``close()`` may cut it at once, as it
+        does an idle connection (no request is in flight yet)."""
+        with self._lock:
+            if self._closing:
+                return b""
+            self._idle = True
+        try:
+            return self.recv_until(deadline, "request head")
+        finally:
+            with self._lock:
+                self._idle = False
+
+    def recv_until(self, deadline: float, what: str) -> Optional[bytes]:
+        """Bytes from the socket before ``deadline`` (b"" at EOF), None when it
+        passed; ``ClientGone`` when the connection broke."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        try:
+            self.sock.settimeout(remaining)
+            return self.sock.recv(65536)
+        except socket.timeout:
+            return None
+        except OSError as exc:
+            raise ClientGone(f"connection lost reading the {what} ({exc})") from None
+
+    def send(self, data: bytes, required: bool = False) -> None:
+        """Write ``data`` whole; a failure raises ``ClientGone`` when
+        ``required``, and is ignored otherwise."""
+        try:
+            self.sock.settimeout(self._write_timeout)
+            self.sock.sendall(data)
+        except OSError as exc:
+            if required:
+                raise ClientGone(f"connection lost writing the response ({exc})") from None
+
+    def linger(self) -> None:
+        """Close the sending side, then read (and drop) what the client still
+        sends for a moment: closing with unread data would reset the
+        connection and could destroy the response before the client read it."""
+        if self._lingered:
+            return
+        self._lingered = True
+        with self._lock:  # nothing left to answer: close() need not wait for it
+            if self._closing:
+                return
+            self._idle = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER
+            received = 0
+            while received < DRAIN_LIMIT * 4:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self.sock.settimeout(remaining)
+                data = self.sock.recv(65536)
+                if not data:
+                    return
+                received += len(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._idle = False

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from ..protocol.masking import SPEEDUPS
 from ..protocol.writer import Payload
 
-__all__ = ["send_nowait", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "wait_writable", "advance", "as_bytes_view", "shutdown"]
+__all__ = ["send_nowait", "send_small", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "wait_writable", "advance", "as_bytes_view", "shutdown"]
 
 #: ``send_nowait(sock, data, more=False) -> int`` of the C speedups (a
 #: non-blocking send that keeps the GIL: no hand-off to another thread per
@@ -39,6 +39,20 @@ MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
 WOULD_BLOCK = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
 
 
+def _send_small_python(sock: socket.socket, data: Payload, more: bool = False) -> int:
+    try:
+        return sock.send(data, socket.MSG_DONTWAIT | (MSG_MORE if more else 0))
+    except WOULD_BLOCK:
+        return 0
+
+
+#: ``send_small(sock, data, more=False) -> int``: one non-blocking send of a
+#: frame of at most ``NOWAIT_LIMIT`` bytes (plain TCP), with MSG_MORE when
+#: ``more``: the bytes sent, 0 when the socket is full. ``send_nowait`` when
+#: the C speedups are there.
+send_small: Callable[..., int] = send_nowait if send_nowait is not None else _send_small_python
+
+
 def send_some(sock: socket.socket, buffers: list[Payload], tls_lock: Optional[threading.Lock]) -> int:
     """Bytes of ``buffers`` the socket takes without blocking (0 or all of
     one buffer on TLS, which must retry with the same bytes)."""
@@ -47,8 +61,8 @@ def send_some(sock: socket.socket, buffers: list[Payload], tls_lock: Optional[th
             with tls_lock:
                 return sock.send(buffers[0])
         if len(buffers) == 1:
-            if send_nowait is not None and len(buffers[0]) <= NOWAIT_LIMIT:
-                return send_nowait(sock, buffers[0])
+            if len(buffers[0]) <= NOWAIT_LIMIT:
+                return send_small(sock, buffers[0])
             return sock.send(buffers[0], socket.MSG_DONTWAIT)
         return sock.sendmsg(buffers, (), socket.MSG_DONTWAIT)
     except WOULD_BLOCK:

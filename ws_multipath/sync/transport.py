@@ -43,33 +43,20 @@ middle of a batch delays the answers before it by a few milliseconds at most.
 
 from __future__ import annotations
 
-import collections
 import socket
 import ssl
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional
 
 from ..protocol.closing import FrameKind
 from ..protocol.writer import Payload
 from .flusher import Flusher
-from .sockets import MSG_MORE, NOWAIT_LIMIT, WOULD_BLOCK, advance, as_bytes_view, send_nowait, send_some, shutdown, wait_writable
+from .outbox import ENCODER_COST, ENTRY_COST, MAX_OUTBOX_BYTES, Entry, Outbox, Pending
+from .sockets import MSG_MORE, NOWAIT_LIMIT, advance, as_bytes_view, send_small, send_some, shutdown, wait_writable
 
 __all__ = ["Transport", "MAX_OUTBOX_BYTES"]
-
-#: Bytes that may wait for a client that reads slower than it is broadcast
-#: to; past this the client is dropped (close code 1008). Each queued frame
-#: counts its length (a compressed one its uncompressed length) plus what
-#: its entry costs in memory, so that a flood of tiny or empty broadcasts
-#: meets the same bound.
-MAX_OUTBOX_BYTES = 16 * 1024 * 1024
-
-#: What one outbox entry holds besides its bytes: the tuple, the deque slot
-#: and the bytes object (about 100 bytes, measured), or the encoder of a
-#: compressed frame (a bound ``functools.partial``, about 200).
-_ENTRY_COST = 128
-_ENCODER_COST = 256
 
 #: A compressed frame larger than this is encoded by the flusher thread when
 #: its client's socket is writable, never by the broadcasting thread: a
@@ -79,13 +66,6 @@ _ENCODE_INLINE_LIMIT = 16 * 1024
 #: Below this size a payload is copied behind its header, so that one
 #: ``send`` writes the whole frame; above it, ``sendmsg`` avoids the copy.
 _COALESCE_LIMIT = 64 * 1024
-
-Pending = Union[bytes, bytearray, memoryview, Callable[[], bytes]]
-#: An outbox entry: the frame (or what encodes it under the write lock), its
-#: kind (None: the rest of a frame already admitted and partly written), and
-#: the bytes it counts against ``MAX_OUTBOX_BYTES``.
-Entry = tuple[Pending, Optional[FrameKind], int]
-
 
 
 class Transport:
@@ -105,8 +85,7 @@ class Transport:
         self._on_fatal: Callable[[int, str], None] = lambda code, reason: None
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
-        self._outbox: collections.deque[Entry] = collections.deque()
-        self._outbox_bytes = 0
+        self._outbox = Outbox()
         self._enrolled = False
         self._progress_at = 0.0  # last write progress while enrolled (monotonic)
         self._closed = False
@@ -161,15 +140,20 @@ class Transport:
                 return False
             header, payload = encode(data)
             self.messages_out += 1
-            if payload or send_nowait is None or self._tls or len(header) > NOWAIT_LIMIT:
-                self._send_all(header, payload, self.more_coming)
+            if payload:
+                if self._tls or type(payload) is not bytes or len(payload) > NOWAIT_LIMIT:
+                    self._send_all(header, payload)
+                    return True
+                header += payload  # the pure-Python path frames in two parts
+            elif self._tls or len(header) > NOWAIT_LIMIT:
+                self._send_all(header)
                 return True
-            # The common case: a small frame, whole in ``header``, on plain TCP.
+            # The common case: a small frame on plain TCP, whole in ``header``.
             more = self.more_coming
             if more and not self._corked:
                 self._corked = True
                 self._flusher.watch_cork(self)
-            sent = send_nowait(self.sock, header, more)
+            sent = send_small(self.sock, header, more)
             self.bytes_out += len(header)
             if sent and not more:
                 self._corked = False  # this send pushed what was held
@@ -216,35 +200,14 @@ class Transport:
     def corked(self) -> bool:
         return self._corked
 
-    def _send_all(self, header: Payload, payload: Payload = b"", more: bool = False) -> None:
+    def _send_all(self, header: Payload, payload: Payload = b"") -> None:
         """Write ``header`` and ``payload`` whole, waiting for writability at
-        most ``write_timeout`` (then the connection is dropped: 1011). With
-        ``more`` a small frame goes with MSG_MORE (see the module docstring)."""
+        most ``write_timeout`` (then the connection is dropped: 1011)."""
         if isinstance(payload, memoryview):
             payload = as_bytes_view(payload)
         self.bytes_out += len(header) + len(payload)  # counted once per frame, however many sends it takes
         if self._tls or len(payload) <= _COALESCE_LIMIT:
-            if type(header) is bytes and type(payload) is bytes and not self._tls:
-                # The common case, a small frame on plain TCP: one send, no lists.
-                frame = header + payload if payload else header
-                if more and not self._corked:
-                    self._corked = True
-                    self._flusher.watch_cork(self)
-                if send_nowait is not None and len(frame) <= NOWAIT_LIMIT:
-                    sent = send_nowait(self.sock, frame, more)
-                else:
-                    try:
-                        sent = self.sock.send(frame, socket.MSG_DONTWAIT | (MSG_MORE if more else 0))
-                    except WOULD_BLOCK:
-                        sent = 0
-                if sent and not more:
-                    self._corked = False  # this send pushed what was held
-                if sent == len(frame):
-                    return
-                buffers: list[Payload] = [memoryview(frame)[sent:] if sent else frame]
-                self._wait_and_send(buffers)
-                return
-            buffers = [bytes(header) + bytes(payload) if payload else header]
+            buffers: list[Payload] = [bytes(header) + bytes(payload) if payload else header]
         else:
             buffers = [header, payload]
         buffers = advance(buffers, send_some(self.sock, buffers, self.tls_lock))
@@ -278,16 +241,16 @@ class Transport:
         ``MAX_OUTBOX_BYTES`` waiting is dropped with 1008. Errors are not
         raised: the reader thread sees the socket fail."""
         if callable(frame):
-            entry: Entry = (frame, kind, size + _ENCODER_COST)
+            entry: Entry = (frame, kind, size + ENCODER_COST)
             inline = size <= _ENCODE_INLINE_LIMIT
         else:
-            entry, inline = (frame, kind, len(frame) + _ENTRY_COST), True
+            entry, inline = (frame, kind, len(frame) + ENTRY_COST), True
         with self._state_lock:
             if self._closed:
                 return
             direct = inline and not self._outbox and self._write_lock.acquire(blocking=False)
             if not direct:
-                overflow = self._enqueue(entry)
+                overflow = self._outbox.append(entry)
         if direct:
             try:
                 self._write_entry_now(entry)
@@ -301,24 +264,9 @@ class Transport:
         else:
             self._enrol_if_waiting()
 
-    def _enqueue(self, entry: Entry) -> bool:
-        """Append to the outbox (``_state_lock`` held); True on overflow, when
-        the outbox is emptied and the client must be dropped."""
-        self._outbox.append(entry)
-        self._outbox_bytes += entry[2]
-        if self._outbox_bytes <= MAX_OUTBOX_BYTES:
-            return False
-        self._outbox.clear()
-        self._outbox_bytes = 0
-        return True
-
     def _pop(self) -> Optional[Entry]:
         with self._state_lock:
-            if not self._outbox:
-                return None
-            entry = self._outbox.popleft()
-            self._outbox_bytes -= entry[2]
-            return entry
+            return self._outbox.pop()
 
     def _admit(self, entry: Entry) -> Optional[Payload]:
         """The bytes of ``entry`` if it may go on the wire (write lock held)."""
@@ -341,8 +289,7 @@ class Transport:
             return True
         rest = data if sent == 0 else memoryview(data)[sent:]
         with self._state_lock:
-            self._outbox.appendleft((rest, None, len(rest) + _ENTRY_COST))
-            self._outbox_bytes += len(rest) + _ENTRY_COST
+            self._outbox.put_back(rest)
         return False
 
     def _flush_outbox(self) -> None:
@@ -400,7 +347,6 @@ class Transport:
         except OSError:
             with self._state_lock:
                 self._outbox.clear()
-                self._outbox_bytes = 0
             self.abort()  # the reader sees the failure and ends the connection
         finally:
             self._write_lock.release()
@@ -450,7 +396,6 @@ class Transport:
                 return
             self._closed = True
             self._outbox.clear()
-            self._outbox_bytes = 0
             enrolled, self._enrolled = self._enrolled, False
         if enrolled:
             self._flusher.withdraw(self)

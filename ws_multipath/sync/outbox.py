@@ -1,0 +1,76 @@
+"""The frames waiting for one client's socket: ``Outbox``, a FIFO that counts
+what its entries cost and refuses to grow past ``MAX_OUTBOX_BYTES``.
+
+It has no lock of its own: its transport's ``_state_lock`` guards it (see
+``transport.py``), except for the emptiness checks that the transport's
+docstring explains.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable, Optional, Union
+
+from ..protocol.closing import FrameKind
+from ..protocol.writer import Payload
+
+__all__ = ["Outbox", "Entry", "Pending", "MAX_OUTBOX_BYTES", "ENTRY_COST", "ENCODER_COST"]
+
+#: Bytes that may wait for a client that reads slower than it is broadcast
+#: to; past this the client is dropped (close code 1008). Each queued frame
+#: counts its length (a compressed one its uncompressed length) plus what
+#: its entry costs in memory, so that a flood of tiny or empty broadcasts
+#: meets the same bound.
+MAX_OUTBOX_BYTES = 16 * 1024 * 1024
+
+#: What one entry holds besides its bytes: the tuple, the deque slot and the
+#: bytes object (about 100 bytes, measured), or the encoder of a compressed
+#: frame (a bound ``functools.partial``, about 200).
+ENTRY_COST = 128
+ENCODER_COST = 256
+
+Pending = Union[bytes, bytearray, memoryview, Callable[[], bytes]]
+#: An entry: the frame (or what encodes it under the write lock), its kind
+#: (None: the rest of a frame already admitted and partly written), and the
+#: bytes it counts against ``MAX_OUTBOX_BYTES``.
+Entry = tuple[Pending, Optional[FrameKind], int]
+
+
+class Outbox:
+    """Entries in the order they go out, and the bytes they count."""
+
+    __slots__ = ("_entries", "counted")
+
+    def __init__(self) -> None:
+        self._entries: collections.deque[Entry] = collections.deque()
+        #: What the entries count against ``MAX_OUTBOX_BYTES``.
+        self.counted = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def append(self, entry: Entry) -> bool:
+        """Queue ``entry`` last; True on overflow, when the outbox is emptied
+        (the client must be dropped)."""
+        self._entries.append(entry)
+        self.counted += entry[2]
+        if self.counted <= MAX_OUTBOX_BYTES:
+            return False
+        self.clear()
+        return True
+
+    def put_back(self, rest: Payload) -> None:
+        """The unwritten rest of the frame just popped goes first again."""
+        self._entries.appendleft((rest, None, len(rest) + ENTRY_COST))
+        self.counted += len(rest) + ENTRY_COST
+
+    def pop(self) -> Optional[Entry]:
+        if not self._entries:
+            return None
+        entry = self._entries.popleft()
+        self.counted -= entry[2]
+        return entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.counted = 0

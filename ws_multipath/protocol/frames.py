@@ -175,7 +175,15 @@ class FrameReader:
 
     def receive_data(self, data: Union[bytes, bytearray]) -> list[Event]:
         """Parse ``data``; return the complete events it finished."""
-        events: list[Event] = []
+        if _parse_messages is not None and self._between_frames and self._fast and not self._waiting and self._text is None and not self._closed:
+            messages, end = _parse_messages(data, self._max_payload, self._utf8_errors != "strict")
+            if end == len(data):  # the common case: whole plain frames only
+                return [Message(message) for message in messages]
+            events: list[Event] = [Message(message) for message in messages]
+            if end:
+                data = data[end:]  # the Python loop and wsproto go on from here
+        else:
+            events = []
         if self._closed:
             return events
         if self._text is not None:

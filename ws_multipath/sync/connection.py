@@ -156,7 +156,8 @@ class WebSocket(EventEmitter):
         """
         if not isinstance(data, (str, bytes, bytearray, memoryview)):
             raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
-        self._check_open()
+        if self._closing.state is not ReadyState.OPEN:
+            raise self._closed_error()
         try:
             written = self._transport.write_message(self._writer.message, data)
         except OSError:

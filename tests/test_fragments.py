@@ -11,6 +11,8 @@ import struct
 import tracemalloc
 import zlib
 
+import pytest
+
 from ws_multipath.errors import PayloadTooBig
 from ws_multipath.protocol.deflate import DeflateSettings, negotiate_deflate
 from ws_multipath.protocol.events import Failure, Message, Ping
@@ -189,3 +191,24 @@ def test_a_client_sending_empty_fragments_is_closed_with_1009(make_server):
         sock.sendall(encode_frame(1, b"x", fin=False) + encode_frame(0, b"", fin=False) * 200)
         reply = read_server_frame(sock, buffer)
         assert (reply.opcode, reply.close_code) == (8, 1009), reply
+
+
+@pytest.mark.parametrize("opcode", [1, 2])
+def test_one_frame_trickled_a_byte_a_read_costs_about_its_payload(opcode):
+    """A client can make every read a single byte. Kept as one object per
+    read, a 64 KiB frame cost 9 to 18 times its size."""
+    size = 64 * KiB
+    payload = b"ab\xc3\xa9" * (size // 4)  # valid UTF-8 too
+    wire = frame(opcode, payload)
+    reader = FrameReader(max_payload=1 << 20)
+    events: list = reader.receive_data(wire[:64])  # the head, the mask and a little payload
+    tracemalloc.start()
+    try:
+        for index in range(64, len(wire)):
+            events += reader.receive_data(wire[index : index + 1])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert events == [Message(payload.decode() if opcode == 1 else payload)]
+    # the bytes (twice while the bytearray grows by a copy) and, for text, the decoded str
+    assert peak < 3.5 * size, f"peak {peak / size:.2f} x the payload (it was 17.6 x for binary, 9.3 x for text)"

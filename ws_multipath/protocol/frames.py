@@ -171,6 +171,7 @@ class FrameReader:
         self._waiting_for = 0
         self._waiting_text = False  # parse again on every read: invalid UTF-8 must fail at once
         self._waiting_payload = 0  # > 0: where the waiting binary frame's payload starts in self._waiting
+        self._waiting_tail: Optional[bytearray] = None  # the last of self._waiting, when small reads grow it
         self._text: Optional[_PartialText] = None  # a text frame whose payload is arriving
 
     def receive_data(self, data: Union[bytes, bytearray]) -> list[Event]:
@@ -191,7 +192,7 @@ class FrameReader:
             if not data:
                 return events
         if self._waiting:
-            self._waiting.append(data)
+            self._keep_waiting(data)
             self._waiting_size += len(data)
             if self._waiting_size < self._waiting_for and not self._waiting_text:
                 return events
@@ -308,11 +309,25 @@ class FrameReader:
         of the reads joined, and ``_finish_waiting_frame`` unmasks it from the
         reads without joining them."""
         self._waiting_text = not payload and data[pos] == 0x81
+        self._waiting_tail = None
         self._waiting = [data[pos:] if pos else data]
         self._waiting_size = len(data) - pos
         self._waiting_for = needed
         self._waiting_payload = payload
         return b""
+
+    def _keep_waiting(self, data: Union[bytes, bytearray]) -> None:
+        """Add a read to the waiting frame's. Small reads are copied into one
+        growing bytearray, so that a client trickling a frame a byte at a
+        time costs its bytes, not an object (about 40 bytes) per read."""
+        if len(data) >= _SMALL_READ:
+            self._waiting.append(data)
+            self._waiting_tail = None
+        elif self._waiting_tail is not None:
+            self._waiting_tail += data
+        else:
+            self._waiting_tail = bytearray(data)
+            self._waiting.append(self._waiting_tail)
 
     def _finish_waiting_frame(self, events: list[Event]) -> Union[bytes, bytearray]:
         """The waiting binary frame has all arrived: its message, and the
@@ -332,19 +347,22 @@ class FrameReader:
         take = min(len(data) - start, text.remaining)
         phase = text.received & 3
         mask = text.mask[phase:] + text.mask[:phase] if phase else text.mask
+        chunk = unmask(data, start, start + take, mask)
         try:
-            text.parts.append(text.decoder.decode(unmask(data, start, start + take, mask), take == text.remaining))
+            if text.decoder is not None:
+                text.decoder.decode(chunk, take == text.remaining)  # validates; the text is decoded whole at the end
         except UnicodeDecodeError as exc:
             events.append(Failure(ProtocolError(1007, f"invalid UTF-8 in a text message: {exc.reason}")))
             self._closed = True
             self._text = None
             return b""
+        text.payload += chunk
         text.received += take
         text.remaining -= take
         if text.remaining:
             return b""
         self._text = None
-        events.append(Message("".join(text.parts)))
+        events.append(Message(text.payload.decode("utf-8", self._utf8_errors)))
         end = start + take
         return data[end:] if end < len(data) else b""
 
@@ -375,15 +393,23 @@ class FrameReader:
         return None
 
 
-class _PartialText:
-    """A text frame whose payload comes in several reads: decoded as it
-    comes, so that invalid UTF-8 fails at once (RFC 6455 section 8.1)."""
+#: Reads shorter than this are copied into the waiting frame's bytearray
+#: rather than kept as objects of their own (see ``_keep_waiting``).
+_SMALL_READ = 4096
 
-    __slots__ = ("mask", "remaining", "received", "decoder", "parts")
+
+class _PartialText:
+    """A text frame whose payload comes in several reads: unmasked into one
+    bytearray (its size in memory, however small the reads) and checked as
+    it comes, so that invalid UTF-8 fails at once (RFC 6455 section 8.1);
+    decoded whole at the end. ``errors`` "replace" (no validation) skips the
+    check."""
+
+    __slots__ = ("mask", "remaining", "received", "decoder", "payload")
 
     def __init__(self, mask: bytes, size: int, errors: str) -> None:
         self.mask = mask
         self.remaining = size
         self.received = 0
-        self.decoder = getincrementaldecoder("utf-8")(errors)
-        self.parts: list[str] = []
+        self.decoder = getincrementaldecoder("utf-8")("strict") if errors == "strict" else None
+        self.payload = bytearray()

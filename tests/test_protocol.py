@@ -187,3 +187,9 @@ def test_a_large_text_frame_in_many_reads_is_one_message():
     for start in range(0, len(frame), 777):  # cuts inside characters and the mask's phase
         events += reader.receive_data(frame[start : start + 777])
     assert [type(e) for e in events] == [Message] and events[0].data == text
+
+
+@pytest.mark.parametrize("max_payload", [2**63 - 1, 2**63, 2**64, 10**30])
+def test_a_huge_max_payload_means_no_limit(max_payload):
+    reader = FrameReader(max_payload=max_payload)
+    assert reader.receive_data(client_frame(1, b"hello") + client_frame(2, b"x" * 70_000)) == [Message("hello"), Message(b"x" * 70_000)]

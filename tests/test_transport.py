@@ -237,3 +237,28 @@ def test_an_answer_is_not_held_while_the_next_message_is_busy(server, style):
     finally:
         gate.set()
         client.close()
+
+
+def test_connections_that_end_while_corked_leave_the_flusher(server):
+    """The answer to "a" goes with MSG_MORE ("b" was read with it); the
+    connection ends before the flusher's tick. The flusher must forget it
+    (it held the connection and woke every 2 ms for good)."""
+    handler = server.create_handler(path="/once")
+
+    @handler.on("connection")
+    def on_connection(ws, request):
+        ws.send(ws.receive())
+
+    answers = 0
+    for _ in range(20):
+        client, _ = raw_upgrade(server.port, "/once")
+        with client:
+            client.sendall(encode_frame(0x1, b"a") + encode_frame(0x1, b"b") + encode_frame(0x8, b"\x03\xe8"))
+            client.shutdown(socket.SHUT_WR)
+            answers += _read_frames(client, 1) == [b"a"]
+    assert answers == 20
+    flusher = server._flusher
+    assert wait_until(lambda: not flusher._corked and not handler.clients, 5, message="no connection left in the flusher")
+    ticks = flusher.ticks
+    time.sleep(0.05)  # a window to count ticks in (the flusher must sleep through it), not synchronisation
+    assert flusher.ticks == ticks

@@ -54,6 +54,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -307,9 +308,15 @@ speedups_parse_messages(PyObject *module, PyObject *const *args, Py_ssize_t narg
         PyErr_Format(PyExc_TypeError, "data must be bytes or bytearray, not %.100s", Py_TYPE(args[0])->tp_name);
         return NULL;
     }
-    long long max_payload = PyLong_AsLongLong(args[1]);
+    int overflow;
+    long long max_payload = PyLong_AsLongLongAndOverflow(args[1], &overflow);
     if (max_payload == -1 && PyErr_Occurred()) {
         return NULL;
+    }
+    if (overflow > 0) {
+        max_payload = LLONG_MAX;  /* more than any length a frame can declare (2**63 - 1) */
+    } else if (overflow < 0) {
+        max_payload = 0;
     }
     int lenient = PyObject_IsTrue(args[2]);
     if (lenient < 0) {
@@ -359,7 +366,7 @@ speedups_parse_messages(PyObject *module, PyObject *const *args, Py_ssize_t narg
             }
             start = pos + 14;
         }
-        if (max_payload >= 0 && length > (uint64_t)max_payload) {
+        if (max_payload < 0 || length > (uint64_t)max_payload) {  /* negative: nothing fits, as in Python */
             break;
         }
         if (start > end_of_data || length > (uint64_t)(end_of_data - start)) {

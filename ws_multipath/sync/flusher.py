@@ -192,7 +192,7 @@ class Flusher:
         if done:
             with self._lock:
                 for transport in done:
-                    if not transport.corked:
+                    if transport.closed or not transport.corked:
                         self._corked.discard(transport)
 
 

@@ -31,6 +31,14 @@ Modes:
 - ``--wsgi`` (ws_multipath): mount the Flask app beside the WebSocket handler.
 - ``raw_tcp``: a threaded TCP echo with no framing at all (one thread per
   connection, ``recv``/``sendall``, TCP_NODELAY): the ceiling.
+
+Memory investigations: with ``BENCH_TRACEMALLOC=<dir>`` in its environment
+the server runs under ``tracemalloc`` (``BENCH_TRACEMALLOC_FRAMES`` frames
+per trace, 16 by default) and writes a snapshot to
+``<dir>/snapshot-<pid>-<n>.pickle`` on each SIGUSR1 and, with
+``BENCH_TRACEMALLOC_EVERY=<seconds>``, periodically too
+(``tracemalloc.Snapshot.load`` reads them; compare two with
+``compare_to``). It slows the server down: never for measured runs.
 """
 
 from __future__ import annotations
@@ -42,8 +50,42 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 
 MAX_SIZE = 16 * 1024 * 1024  # ws_multipath's default max_payload; websockets' default (1 MiB) is raised to match
+
+
+def start_tracemalloc() -> None:
+    """``BENCH_TRACEMALLOC=<dir>``: snapshots on SIGUSR1 and every
+    ``BENCH_TRACEMALLOC_EVERY`` seconds (see the module docstring)."""
+    directory = os.environ.get("BENCH_TRACEMALLOC")
+    if not directory:
+        return
+    import itertools
+    import signal
+    import tracemalloc
+
+    os.makedirs(directory, exist_ok=True)
+    tracemalloc.start(int(os.environ.get("BENCH_TRACEMALLOC_FRAMES", "16")))
+    numbers = itertools.count()
+    lock = threading.Lock()
+
+    def dump() -> None:
+        with lock:
+            path = os.path.join(directory, f"snapshot-{os.getpid()}-{next(numbers):04d}.pickle")
+            tracemalloc.take_snapshot().dump(path)
+            print(f"tracemalloc snapshot {path}", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGUSR1, lambda signum, frame: threading.Thread(target=dump, daemon=True).start())
+    every = float(os.environ.get("BENCH_TRACEMALLOC_EVERY", "0"))
+    if every > 0:
+
+        def periodic() -> None:
+            while True:
+                time.sleep(every)
+                dump()
+
+        threading.Thread(target=periodic, name="tracemalloc-dumps", daemon=True).start()
 
 
 def parse_request(message: "str | bytes") -> tuple[str, int, int]:
@@ -230,6 +272,7 @@ def main() -> None:
     parser.add_argument("--compression", action="store_true", help="permessage-deflate on (each library's defaults)")
     parser.add_argument("--wsgi", action="store_true", help="ws_multipath: mount the Flask app beside the WebSocket handler")
     args = parser.parse_args()
+    start_tracemalloc()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.impl == "ws_multipath":
         run_ws_multipath(args.mode, args.ping_interval, args.ping_timeout, args.compression, args.wsgi)

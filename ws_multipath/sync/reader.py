@@ -54,10 +54,27 @@ TAKEOVER_AFTER = 1.0
 _RECV_MIN = 1024
 _RECV_MAX = 64 * 1024  # larger reads are over glibc's mmap threshold: 16 us each instead of 2.5 (strace)
 
+
+class _ListenerThread:
+    """``listener_thread.active``: a flag of the current thread, kept on its
+    ``Thread`` object (a ``threading.local`` costs a dict and two weak
+    references per thread, about 280 bytes per connection)."""
+
+    __slots__ = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(getattr(threading.current_thread(), "_ws_multipath_listener", False))
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        setattr(threading.current_thread(), "_ws_multipath_listener", value)
+
+
 #: ``listener_thread.active`` is True on threads that run a connection (and
 #: so its listeners): the server's request threads and takeover readers.
 #: ``server.close()`` must not wait on such a thread.
-listener_thread = threading.local()
+listener_thread = _ListenerThread()
 
 
 class Mode(enum.Enum):

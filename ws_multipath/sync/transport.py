@@ -93,7 +93,16 @@ _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
 
 
 class Transport:
-    """Writes to and shuts down one client socket."""
+    """Writes to and shuts down one client socket.
+
+    The outbox deque (about 750 bytes with its first block) is made by the
+    first frame that has to wait in it; most connections never have one."""
+
+    __slots__ = (
+        "sock", "fd", "_flusher", "_write_timeout", "_tls", "tls_lock", "_may_write", "_on_fatal",
+        "_write_lock", "_state_lock", "_outbox", "_outbox_bytes", "_enrolled", "_progress_at", "_closed",
+        "messages_out", "bytes_out",
+    )
 
     def __init__(self, sock: socket.socket, flusher: Flusher, write_timeout: Optional[float]) -> None:
         self.sock = sock
@@ -109,7 +118,7 @@ class Transport:
         self._on_fatal: Callable[[int, str], None] = lambda code, reason: None
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
-        self._outbox: collections.deque[Entry] = collections.deque()
+        self._outbox: Optional[collections.deque[Entry]] = None  # made by the first entry that waits
         self._outbox_bytes = 0
         self._enrolled = False
         self._progress_at = 0.0  # last write progress while enrolled (monotonic)
@@ -286,19 +295,23 @@ class Transport:
     def _enqueue(self, entry: Entry) -> bool:
         """Append to the outbox (``_state_lock`` held); True on overflow, when
         the outbox is emptied and the client must be dropped."""
-        self._outbox.append(entry)
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = collections.deque()
+        outbox.append(entry)
         self._outbox_bytes += entry[2]
         if self._outbox_bytes <= MAX_OUTBOX_BYTES:
             return False
-        self._outbox.clear()
+        outbox.clear()
         self._outbox_bytes = 0
         return True
 
     def _pop(self) -> Optional[Entry]:
         with self._state_lock:
-            if not self._outbox:
+            outbox = self._outbox
+            if not outbox:
                 return None
-            entry = self._outbox.popleft()
+            entry = outbox.popleft()
             self._outbox_bytes -= entry[2]
             return entry
 
@@ -323,6 +336,8 @@ class Transport:
             return True
         rest = data if sent == 0 else memoryview(data)[sent:]
         with self._state_lock:
+            if self._outbox is None:
+                self._outbox = collections.deque()
             self._outbox.appendleft((rest, None, len(rest) + _ENTRY_COST))
             self._outbox_bytes += len(rest) + _ENTRY_COST
         return False
@@ -381,7 +396,7 @@ class Transport:
                     break
         except OSError:
             with self._state_lock:
-                self._outbox.clear()
+                self._outbox = None
                 self._outbox_bytes = 0
             self.abort()  # the reader sees the failure and ends the connection
         finally:
@@ -431,7 +446,7 @@ class Transport:
             if self._closed:
                 return
             self._closed = True
-            self._outbox.clear()
+            self._outbox = None
             self._outbox_bytes = 0
             enrolled, self._enrolled = self._enrolled, False
         if enrolled:

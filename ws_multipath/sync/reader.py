@@ -91,6 +91,12 @@ class SocketReader:
     the socket shut down by another thread).
     """
 
+    __slots__ = (
+        "_sock", "_tls_lock", "_recv", "_timers", "_feed", "_begin", "_resume", "_finish", "_name", "_recv_size",
+        "_lock", "_mode", "_home", "_looping_thread", "_began", "_done", "_idle_since", "_watchdog", "_max_queue",
+        "dispatcher", "_listener_calls", "_checked_calls", "_in_listener", "_busy_timer",
+    )
+
     def __init__(
         self,
         sock: object,

@@ -144,6 +144,11 @@ class FrameReader:
     (see ``_PayloadLimit``); past either limit it fails with 1009.
     """
 
+    __slots__ = (
+        "_max_payload", "_frames", "_utf8_errors", "_deflate", "_fast", "_message", "_closed",
+        "_waiting", "_waiting_size", "_waiting_for", "_waiting_text", "_waiting_payload",
+    )
+
     def __init__(
         self,
         max_payload: int,
@@ -404,6 +409,8 @@ class FrameWriter:
     Owned by whoever holds the connection's write lock, since compression
     state carries from one message to the next.
     """
+
+    __slots__ = ("_deflate", "_threshold", "client")
 
     def __init__(self, deflate: Optional[BoundedDeflate] = None, compress_threshold: int = 0) -> None:
         self._deflate = deflate

@@ -9,9 +9,11 @@ A cancelled timer lets go of its callback at once: a callback is usually a
 bound method of a connection, and an ended connection's heartbeat would
 otherwise keep the whole connection (its request, parser, buffers) alive
 until the ping it no longer sends was due. The entry itself leaves the
-heap when it reaches the top, or when cancelled entries are more than half
-of the heap (then the heap is rebuilt without them), so the heap holds at
-most about twice the timers that are still pending.
+heap when it reaches the top, or when cancelled entries are more than a
+quarter of the heap (then the heap is rebuilt without them: at most four
+entries looked at per cancellation, amortised), so the heap holds at most
+a third more entries than there are pending timers. Every connection
+cancels two timers as it opens (the handshake deadline, the watchdog).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ..log import logger
 __all__ = ["Timers", "Timer"]
 
 #: Cancelled entries tolerated in the heap before it is rebuilt without them
-#: (and only once they are also more than half of it).
+#: (and only once they are also more than a quarter of it).
 _COMPACT_AFTER = 64
 
 
@@ -105,13 +107,13 @@ class Timers:
 
     def _forget(self, timer: Timer) -> None:
         """``timer`` was cancelled (any thread): count it, and rebuild the
-        heap without the cancelled entries once they are most of it."""
+        heap without the cancelled entries once they are a quarter of it."""
         with self._cond:
             if timer._timers is not self:
                 return  # already popped (running or run), or dropped by stop()
             timer._timers = None
             self._cancelled += 1
-            if self._cancelled > _COMPACT_AFTER and 2 * self._cancelled > len(self._heap):
+            if self._cancelled > _COMPACT_AFTER and 4 * self._cancelled > len(self._heap):
                 self._heap = [entry for entry in self._heap if entry[2]._timers is self]
                 heapq.heapify(self._heap)
                 self._cancelled = 0

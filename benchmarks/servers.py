@@ -39,6 +39,14 @@ Modes:
   long that took, how long until every connection had ended (ws_multipath's
   ``close()`` returns at its deadline even if some have not), the CPU time it
   used, and how many were open.
+
+Memory investigations: with ``BENCH_TRACEMALLOC=<dir>`` in its environment
+the server runs under ``tracemalloc`` (``BENCH_TRACEMALLOC_FRAMES`` frames
+per trace, 16 by default) and writes a snapshot to
+``<dir>/snapshot-<pid>-<n>.pickle`` on each SIGUSR1 and, with
+``BENCH_TRACEMALLOC_EVERY=<seconds>``, periodically too
+(``tracemalloc.Snapshot.load`` reads them; compare two with
+``compare_to``). It slows the server down: never for measured runs.
 """
 
 from __future__ import annotations
@@ -56,6 +64,39 @@ import time
 from typing import Any, Callable, Optional
 
 MAX_SIZE = 16 * 1024 * 1024  # ws_multipath's default max_payload; websockets' default (1 MiB) is raised to match
+
+
+def start_tracemalloc() -> None:
+    """``BENCH_TRACEMALLOC=<dir>``: snapshots on SIGUSR1 and every
+    ``BENCH_TRACEMALLOC_EVERY`` seconds (see the module docstring)."""
+    directory = os.environ.get("BENCH_TRACEMALLOC")
+    if not directory:
+        return
+    import itertools
+    import signal
+    import tracemalloc
+
+    os.makedirs(directory, exist_ok=True)
+    tracemalloc.start(int(os.environ.get("BENCH_TRACEMALLOC_FRAMES", "16")))
+    numbers = itertools.count()
+    lock = threading.Lock()
+
+    def dump() -> None:
+        with lock:
+            path = os.path.join(directory, f"snapshot-{os.getpid()}-{next(numbers):04d}.pickle")
+            tracemalloc.take_snapshot().dump(path)
+            print(f"tracemalloc snapshot {path}", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGUSR1, lambda signum, frame: threading.Thread(target=dump, daemon=True).start())
+    every = float(os.environ.get("BENCH_TRACEMALLOC_EVERY", "0"))
+    if every > 0:
+
+        def periodic() -> None:
+            while True:
+                time.sleep(every)
+                dump()
+
+        threading.Thread(target=periodic, name="tracemalloc-dumps", daemon=True).start()
 
 
 def parse_request(message: "str | bytes") -> tuple[str, int, int]:
@@ -303,6 +344,7 @@ def main() -> None:
     parser.add_argument("--wsgi", action="store_true", help="ws_multipath: mount the Flask app beside the WebSocket handler")
     parser.add_argument("--control", action="store_true", help="answer 'capacity' and 'close' lines on stdin (the idle scenario)")
     args = parser.parse_args()
+    start_tracemalloc()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.impl == "ws_multipath":
         run_ws_multipath(args.mode, args.ping_interval, args.ping_timeout, args.compression, args.wsgi, args.control)

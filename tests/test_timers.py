@@ -1,8 +1,9 @@
-"""Timers: one thread runs every deadline in order; cancel; stop."""
+"""Timers: one thread runs every deadline in order; cancel (which frees the callback at once); stop."""
 
 from __future__ import annotations
 
 import threading
+import weakref
 
 from ws_multipath.sync.timers import Timers
 
@@ -36,3 +37,61 @@ def test_stop_ends_the_thread_and_later_timers_never_run():
     assert thread is not None and not thread.is_alive()
     timer = timers.call_later(0, ran.set)
     assert timer.cancelled and not ran.wait(0.05)
+
+
+class _Holder:
+    """Stands for what a callback keeps alive (a connection, its buffers)."""
+
+    def fire(self) -> None:
+        pass
+
+
+def test_a_cancelled_timer_lets_go_of_its_callback_at_once():
+    timers = Timers()
+    try:
+        holder = _Holder()
+        gone = weakref.ref(holder)
+        timer = timers.call_later(3600, holder.fire)
+        del holder
+        assert gone() is not None  # the pending timer keeps it
+        timer.cancel()
+        assert gone() is None  # not an hour from now
+        assert len(timers) == 0
+    finally:
+        timers.stop()
+
+
+def test_many_cancelled_timers_leave_the_pending_ones_in_order():
+    timers, order, done = Timers(), [], threading.Event()
+    try:
+        holders = [_Holder() for _ in range(1000)]
+        refs = [weakref.ref(h) for h in holders]
+        far = [timers.call_later(3600 + i, h.fire) for i, h in enumerate(holders)]
+        timers.call_later(0.03, lambda: (order.append(2), done.set()))
+        timers.call_later(0.01, lambda: order.append(1))
+        del holders
+        for timer in far:
+            timer.cancel()  # most of the heap: it is rebuilt without them
+        assert all(ref() is None for ref in refs)
+        assert len(timers) in (0, 1, 2)  # the two short ones, unless they already ran
+        assert done.wait(5)
+        assert order == [1, 2]
+        assert len(timers) == 0
+        third = threading.Event()
+        timers.call_later(0, lambda: (order.append(3), third.set()))  # the heap still works after the rebuild
+        assert third.wait(5) and order == [1, 2, 3]
+    finally:
+        timers.stop()
+
+
+def test_cancelling_after_it_ran_or_after_stop_is_harmless():
+    timers, ran = Timers(), threading.Event()
+    timer = timers.call_later(0, ran.set)
+    assert ran.wait(5)
+    timer.cancel()
+    assert len(timers) == 0
+    later = timers.call_later(3600, ran.set)
+    timers.stop()
+    later.cancel()
+    assert len(timers) == 0
+

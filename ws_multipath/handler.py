@@ -191,22 +191,27 @@ class WebSocketHandler(EventEmitter):
 
     # -- the handshake ----------------------------------------------------
 
-    def _accept(self, sock: socket.socket, request: Request, end_handshake: Callable[[], None]) -> None:
-        """Answer the upgrade ``request`` on ``sock`` (request thread), then
-        serve the connection until it ends. ``end_handshake`` cancels the
-        server's handshake deadline."""
+    def _accept(self, sock: socket.socket, request: Request, end_handshake: Callable[[], None]) -> Optional[WebSocket]:
+        """Answer the upgrade ``request`` on ``sock``; None once an error
+        response was sent, else the open connection, for the caller to
+        ``_serve`` once the frames that read and routed the request are gone.
+        ``end_handshake`` cancels the server's handshake deadline."""
         ws = self._handshake(sock, request)
         if ws is None:
-            return
+            return None
         end_handshake()
         logger.info(
             "accepted %s (subprotocol %s, extensions %s)", ws._label(), ws.protocol or "-", ws.extensions or "-",
             extra={"event": "accepted", "path": self.path, "client": format_address(request.remote_address),
                    "peer": format_address(request.peer_address), "subprotocol": ws.protocol, "extensions": ws.extensions},
         )
+        return ws
+
+    def _serve(self, ws: WebSocket) -> None:
+        """The ``'connection'`` listeners, then read until the connection ends."""
         ws._watch()
-        self.emit("connection", ws, request)
-        self._server.emit("connection", ws, request, self.path)
+        self.emit("connection", ws, ws.request)
+        self._server.emit("connection", ws, ws.request, self.path)
         ws._serve()
 
     def _handshake(self, sock: socket.socket, request: Request) -> Optional[WebSocket]:

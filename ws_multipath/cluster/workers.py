@@ -130,7 +130,10 @@ def run_worker(spec: str, port: int, host: Optional[str], broker: Optional[str],
         signal.signal(sig, lambda signum, frame: stop.set())
     server.wait_cluster_ready(5.0)
     where = f"port {server.port}" if server.port is not None else f"{server.address}"
-    print(f"worker {os.getpid()} listening on {where}" + (f" (fd {fd})" if fd is not None else ""), flush=True)
+    # One write of the whole line: the workers share stdout, and print() writes
+    # the text and its newline apart, so two workers' lines could interleave.
+    sys.stdout.write(f"worker {os.getpid()} listening on {where}" + (f" (fd {fd})" if fd is not None else "") + "\n")
+    sys.stdout.flush()
     while not stop.wait(0.5):
         if server._closed_event.is_set():
             break

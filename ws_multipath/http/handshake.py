@@ -19,11 +19,12 @@ decides what the connection becomes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import socket
 import ssl
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from ..emitter import EventEmitter
 from ..errors import HandshakeError
@@ -39,8 +40,13 @@ from .wsgi import WSGIServer
 
 if TYPE_CHECKING:
     from ..handler import WebSocketHandler
+    from ..sync.connection import WebSocket
 
 __all__ = ["HTTPSide", "Deadline", "HeadLimits"]
+
+#: What a request became: True when a listener owns the socket now, False
+#: when it was answered, or an accepted WebSocket and its handler.
+_Outcome = Union[bool, tuple["WebSocketHandler", "WebSocket"]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +65,8 @@ class Deadline:
     ``_lock`` makes the deadline's ``shutdown`` and the owner's ``finish``
     exclusive, so the deadline never touches a descriptor that was reused.
     """
+
+    __slots__ = ("sock", "_lock", "_done", "expired", "timer")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -152,12 +160,19 @@ class HTTPSide:
                 return
             self._deadlines.add(deadline)
         timeout = self._limits.open_timeout
-        deadline.timer = self._timers.call_later(timeout, lambda: deadline.expire(address, timeout))
+        deadline.timer = self._timers.call_later(timeout, functools.partial(deadline.expire, address, timeout))
         detached = False
         try:
             sock = self._start_tls(sock, deadline)
-            request, head = self._read_request(sock, address)
-            detached = self._dispatch(sock, request, deadline, head)
+            outcome = self._first_request(sock, address, deadline)
+            if isinstance(outcome, bool):
+                detached = outcome
+            else:
+                # A WebSocket: served from here, once the frames that read and
+                # routed its request (and held the head, the route...) are gone.
+                handler, ws = outcome
+                del outcome
+                handler._serve(ws)
         except HandshakeError as exc:
             self._refused(address, exc)
             _send_quietly(deadline.sock, error_response(exc))
@@ -178,17 +193,29 @@ class HTTPSide:
         sock.do_handshake()  # the deadline can cut it short now
         return sock
 
-    def _read_request(self, sock: socket.socket, address: tuple[Any, ...]) -> tuple[Request, bytes]:
+    def _first_request(self, sock: socket.socket, address: tuple[Any, ...], deadline: Deadline) -> "_Outcome":
         limits = self._limits
         head, rest = read_request_head(sock, limits.max_header_size, limits.max_headers)
         request = parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest, proxies=limits.proxies)
-        return request, head
+        return self._decide(sock, request, deadline, head)
 
     def _dispatch(self, sock: socket.socket, request: Request, deadline: Deadline, head: bytes = b"") -> bool:
-        """Decide what the connection becomes; True when a listener now owns
-        the socket. Raises ``HandshakeError`` to refuse. ``head`` is the
-        request head as received (b"" for a later request on a keep-alive
-        connection, whose head h11 already consumed)."""
+        """``_decide``, then serve the WebSocket if it became one; True when a
+        listener now owns the socket."""
+        outcome = self._decide(sock, request, deadline, head)
+        if isinstance(outcome, bool):
+            return outcome
+        handler, ws = outcome
+        handler._serve(ws)
+        return False
+
+    def _decide(self, sock: socket.socket, request: Request, deadline: Deadline, head: bytes = b"") -> "_Outcome":
+        """Decide what the connection becomes: True when a listener now owns
+        the socket, False when it was answered, or, once a WebSocket's 101
+        went out, its handler and connection, for the caller to serve
+        (``handler._serve(ws)``). Raises ``HandshakeError`` to refuse.
+        ``head`` is the request head as received (b"" for a later request
+        on a keep-alive connection, whose head h11 already consumed)."""
         if not is_upgrade_request(request):  # plain HTTP: the WSGI app, if any
             if self._wsgi is None:
                 raise HandshakeError(426, "this server accepts WebSocket upgrades only", [("Upgrade", "websocket")])
@@ -203,8 +230,8 @@ class HTTPSide:
         handler, params = route
         if params:
             request = dataclasses.replace(request, path_params=params)
-        handler._accept(sock, request, deadline.finish)
-        return False
+        ws = handler._accept(sock, request, deadline.finish)
+        return False if ws is None else (handler, ws)
 
     def _later_upgrade(self, sock: socket.socket, request: Request) -> bool:
         """A WebSocket upgrade that came after other requests on a keep-alive

@@ -32,17 +32,22 @@ class Headers(Mapping[str, str]):
     each one; iterating yields the names as the client spelled them.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_fields",)
 
-    # Only the fields are kept, and lookups scan them: a request has a few
-    # dozen at most, and every open connection keeps its request.
+    # Only the fields are kept, names and values in one flat tuple (no tuple
+    # per field), and lookups scan them: a request has a few dozen at most,
+    # and every open connection keeps its request.
 
     def __init__(self, items: Union[list[tuple[str, str]], Mapping[str, str], None] = None) -> None:
         if items is None:
             items = []
         elif isinstance(items, Mapping):
             items = list(items.items())
-        self._items: tuple[tuple[str, str], ...] = tuple((str(k), str(v)) for k, v in items)
+        self._fields: tuple[str, ...] = tuple(text for k, v in items for text in (str(k), str(v)))
+
+    def _pairs(self) -> Iterator[tuple[str, str]]:
+        fields = self._fields
+        return zip(fields[::2], fields[1::2])
 
     def __getitem__(self, name: str) -> str:
         values = self.get_all(name)
@@ -54,29 +59,54 @@ class Headers(Mapping[str, str]):
         if not isinstance(name, str):
             return False
         key = name.lower()
-        return any(field.lower() == key for field, _ in self._items)
+        return any(field.lower() == key for field in self._fields[::2])
 
     def __iter__(self) -> Iterator[str]:
         seen: set[str] = set()
-        for name, _ in self._items:
+        for name in self._fields[::2]:
             if name.lower() not in seen:
                 seen.add(name.lower())
                 yield name
 
     def __len__(self) -> int:
-        return len({name.lower() for name, _ in self._items})
+        return len({name.lower() for name in self._fields[::2]})
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order; ``[]`` when absent."""
         key = name.lower()
-        return [value for field, value in self._items if field.lower() == key]
+        return [value for field, value in self._pairs() if field.lower() == key]
 
     def raw_items(self) -> list[tuple[str, str]]:
         """The fields as received, in order, with repeats."""
-        return list(self._items)
+        return list(self._pairs())
 
     def __repr__(self) -> str:
-        return f"Headers({list(self._items)!r})"
+        return f"Headers({self.raw_items()!r})"
+
+
+#: Header names and values that most upgrade requests carry, as received
+#: (bytes) and decoded: each connection keeps its request, and shares these
+#: strings instead of holding its own copies (about 50 bytes each).
+_SHARED_TEXT = {
+    text.encode("latin-1"): text
+    for text in (
+        "Host", "Upgrade", "Connection", "Origin", "User-Agent", "Cookie", "Pragma", "Cache-Control",
+        "Accept-Encoding", "Accept-Language", "Sec-WebSocket-Key", "Sec-WebSocket-Version",
+        "Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol", "X-Forwarded-For", "X-Forwarded-Proto",
+        "X-Real-IP", "Forwarded", "Authorization",
+        "host", "upgrade", "connection", "origin", "user-agent", "cookie", "pragma", "cache-control",
+        "accept-encoding", "accept-language", "sec-websocket-key", "sec-websocket-version",
+        "sec-websocket-extensions", "sec-websocket-protocol", "x-forwarded-for", "x-forwarded-proto",
+        "x-real-ip", "forwarded", "authorization",
+        "websocket", "Upgrade", "upgrade", "keep-alive, Upgrade", "13", "no-cache",
+        "permessage-deflate; client_max_window_bits", "gzip, deflate", "gzip, deflate, br", "gzip, deflate, br, zstd",
+        "http", "https", "GET", "1.1",
+    )
+}
+
+
+def _text(raw: bytes) -> str:
+    return _SHARED_TEXT.get(raw) or raw.decode("latin-1")
 
 
 @dataclass(frozen=True)
@@ -187,13 +217,13 @@ def request_from_h11(
     """The ``Request`` of an h11 request event (the first of a connection or
     a later one on keep-alive): names decoded, the client resolved through
     ``proxies``."""
-    headers = Headers([(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers.raw_items()])
+    headers = Headers([(_text(name), _text(value)) for name, value in event.headers.raw_items()])
     forwarding = proxies.resolve(remote_address, headers) if proxies else None
     return Request(
-        method=event.method.decode("ascii"),
+        method=_text(event.method),  # an ASCII token (h11 checks it)
         target=event.target.decode("latin-1"),
         headers=headers,
-        http_version=event.http_version.decode("ascii"),
+        http_version=_text(event.http_version),
         remote_address=forwarding.remote_address if forwarding else remote_address,
         secure=secure if forwarding is None or forwarding.secure is None else forwarding.secure,
         buffered=buffered,

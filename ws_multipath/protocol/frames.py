@@ -146,6 +146,11 @@ class FrameReader:
     (see ``_PayloadLimit``); past either limit it fails with 1009.
     """
 
+    __slots__ = (
+        "_max_payload", "_frames", "_utf8_errors", "_deflate", "_fast", "_between_frames", "_message", "_closed",
+        "_waiting", "_waiting_size", "_waiting_for", "_waiting_text", "_waiting_payload", "_waiting_tail", "_text",
+    )
+
     def __init__(
         self,
         max_payload: int,

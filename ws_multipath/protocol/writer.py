@@ -41,6 +41,8 @@ class FrameWriter:
     state carries from one message to the next.
     """
 
+    __slots__ = ("_deflate", "_threshold", "client")
+
     def __init__(self, deflate: Optional[BoundedDeflate] = None, compress_threshold: int = 0) -> None:
         self._deflate = deflate
         self._threshold = compress_threshold

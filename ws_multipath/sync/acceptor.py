@@ -231,6 +231,12 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         _no_delay(request[0])
         return request
 
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection on this thread, without socketserver's
+        per-connection handler object (which would live as long as the
+        connection, one more object and one more C-level call on its thread)."""
+        self.serve_connection(request, client_address)
+
     def process_request(self, request: Any, client_address: Any) -> None:
         thread = threading.Thread(target=self.process_request_thread, args=(request, client_address), name="ws_multipath-connection", daemon=True)
         try:

@@ -22,6 +22,8 @@ class Heartbeat:
     """Ping timers of one connection. Its fields are touched by the timer
     thread and by the reader (``pong``); each is a single atomic store."""
 
+    __slots__ = ("_timers", "_interval", "_timeout", "_send_ping", "_on_timeout", "_is_reading", "_awaiting_pong", "_stopped", "_ping_timer", "_verdict_timer")
+
     def __init__(
         self,
         timers: Timers,
@@ -60,6 +62,8 @@ class Heartbeat:
             return
         if self._timeout is not None and not self._awaiting_pong:
             self._awaiting_pong = True
+            if self._verdict_timer is not None:
+                self._verdict_timer.cancel()  # the last ping's, answered: one verdict pending at a time
             self._verdict_timer = self._timers.call_later(self._timeout, self._verdict)
         self._send_ping()
         self._ping_timer = self._timers.call_later(self._interval, self._ping)  # type: ignore[arg-type]

@@ -23,36 +23,55 @@ class Inbox:
     """A bounded FIFO of messages (or of any items: see ``dispatch.py``);
     ``_lock`` guards the deque, the flags and ``_waiting``, the number of
     threads waiting on ``_cond`` (which uses ``_lock``): nobody is notified
-    when nobody waits, the common case on the per-message path."""
+    when nobody waits, the common case on the per-message path.
+
+    The deque and the condition are made when first needed: a connection
+    whose messages all go to ``'message'`` listeners never has either (a
+    deque costs about 750 bytes, a condition another deque), and idle
+    connections are most of a server's memory."""
+
+    __slots__ = ("_messages", "_lock", "_cond", "_waiting", "_max_size", "_sealed", "_closed")
 
     def __init__(self, max_size: int) -> None:
-        self._messages: collections.deque[Message] = collections.deque()
+        self._messages: Optional[collections.deque[Message]] = None
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._cond: Optional[threading.Condition] = None
         self._waiting = 0
         self._max_size = max_size
         self._sealed = False
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._messages)
+        messages = self._messages
+        return len(messages) if messages is not None else 0
 
     def _wait_for(self, predicate: Callable[[], Any], timeout: Optional[float] = None) -> bool:
         """``_cond.wait_for`` (``_lock`` held), counted in ``_waiting``."""
+        cond = self._cond
+        if cond is None:
+            cond = self._cond = threading.Condition(self._lock)
         self._waiting += 1
         try:
-            return bool(self._cond.wait_for(predicate, timeout))
+            return bool(cond.wait_for(predicate, timeout))
         finally:
             self._waiting -= 1
+
+    def _notify(self) -> None:
+        """Wake the waiters, if any (``_lock`` held)."""
+        if self._waiting and self._cond is not None:
+            self._cond.notify_all()
 
     def put(self, message: Message, wait: bool = True) -> None:
         """Append; with ``wait``, first wait while full (unless sealed)."""
         with self._lock:
-            if wait and len(self._messages) >= self._max_size and not self._sealed:
-                self._wait_for(lambda: len(self._messages) < self._max_size or self._sealed)
-            self._messages.append(message)
+            messages = self._messages
+            if messages is None:
+                messages = self._messages = collections.deque()
+            if wait and len(messages) >= self._max_size and not self._sealed:
+                self._wait_for(lambda: len(messages) < self._max_size or self._sealed)
+            messages.append(message)
             if self._waiting:
-                self._cond.notify_all()
+                self._notify()
 
     def get(self, timeout: Optional[float] = None) -> Optional[Message]:
         """The oldest message; None once closed and empty. ``TimeoutError``
@@ -70,11 +89,12 @@ class Inbox:
             return self._pop()
 
     def _pop(self) -> Optional[Message]:
-        if not self._messages:
+        messages = self._messages
+        if not messages:
             return None
-        message = self._messages.popleft()
+        message = messages.popleft()
         if self._waiting:
-            self._cond.notify_all()
+            self._notify()
         return message
 
     def seal(self) -> None:
@@ -82,11 +102,11 @@ class Inbox:
         reach the close frame, and it puts no new message after this one."""
         with self._lock:
             self._sealed = True
-            self._cond.notify_all()
+            self._notify()
 
     def close(self) -> None:
         """No more messages will come: ``get`` returns None once empty."""
         with self._lock:
             self._sealed = True
             self._closed = True
-            self._cond.notify_all()
+            self._notify()

@@ -1,0 +1,84 @@
+"""What an open connection keeps, and for how long: nothing of its handshake
+but ``ws.request``, and nothing once it has ended (its cancelled timers let
+go of it at once). Memory itself is measured by the benchmark's idle and
+soak scenarios, not here."""
+
+from __future__ import annotations
+
+import gc
+import queue
+import socket
+import struct
+import sys
+import threading
+import uuid
+import weakref
+
+from .conftest import TIMEOUT, echo, upgrade_head
+
+
+def _masked_text(text: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    return struct.pack("!BB", 0x81, 0x80 | len(text)) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+
+
+def _open(server, token: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+    sock.sendall(upgrade_head("/echo", f"X-Probe: {token}\r\n"))
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(4096)
+        assert chunk, "closed during the handshake"
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 101")
+    return sock
+
+
+def _echo_once(sock: socket.socket) -> None:
+    """A message and its echo: the connection's thread is in its read loop."""
+    sock.sendall(_masked_text(b"hi"))
+    reply = b""
+    while len(reply) < 4:
+        chunk = sock.recv(16)
+        assert chunk
+        reply += chunk
+    assert reply == b"\x81\x02hi"
+
+
+def _track(handler) -> "queue.Queue[tuple[object, threading.Thread]]":
+    opened: "queue.Queue[tuple[object, threading.Thread]]" = queue.Queue()
+    handler.on("connection", lambda ws, request: opened.put((ws, threading.current_thread())))
+    handler.on("connection", echo)
+    return opened
+
+
+def test_an_open_connections_thread_keeps_no_bytes_of_its_request_head(server):
+    handler = server.create_handler(path="/echo")
+    opened = _track(handler)
+    token = uuid.uuid4().hex
+    with _open(server, token) as sock:
+        ws, thread = opened.get(timeout=TIMEOUT)
+        _echo_once(sock)
+        frame = sys._current_frames()[thread.ident]
+        held = []
+        while frame is not None:
+            held += [(frame.f_code.co_name, name) for name, value in frame.f_locals.items()
+                     if isinstance(value, (bytes, bytearray)) and token.encode() in value]
+            frame = frame.f_back
+        assert held == []  # the head was read, parsed and dropped before the connection began
+        assert ws.request.headers["X-Probe"] == token  # what the application may read stays
+
+
+def test_an_ended_connection_is_freed_without_waiting_for_its_heartbeat(make_server):
+    server = make_server()
+    handler = server.create_handler(path="/echo", ping_interval=3600, close_timeout=3600)
+    opened = _track(handler)
+    with _open(server, "x") as sock:
+        ws, thread = opened.get(timeout=TIMEOUT)
+        _echo_once(sock)
+        gone = weakref.ref(ws)
+        del ws
+    thread.join(TIMEOUT)  # the client left: the connection ends, its thread too
+    assert not thread.is_alive()
+    gc.collect()  # its listeners and it refer to each other
+    assert gone() is None  # not an hour from now, when its next ping was due

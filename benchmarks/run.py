@@ -52,6 +52,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 NOFILE = 20000  # wanted soft limit of open files for servers and generators (capped at the hard limit)
 KiB, MiB = 1024, 1024 * 1024
+SOAK_OPS_PER_S = 200_000  # the soak's ops bound per second of --soak (well above any server's rate here)
 GEN_BOUND = 0.85  # generator cores from which a figure is marked as possibly generator-bound
 
 #: Every server a scenario can compare (see servers.py and node_server.js).
@@ -540,14 +541,15 @@ def start_load(config: dict, logs: Path) -> subprocess.Popen:
 # -- one run ------------------------------------------------------------------
 
 
-def run_throughput(scenario: dict, impl: str, opts: argparse.Namespace, logs: Path, duration: Optional[float] = None, sample_every: float = 0.25) -> dict:
+def run_throughput(scenario: dict, impl: str, opts: argparse.Namespace, logs: Path, duration: Optional[float] = None, sample_every: float = 0.25,
+                   max_ops: Optional[int] = None) -> dict:
     background = wait_quiet(opts)
     server, port = start_server(impl, scenario["server"], logs, compression=scenario.get("compression", False))
     load = None
     sampler = None
     try:
         duration = duration or opts.duration
-        config = dict(scenario["load"], url=f"ws://127.0.0.1:{port}/", raw=impl == "raw_tcp", warmup=opts.warmup, duration=duration, max_ops=opts.max_ops, timeout=duration + opts.warmup + 60)
+        config = dict(scenario["load"], url=f"ws://127.0.0.1:{port}/", raw=impl == "raw_tcp", warmup=opts.warmup, duration=duration, max_ops=max_ops or opts.max_ops, timeout=duration + opts.warmup + 60)
         baseline = proc_status(server.pid)
         load = start_load(config, logs)
         reader = LineReader(load)
@@ -1173,7 +1175,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, help="interleaved repetitions per library (default 3, quick 2)")
     parser.add_argument("--duration", type=float, help="measured seconds per run (default 4, quick 1)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per run (default 1, quick 0.5)")
-    parser.add_argument("--max-ops", type=int, default=5_000_000, help="ops per run at most (a bound on every load loop)")
+    parser.add_argument("--max-ops", type=int, default=5_000_000,
+                        help="ops per run at most (a bound on every load loop; the soak's is at least 200,000 per second of --soak)")
     parser.add_argument("--soak", type=float, help="seconds of the memory soak (default 30, quick 6)")
     parser.add_argument("--idle-target", type=int, help="idle connections to try (default 10000, quick 2000)")
     parser.add_argument("--idle-hold", type=float, help="seconds to hold them (default 25, quick 6)")
@@ -1267,7 +1270,8 @@ def main() -> int:
                         desc = f"held {result['held']}, {fmt(result['rss_per_conn_kib'])} KiB/conn, {fmt(result['threads_per_conn'], 2)} threads/conn ({result['stop_reason']})"
                     elif kind == "soak":
                         soak = dict(server="echo", load=BY_NAME["echo_256x32B"]["load"], keep_samples=True)
-                        result = run_throughput(soak, impl, opts, logs, duration=opts.soak, sample_every=0.5)
+                        # bounded by its duration: the default --max-ops would end a 600 s soak after about 200 s
+                        result = run_throughput(soak, impl, opts, logs, duration=opts.soak, sample_every=0.5, max_ops=max(opts.max_ops, int(opts.soak * SOAK_OPS_PER_S)))
                         s = soak_summary(result)
                         desc = f"{fmt_rate(result['rate'])} msg/s, RSS {s.get('rss_start_mib', 0):.1f} -> {s.get('rss_end_mib', 0):.1f} MiB"
                     else:

@@ -45,11 +45,11 @@ __all__ = ["Bound", "Capacity", "measure_capacity", "report_capacity", "exhausti
 
 #: Resident memory of one idle connection (the thread's touched stack, the
 #: socket's objects, the parser), as benchmarks/run.py's ``idle`` scenario
-#: measures it: 33.0 KiB with 2,000 connections and the heartbeat on
-#: (benchmarks/results/2026-12-01-idle-2000.md); 34.9 and 36.7 KiB at 19,000
-#: on a busy machine. Messages in flight cost their size on top (up to
-#: ``max_queue`` x ``max_payload``), deflate more.
-PER_CONNECTION_BYTES = 33 * 1024
+#: measures it: 27.7 KiB at 19,000 connections with the heartbeat on
+#: (benchmarks/results/2026-12-01.md; 27.5 at 2,000). Messages in flight
+#: cost their size on top (up to ``max_queue`` x ``max_payload``), deflate
+#: more.
+PER_CONNECTION_BYTES = 28 * 1024
 #: Descriptors the server holds besides its connections: the listening
 #: socket, the flusher's wake-up socket pair and its epoll selector (the
 #: accept loop uses ``poll()``, which needs none). Kept free until the

@@ -16,7 +16,7 @@ from ws_multipath.cluster.message import (
     FormatError,
     decode,
     encode,
-    glob_to_regex,
+    compile_glob,
     subscription_of,
     target_channel,
 )
@@ -49,15 +49,35 @@ def test_channels_and_globs() -> None:
     assert subscription_of(p, "/chat") == ("ws_multipath:/chat", None)
     channel, glob = subscription_of(p, "/rooms/<room>/<int:n>")
     assert channel == "ws_multipath:/rooms/<room>/<int:n>"
-    regex = glob_to_regex(glob)
-    assert regex.fullmatch("ws_multipath:/rooms/lobby/3")
-    assert not regex.fullmatch(channel)  # the pattern's own channel is not a room
-    assert glob_to_regex(subscription_of("a*[", "/x<y>")[1]).fullmatch("a*[/x1")
+    matcher = compile_glob(glob)
+    assert matcher.matches("ws_multipath:/rooms/lobby/3")
+    assert not matcher.matches(channel)  # the pattern's own channel is not a room
+    assert compile_glob(subscription_of("a*[", "/x<y>")[1]).matches("a*[/x1")
     assert target_channel(p, "/rooms/<room>", {"room": "lobby"}) == ("ws_multipath:/rooms/lobby", None)
     assert target_channel(p, "/rooms/<room>", {"room": "a b/c"}) == ("ws_multipath:/rooms/a%20b%2Fc", None)
     assert target_channel(p, "/u/<int:id>", {"id": 7}) == ("ws_multipath:/u/7", None)
     assert target_channel(p, "/r/<a>/<b>", {"a": "x"}) == ("ws_multipath:/r/<a>/<b>", {"a": "x"})
     assert target_channel(p, "/r/<a>", None) == ("ws_multipath:/r/<a>", None)
+
+
+@pytest.mark.parametrize(
+    "glob, matching, not_matching",
+    [
+        ("h?llo", ["hello", "hallo"], ["hllo", "heello"]),
+        ("h*llo", ["hllo", "heeeello"], ["hell"]),
+        ("h[ae]llo", ["hello", "hallo"], ["hillo"]),
+        ("h[^e]llo", ["hallo", "hbllo"], ["hello"]),
+        ("h[a-b]llo", ["hallo", "hbllo"], ["hcllo"]),
+        ("h\\*llo", ["h*llo"], ["hello"]),
+        ("h[llo", ["h[llo"], ["hallo"]),
+        ("caf\u00e9/*", ["caf\u00e9/x"], ["cafe/x"]),
+    ],
+)
+def test_globs_match_as_redis_does(glob, matching, not_matching) -> None:
+    # the examples of Redis's PSUBSCRIBE / KEYS documentation, and escapes
+    matcher = compile_glob(glob)
+    assert all(matcher.matches(text) for text in matching)
+    assert not any(matcher.matches(text) for text in not_matching)
 
 
 def _chat(server: MultipathServer):

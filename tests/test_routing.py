@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -15,7 +16,7 @@ from websockets.sync.client import connect
 
 from ws_multipath.http.routing import RoutingTable, compile_pattern
 
-from .conftest import TIMEOUT, url, wait_until
+from .conftest import TIMEOUT, echo, raw_request, upgrade_head, url, wait_until
 
 
 def table(*paths: str) -> RoutingTable[str]:
@@ -305,3 +306,28 @@ def test_broadcast_to_one_room(server):
                 client.recv(timeout=0.2)
         with pytest.raises(TypeError):
             rooms.broadcast("x", path_params=["room"])
+
+
+def test_paths_that_make_a_regex_backtrack_are_refused_at_once_and_stall_no_one(server):
+    # Against a backtracking regex, each of these upgrade requests cost
+    # seconds of CPU with the GIL held (cubic in the dots for three
+    # variables), stalling every other connection's echoes meanwhile.
+    server.create_handler(path="/files/<name>.<ext>")
+    server.create_handler(path="/<a>.<b>.<c>")
+    server.create_handler(path="/echo").on("connection", echo)
+    hostile = ["/files/" + "." * 6_000 + "/", "/" + "." * 4_000 + "/"] * 3
+    answers: list[bytes] = []
+    with connect(url(server, "/echo"), open_timeout=TIMEOUT) as client:
+        threads = [threading.Thread(target=lambda path=path: answers.append(raw_request(server, upgrade_head(path)))) for path in hostile]
+        for thread in threads:
+            thread.start()
+        slowest_echo = 0.0
+        while any(thread.is_alive() for thread in threads):
+            sent = time.monotonic()
+            client.send("ping")
+            assert client.recv(timeout=TIMEOUT) == "ping"
+            slowest_echo = max(slowest_echo, time.monotonic() - sent)
+        for thread in threads:
+            thread.join(TIMEOUT)
+    assert len(answers) == len(hostile) and all(answer.startswith(b"HTTP/1.1 400 ") for answer in answers)
+    assert slowest_echo < TIMEOUT / 2  # was the whole CPU time of the lookups: tens of seconds

@@ -20,7 +20,7 @@ import threading
 from typing import Any, Callable, Iterable, Optional, Union
 
 from ..log import logger
-from .message import DEFAULT_PREFIX, glob_to_regex
+from .message import DEFAULT_PREFIX, compile_glob
 
 __all__ = ["Broker", "Subscription", "LocalBroker", "make_broker"]
 
@@ -98,7 +98,7 @@ class _LocalSubscription(Subscription):
 
     def update(self, channels: Iterable[str], patterns: Iterable[str]) -> None:
         self._channels = frozenset(channels)
-        self._patterns = tuple((p, glob_to_regex(p)) for p in sorted(set(patterns)))
+        self._patterns = tuple((p, compile_glob(p)) for p in sorted(set(patterns)))
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
         return True
@@ -111,8 +111,8 @@ class _LocalSubscription(Subscription):
         try:
             if channel in self._channels:
                 self._deliver(channel, None, payload)
-            for pattern, regex in self._patterns:
-                if regex.fullmatch(channel):
+            for pattern, glob in self._patterns:
+                if glob.matches(channel):
                     self._deliver(channel, pattern, payload)
         except Exception:  # noqa: BLE001 - a subscriber's failure is not the publisher's
             logger.exception("cluster: delivering a message failed")

@@ -19,6 +19,11 @@ converter  matches                                          value
 
 (Werkzeug writes ``\\d``, which in a Python ``str`` regex also matches
 non-ASCII digits; here it is ASCII only.)
+
+The regular expressions above say what each converter matches; matching
+itself is done by ``linear_match`` in time linear in the path's length,
+whatever the patterns (a backtracking regex on a path a client chooses can
+take seconds), with the groups a greedy regex would give.
 """
 
 from __future__ import annotations
@@ -30,17 +35,30 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generic, Optional, TypeVar
 from urllib.parse import unquote
 
+from ..linear_match import ByteClass, Literal, Many, One, Piece, SequencePattern, Subject
+
 __all__ = ["RoutingTable", "RoutePattern", "compile_pattern"]
 
 H = TypeVar("H")
 
-# converter -> (regex, conversion of the percent-decoded value)
-CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "string": (r"[^/]+", str),
-    "int": (r"[0-9]+", int),
-    "float": (r"[0-9]+\.[0-9]+", float),
-    "uuid": (r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}", uuid.UUID),
-    "path": (r".+", str),
+_DIGITS = ByteClass.of("0123456789")
+_HEX = ByteClass.of("0123456789abcdefABCDEF")
+
+
+def _hex_run(count: int) -> list[Piece]:
+    return [One(_HEX)] * count
+
+
+# converter -> (the pieces it matches, conversion of the percent-decoded value)
+CONVERTERS: dict[str, tuple[tuple[Piece, ...], Callable[[str], Any]]] = {
+    "string": ((Many(ByteClass.excluding("/")),), str),
+    "int": ((Many(_DIGITS),), int),
+    "float": ((Many(_DIGITS), Literal(b"."), Many(_DIGITS)), float),
+    "uuid": (
+        tuple(_hex_run(8) + [Literal(b"-")] + _hex_run(4) + [Literal(b"-")] + _hex_run(4) + [Literal(b"-")] + _hex_run(4) + [Literal(b"-")] + _hex_run(12)),
+        uuid.UUID,
+    ),
+    "path": ((Many(ByteClass.excluding("\n")),), str),  # as the regex ``.+``
 }
 
 _VARIABLE = re.compile(r"<(?:([^<>:]*):)?([^<>:]*)>")
@@ -52,7 +70,7 @@ class RoutePattern:
     """A compiled route pattern (see ``compile_pattern``)."""
 
     pattern: str
-    regex: "re.Pattern[str]"
+    matcher: SequencePattern  # the pattern after ``prefix``, one group per variable
     # name -> conversion, in the order of the pattern
     conversions: tuple[tuple[str, Callable[[str], Any]], ...]
     # the pattern with each variable replaced by <converter>: two patterns
@@ -66,11 +84,16 @@ class RoutePattern:
         """The converted values if ``path`` matches, else None."""
         if not path.startswith(self.prefix):
             return None
-        found = self.regex.fullmatch(path)
+        return self.match_rest(Subject(path[len(self.prefix) :]))
+
+    def match_rest(self, rest: Subject) -> Optional[dict[str, Any]]:
+        """``match`` for a path that starts with ``prefix``, given what
+        follows the prefix."""
+        found = self.matcher.match(rest)
         if found is None:
             return None
         try:
-            return {name: convert(unquote(found.group(name), errors="replace")) for name, convert in self.conversions}
+            return {name: convert(unquote(text, errors="replace")) for (name, convert), text in zip(self.conversions, found)}
         except ValueError:  # an int of more than sys.get_int_max_str_digits() digits
             return None
 
@@ -79,7 +102,8 @@ def compile_pattern(pattern: str) -> RoutePattern:
     """Parse ``pattern``; ``ValueError`` naming it when it is invalid (an
     unknown converter, an unbalanced ``<`` or ``>``, an empty, invalid or
     repeated variable name, two variables next to each other)."""
-    parts: list[str] = []
+    pieces: list[Piece] = []
+    groups: list[tuple[int, int]] = []
     shape: list[str] = []
     conversions: list[tuple[str, Callable[[str], Any]]] = []
     counts = {name: 0 for name in CONVERTERS}
@@ -103,9 +127,11 @@ def compile_pattern(pattern: str) -> RoutePattern:
             raise ValueError(f"variable {name!r} appears twice in route pattern {pattern!r}")
         if prefix is None:
             prefix = static
-        regex, convert = CONVERTERS[converter]
-        parts.append(re.escape(static))
-        parts.append(f"(?P<{name}>{regex})")
+        converter_pieces, convert = CONVERTERS[converter]
+        if conversions:  # the first variable's static text is the prefix, matched before the pieces
+            _append_literal(pieces, static)
+        groups.append((len(pieces), len(pieces) + len(converter_pieces) - 1))
+        pieces.extend(converter_pieces)
         shape.append(f"{static}<{converter}>")
         conversions.append((name, convert))
         counts[converter] += 1
@@ -115,7 +141,7 @@ def compile_pattern(pattern: str) -> RoutePattern:
         raise ValueError(f"unbalanced '<' or '>' in route pattern {pattern!r}")
     if not conversions:
         raise ValueError(f"route pattern {pattern!r} has no variable")
-    parts.append(re.escape(static))
+    _append_literal(pieces, static)
     shape.append(static)
     assert prefix is not None
     static_length = len(pattern) - sum(found.end() - found.start() for found in _VARIABLE.finditer(pattern))
@@ -126,7 +152,12 @@ def compile_pattern(pattern: str) -> RoutePattern:
         -len(prefix),  # longer static prefix
         -static_length,  # more static text
     )
-    return RoutePattern(pattern, re.compile("".join(parts)), tuple(conversions), "".join(shape), prefix, rank)
+    return RoutePattern(pattern, SequencePattern(pieces, groups), tuple(conversions), "".join(shape), prefix, rank)
+
+
+def _append_literal(pieces: list[Piece], text: str) -> None:
+    if text:
+        pieces.append(Literal(text.encode("utf-8", "surrogatepass")))
 
 
 def is_pattern(path: str) -> bool:
@@ -144,7 +175,8 @@ class RoutingTable(Generic[H]):
     1. An exact path is looked up first, in a dict (O(1)); it wins over any
        pattern that also matches (``/rooms/lobby`` beside ``/rooms/<room>``),
        and its params are ``{}``.
-    2. Otherwise the patterns are tried one regex each, most specific first:
+    2. Otherwise the patterns are tried in turn, most specific first, each
+       in time linear in the path's length (``linear_match``):
 
        - a pattern with a ``<path:>`` variable comes after all without one;
        - then fewer variables first;
@@ -223,11 +255,16 @@ class RoutingTable(Generic[H]):
             handler = self._handlers.get(path)
             if handler is not None:
                 return handler, {}
-            for route, handler in self._patterns:
-                if path.startswith(route.prefix):  # match() checks it too; here it saves a call
-                    params = route.match(path)
-                    if params is not None:
-                        return handler, params
+            patterns = list(self._patterns)
+        rests: dict[str, Subject] = {}  # what follows each prefix, its masks made once
+        for route, handler in patterns:
+            if path.startswith(route.prefix):
+                rest = rests.get(route.prefix)
+                if rest is None:
+                    rest = rests[route.prefix] = Subject(path[len(route.prefix) :])
+                params = route.match_rest(rest)
+                if params is not None:
+                    return handler, params
         return None
 
     def handlers(self) -> list[H]:

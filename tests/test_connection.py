@@ -163,6 +163,36 @@ def test_close_starts_the_handshake_and_sets_state(server):
     ws.close()  # idempotent
 
 
+def _masked_close(payload: bytes) -> bytes:
+    return bytes([0x88, 0x80 | len(payload)]) + b"\x00" * 4 + payload  # mask 0: payload as is
+
+
+@pytest.mark.parametrize(
+    "ending, event, sent",
+    [
+        (_masked_close(struct.pack("!H", 4000) + b"bye"), (4000, "bye"), (4000, "bye")),
+        (_masked_close(b""), (1005, ""), (1005, "")),  # a close frame without a code (the echo has none either)
+        (b"\x81\x02ab", (1006, ""), (1002, None)),  # an unmasked frame: failed by the server, no close frame came
+        (b"", (1006, ""), (1006, "")),  # the client just goes away
+    ],
+    ids=["client-code", "no-code", "protocol-error", "lost"],
+)
+def test_the_close_event_reports_the_code_received_as_rfc6455_7_1_5_defines_it(server, ending, event, sent):
+    connections = serve_one(server)
+    closed: queue.Queue = queue.Queue()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/ws"))
+        _read_http_head(sock)
+        ws = connections.get(timeout=TIMEOUT)
+        ws.on("close", lambda code, reason: closed.put((code, reason)))
+        sock.sendall(ending)
+        if ending:
+            read_until_eof(sock)
+    assert closed.get(timeout=TIMEOUT) == event
+    assert (ws.close_code, ws.close_reason) == event
+    assert ws.sent_close_code == sent[0] and (sent[1] is None or ws.sent_close_reason == sent[1])
+
+
 @pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 2999, 5000])
 def test_close_refuses_invalid_codes(server, code):
     connections = serve_one(server)
@@ -189,7 +219,8 @@ def test_close_timeout_drops_a_peer_that_never_answers(server):
         ws = connections.get(timeout=TIMEOUT)
         ws.on("close", lambda code, reason: closed.put(code))
         ws.close()
-        assert closed.get(timeout=TIMEOUT) == 1000
+        assert closed.get(timeout=TIMEOUT) == 1006  # no close frame received (RFC 6455 section 7.1.5)
+        assert ws.sent_close_code == 1000
 
 
 def test_terminate_drops_at_once_with_1006(server):
@@ -222,7 +253,8 @@ def test_heartbeat_drops_a_silent_client_with_1011(server):
         sock.sendall(upgrade_head("/ws"))  # then never answers a ping
         ws = connections.get(timeout=TIMEOUT)
         ws.on("close", lambda code, reason: closed.put((code, reason)))
-        assert closed.get(timeout=TIMEOUT) == (1011, "keepalive ping timeout")
+        assert closed.get(timeout=TIMEOUT) == (1006, "")  # failed: no close frame received
+        assert (ws.sent_close_code, ws.sent_close_reason) == (1011, "keepalive ping timeout")
 
 
 # -- protocol errors ---------------------------------------------------------

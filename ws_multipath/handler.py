@@ -343,7 +343,7 @@ class WebSocketHandler(EventEmitter):
         """Forget a connection that ended (or whose 101 could not be sent):
         log it and add its counts to the totals."""
         transport, incoming = ws._transport, ws._incoming
-        code = ws.close_code or 1006
+        code = ws.sent_close_code or 1006
         drop = _drop_key(ws._dropped)
         with self._lock:
             self._connections.discard(ws)
@@ -351,10 +351,10 @@ class WebSocketHandler(EventEmitter):
         duration = time.monotonic() - ws._opened_at if ws._opened_at else 0.0
         logger.info(
             "closed %s: %d%s after %.2f s, %d messages in (%d bytes), %d out (%d bytes)%s",
-            ws._label(), code, f" {ws.close_reason!r}" if ws.close_reason else "", duration,
+            ws._label(), code, f" {ws.sent_close_reason!r}" if ws.sent_close_reason else "", duration,
             incoming.messages_in, incoming.bytes_in, transport.messages_out, transport.bytes_out, f", dropped: {drop}" if drop else "",
             extra={"event": "closed", "path": self.path, "client": format_address(ws.remote_address), "code": code,
-                   "reason": ws.close_reason, "duration": round(duration, 3), "messages_in": incoming.messages_in,
+                   "reason": ws.sent_close_reason, "duration": round(duration, 3), "messages_in": incoming.messages_in,
                    "messages_out": transport.messages_out, "bytes_in": incoming.bytes_in, "bytes_out": transport.bytes_out, "drop": drop},
         )
         self._server._release_connection()

@@ -18,9 +18,15 @@ The rules (RFC 6455 sections 5.5.1 and 7):
 - After the peer's close frame (or a protocol violation), the server echoes
   or sends its close frame, then ends the TCP connection first (section
   7.1.1) and reads nothing more (``reads_frames`` is False): it lingers.
-- The final code is the first one decided: the server's own when it closed
-  first, the peer's when the peer did, the violation's or the fatal error's
-  when the connection failed, 1006 when it was lost without any.
+- The code decided (``code``, what the server's close frame carries) is the
+  first one decided: the server's own when it closed first, the peer's when
+  the peer did, the violation's or the fatal error's when the connection
+  failed, 1006 when it was lost without any.
+- The connection's close code as RFC 6455 section 7.1.5 defines it
+  (``peer_code``, what the ``'close'`` event reports) is the code of the
+  first close frame received, 1005 when it had none, and 1006 when the
+  connection closed without receiving one (the server failed it, dropped
+  it or lost it).
 
 Every method but ``may_write`` is called under the connection's ``_lock``.
 """
@@ -62,7 +68,7 @@ class Initiator(enum.Enum):
 class Closing:
     """The close state of one connection (see the module docstring)."""
 
-    __slots__ = ("state", "code", "reason", "initiator", "close_sent", "close_received", "_lingering")
+    __slots__ = ("state", "code", "reason", "initiator", "close_sent", "close_received", "received_code", "received_reason", "_lingering")
 
     def __init__(self) -> None:
         self.state = ReadyState.OPEN
@@ -71,6 +77,8 @@ class Closing:
         self.initiator: Optional[Initiator] = None
         self.close_sent = False
         self.close_received = False
+        self.received_code: Optional[int] = None  # of the first close frame received
+        self.received_reason = ""
         self._lingering = False
 
     def __repr__(self) -> str:
@@ -90,6 +98,14 @@ class Closing:
         if kind is FrameKind.CLOSE:
             self.close_sent = True
         return True
+
+    @property
+    def peer_code(self) -> Optional[int]:
+        """RFC 6455 section 7.1.5: the code of the close frame received (1005:
+        it had none), 1006 once closed without one, None before."""
+        if self.received_code is not None:
+            return self.received_code
+        return 1006 if self.state is ReadyState.CLOSED else None
 
     @property
     def delivers_messages(self) -> bool:
@@ -115,6 +131,8 @@ class Closing:
         """The peer's close frame; returns the code to echo (None: an empty
         close frame, for the peer's 1005). The caller then writes it (the
         transport drops it if ours went first) and lingers."""
+        if not self.close_received:
+            self.received_code, self.received_reason = code, reason
         self.close_received = True
         if self.state is ReadyState.OPEN:
             self._decide(Initiator.CLIENT, code, reason)

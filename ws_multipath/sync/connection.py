@@ -119,11 +119,28 @@ class WebSocket(EventEmitter):
 
     @property
     def close_code(self) -> Optional[int]:
-        """The close code once decided (1006: lost without a handshake)."""
-        return self._closing.code
+        """The connection's close code (RFC 6455 section 7.1.5), as the
+        ``'close'`` event reports it: the code of the client's close frame
+        (1005: it had none), or 1006 once closed without one (the server
+        failed or dropped the connection, or it was lost); None before."""
+        return self._closing.peer_code
 
     @property
     def close_reason(self) -> str:
+        """The reason of the client's close frame; ``""`` without one."""
+        return self._closing.received_reason
+
+    @property
+    def sent_close_code(self) -> Optional[int]:
+        """The code this side closed with: the one its close frame carries,
+        or, for a connection it dropped without one (write timeout, heartbeat,
+        ``terminate()`` after ``close()``), the one that says why (1011...);
+        1006 when it was lost before either side closed; None while open.
+        ``stats()`` counts closes by this code."""
+        return self._closing.code
+
+    @property
+    def sent_close_reason(self) -> str:
         return self._closing.reason
 
     @property
@@ -211,7 +228,7 @@ class WebSocket(EventEmitter):
             raise self._closed_error()
 
     def _closed_error(self) -> ConnectionClosed:
-        return connection_closed(self.close_code or 1006, self.close_reason)
+        return connection_closed(self.sent_close_code or 1006, self.sent_close_reason)
 
     # -- closing ------------------------------------------------------------
 

@@ -125,7 +125,7 @@ def test_a_clients_own_small_pool_is_not_taken_for_an_outage(proxy, receiver, li
     import redis
 
     client = redis.Redis.from_url(proxy.url, max_connections=4)
-    broker = RedisBroker(client=client)
+    broker = RedisBroker(client=client, pool_timeout=20)  # 600 publishes on 3 connections take about 2.5 s
     sender = create_server(port=0, host="127.0.0.1", broker=broker)
     try:
         assert broker.pool_size == 3
@@ -174,9 +174,9 @@ def test_the_capacity_estimate_keeps_the_brokers_descriptors_free(redis_server, 
         assert bound is not None
         assert bound.reserved == FD_MARGIN + 20 + 1  # the pool and the subscription, besides the margin
         assert bound.broker == 21
-        assert "(21 for the broker)" in bound.describe()
+        assert "(21 for the broker's connections)" in bound.describe()
         [line] = [r.getMessage() for r in library_log.records if getattr(r, "event", None) == "capacity"]
-        assert "(21 for the broker)" in line or bound.name not in line
+        assert "(21 for the broker's connections)" in line or bound.name not in line
     finally:
         server.close()
         broker.close()

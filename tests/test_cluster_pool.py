@@ -8,6 +8,8 @@ deadline."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import threading
 import time
@@ -21,8 +23,8 @@ from ws_multipath.cluster import RedisBroker
 from ws_multipath.sync.capacity import FD_MARGIN
 
 from .cluster_app import create_server
-from .cluster_support import DelayProxy, redis_server  # noqa: F401 - fixtures
-from .conftest import LogCapture
+from .cluster_support import DelayProxy, own_redis, redis_server  # noqa: F401 - fixtures
+from .conftest import LogCapture, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:DeprecationWarning")
 
@@ -124,7 +126,7 @@ def test_a_clients_own_small_pool_is_not_taken_for_an_outage(proxy, receiver, li
     publishes on at most 3 at once (one is the subscription's), the others wait."""
     import redis
 
-    client = redis.Redis.from_url(proxy.url, max_connections=4)
+    client = redis.Redis.from_url(proxy.url, max_connections=4, socket_timeout=5)
     broker = RedisBroker(client=client, pool_timeout=20)  # 600 publishes on 3 connections take about 2.5 s
     sender = create_server(port=0, host="127.0.0.1", broker=broker)
     try:
@@ -142,14 +144,16 @@ def test_a_clients_own_small_pool_is_not_taken_for_an_outage(proxy, receiver, li
 
 
 def test_a_busy_pool_is_told_apart_from_an_outage(redis_server, receiver, library_log) -> None:  # noqa: F811
-    """Redis answers, but slower than ``pool_timeout`` lets a queue of
-    publishes wait: the ones past it are dropped with one 'busy' warning,
-    no outage is opened, and the next publish goes straight through."""
-    with DelayProxy(redis_server.port, 0.2) as slow:
+    """Redis answers within ``pool_timeout`` (0.1 s a round trip), but a
+    queue of 8 publishes on one connection lasts longer: the ones that waited
+    past it are dropped with one 'busy' warning, no outage is opened, and the
+    next publish goes straight through."""
+    with DelayProxy(redis_server.port, 0.05) as slow:
         broker = RedisBroker(slow.url, pool_size=1, pool_timeout=0.25)
         try:
+            assert broker.publish("ws_multipath:/chat", b'{"v":1}\nwarm')  # connected (the handshake's round trips)
             results = []
-            threads = [threading.Thread(target=lambda: results.append(broker.publish("ws_multipath:/chat", b'{"v":1}\nx'))) for _ in range(6)]
+            threads = [threading.Thread(target=lambda i=i: results.append(broker.publish("ws_multipath:/chat", b'{"v":1}\n%d' % i))) for i in range(8)]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -162,7 +166,47 @@ def test_a_busy_pool_is_told_apart_from_an_outage(redis_server, receiver, librar
             assert time.monotonic() - started < 2.0
         finally:
             broker.close()
-    assert "after" in _received(receiver, 1 + results.count(True))
+    assert "after" in _received(receiver, 2 + results.count(True))
+
+
+def test_a_redis_that_stops_answering_a_client_without_socket_timeout_is_an_outage(own_redis, library_log) -> None:  # noqa: F811
+    """A given client without ``socket_timeout`` and Redis stopped (SIGSTOP):
+    the publishes on the wire hang, but the others wait at most
+    ``pool_timeout``, that is an outage (not 'busy'), and the rest are
+    dropped at once; SIGCONT: publishing comes back."""
+    import redis
+
+    client = redis.Redis.from_url(own_redis.url, max_connections=8)
+    broker = RedisBroker(client=client, pool_size=2, pool_timeout=0.3, retry_interval=0.2)
+    hung: list = []
+    waits: list = []
+    try:
+        assert broker.publish("ws_multipath:/chat", b'{"v":1}\nbefore')
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        try:
+            stuck = [threading.Thread(target=lambda: hung.append(broker.publish("ws_multipath:/chat", b'{"v":1}\nx'))) for _ in range(2)]
+            for thread in stuck:
+                thread.start()
+            assert wait_until(lambda: broker._slots._value == 0)  # (the semaphore's count) both on the wire, unanswered
+            for _ in range(20):
+                started = time.monotonic()
+                assert not broker.publish("ws_multipath:/chat", b'{"v":1}\ny')
+                waits.append(time.monotonic() - started)
+            assert max(waits) < 1.0 and sorted(waits)[-3] < 0.05, waits  # pool_timeout once (or twice: a probe), then at once
+            messages = _warnings(library_log)
+            assert any("cannot publish" in m and "pool_timeout" in m for m in messages), messages
+            assert not any("busy" in m for m in messages), messages
+            assert any("has no socket_timeout" in m for m in messages), messages  # said when the broker was made
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+        for thread in stuck:
+            thread.join(10)
+        assert hung == [True, True]
+        assert wait_until(lambda: broker.publish("ws_multipath:/chat", b'{"v":1}\nafter'))
+        assert any("publishing to Redis again" in m for m in _warnings(library_log))
+    finally:
+        broker.close()
+        client.close()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

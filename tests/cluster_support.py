@@ -1,6 +1,7 @@
 """A real redis-server for the cluster tests: started on a free port with
 its data in a tmp dir (no persistence), stopped by PID. Tests that need it
-skip, saying why, when the binary or the redis package is absent."""
+skip, saying why, when the binary or the redis package is absent.
+``DelayProxy`` puts it a few milliseconds away (a TCP proxy on loopback)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -97,6 +99,98 @@ def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     server.start()
     yield server
     server.stop()
+
+
+class DelayProxy:
+    """A TCP proxy on 127.0.0.1 that holds each chunk ``delay`` seconds
+    before passing it on, both ways: Redis as if it were that far away
+    (``delay`` = 0.005 is a 10 ms round trip). One thread accepts, two
+    forward each connection; ``close()`` shuts every socket, which ends
+    them all, and waits for them. ``connections``: how many it accepted."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target_port = target_port
+        self.delay = delay
+        self.connections = 0
+        self._lock = threading.Lock()  # guards _sockets, _threads and connections
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self._start(self._accept)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _start(self, target, *args) -> None:  # type: ignore[no-untyped-def]
+        thread = threading.Thread(target=target, args=args, name="delay-proxy", daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                if self._stop.is_set():
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+                self.connections += 1
+            self._start(self._forward, client, upstream)
+            self._start(self._forward, upstream, client)
+
+    def _forward(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while True:
+                chunk = source.recv(65536)
+                if not chunk:
+                    break
+                time.sleep(self.delay)  # the simulated distance, not a wait for anything
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._threads[0].join(10)  # the accept loop: no connection is added after it
+        with self._lock:
+            sockets, threads = list(self._sockets), list(self._threads)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in threads:
+            thread.join(10)
+        self._listener.close()
+        for sock in sockets:
+            sock.close()
+
+    def __enter__(self) -> "DelayProxy":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def spawn(argv: list, **kwargs) -> subprocess.Popen:

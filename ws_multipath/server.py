@@ -245,11 +245,12 @@ class MultipathServer(EventEmitter):
         """How many connections this process can hold, counting the ones
         open now, and which limit sets that: file descriptors, threads or
         memory (``ws_multipath.sync.capacity``). It reads ``/proc`` on each
-        call; a limit it cannot read is left out (``Capacity.unknown``), and
+        call; a broker's connections are kept free (``Broker.descriptors()``);
+        a limit it cannot read is left out (``Capacity.unknown``), and
         ``connections`` is None when none could be read."""
         with self._lock:
             held = self._open_connections
-        return measure_capacity(held, listening=self._acceptor.bound)
+        return measure_capacity(held, listening=self._acceptor.bound, broker_fds=self._cluster.broker.descriptors() if self._cluster else 0)
 
     def wait_cluster_ready(self, timeout: Optional[float] = None) -> bool:
         """Wait until the broker confirmed this server's subscriptions (True),
@@ -278,7 +279,7 @@ class MultipathServer(EventEmitter):
             self._acceptor.bind()
         self._flusher.open()  # its descriptors now, before connections can fill the table
         self._acceptor.start()
-        report_capacity(self._max_connections)  # one line: the connection ceiling, a WARNING if below max_connections
+        report_capacity(self._max_connections, self.capacity)  # one line: the connection ceiling, a WARNING if below max_connections
 
     def serve_forever(self) -> None:
         """Block until the server is closed: by ``close()`` from another

@@ -49,12 +49,17 @@ class Broker:
 
     def publish(self, channel: str, payload: bytes) -> bool:
         """Send ``payload`` to the subscribers of ``channel``; False if it
-        was dropped (the broker is down). Never raises for an outage, never
-        blocks for long."""
+        was dropped (the broker is down, or too busy to take it in time).
+        Never raises for an outage, never blocks for long."""
         raise NotImplementedError
 
     def subscribe(self, deliver: Deliver) -> Subscription:
         raise NotImplementedError
+
+    def descriptors(self) -> int:
+        """The most file descriptors it may hold at once (its connections):
+        the server's capacity estimate keeps them free. 0 by default."""
+        return 0
 
     def close(self) -> None:
         """Release connections (the broker's creator calls it)."""

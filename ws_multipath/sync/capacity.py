@@ -10,7 +10,9 @@ otherwise. Nothing here raises a limit; the WARNING says how to.
 The bounds (``Bound.name``: what counts against it):
 
 - ``RLIMIT_NOFILE``: this process's open descriptors (the soft limit, ``ulimit -n``);
-  ``fs.file-max``: open files on the machine.
+  ``fs.file-max``: open files on the machine. A cluster broker's connections
+  (``broker_fds``: a ``RedisBroker``'s ``pool_size`` + 1 per subscription)
+  are kept free with the server's own.
 - ``kernel.threads-max``: threads on the machine; ``kernel.pid_max``: the
   same, as each thread takes a pid, less the 300 low pids the kernel hands
   out only at boot; ``RLIMIT_NPROC``: threads of the user's processes (left
@@ -102,7 +104,10 @@ class Bound:
     many it allows in all, the ones open when measured (their share is in
     ``in_use``) and those the rest has room for. ``kind``: ``"fds"``,
     ``"threads"`` or ``"memory"``; ``scope``: ``"process"``, ``"user"``,
-    ``"cgroup"`` or ``"machine"``; ``hard``: an rlimit's hard limit."""
+    ``"cgroup"`` or ``"machine"``; ``hard``: an rlimit's hard limit;
+    ``broker``: of ``reserved``, the descriptors a cluster broker may hold
+    (all of them: those it has open are also ``in_use``, so the figure errs
+    low by those few, never high)."""
 
     name: str
     kind: str
@@ -113,6 +118,7 @@ class Bound:
     per_connection: int
     connections: int
     hard: Optional[int] = None
+    broker: int = 0
 
     def needed(self, connections: int) -> int:
         """The ``limit`` that would let this process hold ``connections``."""
@@ -121,10 +127,12 @@ class Bound:
     def describe(self) -> str:
         """The numbers in one phrase: ``RLIMIT_NOFILE (this process's open
         descriptors): limit 64 (hard limit 4,096), 5 in use, 36 kept free, 1
-        per connection``."""
+        per connection``; with a broker, ``53 kept free (17 for the broker's
+        connections)``."""
         unit = _bytes if self.kind == "memory" else _int
         hard = f" (hard limit {_int(self.hard)})" if self.hard is not None else ""
         kept = f", {unit(self.reserved)} kept free" if self.reserved else ""
+        kept += f" ({_int(self.broker)} for the broker's connections)" if self.broker else ""
         return (f"{self.name} ({_TEXT[self.name][0]}): limit {unit(self.limit)}{hard}, {unit(self.in_use)} in use"
                 f"{kept}, {unit(self.per_connection)} per connection")
 
@@ -170,19 +178,21 @@ class Capacity:
         return f"about {_int(self.connections)} connections, bound by {self.binding.describe()}"
 
 
-def measure_capacity(held: int = 0, *, listening: bool = False, per_connection_bytes: int = PER_CONNECTION_BYTES,
-                     proc: str = "/proc", sys: str = "/sys") -> Capacity:
+def measure_capacity(held: int = 0, *, listening: bool = False, broker_fds: int = 0,
+                     per_connection_bytes: int = PER_CONNECTION_BYTES, proc: str = "/proc", sys: str = "/sys") -> Capacity:
     """Read the limits now. ``held``: connections this process holds already
     (what they use is counted as theirs); ``listening``: the server's
     listening socket and the flusher's descriptors are open already (they
     are then counted once, not kept free as well), so ``MultipathServer(max_connections=measure_capacity().connections)``
-    gets no warning. ``proc`` and ``sys``: where those file systems are
+    gets no warning. ``broker_fds``: descriptors a cluster broker may hold
+    (``broker.descriptors()``), kept free too. ``proc`` and ``sys``: where those file systems are
     (tests; a host's ``/proc`` mounted elsewhere). A limit that is missing
     or unreadable goes into ``unknown``; nothing raises."""
     read = LimitReader(Path(proc), Path(sys), _THREAD_RESERVE)
     threads = read.system_threads()
-    read.fds(_FD_RESERVE - (SERVER_FDS if listening else 0))
-    read.add("fs.file-max", "fds", "machine", read.number("sys/fs/file-nr", field=2), read.system_files(), 1, _FD_RESERVE)
+    broker_fds = max(0, broker_fds)
+    read.fds(_FD_RESERVE - (SERVER_FDS if listening else 0) + broker_fds)
+    read.add("fs.file-max", "fds", "machine", read.number("sys/fs/file-nr", field=2), read.system_files(), 1, _FD_RESERVE + broker_fds)
     read.add("kernel.threads-max", "threads", "machine", read.number("sys/kernel/threads-max"), threads, 1, _THREAD_RESERVE)
     read.add("kernel.pid_max", "threads", "machine", read.number("sys/kernel/pid_max"), threads, 1, RESERVED_PIDS + _THREAD_RESERVE)
     read.nproc()
@@ -191,7 +201,8 @@ def measure_capacity(held: int = 0, *, listening: bool = False, per_connection_b
     read.memory(per_connection_bytes, thread_stack_bytes())
     held = max(0, held)
     bounds = tuple(Bound(r.name, r.kind, r.scope, r.limit, r.in_use, r.reserved, r.per,
-                         max(0, held + (r.limit - r.in_use - r.reserved) // r.per), r.hard) for r in read.readings)
+                         max(0, held + (r.limit - r.in_use - r.reserved) // r.per), r.hard,
+                         broker_fds if r.kind == "fds" else 0) for r in read.readings)
 
     def least(kind: Optional[str]) -> Optional[Bound]:
         return min((b for b in bounds if kind in (None, b.kind)), key=lambda b: b.connections, default=None)

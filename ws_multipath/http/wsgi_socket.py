@@ -16,7 +16,7 @@ from typing import Optional
 
 from .wsgi_body import ClientGone
 
-__all__ = ["ClientSocket", "KiB", "DRAIN_LIMIT", "LINGER"]
+__all__ = ["ClientSocket", "linger", "KiB", "DRAIN_LIMIT", "LINGER"]
 
 KiB = 1024
 DRAIN_LIMIT = 64 * KiB  # unread body bytes read and dropped to keep a connection alive
@@ -116,9 +116,7 @@ class ClientSocket:
                 raise ClientGone(f"connection lost writing the response ({exc})") from None
 
     def linger(self) -> None:
-        """Close the sending side, then read (and drop) what the client still
-        sends for a moment: closing with unread data would reset the
-        connection and could destroy the response before the client read it."""
+        """``linger(sock)``, once; ``close()`` need not wait for it."""
         if self._lingered:
             return
         self._lingered = True
@@ -127,20 +125,28 @@ class ClientSocket:
                 return
             self._idle = True
         try:
-            self.sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + LINGER
-            received = 0
-            while received < DRAIN_LIMIT * 4:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self.sock.settimeout(remaining)
-                data = self.sock.recv(65536)
-                if not data:
-                    return
-                received += len(data)
-        except OSError:
-            pass
+            linger(self.sock)
         finally:
             with self._lock:
                 self._idle = False
+
+
+def linger(sock: socket.socket) -> None:
+    """Close the sending side, then read (and drop) what the client still
+    sends for a moment: closing with unread data would reset the connection
+    and could destroy the response before the client read it."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER
+        received = 0
+        while received < DRAIN_LIMIT * 4:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            sock.settimeout(remaining)
+            data = sock.recv(65536)
+            if not data:
+                return
+            received += len(data)
+    except OSError:
+        pass

@@ -286,7 +286,8 @@ def check_head_answer(sent: bytes, key, valid: bool, answer: bytes, how: str) ->
         assert not rest and all(f.opcode == 0x8 for f in frames), (frames, rest)
         return
     assert not valid, f"a valid upgrade request was refused with {status}: {sent!r}"
-    assert 400 <= status < 500, f"status {status} (not 4xx) for {sent[:300]!r}"
+    # 501 (CONNECT, a transfer coding) and 505 (a version other than 1.0/1.1) are refusals too
+    assert 400 <= status < 500 or status in (501, 505), f"status {status} (not 4xx, 501, 505) for {sent[:300]!r}"
     assert fields.get(b"connection") == [b"close"]
     assert len(body) == int(fields[b"content-length"][0]), (fields, body)
 

@@ -18,10 +18,10 @@ import socket
 from typing import Callable
 
 from ..errors import HandshakeError
-from .request import HEAD_END
+from .request import HEAD_END, Request
 from .strictness import MAX_TARGET_SIZE, check_head, check_target_length
 
-__all__ = ["read_head", "read_request_head"]
+__all__ = ["read_head", "read_request_head", "head_bytes"]
 
 
 def read_request_head(sock: socket.socket, max_size: int, max_headers: int, max_target: int = MAX_TARGET_SIZE) -> tuple[bytes, bytes]:
@@ -92,3 +92,10 @@ def _refuse_bare_lf(buffer: bytearray, start: int, end: int) -> None:
     crlf_from = max(0, start - 1)  # a CRLF split across two reads
     if buffer.count(b"\n", start, end) != buffer.count(b"\r\n", crlf_from, end):
         raise HandshakeError(400, "a line of the request head ends with a bare LF, not CRLF")
+
+
+def head_bytes(request: Request) -> bytes:
+    """A request head again, for a later request whose bytes h11 consumed."""
+    lines = [f"{request.method} {request.target} HTTP/{request.http_version}"]
+    lines.extend(f"{name}: {value}" for name, value in request.headers.raw_items())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

@@ -110,7 +110,8 @@ def _latin1(value: str) -> bool:
     return True
 
 
-def _phrase(status: int) -> str:
+def phrase(status: int) -> str:
+    """The reason phrase of ``status`` ("Error" for one Python does not know)."""
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -119,7 +120,7 @@ def _phrase(status: int) -> str:
 
 def _response(status: int, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
     check_headers(headers)
-    lines = [f"HTTP/1.1 {status} {_phrase(status)}"]
+    lines = [f"HTTP/1.1 {status} {phrase(status)}"]
     lines.extend(f"{name}: {value}" for name, value in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
@@ -133,7 +134,7 @@ def switching_protocols(headers: list[tuple[str, str]]) -> bytes:
 def error_response(error: HandshakeError, extra_headers: Optional[list[tuple[str, str]]] = None) -> bytes:
     """A complete HTTP error response that closes the connection;
     ``ValueError`` if one of ``error.headers`` cannot be sent."""
-    body = ((error.reason or _phrase(error.status)) + "\n").encode("utf-8", "replace")
+    body = ((error.reason or phrase(error.status)) + "\n").encode("utf-8", "replace")
     headers = [
         ("Content-Type", "text/plain; charset=utf-8"),
         ("Content-Length", str(len(body))),

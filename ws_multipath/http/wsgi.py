@@ -32,7 +32,8 @@ from .proxies import TrustedProxies
 from .request import Request
 from .strictness import MAX_TARGET_SIZE
 from .wsgi_body import BodyTimeout, BodyTooLarge, ClientDisconnected
-from .wsgi_connection import HTTPConnection, head_bytes
+from .head import head_bytes
+from .wsgi_connection import HTTPConnection
 from .wsgi_socket import KiB
 
 __all__ = ["WSGIOptions", "WSGIServer", "BodyTooLarge", "BodyTimeout", "ClientDisconnected"]

@@ -22,9 +22,8 @@ from ..log import format_address, logger
 from .environ import SERVER_SOFTWARE, build_environ
 from .chunked import ChunkedChecker, MalformedChunk
 from .handover import HANDOVER_CLOSE_WAIT, SocketHandover
-from .head import read_head
 from .request import Request, request_from_h11
-from .upgrade import error_response, is_upgrade_request
+from .upgrade import error_response, is_upgrade_request, phrase
 from .wsgi_body import (
     BodyTimeout,
     BodyTooLarge,
@@ -34,12 +33,12 @@ from .wsgi_body import (
     WSGIInput,
 )
 from .wsgi_response import AppResponse
-from .wsgi_socket import DRAIN_LIMIT, ClientSocket
+from .wsgi_socket import DRAIN_LIMIT, ClientSocket, HeadNotReceived
 
 if TYPE_CHECKING:
     from .wsgi import WSGIServer
 
-__all__ = ["HTTPConnection", "head_bytes"]
+__all__ = ["HTTPConnection"]
 
 
 class HTTPConnection:
@@ -127,31 +126,20 @@ class HTTPConnection:
 
     def _next_head(self) -> Optional[tuple[bytes, bytes]]:
         """The next request's head and the bytes after it, read by the first
-        request's rules (``head.read_head``); None when the connection ends."""
+        request's rules; None when the connection ends."""
         data = self.h11.trailing_data[0]
         if not data:
             data = self._socket.wait_idle(self.options.keepalive_timeout)
             if not data:
                 return None
-        deadline = time.monotonic() + self.options.head_timeout
         options = self.options
         try:
-            return read_head(lambda: self._receive_head(deadline), data, options.max_header_size, options.max_headers, options.max_target_size)
+            return self._socket.read_head(data, options.head_timeout, options.max_header_size, options.max_headers, options.max_target_size)
         except HandshakeError as exc:
             self._refuse(exc)
-        except _HeadNotReceived as exc:
+        except HeadNotReceived as exc:
             logger.info("dropping %s: %s", format_address(self.address), exc)
         return None
-
-    def _receive_head(self, deadline: float) -> bytes:
-        received = self._socket.recv_head(deadline)
-        if received is None:
-            raise _HeadNotReceived(f"request head not completed within {self.options.head_timeout}s")
-        if not received:
-            if self._socket.closing:
-                raise _HeadNotReceived("the server is closing")
-            raise HandshakeError(400, "connection closed before the end of the request head")
-        return received
 
     def _refuse(self, error: HandshakeError) -> None:
         logger.info("refused %s: %s", format_address(self.address), error)
@@ -298,7 +286,7 @@ class HTTPConnection:
         body = (text + "\n").encode("utf-8")
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
         response = AppResponse(lambda data: None)
-        response.status, response.headers = f"{status} {_reason(status)}", headers
+        response.status, response.headers = f"{status} {phrase(status)}", headers
         self._must_close = True
         try:
             if self.h11.our_state is h11.SEND_RESPONSE:
@@ -391,17 +379,6 @@ class HTTPConnection:
         return False
 
 
-def head_bytes(request: Request) -> bytes:
-    """A request head again, for a later request whose bytes h11 consumed."""
-    lines = [f"{request.method} {request.target} HTTP/{request.http_version}"]
-    lines.extend(f"{name}: {value}" for name, value in request.headers.raw_items())
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-class _HeadNotReceived(Exception):
-    """A later request's head did not come (in time, or before ``close()``)."""
-
-
 #: The status of a request body's failure, before the response started (a
 #: client that broke the connection gets none).
 _BODY_ERRORS = {
@@ -416,13 +393,3 @@ def _content_length(request: Request) -> Optional[int]:
         return None
     values = request.headers.get_all("Content-Length")
     return int(values[0]) if values and values[0].strip().isdigit() else None
-
-
-def _reason(status: int) -> str:
-    from http import HTTPStatus
-
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-

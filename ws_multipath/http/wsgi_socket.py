@@ -14,13 +14,19 @@ import threading
 import time
 from typing import Optional
 
+from ..errors import HandshakeError
+from .head import read_head
 from .wsgi_body import ClientGone
 
-__all__ = ["ClientSocket", "linger", "KiB", "DRAIN_LIMIT", "LINGER"]
+__all__ = ["ClientSocket", "HeadNotReceived", "linger", "KiB", "DRAIN_LIMIT", "LINGER"]
 
 KiB = 1024
 DRAIN_LIMIT = 64 * KiB  # unread body bytes read and dropped to keep a connection alive
 LINGER = 2.0  # seconds to read what a client still sends after our last response (Apache: 2 s)
+
+
+class HeadNotReceived(Exception):
+    """A later request's head did not come (in time, or before ``close()``)."""
 
 
 class ClientSocket:
@@ -90,6 +96,25 @@ class ClientSocket:
         finally:
             with self._lock:
                 self._idle = False
+
+    def read_head(self, buffered: bytes, timeout: float, max_size: int, max_headers: int, max_target: int) -> tuple[bytes, bytes]:
+        """A later request's head (``buffered`` and what follows), read by
+        the first request's rules (``head.read_head``) within ``timeout`` of
+        its first bytes: ``HandshakeError`` to refuse it, ``HeadNotReceived``
+        when it did not come."""
+        deadline = time.monotonic() + timeout
+
+        def receive() -> bytes:
+            received = self.recv_head(deadline)
+            if received is None:
+                raise HeadNotReceived(f"request head not completed within {timeout}s")
+            if not received:
+                if self.closing:
+                    raise HeadNotReceived("the server is closing")
+                raise HandshakeError(400, "connection closed before the end of the request head")
+            return received
+
+        return read_head(receive, buffered, max_size, max_headers, max_target)
 
     def recv_until(self, deadline: float, what: str) -> Optional[bytes]:
         """Bytes from the socket before ``deadline`` (b"" at EOF), None when it

@@ -197,7 +197,8 @@ def structured_heads(draw):
         ("Origin", "https://o.example"), ("Sec-WebSocket-Protocol", "chat, superchat"),
         ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
         ("Sec-WebSocket-Extensions", "x-unknown; a=\"b\""), ("Content-Length", "0"), ("User-Agent", "fuzz/1.0"),
-    ] + ([] if sane else [("Transfer-Encoding", "chunked"), ("Content-Length", "5"), ("Host", "second.example")])), max_size=3))
+    ] + ([] if sane else [("Transfer-Encoding", "chunked"), ("Content-Length", "5"), ("Host", "second.example")])), max_size=3, unique=True))
+    # unique: a repeated Content-Length, even "0" twice, is refused (RFC 9112 section 6.3 lets a server choose)
     fields = fields + extra + optional
     draw(st.randoms()).shuffle(fields)
     lines = [f"{method} {target} {version}"] + [f"{name}: {value}" for name, value in fields]

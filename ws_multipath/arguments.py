@@ -47,7 +47,7 @@ class NoListen:
 def wsgi_options(
     app: Any, websockets: Any, max_body_size: Any, keepalive_timeout: Any, body_timeout: Any,
     write_timeout: Any, graceful_timeout: Any, head_timeout: float, max_header_size: int, max_headers: int,
-    proxies: TrustedProxies,
+    proxies: TrustedProxies, max_target_size: int,
 ) -> Optional[WSGIOptions]:
     if app is not None and not callable(app):
         raise TypeError(f"wsgi_app must be a WSGI callable, not {type(app).__name__}")
@@ -69,7 +69,7 @@ def wsgi_options(
         return None
     return WSGIOptions(
         app, websockets, max_body_size, float(keepalive_timeout), float(body_timeout),
-        float(write_timeout), float(graceful_timeout), head_timeout, max_header_size, max_headers, proxies,
+        float(write_timeout), float(graceful_timeout), head_timeout, max_header_size, max_headers, proxies, max_target_size,
     )
 
 
@@ -109,7 +109,10 @@ def check_path(path: Any) -> None:
         raise ValueError(f"path must not contain a query or fragment: {path!r}")
 
 
-def check_arguments(port: Any, host: Any, open_timeout: Any, max_connections: Any, ssl_context: Any, backlog: Any, max_header_size: Any, max_headers: Any) -> None:
+def check_arguments(
+    port: Any, host: Any, open_timeout: Any, max_connections: Any, ssl_context: Any, backlog: Any, max_header_size: Any, max_headers: Any,
+    max_target_size: Any = 8190,  # strictness.MAX_TARGET_SIZE
+) -> None:
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int from 0 to 65535, not {port!r}")
     if host is not None and not isinstance(host, str):
@@ -120,6 +123,6 @@ def check_arguments(port: Any, host: Any, open_timeout: Any, max_connections: An
         raise ValueError(f"max_connections must be a positive int or None, not {max_connections!r}")
     if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
         raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
-    for name, value in (("backlog", backlog), ("max_header_size", max_header_size), ("max_headers", max_headers)):
+    for name, value in (("backlog", backlog), ("max_header_size", max_header_size), ("max_headers", max_headers), ("max_target_size", max_target_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, not {value!r}")

@@ -25,6 +25,7 @@ from .handler import WebSocketHandler
 from .http.handshake import HeadLimits, HTTPSide
 from .http.proxies import TrustedProxies
 from .http.request import Request
+from .http.strictness import MAX_TARGET_SIZE
 from .http.routing import RoutingTable
 from .http.wsgi import WSGIServer
 from .log import logger
@@ -53,7 +54,7 @@ class MultipathServer(EventEmitter):
 
     ``MultipathServer(port, host=None, auto_listen=True, reject_unhandled=True,
     *, sock=None, unix_path=None, open_timeout=10, max_connections=None, ssl_context=None, backlog=511,
-    max_header_size=16384, max_headers=100, trusted_proxies=None, wsgi_app=None,
+    max_header_size=16384, max_headers=100, max_target_size=8190, trusted_proxies=None, wsgi_app=None,
     wsgi_websockets=False, http_max_body_size=16 MiB, http_keepalive_timeout=5,
     http_body_timeout=60, http_write_timeout=10, http_graceful_timeout=10,
     broker=None, reuse_port=False)``
@@ -84,6 +85,10 @@ class MultipathServer(EventEmitter):
       bursts; Node uses 511).
     - ``max_header_size`` / ``max_headers``: limits of the request head
       (431 beyond).
+    - ``max_target_size``: the longest request target (path and query), in
+      bytes (414 beyond, said as soon as the request line is that long);
+      within ``max_header_size``. The same rules hold for every request of
+      a connection (see ``http/strictness.py`` and the security page).
     - ``trusted_proxies``: addresses and networks (``"10.0.0.0/8"``,
       ``"::1"``), ``"unix"`` or ``"*"`` whose ``Forwarded`` /
       ``X-Forwarded-*`` headers say who the client is
@@ -138,6 +143,7 @@ class MultipathServer(EventEmitter):
         backlog: int = 511,
         max_header_size: int = 16384,
         max_headers: int = 100,
+        max_target_size: int = MAX_TARGET_SIZE,
         trusted_proxies: Optional[Iterable[str]] = None,
         wsgi_app: Optional[Callable[..., Any]] = None,
         wsgi_websockets: bool = False,
@@ -153,11 +159,11 @@ class MultipathServer(EventEmitter):
         check_listen_arguments(port is not NO_PORT, host, sock, unix_path, reuse_port)
         if port is NO_PORT:
             port = 0
-        check_arguments(port, host, open_timeout, max_connections, ssl_context, backlog, max_header_size, max_headers)
+        check_arguments(port, host, open_timeout, max_connections, ssl_context, backlog, max_header_size, max_headers, max_target_size)
         proxies = TrustedProxies(trusted_proxies or ())
         wsgi = wsgi_options(
             wsgi_app, wsgi_websockets, http_max_body_size, http_keepalive_timeout, http_body_timeout,
-            http_write_timeout, http_graceful_timeout, float(open_timeout), max_header_size, max_headers, proxies,
+            http_write_timeout, http_graceful_timeout, float(open_timeout), max_header_size, max_headers, proxies, max_target_size,
         )
         if reuse_port:
             check_reuse_port()
@@ -187,7 +193,7 @@ class MultipathServer(EventEmitter):
         self._http = HTTPSide(
             self._routes,
             self._timers,
-            HeadLimits(float(open_timeout), max_header_size, max_headers, proxies),
+            HeadLimits(float(open_timeout), max_header_size, max_headers, proxies, max_target_size),
             ssl_context,
             bool(reject_unhandled),
             self,

@@ -35,8 +35,11 @@ from ..sync.timers import Timers
 from .proxies import TrustedProxies
 from .request import Request, parse_request_head
 from .routing import RoutingTable
-from .upgrade import error_response, is_upgrade_request, read_request_head
+from .head import read_request_head
+from .strictness import MAX_TARGET_SIZE
+from .upgrade import error_response, is_upgrade_request
 from .wsgi import WSGIServer
+from .wsgi_socket import linger
 
 if TYPE_CHECKING:
     from ..handler import WebSocketHandler
@@ -57,6 +60,7 @@ class HeadLimits:
     max_header_size: int
     max_headers: int
     proxies: TrustedProxies = dataclasses.field(default_factory=TrustedProxies)
+    max_target_size: int = MAX_TARGET_SIZE
 
 
 class Deadline:
@@ -176,6 +180,7 @@ class HTTPSide:
         except HandshakeError as exc:
             self._refused(address, exc)
             _send_quietly(deadline.sock, error_response(exc))
+            linger(deadline.sock)  # a client still sending reads its status (the deadline bounds this)
         except (OSError, ssl.SSLError) as exc:
             if not deadline.expired:
                 logger.debug("dropping %s: connection lost during the handshake (%s)", format_address(address), exc)
@@ -195,7 +200,7 @@ class HTTPSide:
 
     def _first_request(self, sock: socket.socket, address: tuple[Any, ...], deadline: Deadline) -> "_Outcome":
         limits = self._limits
-        head, rest = read_request_head(sock, limits.max_header_size, limits.max_headers)
+        head, rest = read_request_head(sock, limits.max_header_size, limits.max_headers, limits.max_target_size)
         request = parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest, proxies=limits.proxies)
         return self._decide(sock, request, deadline, head)
 

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 
 from ..errors import HandshakeError
+from .strictness import origin_form
 
 if TYPE_CHECKING:
     from .proxies import TrustedProxies
@@ -172,11 +173,17 @@ class Request:
 
 
 def _split_target(target: str) -> tuple[str, str]:
+    """Path and query; never raises (a target from the wire is in origin-form
+    already, ``strictness.origin_form``; this is for ``Request`` objects made
+    by hand)."""
     if target.startswith("/"):
         path, _, query = target.partition("?")
         return path, query
     if "://" in target:  # absolute-form, RFC 9112 section 3.2.2
-        parts = urlsplit(target)
+        try:
+            parts = urlsplit(target)
+        except ValueError:
+            return target, ""
         return parts.path or "/", parts.query
     return target, ""
 
@@ -193,14 +200,16 @@ def parse_request_head(
     ``remote_address`` is the TCP peer, and ``proxies`` may say who the
     client behind it is.
 
-    Raises ``HandshakeError(400)`` for anything h11 rejects as malformed.
+    Raises ``HandshakeError`` for anything h11 rejects as malformed (with
+    the status h11 suggests: 400, or 501 for a transfer coding it does not
+    support).
     """
     parser = h11.Connection(h11.SERVER, max_incomplete_event_size=len(head) + 1)
     try:
         parser.receive_data(head)
         event = parser.next_event()
     except h11.RemoteProtocolError as exc:
-        raise HandshakeError(400, f"malformed HTTP request: {exc}") from None
+        raise HandshakeError(exc.error_status_hint, f"malformed HTTP request: {exc}") from None
     if not isinstance(event, h11.Request):
         raise HandshakeError(400, "malformed HTTP request")
     return request_from_h11(event, remote_address=remote_address, secure=secure, buffered=buffered, proxies=proxies)
@@ -215,13 +224,19 @@ def request_from_h11(
     proxies: Optional["TrustedProxies"] = None,
 ) -> Request:
     """The ``Request`` of an h11 request event (the first of a connection or
-    a later one on keep-alive): names decoded, the client resolved through
-    ``proxies``."""
-    headers = Headers([(_text(name), _text(value)) for name, value in event.headers.raw_items()])
+    a later one on keep-alive): names decoded, the target in origin-form
+    (an absolute-form target's host replaces ``Host``, RFC 9112 section
+    3.2.2), the client resolved through ``proxies``. ``HandshakeError(400)``
+    for a target in no form a server accepts."""
+    target, authority = origin_form(event.target.decode("latin-1"))
+    fields = [(_text(name), _text(value)) for name, value in event.headers.raw_items()]
+    if authority is not None:
+        fields = [(name, value) for name, value in fields if name.lower() != "host"] + [("Host", authority)]
+    headers = Headers(fields)
     forwarding = proxies.resolve(remote_address, headers) if proxies else None
     return Request(
         method=_text(event.method),  # an ASCII token (h11 checks it)
-        target=event.target.decode("latin-1"),
+        target=target,
         headers=headers,
         http_version=_text(event.http_version),
         remote_address=forwarding.remote_address if forwarding else remote_address,

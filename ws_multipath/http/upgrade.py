@@ -1,6 +1,6 @@
-"""The opening handshake of RFC 6455 section 4.2: reading the request head
-within its limits, checking an upgrade request, and the HTTP responses the
-server sends (101, or an error status with a short text body).
+"""The opening handshake of RFC 6455 section 4.2: checking an upgrade
+request, and the HTTP responses the server sends (101, or an error status
+with a short text body). The request head is read by ``head.py``.
 """
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import socket
 from http import HTTPStatus
 from typing import Iterable, Optional
 
 from ..errors import HandshakeError
-from .request import HEAD_END, Request
+from .head import read_request_head
+from .request import Request
 
 __all__ = [
     "read_request_head",
@@ -26,69 +26,6 @@ __all__ = [
 ]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
-
-
-def read_request_head(sock: socket.socket, max_size: int, max_headers: int) -> tuple[bytes, bytes]:
-    """Read until the blank line that ends an HTTP request head.
-
-    Returns ``(head, rest)``, ``rest`` being bytes read past the head. Empty
-    lines before the request line are skipped (RFC 9112 section 2.2) but
-    count towards ``max_size``. Raises ``HandshakeError(431)`` when the head
-    exceeds ``max_size`` bytes or ``max_headers`` fields,
-    ``HandshakeError(400)`` for a line ending in a bare LF (as soon as it
-    arrives: such a head would never end) or when the client closes before
-    finishing the head, and ``OSError`` when the socket fails (for instance
-    when the handshake deadline shut it down).
-    """
-    buffer, skipped = _skip_empty_lines(sock, max_size)
-    checked = 0  # buffer[:checked] has no bare LF and no HEAD_END
-    while True:
-        end = buffer.find(HEAD_END, max(0, checked - 3))
-        limit = len(buffer) if end < 0 else end + len(HEAD_END)
-        _refuse_bare_lf(buffer, checked, limit)
-        if skipped + limit > max_size:
-            raise HandshakeError(431, f"request head larger than {max_size} bytes")
-        if end >= 0:
-            break
-        checked = len(buffer)
-        buffer += _receive(sock)
-    head, rest = bytes(buffer[:limit]), bytes(buffer[limit:])
-    if head.count(b"\n") - 2 > max_headers:
-        raise HandshakeError(431, f"more than {max_headers} header fields")
-    return head, rest
-
-
-def _receive(sock: socket.socket) -> bytes:
-    chunk = sock.recv(8192)
-    if not chunk:
-        raise HandshakeError(400, "connection closed before the end of the request head")
-    return chunk
-
-
-def _skip_empty_lines(sock: socket.socket, max_size: int) -> tuple[bytearray, int]:
-    """Read past the CRLFs a client may send before its request line; returns
-    the bytes read after them (at least the request line's first byte) and
-    how many were skipped."""
-    buffer = bytearray()
-    skipped = 0
-    while True:
-        buffer += _receive(sock)
-        start = 0
-        while buffer.startswith(b"\r\n", start):
-            start += 2
-        del buffer[:start]
-        skipped += start
-        if skipped > max_size:
-            raise HandshakeError(431, f"request head larger than {max_size} bytes")
-        if buffer and buffer != b"\r":  # a lone CR may be the start of one more CRLF
-            return buffer, skipped
-
-
-def _refuse_bare_lf(buffer: bytearray, start: int, end: int) -> None:
-    """400 when an LF in ``buffer[start:end]`` has no CR before it."""
-    crlf_from = max(0, start - 1)  # a CRLF split across two reads
-    if buffer.count(b"\n", start, end) != buffer.count(b"\r\n", crlf_from, end):
-        raise HandshakeError(400, "a line of the request head ends with a bare LF, not CRLF")
 
 
 def _tokens(values: Iterable[str]) -> set[str]:
@@ -173,7 +110,8 @@ def _latin1(value: str) -> bool:
     return True
 
 
-def _phrase(status: int) -> str:
+def phrase(status: int) -> str:
+    """The reason phrase of ``status`` ("Error" for one Python does not know)."""
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -182,7 +120,7 @@ def _phrase(status: int) -> str:
 
 def _response(status: int, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
     check_headers(headers)
-    lines = [f"HTTP/1.1 {status} {_phrase(status)}"]
+    lines = [f"HTTP/1.1 {status} {phrase(status)}"]
     lines.extend(f"{name}: {value}" for name, value in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
@@ -196,7 +134,7 @@ def switching_protocols(headers: list[tuple[str, str]]) -> bytes:
 def error_response(error: HandshakeError, extra_headers: Optional[list[tuple[str, str]]] = None) -> bytes:
     """A complete HTTP error response that closes the connection;
     ``ValueError`` if one of ``error.headers`` cannot be sent."""
-    body = ((error.reason or _phrase(error.status)) + "\n").encode("utf-8", "replace")
+    body = ((error.reason or phrase(error.status)) + "\n").encode("utf-8", "replace")
     headers = [
         ("Content-Type", "text/plain; charset=utf-8"),
         ("Content-Length", str(len(body))),

@@ -30,8 +30,10 @@ from typing import Any, Callable, Iterable
 from ..log import logger
 from .proxies import TrustedProxies
 from .request import Request
+from .strictness import MAX_TARGET_SIZE
 from .wsgi_body import BodyTimeout, BodyTooLarge, ClientDisconnected
-from .wsgi_connection import HTTPConnection, head_bytes
+from .head import head_bytes
+from .wsgi_connection import HTTPConnection
 from .wsgi_socket import KiB
 
 __all__ = ["WSGIOptions", "WSGIServer", "BodyTooLarge", "BodyTimeout", "ClientDisconnected"]
@@ -50,6 +52,7 @@ class WSGIOptions:
     max_header_size: int = 16384
     max_headers: int = 100
     proxies: TrustedProxies = dataclasses.field(default_factory=TrustedProxies)
+    max_target_size: int = MAX_TARGET_SIZE
 
 
 class WSGIServer:
@@ -79,7 +82,7 @@ class WSGIServer:
         if not self._add(connection):
             return False
         try:
-            return connection.run(head + request.buffered)
+            return connection.run(head or head_bytes(request), request.buffered)
         finally:
             self._remove(connection)
 

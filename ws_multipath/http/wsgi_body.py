@@ -25,7 +25,7 @@ except ImportError:  # werkzeug is optional: plain bases of our own (Exception i
 if TYPE_CHECKING:
     from .wsgi_connection import HTTPConnection
 
-__all__ = ["WSGIInput", "BodyTooLarge", "BodyTimeout", "ClientDisconnected", "ClientGone"]
+__all__ = ["WSGIInput", "BodyTooLarge", "BodyTimeout", "ClientDisconnected", "MalformedBody", "ClientGone"]
 
 
 class BodyTooLarge(_TooLargeBase):  # type: ignore[misc,valid-type,unused-ignore]
@@ -41,6 +41,13 @@ class BodyTimeout(_TimeoutBase, TimeoutError):  # type: ignore[misc,valid-type,u
 
 class ClientDisconnected(_GoneBase, ConnectionError):  # type: ignore[misc,valid-type,unused-ignore]
     """Raised by ``wsgi.input`` when the client goes away in the middle of the body."""
+
+
+class MalformedBody(ClientDisconnected):
+    """Raised by ``wsgi.input`` when the body breaks HTTP's framing, or ends
+    before its end (the server answers 400)."""
+
+    code = 400
 
 
 class ClientGone(Exception):

@@ -20,23 +20,25 @@ import h11
 from ..errors import HandshakeError
 from ..log import format_address, logger
 from .environ import SERVER_SOFTWARE, build_environ
+from .chunked import ChunkedChecker, MalformedChunk
 from .handover import HANDOVER_CLOSE_WAIT, SocketHandover
 from .request import Request, request_from_h11
-from .upgrade import error_response, is_upgrade_request
+from .upgrade import error_response, is_upgrade_request, phrase
 from .wsgi_body import (
     BodyTimeout,
     BodyTooLarge,
     ClientDisconnected,
     ClientGone,
+    MalformedBody,
     WSGIInput,
 )
 from .wsgi_response import AppResponse
-from .wsgi_socket import DRAIN_LIMIT, ClientSocket
+from .wsgi_socket import DRAIN_LIMIT, ClientSocket, HeadNotReceived
 
 if TYPE_CHECKING:
     from .wsgi import WSGIServer
 
-__all__ = ["HTTPConnection", "head_bytes"]
+__all__ = ["HTTPConnection"]
 
 
 class HTTPConnection:
@@ -57,6 +59,7 @@ class HTTPConnection:
         except OSError:
             self.local = None
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.options.max_header_size)
+        self._chunked: Optional[ChunkedChecker] = None
         self._socket = ClientSocket(sock, self.options.write_timeout)
         self._handover: Optional[SocketHandover] = None
         self._body_deadline: Optional[float] = None
@@ -75,69 +78,79 @@ class HTTPConnection:
 
     # -- the request loop ------------------------------------------------------
 
-    def run(self, data: bytes) -> bool:
-        self.h11.receive_data(data)
+    def run(self, head: bytes, rest: bytes) -> bool:
+        """Serve the requests of the connection, the first one's ``head``
+        (read and checked by ``handshake.py``) and ``rest`` first."""
         try:
             while True:
-                event = self._next_request()
-                if event is None:
+                started = self._start(head, rest)
+                if started is None:
                     return False
-                request = self._request(event)
+                event, request = started
                 if is_upgrade_request(request):
                     return self._later_upgrade(request)
                 if not self._serve(event, request) or not self._next_cycle():
                     self._socket.linger()
                     return False
+                following = self._next_head()
+                if following is None:
+                    return False
+                head, rest = following
         except ClientGone as exc:
             logger.debug("dropping %s: %s", format_address(self.address), exc)
             return False
 
-    def _next_request(self) -> Optional[h11.Request]:
-        """The next request head, or None when the connection should end."""
-        head_deadline: Optional[float] = None
-        while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                logger.info("refused %s: malformed HTTP request (%s): %s", format_address(self.address), status, exc)
-                self._socket.send(error_response(HandshakeError(status, f"malformed HTTP request: {exc}")))
-                self._socket.linger()
-                return None
-            if isinstance(event, h11.Request):
-                problem = self._head_too_large(event)
-                if problem:
-                    logger.info("refused %s: %s (431)", format_address(self.address), problem)
-                    self._socket.send(error_response(HandshakeError(431, problem)))
-                    self._socket.linger()
-                    return None
-                return event
-            if event is not h11.NEED_DATA:  # ConnectionClosed, PAUSED
-                return None
-            if head_deadline is None and not self.h11.trailing_data[0]:
-                data = self._socket.wait_idle(self.options.keepalive_timeout)
-                if not data:
-                    return None
-                head_deadline = time.monotonic() + self.options.head_timeout
-            else:
-                if head_deadline is None:
-                    head_deadline = time.monotonic() + self.options.head_timeout
-                received = self._socket.recv_head(head_deadline)
-                if received is None:
-                    logger.info("dropping %s: request head not completed within %ss", format_address(self.address), self.options.head_timeout)
-                    return None
-                data = received
-            self.h11.receive_data(data)
+    def _start(self, head: bytes, rest: bytes) -> Optional[tuple[h11.Request, Request]]:
+        """A fresh h11 parser for a checked ``head`` and the bytes after it;
+        None when the request was refused."""
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.options.max_header_size)
+        self.h11.receive_data(head)
+        try:
+            event = self.h11.next_event()
+            if not isinstance(event, h11.Request):
+                raise HandshakeError(400, "malformed HTTP request")
+            request = self._request(event)
+            self._chunked = ChunkedChecker(self.options.max_header_size) if request.headers.get_all("Transfer-Encoding") else None
+            if rest:  # b"" would tell h11 the client closed
+                self._receive_body(rest)
+        except h11.RemoteProtocolError as exc:
+            self._refuse(HandshakeError(exc.error_status_hint, f"malformed HTTP request: {exc}"))
+            return None
+        except HandshakeError as exc:
+            self._refuse(exc)
+            return None
+        except MalformedChunk as exc:
+            self._refuse(HandshakeError(400, f"malformed chunked body: {exc}"))
+            return None
+        return event, request
 
-    def _head_too_large(self, event: h11.Request) -> str:
-        """The limits of the first head, for a later one that h11 parsed (h11
-        checks its size only while it is incomplete)."""
-        if len(event.headers) > self.options.max_headers:
-            return f"more than {self.options.max_headers} header fields"
-        size = len(event.method) + len(event.target) + 13 + sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())
-        if size > self.options.max_header_size:
-            return f"request head larger than {self.options.max_header_size} bytes"
-        return ""
+    def _next_head(self) -> Optional[tuple[bytes, bytes]]:
+        """The next request's head and the bytes after it, read by the first
+        request's rules; None when the connection ends."""
+        data = self.h11.trailing_data[0]
+        if not data:
+            data = self._socket.wait_idle(self.options.keepalive_timeout)
+            if not data:
+                return None
+        options = self.options
+        try:
+            return self._socket.read_head(data, options.head_timeout, options.max_header_size, options.max_headers, options.max_target_size)
+        except HandshakeError as exc:
+            self._refuse(exc)
+        except HeadNotReceived as exc:
+            logger.info("dropping %s: %s", format_address(self.address), exc)
+        return None
+
+    def _refuse(self, error: HandshakeError) -> None:
+        logger.info("refused %s: %s", format_address(self.address), error)
+        self._socket.send(error_response(error))
+        self._socket.linger()
+
+    def _receive_body(self, data: bytes) -> None:
+        """Bytes after a head, for h11; a chunked body's are checked first."""
+        if self._chunked is not None and not self._chunked.done:
+            self._chunked.feed(data)
+        self.h11.receive_data(data)
 
     def _request(self, event: h11.Request) -> Request:
         return request_from_h11(event, remote_address=self.peer, secure=self.secure, proxies=self.server.options.proxies)
@@ -173,10 +186,7 @@ class HTTPConnection:
                 return False
         if self.h11.their_state is not h11.DONE:
             return False
-        if self._socket.closing:
-            return False
-        self.h11.start_next_cycle()
-        return True
+        return not self._socket.closing
 
     def _drain(self) -> None:
         """Read and drop an unread body, at most ``DRAIN_LIMIT`` bytes within
@@ -195,8 +205,6 @@ class HTTPConnection:
         """Answer one request; False when the connection must close."""
         self._body_deadline = None
         self._body_received = 0
-        if "Content-Length" in request.headers and "Transfer-Encoding" in request.headers:
-            self._must_close = True  # RFC 9112 section 6.3: framed as chunked, then the connection closes
         length = _content_length(request)
         if length is not None and length > self.options.max_body_size:
             logger.info("refused %s: body of %d bytes larger than http_max_body_size (413)", format_address(self.address), length)
@@ -217,10 +225,10 @@ class HTTPConnection:
         except ClientGone:
             raise
         except (BodyTooLarge, BodyTimeout, ClientDisconnected) as exc:
-            status, text = (413, "request body too large") if isinstance(exc, BodyTooLarge) else (408, "request body not received in time")
             logger.info("refused %s %s %s: %s", format_address(self.address), request.method, request.target, exc)
-            if not response.sent and not isinstance(exc, ClientDisconnected):
-                self._send_error(status, text)
+            answer = _BODY_ERRORS.get(type(exc))
+            if not response.sent and answer is not None:
+                self._send_error(*answer)
             return False
         except Exception:  # noqa: BLE001 - the app's bug: 500, logged, and the server goes on
             logger.exception(
@@ -278,7 +286,7 @@ class HTTPConnection:
         body = (text + "\n").encode("utf-8")
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
         response = AppResponse(lambda data: None)
-        response.status, response.headers = f"{status} {_reason(status)}", headers
+        response.status, response.headers = f"{status} {phrase(status)}", headers
         self._must_close = True
         try:
             if self.h11.our_state is h11.SEND_RESPONSE:
@@ -310,7 +318,7 @@ class HTTPConnection:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
                 self._must_close = True
-                raise ClientDisconnected(f"malformed or incomplete request body: {exc}") from None
+                raise MalformedBody(f"malformed or incomplete request body: {exc}") from None
             if isinstance(event, h11.Data):
                 self._body_received += len(event.data)
                 if self._body_received > (limit if limit is not None else self.options.max_body_size):
@@ -330,7 +338,11 @@ class HTTPConnection:
             if data is None:
                 self._must_close = True
                 raise BodyTimeout(f"request body not received within {self.options.body_timeout}s")
-            self.h11.receive_data(data)
+            try:
+                self._receive_body(data)
+            except MalformedChunk as exc:
+                self._must_close = True
+                raise MalformedBody(f"malformed chunked request body: {exc}") from None
 
     # -- an upgrade given to the app (wsgi_websockets) -----------------------------
 
@@ -367,11 +379,13 @@ class HTTPConnection:
         return False
 
 
-def head_bytes(request: Request) -> bytes:
-    """A request head again, for a later request whose bytes h11 consumed."""
-    lines = [f"{request.method} {request.target} HTTP/{request.http_version}"]
-    lines.extend(f"{name}: {value}" for name, value in request.headers.raw_items())
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+#: The status of a request body's failure, before the response started (a
+#: client that broke the connection gets none).
+_BODY_ERRORS = {
+    BodyTooLarge: (413, "request body too large"),
+    BodyTimeout: (408, "request body not received in time"),
+    MalformedBody: (400, "malformed request body"),
+}
 
 
 def _content_length(request: Request) -> Optional[int]:
@@ -379,13 +393,3 @@ def _content_length(request: Request) -> Optional[int]:
         return None
     values = request.headers.get_all("Content-Length")
     return int(values[0]) if values and values[0].strip().isdigit() else None
-
-
-def _reason(status: int) -> str:
-    from http import HTTPStatus
-
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-

@@ -14,13 +14,19 @@ import threading
 import time
 from typing import Optional
 
+from ..errors import HandshakeError
+from .head import read_head
 from .wsgi_body import ClientGone
 
-__all__ = ["ClientSocket", "KiB", "DRAIN_LIMIT", "LINGER"]
+__all__ = ["ClientSocket", "HeadNotReceived", "linger", "KiB", "DRAIN_LIMIT", "LINGER"]
 
 KiB = 1024
 DRAIN_LIMIT = 64 * KiB  # unread body bytes read and dropped to keep a connection alive
 LINGER = 2.0  # seconds to read what a client still sends after our last response (Apache: 2 s)
+
+
+class HeadNotReceived(Exception):
+    """A later request's head did not come (in time, or before ``close()``)."""
 
 
 class ClientSocket:
@@ -91,6 +97,25 @@ class ClientSocket:
             with self._lock:
                 self._idle = False
 
+    def read_head(self, buffered: bytes, timeout: float, max_size: int, max_headers: int, max_target: int) -> tuple[bytes, bytes]:
+        """A later request's head (``buffered`` and what follows), read by
+        the first request's rules (``head.read_head``) within ``timeout`` of
+        its first bytes: ``HandshakeError`` to refuse it, ``HeadNotReceived``
+        when it did not come."""
+        deadline = time.monotonic() + timeout
+
+        def receive() -> bytes:
+            received = self.recv_head(deadline)
+            if received is None:
+                raise HeadNotReceived(f"request head not completed within {timeout}s")
+            if not received:
+                if self.closing:
+                    raise HeadNotReceived("the server is closing")
+                raise HandshakeError(400, "connection closed before the end of the request head")
+            return received
+
+        return read_head(receive, buffered, max_size, max_headers, max_target)
+
     def recv_until(self, deadline: float, what: str) -> Optional[bytes]:
         """Bytes from the socket before ``deadline`` (b"" at EOF), None when it
         passed; ``ClientGone`` when the connection broke."""
@@ -116,9 +141,7 @@ class ClientSocket:
                 raise ClientGone(f"connection lost writing the response ({exc})") from None
 
     def linger(self) -> None:
-        """Close the sending side, then read (and drop) what the client still
-        sends for a moment: closing with unread data would reset the
-        connection and could destroy the response before the client read it."""
+        """``linger(sock)``, once; ``close()`` need not wait for it."""
         if self._lingered:
             return
         self._lingered = True
@@ -127,20 +150,28 @@ class ClientSocket:
                 return
             self._idle = True
         try:
-            self.sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + LINGER
-            received = 0
-            while received < DRAIN_LIMIT * 4:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self.sock.settimeout(remaining)
-                data = self.sock.recv(65536)
-                if not data:
-                    return
-                received += len(data)
-        except OSError:
-            pass
+            linger(self.sock)
         finally:
             with self._lock:
                 self._idle = False
+
+
+def linger(sock: socket.socket) -> None:
+    """Close the sending side, then read (and drop) what the client still
+    sends for a moment: closing with unread data would reset the connection
+    and could destroy the response before the client read it."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER
+        received = 0
+        while received < DRAIN_LIMIT * 4:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            sock.settimeout(remaining)
+            data = sock.recv(65536)
+            if not data:
+                return
+            received += len(data)
+    except OSError:
+        pass

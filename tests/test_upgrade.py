@@ -95,3 +95,52 @@ def test_an_unfinished_handshake_is_dropped_after_open_timeout(make_server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(b"GET /echo HTTP/1.1\r\n")
         assert sock.recv(100) == b""  # closed by the server, no answer
+
+
+# -- validation in ws's order (issue 19) ----------------------------------------
+
+_BARE = "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        "",  # neither key nor version
+        "Sec-WebSocket-Key: short\r\n",  # an invalid key, no version
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "Sec-WebSocket-Key: short\r\nSec-WebSocket-Version: 12\r\n",  # the key first, as ws checks
+    ],
+    ids=["no-key-no-version", "bad-key-no-version", "two-keys", "bad-key-bad-version"],
+)
+def test_a_missing_or_invalid_key_gets_400_whatever_the_version(echo_server, fields):
+    response = raw_request(echo_server, (_BARE + fields + "\r\n").encode())
+    assert status_of(response) == 400 and b"Sec-WebSocket-Key" in response
+
+
+def test_an_unsupported_version_with_a_valid_key_still_gets_426(echo_server):
+    response = raw_request(echo_server, upgrade_head("/echo").replace(b"Version: 13", b"Version: 12"))
+    assert status_of(response) == 426 and b"\r\nSec-WebSocket-Version: 13\r\n" in response
+
+
+def test_another_upgrade_on_a_websocket_path_gets_400(echo_server):
+    response = raw_request(echo_server, upgrade_head("/echo").replace(b"Upgrade: websocket", b"Upgrade: foo"))
+    assert status_of(response) == 400
+    # a path no handler serves keeps its answer (426: this server speaks WebSocket only)
+    response = raw_request(echo_server, upgrade_head("/nowhere").replace(b"Upgrade: websocket", b"Upgrade: foo"))
+    assert status_of(response) == 426
+
+
+@pytest.mark.parametrize("offer", ["foo;bar", "foo, foo", "a,,b", "chat, sp ace"])
+def test_an_invalid_or_repeated_subprotocol_gets_400_and_is_never_chosen(server, offer):
+    chosen = []
+    server.create_handler(path="/echo").on("connection", lambda ws, request: chosen.append(ws.protocol))
+    response = raw_request(server, upgrade_head("/echo", f"Sec-WebSocket-Protocol: {offer}\r\n"))
+    assert status_of(response) == 400 and b"Sec-WebSocket-Protocol" in response
+    assert chosen == []
+
+
+def test_a_valid_subprotocol_list_is_still_negotiated(echo_server):
+    with socket.create_connection(("127.0.0.1", echo_server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/echo", "Sec-WebSocket-Protocol: chat ,\tsuperchat\r\n"))
+        response = sock.recv(4096)
+    assert response.startswith(b"HTTP/1.1 101 ") and b"\r\nSec-WebSocket-Protocol: chat\r\n" in response

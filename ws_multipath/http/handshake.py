@@ -222,6 +222,8 @@ class HTTPSide:
         ``head`` is the request head as received (b"" for a later request
         on a keep-alive connection, whose head h11 already consumed)."""
         if not is_upgrade_request(request):  # plain HTTP: the WSGI app, if any
+            if request.headers.get_all("Upgrade") and self._routes.lookup(request.path) is not None:
+                raise HandshakeError(400, "a WebSocket path takes 'Upgrade: websocket' only")
             if self._wsgi is None:
                 raise HandshakeError(426, "this server accepts WebSocket upgrades only", [("Upgrade", "websocket")])
             deadline.finish()  # from here on the HTTP connection has its own limits

@@ -50,9 +50,15 @@ def check_upgrade(request: Request) -> str:
         raise HandshakeError(400, "a WebSocket upgrade request must not have a body")
     if "upgrade" not in _tokens(request.headers.get_all("Connection")):
         raise HandshakeError(400, "missing 'Connection: Upgrade'")
+    key = _key(request)  # before the version, as ws checks them: a bad key is 400 whatever the version
     versions = request.headers.get_all("Sec-WebSocket-Version")
     if versions != ["13"]:
         raise HandshakeError(426, "unsupported Sec-WebSocket-Version", [("Sec-WebSocket-Version", "13")])
+    offered_protocols(request)  # refuses an invalid or repeated subprotocol
+    return key
+
+
+def _key(request: Request) -> str:
     keys = request.headers.get_all("Sec-WebSocket-Key")
     if len(keys) != 1:
         raise HandshakeError(400, "missing or repeated Sec-WebSocket-Key")
@@ -80,8 +86,19 @@ def accept_token(key: str) -> str:
 
 
 def offered_protocols(request: Request) -> list[str]:
-    """The subprotocols the client offers, in its order."""
-    return [token.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol") for token in value.split(",") if token.strip()]
+    """The subprotocols the client offers, in its order. ``HandshakeError(400)``
+    when one is not a token (RFC 6455 section 4.1: a comma-separated list of
+    tokens) or is offered twice, as ws refuses them."""
+    offered: list[str] = []
+    for value in request.headers.get_all("Sec-WebSocket-Protocol"):
+        for token in value.split(","):
+            token = token.strip(" \t")
+            if not token or not _TCHAR.issuperset(token):
+                raise HandshakeError(400, "invalid Sec-WebSocket-Protocol header")
+            if token in offered:
+                raise HandshakeError(400, f"subprotocol {token!r} offered twice in Sec-WebSocket-Protocol")
+            offered.append(token)
+    return offered
 
 
 # RFC 9110 section 5.6.2

@@ -23,6 +23,8 @@ from .faultkit import (
     raw_upgrade,
     read_server_frame,
     read_until_eof,
+    readable,
+    wait_until,
 )
 
 # -- the state machine, exhaustively -----------------------------------------
@@ -239,4 +241,121 @@ def test_a_client_that_ignores_our_close_cannot_make_the_server_buffer():
         assert ws.receive(timeout=5) == "first" and ws.receive(timeout=5) == "second"
         with pytest.raises(ConnectionClosed):
             ws.receive(timeout=10)
+        errors.assert_clean()
+
+
+class SlowListenerConnection:
+    """One connection whose ``'message'`` listener blocks until ``release``,
+    with a ``'ping'`` listener that counts its calls, and its ``'close'``."""
+
+    def __init__(self, server, max_queue: int, close_timeout: float) -> None:
+        self.handler = server.create_handler("/slow", max_queue=max_queue, close_timeout=close_timeout, ping_interval=None)
+        self.release = threading.Event()
+        self.busy = threading.Event()
+        self.closed = threading.Event()
+        self.opened = threading.Event()
+        self.lock = threading.Lock()
+        self.pings = 0
+        self.ws = None
+        self.handler.on("connection", self._on_connection)
+
+    def _on_connection(self, ws, request):
+        self.ws = ws
+        ws.on("message", self._slow)
+        ws.on("ping", self._ping)
+        ws.on("close", lambda code, reason: self.closed.set())
+        self.opened.set()
+
+    def _slow(self, data, is_binary):
+        self.busy.set()
+        self.release.wait(30)
+
+    def _ping(self, payload):
+        with self.lock:
+            self.pings += 1
+
+    def ping_calls(self) -> int:
+        with self.lock:
+            return self.pings
+
+
+def _flood_pings(sock, until: float) -> str:
+    """Send pings and read (and drop) what comes, until the server ends the
+    connection or ``until`` passes; returns how it ended."""
+    burst = encode_frame(0x9, b"p") * 2000
+    sock.setblocking(False)
+    while time.monotonic() < until:
+        try:
+            sock.send(burst)
+        except BlockingIOError:
+            pass
+        except OSError:
+            return "reset"
+        try:
+            while True:
+                if not sock.recv(65536):
+                    return "eof"
+        except BlockingIOError:
+            readable([sock], 0.001)
+        except OSError:
+            return "reset"
+    return "timeout"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("takeover", ["before-close", "after-close"])
+def test_a_ping_flood_after_our_close_queues_no_more_than_max_queue_listener_calls(takeover):
+    """Issue 18.3: a slow ``'message'`` listener (its reading was handed to a
+    second thread), a ``'ping'`` listener, ``ws.close()``, and a client that
+    ignores the close frame and floods pings. Before: every ping queued a
+    listener call once closing (236,000-405,000 within 4 s with
+    ``max_queue=4``), all run once the listener returned; "after-close"
+    (the takeover after ``close()``): its queue was never sealed, the reader
+    waited behind it and the client's close frame went unread."""
+    # after-close: the takeover comes at the second busy check (2 x TAKEOVER_AFTER), before close_timeout
+    max_queue, close_timeout = 4, 1.5 if takeover == "before-close" else 5.0
+    with collect_errors() as errors, make_server() as server:
+        conn = SlowListenerConnection(server, max_queue, close_timeout)
+        sock, rest = raw_upgrade(server.port, "/slow")
+        try:
+            assert conn.opened.wait(5)
+            sock.sendall(encode_frame(0x2, b"busy"))
+            assert conn.busy.wait(5)
+            buffer = bytearray(rest)
+            if takeover == "before-close":
+                sock.sendall(encode_frame(0x9, b"sync"))  # data waits: a second thread takes over reading
+                assert read_server_frame(sock, buffer).opcode == 0xA  # ... and answers it
+                assert conn.ping_calls() == 0  # its listener call waits behind the slow one
+                closed_at = time.monotonic()
+                conn.ws.close(1000, "bye")
+                assert read_server_frame(sock, buffer).opcode == 0x8
+                how = _flood_pings(sock, closed_at + close_timeout + 5)
+                ended = time.monotonic() - closed_at
+                print(f"ping flood after close ({takeover}): connection ended ({how}) {ended:.2f} s after close()")
+                assert how in ("eof", "reset"), how
+                assert ended < close_timeout + 1.5, ended  # dropped by close_timeout, not later
+            else:
+                closed_at = time.monotonic()
+                conn.ws.close(1000, "bye")  # while the listener holds the only reading thread
+                assert read_server_frame(sock, buffer).opcode == 0x8
+                sock.sendall(encode_frame(0x9, b"p") * 1000 + close_frame(1000))  # then a takeover reads these
+                sock.settimeout(10)
+                data, how = read_until_eof(sock, close_timeout + 5)
+                ended = time.monotonic() - closed_at
+                print(f"pings then a close frame ({takeover}): connection ended ({how}) {ended:.2f} s after close()")
+                assert how == "eof", how
+                assert ended < close_timeout - 1, ended  # the close frame was read: no close_timeout
+            # The reader has ended (the connection left handler.clients); the 'close' event waits
+            # behind the slow listener with the calls queued.
+            assert wait_until(lambda: not conn.handler.clients, 10)
+            assert not conn.closed.is_set()
+            before = conn.ping_calls()
+            conn.release.set()
+            assert conn.closed.wait(10)
+            queued = conn.ping_calls() - before
+            print(f"'ping' listener calls queued behind the slow listener: {queued} (max_queue={max_queue})")
+            assert queued <= max_queue + 1, queued
+        finally:
+            conn.release.set()
+            sock.close()
         errors.assert_clean()

@@ -57,8 +57,10 @@ class HandlerOptions:
     - ``ping_interval`` / ``ping_timeout``: heartbeat; a client that does not
       answer a ping within ``ping_timeout`` is dropped with 1011. 20 / 20;
       None turns either off.
-    - ``write_timeout``: longest a write may block on a client that does not
-      read before the connection is dropped with 1011. 10; None waits forever.
+    - ``write_timeout``: longest a write may wait without progress (the
+      client taking 64 KiB, or the rest of the frame) before the connection
+      is dropped with 1011; a steady slow reader gets large messages whole.
+      10; None waits forever.
     """
 
     max_payload: int = 16 * MiB

@@ -104,8 +104,9 @@ class MultipathServer(EventEmitter):
       its next request before it is closed.
     - ``http_body_timeout``: seconds a client has to send a request body,
       counted from the app's first read.
-    - ``http_write_timeout``: seconds a response write may block on a client
-      that does not read before the connection is dropped.
+    - ``http_write_timeout``: seconds a response write may wait without
+      progress (the client taking 64 KiB, or the rest of the write) before
+      the connection is dropped.
     - ``http_graceful_timeout``: seconds ``close()`` lets HTTP requests in
       flight finish before their connections are cut.
     - ``broker``: None (broadcasts reach this process's clients), a URL

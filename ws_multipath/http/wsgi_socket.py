@@ -1,6 +1,7 @@
 """The socket of one HTTP connection served to the WSGI app: reads within
-deadlines, writes within ``http_write_timeout``, lingering after the last
-response, and being cut by ``close()`` from another thread.
+deadlines, writes that fail after ``http_write_timeout`` without progress
+(``sync.sockets.MIN_PROGRESS``, as on the WebSocket side), lingering after
+the last response, and being cut by ``close()`` from another thread.
 
 ``_lock`` guards the idle and closing flags: idle while the request thread
 waits for a client that has no request in flight (``close()`` may then cut
@@ -10,11 +11,13 @@ the connection at once), closing once ``close()`` was called.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from typing import Optional
 
 from ..errors import HandshakeError
+from ..sync.sockets import MIN_PROGRESS, TLS_CHUNK, unsent
 from .head import read_head
 from .wsgi_body import ClientGone
 
@@ -35,6 +38,7 @@ class ClientSocket:
     def __init__(self, sock: socket.socket, write_timeout: float) -> None:
         self.sock = sock
         self._write_timeout = write_timeout
+        self._tls = isinstance(sock, ssl.SSLSocket)
         self._lock = threading.Lock()
         self._idle = False
         self._closing = False
@@ -134,11 +138,39 @@ class ClientSocket:
         """Write ``data`` whole; a failure raises ``ClientGone`` when
         ``required``, and is ignored otherwise."""
         try:
-            self.sock.settimeout(self._write_timeout)
-            self.sock.sendall(data)
+            self._send_all(data)
         except OSError as exc:
             if required:
                 raise ClientGone(f"connection lost writing the response ({exc})") from None
+
+    def _send_all(self, data: bytes) -> None:
+        """``sendall`` that raises ``TimeoutError`` only after
+        ``write_timeout`` seconds in which the client took less than
+        ``MIN_PROGRESS`` bytes (``socket.sendall`` bounds the whole call)."""
+        sock, timeout = self.sock, self._write_timeout
+        view = memoryview(data)
+        chunk = TLS_CHUNK if self._tls else len(view)  # TLS reports nothing until its whole buffer went
+        since = time.monotonic()
+        taken, mark = 0, None  # bytes the kernel took; what the client had taken at ``since``
+        sock.settimeout(timeout / 4)
+        while True:
+            try:
+                sent = sock.send(view[:chunk])  # waits for room, at most the socket's timeout
+            except socket.timeout:
+                sent = 0
+            view = view[sent:]
+            if not view:
+                return
+            taken += sent
+            now = time.monotonic()
+            delivered = taken - unsent(sock)
+            if mark is None:  # the first wait (the deadline runs from the call)
+                mark = delivered
+            elif delivered - mark >= MIN_PROGRESS:
+                since, mark = now, delivered
+            elif now - since >= timeout:
+                raise TimeoutError(f"no progress writing the response for {timeout} s")
+            sock.settimeout(max(0.001, min(timeout / 4, since + timeout - now)))
 
     def linger(self) -> None:
         """``linger(sock)``, once; ``close()`` need not wait for it."""

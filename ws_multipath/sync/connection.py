@@ -341,9 +341,7 @@ class WebSocket(EventEmitter):
     def _seal(self) -> None:
         """Closing: the reader must never wait for the application again."""
         self._inbox.seal()
-        dispatcher = self._socket_reader.dispatcher
-        if dispatcher is not None:
-            dispatcher.seal()
+        self._socket_reader.seal()  # and a dispatcher made later (a takeover after close())
 
     def _on_close_frame(self, code: int, reason: str) -> None:
         with self._lock:
@@ -370,7 +368,7 @@ class WebSocket(EventEmitter):
         self._write_quietly(self._writer.close(error.code, reason.encode("utf-8")[:123]), FrameKind.CLOSE)
         self._linger()
         if self._listeners.get("error"):
-            self._incoming.emit_in_order("error", error)
+            self._incoming.emit_in_order("error", error, bounded=False)  # once per connection
 
     def _finish(self) -> None:
         self._heartbeat.stop()

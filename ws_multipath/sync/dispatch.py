@@ -1,4 +1,5 @@
-"""Listener calls handed from a reader thread to the thread that runs them.
+"""Listener calls handed from a reader thread to the thread that runs them,
+and ``listener_thread``, the flag of the threads that run listeners.
 
 Normally a connection's listeners run on the thread that reads it. When a
 ``'message'`` listener keeps that thread longer than ``reader.TAKEOVER_AFTER``
@@ -8,8 +9,13 @@ listener calls the reader queues here, while the reader answers pings and
 sees pongs and close frames at once. So a slow listener no longer gets its
 connection dropped by the heartbeat.
 
-The queue is an ``Inbox``: the reader waits while ``max_queue`` messages are
-pending (read-ahead stays bounded); control-frame events never wait.
+The queue is an ``Inbox``, bounded in every state: while the connection is
+open the reader waits while ``max_queue`` calls are pending (read-ahead
+stays bounded); once it is closing (``seal``) the reader must reach the close
+frame and never waits, so a call that finds the queue full is dropped (the
+``'ping'``/``'pong'`` events of a client flooding pings after our close
+frame: issue 18.3). The calls queued without ``wait`` (the ``'error'`` of a
+violation and the final ``'close'``, one each) are never dropped.
 """
 
 from __future__ import annotations
@@ -19,7 +25,29 @@ from typing import Any, Callable
 
 from .inbox import Inbox
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "listener_thread"]
+
+
+class _ListenerThread:
+    """``listener_thread.active``: a flag of the current thread, kept on its
+    ``Thread`` object (a ``threading.local`` costs a dict and two weak
+    references per thread, about 280 bytes per connection)."""
+
+    __slots__ = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(getattr(threading.current_thread(), "_ws_multipath_listener", False))
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        setattr(threading.current_thread(), "_ws_multipath_listener", value)
+
+
+#: ``listener_thread.active`` is True on threads that run a connection (and
+#: so its listeners): the server's request threads and takeover readers.
+#: ``server.close()`` must not wait on such a thread.
+listener_thread = _ListenerThread()
 
 
 class Dispatcher:
@@ -35,7 +63,8 @@ class Dispatcher:
 
     def call(self, fn: Callable[..., Any], *args: Any, wait: bool = False) -> None:
         """Run ``fn(*args)`` now on the dispatcher thread, else queue it
-        (with ``wait``, waiting while the queue is full)."""
+        (with ``wait``, waiting while the queue is full; dropped when it is
+        full once closing)."""
         if self.on_dispatcher():
             fn(*args)
         else:

@@ -5,7 +5,9 @@ reads the socket waits when it is full, so a client cannot make the server
 buffer more than ``max_queue`` messages for an application that does not
 read them. Once it is closing, the connection discards new messages and
 ``seal`` lets a reader that waits append its one message, so the reader can
-go on to the close frame: at most ``max_queue + 1`` messages, ever.
+go on to the close frame; after that, a ``put`` that would wait is dropped
+instead (the dispatcher's ``'ping'``/``'pong'`` calls, issue 18.3): at most
+``max_queue + 1`` items, ever, besides those put with ``wait=False``.
 """
 
 from __future__ import annotations
@@ -61,17 +63,22 @@ class Inbox:
         if self._waiting and self._cond is not None:
             self._cond.notify_all()
 
-    def put(self, message: Message, wait: bool = True) -> None:
-        """Append; with ``wait``, first wait while full (unless sealed)."""
+    def put(self, message: Message, wait: bool = True) -> bool:
+        """Append; with ``wait``, first wait while full. Once sealed, such a
+        put finds no room past the bound: it is dropped (False). Without
+        ``wait`` it always appends (the caller bounds those)."""
         with self._lock:
             messages = self._messages
             if messages is None:
                 messages = self._messages = collections.deque()
-            if wait and len(messages) >= self._max_size and not self._sealed:
+            if wait and len(messages) >= self._max_size:
+                if self._sealed:
+                    return False
                 self._wait_for(lambda: len(messages) < self._max_size or self._sealed)
             messages.append(message)
             if self._waiting:
                 self._notify()
+            return True
 
     def get(self, timeout: Optional[float] = None) -> Optional[Message]:
         """The oldest message; None once closed and empty. ``TimeoutError``

@@ -179,14 +179,16 @@ class Incoming:
         finally:
             reader.leave_listener()
 
-    def emit_in_order(self, event: str, *args: Any) -> None:
+    def emit_in_order(self, event: str, *args: Any, bounded: bool = True) -> None:
         """Emit on the thread that runs this connection's listeners, after
-        the messages read before (see ``dispatch.py``)."""
+        the messages read before (see ``dispatch.py``). A ``bounded`` call
+        counts against ``max_queue``, and is dropped when the queue is full
+        once the connection is closing; the one ``'error'`` is not."""
         dispatcher = self._socket_reader.dispatcher
         if dispatcher is None:
             self._emit(event, *args)
         elif self._listeners.get(event):  # queued calls count against max_queue like messages
-            dispatcher.call(self._emit, event, *args, wait=True)
+            dispatcher.call(self._emit, event, *args, wait=bounded)
 
     def _on_ping(self, payload: bytes) -> None:
         if self._options.auto_pong:

@@ -22,8 +22,8 @@ first becomes the connection's dispatcher and runs the listener calls the
 reader queues for it (``dispatch.py``), in order. Two threads, from then on,
 for that connection only.
 
-``_lock`` guards the mode, the hand-over and the busy check's timer; it is
-never held while reading or calling back.
+``_lock`` guards the mode, the hand-over, the sealed flag and the busy
+check's timer; it is never held while reading or calling back.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import time
 from typing import Callable, Optional
 
 from ..log import logger
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, listener_thread
 from .timers import Timer, Timers
 
 __all__ = ["SocketReader", "listener_thread", "TAKEOVER_AFTER"]
@@ -64,28 +64,6 @@ _RECV_MIN = 512 - 33
 _RECV_MAX = 64 * 1024  # larger reads are over glibc's mmap threshold: 16 us each instead of 2.5 (strace)
 
 
-class _ListenerThread:
-    """``listener_thread.active``: a flag of the current thread, kept on its
-    ``Thread`` object (a ``threading.local`` costs a dict and two weak
-    references per thread, about 280 bytes per connection)."""
-
-    __slots__ = ()
-
-    @property
-    def active(self) -> bool:
-        return bool(getattr(threading.current_thread(), "_ws_multipath_listener", False))
-
-    @active.setter
-    def active(self, value: bool) -> None:
-        setattr(threading.current_thread(), "_ws_multipath_listener", value)
-
-
-#: ``listener_thread.active`` is True on threads that run a connection (and
-#: so its listeners): the server's request threads and takeover readers.
-#: ``server.close()`` must not wait on such a thread.
-listener_thread = _ListenerThread()
-
-
 class Mode(enum.Enum):
     IDLE = "idle"
     PULLING = "pulling"
@@ -103,7 +81,7 @@ class SocketReader:
     __slots__ = (
         "_sock", "_tls_lock", "_recv", "_timers", "_feed", "_begin", "_resume", "_finish", "_name", "_recv_size",
         "_lock", "_mode", "_home", "_looping_thread", "_began", "_done", "_idle_since", "_watchdog", "_max_queue",
-        "dispatcher", "_listener_calls", "_checked_calls", "_in_listener", "_busy_timer",
+        "dispatcher", "_sealed", "_listener_calls", "_checked_calls", "_in_listener", "_busy_timer",
     )
 
     def __init__(
@@ -139,6 +117,7 @@ class SocketReader:
         self._max_queue = max_queue
         #: Set once a second thread took over reading from a busy listener.
         self.dispatcher: Optional[Dispatcher] = None
+        self._sealed = False  # the connection is closing: a dispatcher made from now on starts sealed
         self._listener_calls = 0  # 'message' listener calls so far
         self._checked_calls = -1  # ... as the last busy check saw them
         self._in_listener = False
@@ -322,12 +301,23 @@ class SocketReader:
         assert busy is not None
         thread = threading.Thread(target=self._loop_after_hand_over, name=f"ws_multipath-reader {self._name}", daemon=True)
         self.dispatcher = Dispatcher(self._max_queue, busy)
+        if self._sealed:
+            self.dispatcher.seal()
         self._looping_thread = thread
         try:
             thread.start()
         except RuntimeError as exc:  # out of threads: the busy thread keeps reading
             logger.error("cannot start a reader thread for %s: %s", self._name, exc)
             self.dispatcher, self._looping_thread = None, busy
+
+    def seal(self) -> None:
+        """The connection is closing: its dispatcher, now or made later, must
+        never make the reader wait (``dispatch.py``)."""
+        with self._lock:
+            self._sealed = True
+            dispatcher = self.dispatcher
+        if dispatcher is not None:
+            dispatcher.seal()
 
     def _cancel_busy_check(self) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 from typing import Callable, Optional
@@ -17,7 +18,7 @@ from typing import Callable, Optional
 from ..protocol.masking import SPEEDUPS
 from ..protocol.writer import Payload
 
-__all__ = ["send_nowait", "send_small", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "wait_writable", "advance", "as_bytes_view", "shutdown"]
+__all__ = ["send_nowait", "send_small", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "send_progressing", "unsent", "wait_writable", "MIN_PROGRESS", "TLS_CHUNK", "advance", "as_bytes_view", "shutdown"]
 
 #: ``send_nowait(sock, data, more=False) -> int`` of the C speedups (a
 #: non-blocking send that keeps the GIL: no hand-off to another thread per
@@ -31,6 +32,27 @@ if SPEEDUPS:
 #: Frames up to this size are sent by ``send_nowait`` (a larger copy into the
 #: kernel would keep the other threads from Python for longer).
 NOWAIT_LIMIT = 16 * 1024
+
+#: A write that waits makes progress when the client took at least this many
+#: bytes since its deadline last started (``unsent``: what the kernel took,
+#: less what it still holds unacknowledged); ``write_timeout`` then starts
+#: again. A client must so take ``MIN_PROGRESS`` bytes per ``write_timeout``
+#: (6.4 KiB/s with the defaults), or the rest of the frame when that is less:
+#: one that reads a few bytes before each deadline cannot hold a large
+#: message's writer for ever (docs/topics/limits.rst).
+MIN_PROGRESS = 64 * 1024
+
+#: ``ioctl`` request for the bytes a socket's peer has not taken (Linux).
+_SIOCOUTQ: Optional[int] = None
+if sys.platform.startswith("linux"):
+    import fcntl
+    import termios
+
+    _SIOCOUTQ = termios.TIOCOUTQ  # SIOCOUTQ is TIOCOUTQ on Linux
+
+#: On TLS, a non-blocking ``send`` reports nothing until all it was given is
+#: written: large buffers go this much at a time, so that progress shows.
+TLS_CHUNK = 64 * 1024
 
 #: Linux's flag for "more follows: hold a partial segment" (0 elsewhere).
 MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
@@ -58,14 +80,60 @@ def send_some(sock: socket.socket, buffers: list[Payload], tls_lock: Optional[th
     one buffer on TLS, which must retry with the same bytes)."""
     try:
         if tls_lock is not None:
-            with tls_lock:
-                return sock.send(buffers[0])
+            first = buffers[0]
+            with tls_lock:  # the retry after SSLWantWrite has the same bytes: the same slice
+                return sock.send(first if len(first) <= TLS_CHUNK else memoryview(first)[:TLS_CHUNK])
         if len(buffers) == 1:
             if len(buffers[0]) <= NOWAIT_LIMIT:
                 return send_small(sock, buffers[0])
             return sock.send(buffers[0], socket.MSG_DONTWAIT)
         return sock.sendmsg(buffers, (), socket.MSG_DONTWAIT)
     except WOULD_BLOCK:
+        return 0
+
+
+def send_progressing(sock: socket.socket, buffers: list[Payload], tls_lock: Optional[threading.Lock], timeout: Optional[float]) -> bool:
+    """Write ``buffers`` whole, waiting for writability first (the socket
+    was found full); False when ``timeout`` seconds pass in which the client
+    took less than ``MIN_PROGRESS`` bytes (``unsent``). ``OSError`` when the
+    socket fails."""
+    if timeout is None:
+        while True:
+            wait_writable(sock, float("inf"))
+            buffers = advance(buffers, send_some(sock, buffers, tls_lock))
+            if not buffers:
+                return True
+    now = time.monotonic()
+    since, check = now, timeout / 4
+    taken = 0  # bytes the kernel took so far
+    mark = -unsent(sock)  # bytes delivered (taken, less what the kernel still holds) at ``since``
+    while True:
+        if wait_writable(sock, min(since + timeout, now + check)):
+            while True:  # on TLS, a whole chunk may be followed by more at once
+                sent = send_some(sock, buffers, tls_lock)
+                buffers = advance(buffers, sent)
+                if not buffers:
+                    return True
+                taken += sent
+                if tls_lock is None or not sent:
+                    break
+        now = time.monotonic()
+        delivered = taken - unsent(sock)
+        if delivered - mark >= MIN_PROGRESS:
+            since, mark = now, delivered
+        elif now - since >= timeout:
+            return False
+
+
+def unsent(sock: socket.socket) -> int:
+    """Bytes in ``sock``'s send queue that the peer did not take yet
+    (``SIOCOUTQ``; on TCP, not acknowledged). 0 where that cannot be read
+    (not Linux): progress is then what the kernel takes."""
+    if _SIOCOUTQ is None:
+        return 0
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), _SIOCOUTQ, bytes(4)), sys.byteorder, signed=True)
+    except (OSError, ValueError):
         return 0
 
 

@@ -54,7 +54,7 @@ from ..protocol.closing import FrameKind
 from ..protocol.writer import Payload
 from .flusher import Flusher
 from .outbox import ENCODER_COST, ENTRY_COST, MAX_OUTBOX_BYTES, Entry, Outbox, Pending
-from .sockets import MSG_MORE, NOWAIT_LIMIT, advance, as_bytes_view, send_small, send_some, shutdown, wait_writable
+from .sockets import MIN_PROGRESS, MSG_MORE, NOWAIT_LIMIT, advance, as_bytes_view, send_progressing, send_small, send_some, shutdown, unsent
 
 __all__ = ["Transport", "MAX_OUTBOX_BYTES"]
 
@@ -76,7 +76,7 @@ class Transport:
 
     __slots__ = (
         "sock", "fd", "_flusher", "_write_timeout", "_tls", "tls_lock", "_may_write", "_on_fatal",
-        "_write_lock", "_state_lock", "_outbox", "_enrolled", "_progress_at", "_closed",
+        "_write_lock", "_state_lock", "_outbox", "_enrolled", "_progress_at", "_progress", "_unsent", "_closed",
         "messages_out", "bytes_out", "can_cork", "more_coming", "_corked", "corked_at",
     )
 
@@ -96,7 +96,9 @@ class Transport:
         self._state_lock = threading.Lock()
         self._outbox = Outbox()
         self._enrolled = False
-        self._progress_at = 0.0  # last write progress while enrolled (monotonic)
+        self._progress_at = 0.0  # when the outbox last made progress while enrolled (monotonic)
+        self._progress = 0  # bytes the kernel took since then (sockets.MIN_PROGRESS) ...
+        self._unsent = 0  # ... and what it held unsent then
         self._closed = False
         # stats.py: data messages and bytes written, counted under the write lock
         self.messages_out = 0
@@ -225,17 +227,11 @@ class Transport:
 
     def _wait_and_send(self, buffers: list[Payload]) -> None:
         """The rest of ``_send_all`` once the socket is full: wait for
-        writability (within ``write_timeout``) and send the rest."""
-        deadline: Optional[float] = None
-        while True:
-            if deadline is None:
-                deadline = float("inf") if self._write_timeout is None else time.monotonic() + self._write_timeout
-            if not wait_writable(self.sock, deadline):
-                self._on_write_timeout()
-                raise TimeoutError("write timed out")
-            buffers = advance(buffers, send_some(self.sock, buffers, self.tls_lock))
-            if not buffers:
-                return
+        writability and send the rest, within ``write_timeout`` of the last
+        progress (``sockets.MIN_PROGRESS``)."""
+        if not send_progressing(self.sock, buffers, self.tls_lock, self._write_timeout):
+            self._on_write_timeout()
+            raise TimeoutError("write timed out")
 
     def _on_write_timeout(self) -> None:
         self._on_fatal(1011, "write timeout")
@@ -330,7 +326,7 @@ class Transport:
             enrol = bool(self._outbox) and not self._enrolled and not self._closed
             if enrol:
                 self._enrolled = True
-                self._progress_at = time.monotonic()
+                self._progress, self._progress_at, self._unsent = 0, time.monotonic(), unsent(self.sock)
         if enrol:
             self._flusher.enrol(self)
 
@@ -344,39 +340,42 @@ class Transport:
             if self._closed or not self._write_lock.acquire(blocking=False):
                 self._enrolled = False
                 return False
-        progressed = False
+        written, completed = self.bytes_out, False
         try:
             while True:
                 entry = self._pop()
                 if entry is None:
                     break
-                progressed = True
                 if not self._write_entry_now(entry):
                     break
+                completed = True
         except OSError:
             with self._state_lock:
                 self._outbox.clear()
             self.abort()  # the reader sees the failure and ends the connection
         finally:
+            written = self.bytes_out - written
             self._write_lock.release()
         with self._state_lock:
             if self._outbox and not self._closed:
-                if progressed:
+                self._progress += written
+                if completed:  # a whole frame: the deadline starts again
                     self._progress_at = time.monotonic()
                 return True
             self._enrolled = False
             return False
 
     def write_overdue(self, now: float) -> bool:
-        """True (and the client dropped) when the outbox made no progress for
+        """True (and the client dropped) when the outbox made no progress
+        (a whole frame, or ``MIN_PROGRESS`` bytes taken by the client) for
         ``write_timeout`` seconds."""
         with self._state_lock:
-            overdue = (
-                self._enrolled
-                and self._write_timeout is not None
-                and now - self._progress_at > self._write_timeout
-                and not self._closed
-            )
+            overdue = self._enrolled and self._write_timeout is not None and not self._closed
+            if overdue:
+                held = unsent(self.sock)
+                if self._progress - (held - self._unsent) >= MIN_PROGRESS:
+                    self._progress, self._progress_at, self._unsent = 0, now, held
+                overdue = now - self._progress_at > self._write_timeout  # type: ignore[operator]
             if overdue:
                 self._enrolled = False
         if overdue:

@@ -31,14 +31,15 @@
  *         one non-blocking send(2) of data on sock (anything with fileno()),
  *         with MSG_MORE when more is true (the kernel holds a partial segment
  *         for the frames that follow: see sync/corking.py),
- *         WITHOUT letting the GIL go: the bytes sent, 0 if the socket is full
- *         (EAGAIN), OSError otherwise. socket.send lets the GIL go around
- *         every call, which with many threads waiting for it is a hand-off
- *         (futex wake, wait, two context switches) for a call that cannot
- *         block anyway. The transport uses it for small frames only; the
- *         descriptor is read under the GIL, right before the call, so a
- *         socket closed by another thread is never written through a reused
- *         descriptor. Not built on Windows.
+ *         the bytes sent, 0 if the socket is full (EAGAIN), OSError
+ *         otherwise. It lets the GIL go around the send(2), as socket.send
+ *         does: it once kept it (the call cannot block), but then a thread
+ *         sending in a loop let the others in only at the interpreter's
+ *         switch interval, and 50 such threads starved new clients'
+ *         handshakes for seconds (issue 18). What it still saves is
+ *         socket.send's Python-level overhead. The transport uses it for
+ *         small frames only. The descriptor is read under the GIL, right
+ *         before the call, as socket.send reads it. Not built on Windows.
  *
  * data is any bytes-like object (bytes, bytearray, memoryview of bytes) and
  * mask any bytes-like object of exactly 4 bytes; 0 <= start <= end <= len(data).
@@ -500,9 +501,9 @@ speedups_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 #ifndef _WIN32
 PyDoc_STRVAR(send_nowait_doc,
 "send_nowait(sock, data[, more]) -> int\n\n"
-"One non-blocking send of data on sock without releasing the GIL (with\n"
-"MSG_MORE when more is true): the bytes sent, 0 when the socket buffer is\n"
-"full; OSError on any other failure.");
+"One non-blocking send of data on sock (with MSG_MORE when more is true;\n"
+"the GIL is released around the call): the bytes sent, 0 when the socket\n"
+"buffer is full; OSError on any other failure.");
 
 static PyObject *
 speedups_send_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -545,9 +546,14 @@ speedups_send_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 #endif
     ssize_t sent;
+    int error;
+    Py_BEGIN_ALLOW_THREADS
     do {
         sent = send((int)fd, data.buf, (size_t)data.len, flags);
     } while (sent < 0 && errno == EINTR);
+    error = errno;
+    Py_END_ALLOW_THREADS
+    errno = error;
     PyBuffer_Release(&data);
     if (sent < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) {

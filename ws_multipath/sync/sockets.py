@@ -21,8 +21,9 @@ from ..protocol.writer import Payload
 __all__ = ["send_nowait", "send_small", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "send_progressing", "unsent", "wait_writable", "MIN_PROGRESS", "TLS_CHUNK", "advance", "as_bytes_view", "shutdown"]
 
 #: ``send_nowait(sock, data, more=False) -> int`` of the C speedups (a
-#: non-blocking send that keeps the GIL: no hand-off to another thread per
-#: small frame; MSG_MORE when ``more``), or None on the pure-Python path.
+#: non-blocking send without ``socket.send``'s overhead, the GIL released
+#: around the call like any system call; MSG_MORE when ``more``), or None on
+#: the pure-Python path.
 send_nowait: Optional[Callable[..., int]] = None
 if SPEEDUPS:
     from .. import _speedups  # type: ignore[attr-defined,unused-ignore]

@@ -31,7 +31,7 @@ def test_options_have_documented_defaults(server):
 @pytest.mark.parametrize(
     "options, name",
     [
-        ({"max_payload": 0}, "max_payload"),
+        ({"max_payload": -1}, "max_payload"),
         ({"max_queue": -1}, "max_queue"),
         ({"close_timeout": 0}, "close_timeout"),
         ({"ping_interval": "x"}, "ping_interval"),

@@ -46,7 +46,9 @@ class WebSocketHandler(EventEmitter):
     ``'headers'`` ``(headers, request)`` with the response headers as a
     mutable list of ``(name, value)`` pairs, just before they are sent;
     ``'error'`` ``(exc)``; ``'close'`` ``()`` once the handler is closed and
-    its last connection has ended.
+    its last connection has ended; ``'listening'`` ``()`` when the server
+    starts listening (a handler created later gets none: the server already
+    listens).
 
     The handshake's hooks (``verify_client``, a callable ``allowed_origins``,
     ``handle_protocols``, the ``'headers'`` listeners, run in order) may
@@ -61,7 +63,7 @@ class WebSocketHandler(EventEmitter):
     ``_lock`` guards the set of open connections and the closing state.
     """
 
-    EVENTS = frozenset({"connection", "headers", "error", "close"})
+    EVENTS = frozenset({"connection", "headers", "error", "close", "listening"})
 
     def __init__(self, server: "MultipathServer", path: str, options: HandlerOptions) -> None:
         super().__init__(error_parent=server)
@@ -78,6 +80,12 @@ class WebSocketHandler(EventEmitter):
 
     def __repr__(self) -> str:
         return f"<WebSocketHandler {self.path} clients={len(self._connections)}>"
+
+    @property
+    def address(self) -> Any:
+        """The server's address while this handler serves (ws's
+        ``server.address()``); None once ``close()`` was called."""
+        return None if self._closing else self._server.address
 
     @property
     def clients(self) -> Optional[frozenset[WebSocket]]:
@@ -281,6 +289,10 @@ class WebSocketHandler(EventEmitter):
         failed. ``stage[0]`` names the step for the refusal counts."""
         key = check_upgrade(request)
         options = self.options
+        if options.should_handle is not None:
+            stage[0] = "should_handle"
+            if not call_hook("should_handle", options.should_handle, request):
+                raise HandshakeError(400, "should_handle refused the upgrade")
         if self._closing:
             stage[0] = "closing"
             raise HandshakeError(503, "this path is closing")
@@ -297,7 +309,7 @@ class WebSocketHandler(EventEmitter):
             headers.append(("Sec-WebSocket-Protocol", protocol))
         extensions, deflate = "", None
         if options.per_message_deflate is not None:
-            agreed = negotiate_deflate(request.headers.get_all("Sec-WebSocket-Extensions"), options.per_message_deflate, options.max_payload)
+            agreed = negotiate_deflate(request.headers.get_all("Sec-WebSocket-Extensions"), options.per_message_deflate, options.payload_limit)
             if agreed is not None:
                 extensions, deflate = agreed
                 headers.append(("Sec-WebSocket-Extensions", extensions))
@@ -325,11 +337,12 @@ class WebSocketHandler(EventEmitter):
         server = self._server
         transport = Transport(sock, server._flusher, options.write_timeout)
         threshold = options.per_message_deflate.threshold if options.per_message_deflate else 0
-        ws = WebSocket(
+        websocket_class: type[WebSocket] = options.websocket_class or WebSocket
+        ws = websocket_class(
             transport,
             request,
             options,
-            FrameReader(options.max_payload, deflate, options.skip_utf8_validation),
+            FrameReader(options.payload_limit, deflate, options.skip_utf8_validation),
             FrameWriter(deflate, threshold),
             server._timers,
             protocol=protocol,

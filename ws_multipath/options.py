@@ -14,6 +14,7 @@ from .protocol.deflate import DeflateSettings
 __all__ = ["HandlerOptions", "HandlerOptionsDict"]
 
 MiB = 1024 * 1024
+NO_LIMIT = 2**63  # max_payload 0 or None: the parsers' way of saying no limit
 
 #: Options that belong to the MultipathServer, not to a handler (as in ws-multipath).
 _SERVER_OPTIONS = ("port", "host", "server")
@@ -25,6 +26,7 @@ class HandlerOptions:
 
     - ``max_payload``: largest message accepted, in bytes (after
       decompression; a fragmented one has at most max_payload // 64 frames); larger ones fail with 1009. 16 MiB.
+      ``0`` or None: no limit (as ws's ``maxPayload: 0``).
     - ``max_queue``: messages held for ``receive()`` before the connection
       stops reading from the socket. 16.
     - ``handle_protocols``: ``(protocols, request) -> str | None`` picks the
@@ -61,9 +63,16 @@ class HandlerOptions:
       client taking 64 KiB, or the rest of the frame) before the connection
       is dropped with 1011; a steady slow reader gets large messages whole.
       10; None waits forever.
+    - ``should_handle``: ``(request) -> bool``, ws's ``shouldHandle``: run
+      first, before the other hooks; a falsy result refuses the upgrade with
+      400. A failure is a hook failure (500).
+    - ``websocket_class``: a subclass of ``WebSocket`` that every connection
+      of the handler is made of (ws's ``WebSocket`` option). Its
+      ``__init__`` is the library's: add behaviour and attributes, not
+      arguments.
     """
 
-    max_payload: int = 16 * MiB
+    max_payload: Optional[int] = 16 * MiB
     max_queue: int = 16
     handle_protocols: Optional[Callable[[list[str], Any], Optional[str]]] = None
     verify_client: Optional[Callable[[Any], Any]] = None
@@ -76,6 +85,13 @@ class HandlerOptions:
     ping_interval: Optional[float] = 20.0
     ping_timeout: Optional[float] = 20.0
     write_timeout: Optional[float] = 10.0
+    should_handle: Optional[Callable[[Any], Any]] = None
+    websocket_class: Optional[type] = None
+
+    @property
+    def payload_limit(self) -> int:
+        """``max_payload`` as the parsers take it (no limit: 2**63)."""
+        return self.max_payload or NO_LIMIT
 
     @classmethod
     def from_kwargs(cls, **options: Any) -> "HandlerOptions":
@@ -94,9 +110,15 @@ class HandlerOptions:
         return result
 
     def _check(self) -> None:
-        _positive_int("max_payload", self.max_payload)
+        if self.max_payload is not None and self.max_payload != 0:
+            _positive_int("max_payload", self.max_payload)
         _positive_int("max_queue", self.max_queue)
-        for name in ("handle_protocols", "verify_client"):
+        if self.websocket_class is not None:
+            from .sync.connection import WebSocket
+
+            if not isinstance(self.websocket_class, type) or not issubclass(self.websocket_class, WebSocket):
+                raise TypeError(f"websocket_class must be a subclass of WebSocket, not {self.websocket_class!r}")
+        for name in ("handle_protocols", "verify_client", "should_handle"):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"{name} must be callable, not {type(value).__name__}")
@@ -123,7 +145,7 @@ class HandlerOptionsDict(TypedDict, total=False):
     misspelt option (``ping_intervall=5``) is an error before it runs (and a
     ``TypeError`` when it runs). Kept equal to ``HandlerOptions``' fields."""
 
-    max_payload: int
+    max_payload: Optional[int]
     max_queue: int
     handle_protocols: Optional[Callable[[list[str], Any], Optional[str]]]
     verify_client: Optional[Callable[[Any], Any]]
@@ -136,6 +158,8 @@ class HandlerOptionsDict(TypedDict, total=False):
     ping_interval: Optional[float]
     ping_timeout: Optional[float]
     write_timeout: Optional[float]
+    should_handle: Optional[Callable[[Any], Any]]
+    websocket_class: Optional[type]
 
 
 def _positive_int(name: str, value: Any) -> None:

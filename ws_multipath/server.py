@@ -125,7 +125,7 @@ class MultipathServer(EventEmitter):
     the constructor (or by ``listen()``).
     """
 
-    EVENTS = frozenset({"connection", "unhandled", "close", "error"})
+    EVENTS = frozenset({"connection", "unhandled", "close", "error", "listening"})
 
     listen = NoListen()
 
@@ -287,6 +287,11 @@ class MultipathServer(EventEmitter):
         self._flusher.open()  # its descriptors now, before connections can fill the table
         self._acceptor.start()
         report_capacity(self._max_connections, self.capacity)  # one line: the connection ceiling, a WARNING if below max_connections
+        with self._lock:
+            handlers = list(self._handlers)
+        self.emit("listening")
+        for handler in handlers:  # ws's 'listening', on the handlers made before
+            handler.emit("listening")
 
     def serve_forever(self) -> None:
         """Block until the server is closed: by ``close()`` from another

@@ -57,6 +57,7 @@ REFUSAL_KEYS = {
     "closing": "the path or server is closing",
     "origin": "Origin not in allowed_origins",
     "verify_client": "verify_client refused it",
+    "should_handle": "should_handle refused it (400)",
     "handshake_hook": "a handle_protocols or 'headers' hook refused it (HandshakeError)",
     "hook_error": "a hook failed (500)",
     "max_connections": "max_connections reached (503)",

@@ -19,16 +19,25 @@ Payload = Union[bytes, bytearray, memoryview]
 _WHOLE_FRAME_LIMIT = 16 * 1024
 
 
-def check_close_code(code: int, reason: str) -> bytes:
-    """Validate a close code and reason an application passes to ``close``;
-    return the reason encoded. Raises ``ValueError`` naming the argument."""
+def check_close_code(code: int, reason: Union[str, bytes]) -> bytes:
+    """Validate a close code and reason an application passes to ``close``
+    (the reason a ``str``, or ``bytes`` of valid UTF-8, as ws takes a
+    Buffer); return the reason encoded. Raises ``ValueError`` naming the
+    argument."""
     if not isinstance(code, int) or isinstance(code, bool):
         raise TypeError(f"code must be an int, not {type(code).__name__}")
     if not (code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999):
         raise ValueError(f"code {code} may not be sent in a close frame (RFC 6455 section 7.4)")
-    if not isinstance(reason, str):
-        raise TypeError(f"reason must be a str, not {type(reason).__name__}")
-    encoded = reason.encode("utf-8")
+    if isinstance(reason, (bytes, bytearray, memoryview)):
+        encoded = bytes(reason)
+        try:
+            encoded.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("reason is not valid UTF-8 (RFC 6455 section 5.5.1)") from None
+    elif isinstance(reason, str):
+        encoded = reason.encode("utf-8")
+    else:
+        raise TypeError(f"reason must be a str or bytes, not {type(reason).__name__}")
     if len(encoded) > 123:
         raise ValueError(f"reason is {len(encoded)} bytes in UTF-8; at most 123 fit in a close frame")
     return encoded
@@ -57,7 +66,14 @@ class FrameWriter:
     def message(self, data: Union[str, Payload]) -> tuple[bytes, Payload]:
         """Frame header and payload of one unfragmented data message (a
         small one as one bytes object, with an empty payload)."""
-        if _frame is not None and self._deflate is None and len(data) <= _WHOLE_FRAME_LIMIT:
+        return self._message(data, self._deflate)
+
+    def message_uncompressed(self, data: Union[str, Payload]) -> tuple[bytes, Payload]:
+        """``message`` without compression (``send(compress=False)``)."""
+        return self._message(data, None)
+
+    def _message(self, data: Union[str, Payload], deflate: Optional[BoundedDeflate]) -> tuple[bytes, Payload]:
+        if _frame is not None and deflate is None and len(data) <= _WHOLE_FRAME_LIMIT:
             kind = type(data)
             if kind is str:
                 return _frame(0x81, data), b""  # type: ignore[arg-type]
@@ -68,8 +84,8 @@ class FrameWriter:
             opcode, payload = 0x81, data.encode("utf-8")
         else:
             opcode, payload = 0x82, data
-        if self._deflate is not None and len(payload) >= self._threshold:
-            payload = self._deflate.deflate_message(bytes(payload))
+        if deflate is not None and len(payload) >= self._threshold:
+            payload = deflate.deflate_message(bytes(payload))
             opcode |= 0x40
         return _header(opcode, payload.nbytes if isinstance(payload, memoryview) else len(payload)), payload
 

@@ -163,20 +163,29 @@ class WebSocket(EventEmitter):
 
     # -- sending ------------------------------------------------------------
 
-    def send(self, data: Union[str, Payload]) -> None:
+    def send(self, data: Union[str, Payload], *, binary: Optional[bool] = None, compress: bool = True) -> None:
         """Send one message: ``str`` as text, bytes-like as binary.
 
+        ``binary=True`` sends a ``str`` as a binary message (its UTF-8
+        bytes), ``binary=False`` bytes as a text message (they must be valid
+        UTF-8: ``ValueError`` otherwise), as ws's ``binary`` option.
+        ``compress=False`` sends this message uncompressed when
+        permessage-deflate was agreed (ws's ``compress``).
+
         Thread-safe; returns once the whole frame is in the kernel's buffer.
-        Blocks while the client does not read, for at most ``write_timeout``,
-        after which the connection is dropped (code 1011). Raises
-        ``ConnectionClosed`` once the connection is closing or closed.
+        Blocks while the client does not read; when it takes nothing for
+        ``write_timeout`` seconds the connection is dropped (code 1011).
+        Raises ``ConnectionClosed`` once the connection is closing or closed.
         """
         if not isinstance(data, (str, bytes, bytearray, memoryview)):
             raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
+        if binary is not None:
+            data = _as_kind(data, binary)
         if self._closing.state is not ReadyState.OPEN:
             raise self._closed_error()
+        frame = self._writer.message if compress else self._writer.message_uncompressed
         try:
-            written = self._transport.write_message(self._writer.message, data)
+            written = self._transport.write_message(frame, data)
         except OSError:
             self._transport.abort()
             raise self._closed_error() from None
@@ -232,16 +241,17 @@ class WebSocket(EventEmitter):
 
     # -- closing ------------------------------------------------------------
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: int = 1000, reason: Union[str, bytes] = "") -> None:
         """Start the closing handshake; return without waiting for it.
 
-        Invalid codes (1005, 1006, 999, ...) and reasons over 123 UTF-8 bytes
-        raise ``ValueError``. Does nothing if the connection is already
-        closing or closed. If the client does not answer within
-        ``close_timeout`` seconds, the TCP connection is dropped.
+        ``reason`` is a ``str`` or UTF-8 ``bytes``. Invalid codes (1005,
+        1006, 999, ...), reasons over 123 UTF-8 bytes and invalid UTF-8 raise
+        ``ValueError``. Does nothing if the connection is already closing or
+        closed. If the client does not answer within ``close_timeout``
+        seconds, the TCP connection is dropped.
         """
         encoded = check_close_code(code, reason)
-        self._start_close(code, reason, encoded)
+        self._start_close(code, encoded.decode("utf-8"), encoded)
 
     def _start_close(self, code: int, reason: str, encoded: bytes, blocking: bool = True) -> bool:
         """Send a close frame (or post it, when ``blocking`` is False: used by
@@ -399,3 +409,15 @@ class WebSocket(EventEmitter):
         if self._closing.is_open:
             self._fail(1011, "keepalive ping timeout")
             self._transport.abort()
+
+
+def _as_kind(data: Union[str, Payload], binary: bool) -> Union[str, Payload]:
+    """``data`` as the message kind ``send(binary=...)`` asks for."""
+    if binary:
+        return data.encode("utf-8") if isinstance(data, str) else data
+    if isinstance(data, str):
+        return data
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("send(binary=False) needs valid UTF-8 bytes (a text message)") from None

@@ -1,0 +1,183 @@
+"""The forms of ws's API a porter reaches for (issue 19), each over a real
+socket: send options, close reasons as bytes, max_payload 0, should_handle,
+websocket_class, the handler's address and 'listening'."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from ws_multipath import MultipathServer, WebSocket
+
+from .conftest import TIMEOUT, echo, raw_request, serve_one, upgrade_head, url
+
+MiB = 1024 * 1024
+
+
+def _read_head(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def _read_exactly(sock: socket.socket, count: int, data: bytes = b"") -> bytes:
+    while len(data) < count:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed"
+        data += chunk
+    return data
+
+
+# -- send(binary=..., compress=...) -------------------------------------------
+
+
+def test_send_binary_true_sends_a_str_as_binary_and_false_bytes_as_text(server):
+    connections = serve_one(server)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
+        ws = connections.get(timeout=TIMEOUT)
+        ws.send("héllo", binary=True)
+        assert client.recv(timeout=TIMEOUT) == "héllo".encode()
+        ws.send("héllo".encode(), binary=False)
+        assert client.recv(timeout=TIMEOUT) == "héllo"
+        ws.send(b"\x00\x01", binary=True)
+        assert client.recv(timeout=TIMEOUT) == b"\x00\x01"
+        with pytest.raises(ValueError, match="UTF-8"):
+            ws.send(b"\xff", binary=False)
+        ws.send("still open")
+        assert client.recv(timeout=TIMEOUT) == "still open"
+
+
+def test_send_compress_false_skips_permessage_deflate_for_one_message(server):
+    connections = serve_one(server, per_message_deflate=True)
+    message = "a" * 4000  # above the 1024-byte threshold: compressed by default
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/ws", "Sec-WebSocket-Extensions: permessage-deflate\r\n"))
+        head = _read_head(sock)
+        assert b"permessage-deflate" in head
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        ws = connections.get(timeout=TIMEOUT)
+        ws.send(message, compress=False)
+        frame = _read_exactly(sock, 4 + len(message), rest)
+        assert frame[0] == 0x81 and frame[4:] == message.encode()  # FIN, text, RSV1 clear: not compressed
+        ws.send(message)
+        frame = _read_exactly(sock, 2)
+        assert frame[0] == 0xC1  # FIN, RSV1, text: compressed
+
+
+# -- close(code, reason) with a bytes reason -----------------------------------
+
+
+def test_close_takes_a_bytes_reason_of_valid_utf8(server):
+    connections = serve_one(server)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
+        ws = connections.get(timeout=TIMEOUT)
+        with pytest.raises(ValueError, match="UTF-8"):
+            ws.close(4000, b"\xff")
+        with pytest.raises(ValueError, match="123"):
+            ws.close(4000, b"x" * 124)
+        ws.close(4000, "au revoir, café".encode())
+        with pytest.raises(Exception):
+            client.recv(timeout=TIMEOUT)
+        assert (client.close_code, client.close_reason) == (4000, "au revoir, café")
+    assert ws.sent_close_reason == "au revoir, café"
+
+
+# -- max_payload=0 / None: no limit -------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [0, None])
+def test_max_payload_0_or_none_means_no_limit(server, limit):
+    server.create_handler(path="/big", max_payload=limit).on("connection", echo)
+    message = b"x" * (16 * MiB + 1)  # one byte over the default limit
+    with connect(url(server, "/big"), open_timeout=TIMEOUT, max_size=None) as client:
+        client.send(message)
+        assert client.recv(timeout=30) == message
+
+
+def test_max_payload_keeps_refusing_negative_values(server):
+    with pytest.raises(ValueError, match="max_payload"):
+        server.create_handler(path="/x", max_payload=-1)
+
+
+# -- should_handle ---------------------------------------------------------------
+
+
+def test_should_handle_false_gets_400_and_true_upgrades(server):
+    seen = []
+    handler = server.create_handler(path="/gate", should_handle=lambda request: seen.append(request.path) or request.query.get("ok") == ["1"])
+    handler.on("connection", echo)
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url(server, "/gate?ok=0"), open_timeout=TIMEOUT)
+    assert refused.value.response.status_code == 400
+    with connect(url(server, "/gate?ok=1"), open_timeout=TIMEOUT) as client:
+        client.send("in")
+        assert client.recv(timeout=TIMEOUT) == "in"
+    assert seen == ["/gate", "/gate"]
+    assert handler.stats()["refused"] == {400: {"should_handle": 1}}
+
+
+def test_should_handle_that_raises_is_a_hook_failure(server):
+    errors: queue.Queue = queue.Queue()
+    handler = server.create_handler(path="/gate", should_handle=lambda request: 1 / 0)
+    handler.on("error", errors.put)
+    response = raw_request(server, upgrade_head("/gate"))
+    assert response.startswith(b"HTTP/1.1 500 ")
+    error = errors.get(timeout=TIMEOUT)
+    assert "should_handle" in str(error) and isinstance(error.__cause__, ZeroDivisionError)
+
+
+# -- websocket_class -------------------------------------------------------------
+
+
+class Tagged(WebSocket):
+    def greet(self) -> None:
+        self.send(f"hello from {self.path}")
+
+
+def test_websocket_class_makes_every_connection_of_the_handler(server):
+    connections = serve_one(server, websocket_class=Tagged)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT) as client:
+        ws = connections.get(timeout=TIMEOUT)
+        assert type(ws) is Tagged
+        ws.greet()
+        assert client.recv(timeout=TIMEOUT) == "hello from /ws"
+
+
+@pytest.mark.parametrize("value", [dict, "WebSocket", object()])
+def test_websocket_class_must_be_a_websocket_subclass(server, value):
+    with pytest.raises(TypeError, match="websocket_class"):
+        server.create_handler(path="/x", websocket_class=value)
+
+
+# -- the handler's address and 'listening' ---------------------------------------
+
+
+def test_listening_reaches_the_handlers_and_address_is_none_once_closed():
+    # 'listening' comes when the server starts listening: with auto_listen=False,
+    # from serve_forever() (with the default, the constructor already listens)
+    server = MultipathServer(port=0, host="127.0.0.1", auto_listen=False)
+    handler = server.create_handler(path="/a")
+    heard, server_heard = threading.Event(), threading.Event()
+    handler.on("listening", heard.set)
+    server.on("listening", server_heard.set)
+    serving = threading.Thread(target=server.serve_forever)
+    serving.start()
+    try:
+        assert heard.wait(TIMEOUT) and server_heard.is_set()
+        assert handler.address == server.address == ("127.0.0.1", server.port)
+        closed = threading.Event()
+        handler.close(closed.set)
+        assert handler.address is None
+        assert closed.wait(TIMEOUT)
+    finally:
+        server.close()
+        serving.join(TIMEOUT)
+    assert not serving.is_alive()

@@ -22,11 +22,13 @@ from typing import Any, Callable, Optional
 
 from ..log import format_address, logger
 from .capacity import exhaustion_hint
+from .reserve import Reserve
 
 __all__ = ["Acceptor", "TCPServer", "bind_address", "check_reuse_port", "prepare_unix_path", "check_listening_socket", "unix_peer"]
 
 _ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() ran out of descriptors
 _LOG_EVERY = 60.0  # seconds between two lines about running out (a limit reached again and again)
+_TABLE_FULL = (errno.EMFILE, errno.ENFILE)  # a descriptor is what is missing: the reserve answers 503
 _EXHAUSTED_KIND = {errno.EMFILE: "descriptors", errno.ENFILE: "files", errno.ENOBUFS: "memory", errno.ENOMEM: "memory"}
 
 _AF_UNIX: int = getattr(socket, "AF_UNIX", -1)
@@ -209,6 +211,7 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             socketserver.BaseServer.__init__(self, address, _RequestHandler)
             self.socket = sock
         self._unix_peer = unix_peer(self.server_address) if family == socket.AF_UNIX else None
+        self._reserve: Optional[Reserve] = Reserve() if sock is not None else None  # else made by server_activate
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and self.server_address[0] in ("::", ""):
@@ -218,11 +221,22 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._reserve = Reserve()
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self._reserve is not None:
+            self._reserve.close()
+
     def get_request(self) -> tuple[socket.socket, Any]:
         try:
             request = self.socket.accept()
         except OSError as exc:
             if exc.errno in _EXHAUSTED_KIND:
+                if exc.errno in _TABLE_FULL and self._reserve is not None:
+                    self._reserve.refuse_waiting(self.socket)  # 503 rather than a wait in the listen queue
                 self._back_off(f"accept() failed: {exc}", _EXHAUSTED_KIND[exc.errno])
             raise
         self._exhausted = False
@@ -258,7 +272,7 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             else:
                 again = f"; it ran out {self._unlogged} more times since the last such line" if self._unlogged else ""
                 hint = exhaustion_hint(kind)
-                logger.error("%s; backing off, open connections are served on, new clients wait in the listen queue "
+                logger.error("%s; backing off, open connections are served on, new clients get 503 "
                              "(logged at most once a minute%s)%s", message, again, f". {hint}" if hint else "")
                 self._quiet_until, self._unlogged = now + _LOG_EVERY, 0
         self._stopping.wait(_ACCEPT_BACKOFF)

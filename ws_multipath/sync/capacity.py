@@ -54,10 +54,11 @@ __all__ = ["Bound", "Capacity", "measure_capacity", "report_capacity", "exhausti
 PER_CONNECTION_BYTES = 28 * 1024
 #: Descriptors the server holds besides its connections: the listening
 #: socket, the flusher's wake-up socket pair and its epoll selector (the
-#: accept loop uses ``poll()``, which needs none). Kept free until the
-#: server listens (``listening=True``: all four are open then, and counted
+#: accept loop uses ``poll()``, which needs none), and the reserve that
+#: answers 503 when the table is full (``reserve.py``). Kept free until the
+#: server listens (``listening=True``: all five are open then, and counted
 #: once, as descriptors in use).
-SERVER_FDS = 4
+SERVER_FDS = 5
 #: Descriptors kept free beyond those, for what needs one for a moment: an
 #: upgrade past ``max_connections`` holds its socket until its 503 is
 #: written (16 for a burst of them), and the application and the library
@@ -88,7 +89,7 @@ _TEXT = {
     "CommitLimit": ("memory the kernel may commit, a whole stack per thread", "more swap or a higher vm.overcommit_ratio, or smaller thread stacks (threading.stack_size())"),
 }
 _PAST = {
-    "fds": "accept() fails (EMFILE) and new clients wait in the listen queue until a connection ends",
+    "fds": "accept() fails (EMFILE) and new clients get 503 (a reserved descriptor answers them) until a connection ends",
     "threads": "a new connection's thread cannot start and the connection is dropped at once",
     "memory": "the out-of-memory killer may end the process",
 }

@@ -181,3 +181,25 @@ def test_listening_reaches_the_handlers_and_address_is_none_once_closed():
         server.close()
         serving.join(TIMEOUT)
     assert not serving.is_alive()
+
+
+# -- a client that half-closes before its 101 ------------------------------------
+
+
+def test_a_client_that_half_closes_before_the_101_gets_none_and_no_connection_event(server):
+    fin_sent = threading.Event()
+    opened: queue.Queue = queue.Queue()
+
+    def verify(request):  # the handshake waits here until the client's FIN has arrived
+        return fin_sent.wait(TIMEOUT)
+
+    handler = server.create_handler(path="/h", verify_client=verify)
+    handler.on("connection", lambda ws, request: opened.put(ws))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/h"))
+        sock.shutdown(socket.SHUT_WR)
+        fin_sent.set()
+        assert sock.recv(4096) == b""  # no 101: the server closed
+    with connect(url(server, "/h"), open_timeout=TIMEOUT):  # a client that stays is served
+        assert opened.get(timeout=TIMEOUT) is not None
+    assert opened.empty()

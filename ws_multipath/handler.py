@@ -10,6 +10,7 @@ broadcasts and closes them all with 1001 when it closes.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Collection, Container, Mapping
@@ -239,6 +240,9 @@ class WebSocketHandler(EventEmitter):
                 raise HandshakeError(503, "too many connections (max_connections)")
             stage[0] = "handshake_hook"
             response = final_response(self._listeners.get("headers", ()), headers, request)
+            if not request.buffered and _half_closed(sock):
+                logger.info("dropping %s on %s: it closed its side before the 101", format_address(request.remote_address), self.path)
+                return None
             ws = self._open(sock, request, protocol, extensions, deflate)
             handed_over = True
         except HookError as exc:
@@ -414,3 +418,17 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
         sock.sendall(data)
     except OSError:
         pass
+
+
+def _half_closed(sock: socket.socket) -> bool:
+    """True when the client has sent its FIN and nothing else is waiting:
+    it can never read a 101 and use the connection (ws destroys such a
+    socket before its 101 too). Not knowable here for TLS (its records)."""
+    if isinstance(sock, ssl.SSLSocket):
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:  # reset: gone too
+        return True

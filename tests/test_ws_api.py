@@ -203,3 +203,34 @@ def test_a_client_that_half_closes_before_the_101_gets_none_and_no_connection_ev
     with connect(url(server, "/h"), open_timeout=TIMEOUT):  # a client that stays is served
         assert opened.get(timeout=TIMEOUT) is not None
     assert opened.empty()
+
+
+# -- max_fragments -----------------------------------------------------------------
+
+
+def _fragments(count: int) -> bytes:
+    """A text message "x" * count in ``count`` masked frames (mask 0)."""
+    frames = []
+    for index in range(count):
+        opcode = 0x1 if index == 0 else 0x0
+        fin = 0x80 if index == count - 1 else 0
+        frames.append(bytes([fin | opcode, 0x81]) + b"\x00" * 4 + b"x")
+    return b"".join(frames)
+
+
+@pytest.mark.parametrize("count, answer", [(3, b"\x81\x03xxx"), (4, b"\x88")])
+def test_max_fragments_bounds_the_frames_of_one_message(server, count, answer):
+    server.create_handler(path="/f", max_fragments=3).on("connection", echo)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/f"))
+        rest = _read_head(sock).split(b"\r\n\r\n", 1)[1]
+        sock.sendall(_fragments(count))
+        frame = _read_exactly(sock, 5, rest)
+        assert frame.startswith(answer)
+        if answer == b"\x88":  # a close frame: 1009, message too big
+            assert frame[2:4] == (1009).to_bytes(2, "big")
+
+
+def test_max_fragments_must_be_positive(server):
+    with pytest.raises(ValueError, match="max_fragments"):
+        server.create_handler(path="/x", max_fragments=0)

@@ -346,7 +346,7 @@ class WebSocketHandler(EventEmitter):
             transport,
             request,
             options,
-            FrameReader(options.payload_limit, deflate, options.skip_utf8_validation),
+            FrameReader(options.payload_limit, deflate, options.skip_utf8_validation, options.max_fragments),
             FrameWriter(deflate, threshold),
             server._timers,
             protocol=protocol,

@@ -27,6 +27,10 @@ class HandlerOptions:
     - ``max_payload``: largest message accepted, in bytes (after
       decompression; a fragmented one has at most max_payload // 64 frames); larger ones fail with 1009. 16 MiB.
       ``0`` or None: no limit (as ws's ``maxPayload: 0``).
+    - ``max_fragments``: most frames one fragmented message may have; past
+      it the connection fails with 1009. None: ``max_payload // 64``
+      (262,144 by default), which bounds the work of one message; with no
+      ``max_payload``, set it.
     - ``max_queue``: messages held for ``receive()`` before the connection
       stops reading from the socket. 16.
     - ``handle_protocols``: ``(protocols, request) -> str | None`` picks the
@@ -73,6 +77,7 @@ class HandlerOptions:
     """
 
     max_payload: Optional[int] = 16 * MiB
+    max_fragments: Optional[int] = None
     max_queue: int = 16
     handle_protocols: Optional[Callable[[list[str], Any], Optional[str]]] = None
     verify_client: Optional[Callable[[Any], Any]] = None
@@ -113,6 +118,8 @@ class HandlerOptions:
         if self.max_payload is not None and self.max_payload != 0:
             _positive_int("max_payload", self.max_payload)
         _positive_int("max_queue", self.max_queue)
+        if self.max_fragments is not None:
+            _positive_int("max_fragments", self.max_fragments)
         if self.websocket_class is not None:
             from .sync.connection import WebSocket
 
@@ -146,6 +153,7 @@ class HandlerOptionsDict(TypedDict, total=False):
     ``TypeError`` when it runs). Kept equal to ``HandlerOptions``' fields."""
 
     max_payload: Optional[int]
+    max_fragments: Optional[int]
     max_queue: int
     handle_protocols: Optional[Callable[[list[str], Any], Optional[str]]]
     verify_client: Optional[Callable[[Any], Any]]

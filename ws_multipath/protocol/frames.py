@@ -70,8 +70,9 @@ class _PayloadLimit(Extension):
 
     name = "ws_multipath-payload-limit"
 
-    def __init__(self, max_payload: int) -> None:
+    def __init__(self, max_payload: int, max_fragments: Optional[int] = None) -> None:
         self._max_payload = max_payload
+        self._max_fragments = max_payload // FRAME_OVERHEAD if max_fragments is None else max_fragments
         self._earlier_frames = 0  # bytes in the current message's completed frames
         self._earlier_count = 0  # and how many there are
         self._compressed = False
@@ -88,7 +89,7 @@ class _PayloadLimit(Extension):
         if opcode is not Opcode.CONTINUATION:
             self._earlier_frames = self._earlier_count = 0
             self._compressed = rsv.rsv1
-        elif (self._earlier_count + 1) * FRAME_OVERHEAD > self._max_payload:
+        elif self._earlier_count + 1 > self._max_fragments:
             return CloseReason.MESSAGE_TOO_BIG  # too many frames
         if not self._compressed and self._earlier_frames + payload_length > self._max_payload:
             return CloseReason.MESSAGE_TOO_BIG
@@ -156,10 +157,11 @@ class FrameReader:
         max_payload: int,
         deflate: Optional[BoundedDeflate] = None,
         skip_utf8_validation: bool = False,
+        max_fragments: Optional[int] = None,
     ) -> None:
         self._max_payload = max_payload
         extensions: list[Extension] = [deflate] if deflate is not None else []
-        extensions.append(_PayloadLimit(max_payload))
+        extensions.append(_PayloadLimit(max_payload, max_fragments))
         self._frames = FrameProtocol(client=False, extensions=extensions)
         if skip_utf8_validation:
             self._frames._message_decoder = _LenientMessageDecoder()

@@ -834,8 +834,9 @@ def test_emfile_backs_off_logs_once_and_recovers(errors, record_property):
         assert float(freed["cpu"]) < 0.5 * float(freed["wall"]), freed  # backed off, did not spin
         first.join(30)
         second.join(30)
-        answers = sorted(str(results.get(timeout=1)) for _ in range(2))
-        assert answers == ["first", "second"], answers
+        # while the table was full, the reserved descriptor answered each 503 at once
+        answers = [results.get(timeout=1) for _ in range(2)]
+        assert all(isinstance(answer, InvalidStatus) and answer.response.status_code == 503 for answer in answers), answers
         # and it goes on serving new clients
         client("third")
         assert results.get(timeout=1) == "third"

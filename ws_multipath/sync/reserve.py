@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import time
 from typing import Optional
 
 __all__ = ["Reserve", "BUSY_RESPONSE"]
@@ -32,7 +33,11 @@ BUSY_RESPONSE = (
 )
 
 #: Clients answered per failed accept(), before the accept loop backs off.
-REFUSALS_PER_ROUND = 64
+REFUSALS_PER_ROUND = 16
+#: Seconds a round may take: each client's request is awaited (answering
+#: before it arrives would have the client's kernel reset the connection over
+#: the answer), and one that sends nothing must not hold the accept loop.
+ROUND_SECONDS = 0.5
 
 
 class Reserve:
@@ -47,7 +52,8 @@ class Reserve:
         """Answer 503 to the clients waiting on ``listening`` (at most
         ``REFUSALS_PER_ROUND``); returns how many were answered."""
         answered = 0
-        while answered < REFUSALS_PER_ROUND and self._fd is not None and _readable(listening):
+        deadline = time.monotonic() + ROUND_SECONDS
+        while answered < REFUSALS_PER_ROUND and time.monotonic() < deadline and self._fd is not None and _readable(listening, 0):
             os.close(self._fd)
             self._fd = None
             try:
@@ -55,7 +61,7 @@ class Reserve:
             except OSError:  # taken by another thread or process meanwhile
                 self._fd = _open()
                 break
-            _answer_busy(sock)
+            _answer_busy(sock, deadline)
             answered += 1
             self._fd = _open()
         if self._fd is None:
@@ -75,24 +81,26 @@ def _open() -> Optional[int]:
         return None
 
 
-def _readable(sock: socket.socket) -> bool:
+def _readable(sock: socket.socket, timeout: float) -> bool:
     try:
-        return bool(select.select([sock], [], [], 0)[0])
+        return bool(select.select([sock], [], [], max(0.0, timeout))[0])
     except (OSError, ValueError):  # closed meanwhile
         return False
 
 
-def _answer_busy(sock: socket.socket) -> None:
-    """Write the 503 without waiting and close. What the client sent is read
-    first, so that closing does not reset the connection over the answer."""
+def _answer_busy(sock: socket.socket, deadline: float) -> None:
+    """Read the client's request (until ``deadline`` at most), write the 503
+    without waiting, end the sending side and read until the client closes
+    too (again until ``deadline``), then close: closing with unread bytes
+    would reset the connection over the answer."""
     with sock:
         sock.setblocking(False)
         try:
-            sock.recv(65536)
-        except OSError:
-            pass
-        try:
+            if _readable(sock, deadline - time.monotonic()):
+                sock.recv(65536)
             sock.send(BUSY_RESPONSE)
             sock.shutdown(socket.SHUT_WR)
+            while _readable(sock, deadline - time.monotonic()) and sock.recv(65536):
+                pass
         except OSError:
             pass

@@ -482,6 +482,42 @@ def test_https_keep_alive_and_url_scheme(serve, tmp_path):
     assert time.monotonic() - start < 1.0
 
 
+@pytest.mark.parametrize("request_head", [
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",  # the app's answer, then the server closes
+    b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",  # refused (501): closed after it
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",  # a refused upgrade (400)
+], ids=["response", "refusal", "upgrade-refusal"])
+def test_tls_responses_end_with_close_notify(serve, tmp_path, request_head):
+    # without it a TLS client cannot tell the end of a response from a cut
+    # connection (RFC 8446 section 6.1): suppress_ragged_eofs=False shows it
+    import ssl
+
+    from .faultkit import make_certificate
+
+    files = make_certificate(str(tmp_path))
+    if files is None:
+        pytest.skip("no way to make a certificate")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*files)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    server = serve(app, ssl_context=context)
+    server.create_handler("/ws")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as raw:
+        sock = ssl._create_unverified_context().wrap_socket(raw, suppress_ragged_eofs=False)
+        sock.sendall(request_head)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)  # SSLEOFError without close_notify
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 ")
+
+
 def test_the_package_imports_and_serves_http_without_werkzeug():
     """Werkzeug is optional (Flask brings it); a plain install has none."""
     import subprocess

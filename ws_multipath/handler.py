@@ -21,6 +21,7 @@ from .http.hooks import final_response
 from .http.negotiation import negotiate
 from .http.request import Request
 from .http.upgrade import error_response
+from .http.wsgi_socket import linger
 from .log import format_address, logger
 from .options import HandlerOptions
 from .protocol.frames import FrameReader, FrameWriter, Payload
@@ -206,6 +207,8 @@ class WebSocketHandler(EventEmitter):
         ``'client_error'`` listener took the socket over. ``end_handshake``
         cancels the server's handshake deadline."""
         ws = self._handshake(sock, request, end_handshake)
+        if ws is False:  # refused (its max_connections slot released): a client still
+            linger(sock)  # sending reads its status; on TLS, close_notify (the deadline bounds this)
         if isinstance(ws, bool):
             return ws
         end_handshake()

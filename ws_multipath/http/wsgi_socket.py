@@ -191,10 +191,14 @@ class ClientSocket:
 def linger(sock: socket.socket) -> None:
     """Close the sending side, then read (and drop) what the client still
     sends for a moment: closing with unread data would reset the connection
-    and could destroy the response before the client read it."""
+    and could destroy the response before the client read it. On TLS the
+    sending side ends with a ``close_notify`` alert first (RFC 8446 section
+    6.1), so that the client can tell the end of the response from a cut."""
+    deadline = time.monotonic() + LINGER
+    if isinstance(sock, ssl.SSLSocket):
+        sock = _close_notify(sock, deadline)
     try:
         sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + LINGER
         received = 0
         while received < DRAIN_LIMIT * 4:
             remaining = deadline - time.monotonic()
@@ -207,3 +211,13 @@ def linger(sock: socket.socket) -> None:
             received += len(data)
     except OSError:
         pass
+
+
+def _close_notify(sock: ssl.SSLSocket, deadline: float) -> socket.socket:
+    """Send ``close_notify``; returns the socket to go on with (the plain
+    one once the client answered with its own, within ``deadline``)."""
+    try:
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        return sock.unwrap()
+    except (OSError, ValueError):  # the client closed, sent more data, or did not answer in time
+        return sock

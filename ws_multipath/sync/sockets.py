@@ -183,6 +183,7 @@ def shutdown(sock: socket.socket, how: int) -> None:
     except OSError:
         pass
 
+
 def peer_half_closed(sock: socket.socket) -> bool:
     """True when the client has sent its FIN and nothing else is waiting:
     it can never read a 101 and use the connection (ws destroys such a

@@ -349,3 +349,30 @@ def test_without_client_error_listeners_the_answer_is_unchanged_and_a_raising_on
     handler.on("client_error", lambda error, sock, request: 1 / 0)
     assert raw_request(server, bad_key) == b""  # the socket closed, nothing sent
     assert isinstance(errors.get(timeout=TIMEOUT), ZeroDivisionError)
+
+
+# -- per_message_deflate's concurrency_limit -------------------------------------
+
+
+def test_concurrency_limit_is_one_semaphore_for_the_handlers_compressions(server):
+    handler = server.create_handler(path="/z", per_message_deflate={"concurrency_limit": 2})
+    handler.on("connection", echo)
+    connections: queue.Queue = queue.Queue()
+    handler.on("connection", lambda ws, request: connections.put(ws))
+    text = "compress me " * 200  # above the threshold
+    with connect(url(server, "/z"), open_timeout=TIMEOUT) as first, connect(url(server, "/z"), open_timeout=TIMEOUT) as second:
+        for client in (first, second):
+            client.send(text)
+            assert client.recv(timeout=TIMEOUT) == text
+        limiters = {connections.get(timeout=TIMEOUT)._writer._deflate._limiter for _ in range(2)}
+    assert limiters == {handler.options.per_message_deflate.limiter}
+    limiter = limiters.pop()
+    assert limiter.acquire(blocking=False) and limiter.acquire(blocking=False) and not limiter.acquire(blocking=False)
+    limiter.release()
+    limiter.release()
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, True])
+def test_concurrency_limit_must_be_a_positive_int(server, limit):
+    with pytest.raises(ValueError, match="concurrency_limit"):
+        server.create_handler(path="/z", per_message_deflate={"concurrency_limit": limit})

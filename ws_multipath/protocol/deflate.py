@@ -10,7 +10,9 @@ connection with 1009 beyond that.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+import contextlib
+import threading
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from wsproto.extensions import PerMessageDeflate
@@ -19,6 +21,7 @@ from wsproto.frame_protocol import CloseReason, Opcode
 __all__ = ["DeflateSettings", "BoundedDeflate", "negotiate_deflate"]
 
 _SYNC_TAIL = b"\x00\x00\xff\xff"  # RFC 7692 section 7.2.2
+_NO_LIMIT = contextlib.nullcontext()  # reentrant: one for every connection without a concurrency_limit
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,11 @@ class DeflateSettings:
     """A handler's ``per_message_deflate`` option, validated.
 
     ``threshold``: messages shorter than this many bytes are sent
-    uncompressed (``ws`` uses 1024 too). Window bits are 9-15 (zlib cannot
+    uncompressed (``ws`` uses 1024 too). ``concurrency_limit``: at most
+    this many compressions and decompressions at once among the handler's
+    connections (ws's ``concurrencyLimit``; None, the default, for no limit:
+    here zlib runs on the connections' own threads, not on a shared pool of
+    four as in Node, so ws's default of 10 guards against nothing). Window bits are 9-15 (zlib cannot
     produce raw streams with an 8-bit window).
 
     The defaults are websockets' (4 KiB windows both ways, when the client
@@ -44,6 +51,14 @@ class DeflateSettings:
     threshold: int = 1024
     memory_level: int = 5
     compression_level: int = -1
+    concurrency_limit: Optional[int] = None
+    #: The handler's compressions and decompressions at once, when
+    #: ``concurrency_limit`` is set (shared by its connections).
+    limiter: Optional[threading.BoundedSemaphore] = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.concurrency_limit, int) and not isinstance(self.concurrency_limit, bool) and self.concurrency_limit > 0:
+            object.__setattr__(self, "limiter", threading.BoundedSemaphore(self.concurrency_limit))
 
     @classmethod
     def from_option(cls, value: Union[bool, dict[str, Any], "DeflateSettings", None]) -> Optional["DeflateSettings"]:
@@ -70,14 +85,20 @@ class DeflateSettings:
             raise ValueError(f"per_message_deflate: compression_level must be an int from -1 to 9, not {settings.compression_level!r}")
         if not isinstance(settings.threshold, int) or settings.threshold < 0:
             raise ValueError(f"per_message_deflate: threshold must be an int >= 0, not {settings.threshold!r}")
+        limit = settings.concurrency_limit
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ValueError(f"per_message_deflate: concurrency_limit must be a positive int or None, not {limit!r}")
         return settings
 
 
 class BoundedDeflate(PerMessageDeflate):
     """wsproto's permessage-deflate, inflating at most ``max_payload`` bytes per message."""
 
-    def __init__(self, max_payload: int, memory_level: int = 8, compression_level: int = -1, **params: Any) -> None:
+    def __init__(
+        self, max_payload: int, memory_level: int = 8, compression_level: int = -1, limiter: Optional[threading.BoundedSemaphore] = None, **params: Any
+    ) -> None:
         super().__init__(**params)
+        self._limiter: Any = limiter if limiter is not None else _NO_LIMIT
         self._max_payload = max_payload
         self._inflated = 0
         self._enabled = True
@@ -126,7 +147,8 @@ class BoundedDeflate(PerMessageDeflate):
         does for a finished frame, without its per-frame enum and checks)."""
         if self._compressor is None:
             self._compressor = zlib.compressobj(self._compression_level, zlib.DEFLATED, -int(self.server_max_window_bits), self._memory_level)
-        data = self._compressor.compress(payload) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+        with self._limiter:
+            data = self._compressor.compress(payload) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
         if self.server_no_context_takeover:
             self._compressor = None
         return data[:-4]
@@ -135,7 +157,8 @@ class BoundedDeflate(PerMessageDeflate):
         assert self._decompressor is not None
         budget = self._max_payload - self._inflated
         try:
-            out = self._decompressor.decompress(data, budget + 1)
+            with self._limiter:
+                out = self._decompressor.decompress(data, budget + 1)
         except zlib.error:
             return CloseReason.INVALID_FRAME_PAYLOAD_DATA
         self._inflated += len(out)
@@ -238,6 +261,7 @@ def negotiate_deflate(
             client_max_window_bits=max(client_bits, 9),
             memory_level=settings.memory_level,
             compression_level=settings.compression_level,
+            limiter=settings.limiter,
         )
         return "; ".join(response), extension
     return None

@@ -275,7 +275,10 @@ class MultipathServer(EventEmitter):
                 raise RuntimeError("the server is closed")
             if self._acceptor.bound:
                 raise RuntimeError("the server is already listening")
-            self._acceptor.bind()
+            try:
+                self._acceptor.bind()
+            except OSError as exc:  # name the address: "[Errno 98] cannot listen on 127.0.0.1:8000: Address already in use"
+                raise OSError(exc.errno, f"cannot listen on {_where(self._acceptor.address)}: {exc.strerror or exc}") from exc
         self._flusher.open()  # its descriptors now, before connections can fill the table
         self._acceptor.start()
         report_capacity(self._max_connections)  # one line: the connection ceiling, a WARNING if below max_connections
@@ -417,3 +420,11 @@ class _Terminated(Exception):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
+
+
+def _where(address: Any) -> str:
+    """``host:port`` (``[::1]:8000``; ``*:8000`` for every interface) or a Unix socket's path."""
+    if isinstance(address, tuple):
+        host = address[0] or "*"
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)

@@ -104,7 +104,7 @@ class MultipathServer(EventEmitter):
     - ``http_graceful_timeout``: seconds ``close()`` lets HTTP requests in
       flight finish before their connections are cut.
     - ``broker``: None (broadcasts reach this process's clients), a URL
-      (``"redis://host:6379/0"``, needs ``pip install ws_multipath[redis]``)
+      (``"redis://host:6379/0"``, needs the ``[redis]`` extra, i.e. the ``redis`` package)
       or a broker object (``RedisBroker(client=..., prefix=...)``,
       ``LocalBroker()``): broadcasts reach every server sharing it. The
       server closes a broker it made from a URL, not one it was given. See
@@ -292,7 +292,12 @@ class MultipathServer(EventEmitter):
         if threading.current_thread() is threading.main_thread():
             restore = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            self._closed_event.wait()
+            # A timed wait, not wait(): the kernel may deliver SIGTERM or SIGINT
+            # to any thread (the accept or timer thread), and then nothing
+            # interrupts the main thread's wait; Python runs the handler when
+            # the wait returns, within 0.5 s (socketserver polls the same way).
+            while not self._closed_event.wait(0.5):
+                pass
         except (KeyboardInterrupt, _Terminated):
             self.close()
         finally:

@@ -1,15 +1,20 @@
-"""What a client sees when the application fails (issue 20): a 'message'
-listener that raises, with nobody listening for 'error', closes that
-connection with 1011 (as websockets does) instead of leaving the client
-waiting for an answer; with an 'error' listener the application decides.
-And a port already in use is refused with an error naming the address.
-Real sockets on 127.0.0.1, websockets' client."""
+"""What a new user meets (issue 20). A 'message' listener that raises,
+with nobody listening for 'error', closes that connection with 1011 (as
+websockets does) instead of leaving the client waiting for an answer; with
+an 'error' listener the application decides. A port already in use is
+refused with an error naming the address. SIGTERM ends serve_forever()
+whichever thread the kernel gave it to. Real sockets on 127.0.0.1,
+websockets' client, real processes."""
 
 from __future__ import annotations
 
 import logging
+import os
+import pathlib
 import queue
 import socket
+import subprocess
+import sys
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -18,6 +23,8 @@ from websockets.sync.client import connect
 from ws_multipath import MultipathServer
 
 from .conftest import TIMEOUT, url
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_a_message_listener_that_raises_closes_its_connection_with_1011(server, caplog):
@@ -79,3 +86,25 @@ def test_a_port_in_use_names_the_address():
         assert caught.value.errno is not None  # errno kept (EADDRINUSE)
         with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
             MultipathServer(port=port, host="127.0.0.1", auto_listen=False).listen()
+
+
+def test_serve_forever_ends_on_a_sigterm_that_another_thread_received(tmp_path):
+    """The kernel may deliver SIGTERM to any thread; serve_forever() must end
+    all the same (it hung in an untimed wait when the accept or timer thread
+    got the signal: the pages' blocks met it about one time in ten)."""
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "import signal, threading, time\n"
+        "from ws_multipath import MultipathServer\n"
+        "server = MultipathServer(port=0, host='127.0.0.1')\n"
+        "def elsewhere():\n"
+        "    while signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # until serve_forever() took SIGTERM over\n"
+        "        time.sleep(0.01)\n"
+        "    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # to this thread, not the main one\n"
+        "threading.Thread(target=elsewhere).start()\n"
+        "server.serve_forever()\n"
+        "print('closed', flush=True)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0 and result.stdout == "closed\n", result.stderr

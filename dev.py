@@ -43,6 +43,9 @@ CORE_TESTS = (
     "tests/test_upgrade.py",
     "tests/test_wsgi.py",
     "tests/test_testing.py",
+    "tests/test_first_hour.py",
+    "tests/test_examples.py",
+    "tests/test_docs_code.py",
 )
 
 

@@ -46,6 +46,7 @@ CORE_TESTS = (
     "tests/test_first_hour.py",
     "tests/test_examples.py",
     "tests/test_docs_code.py",
+    "tests/test_pythons.py",
 )
 
 

@@ -170,5 +170,6 @@ class EventEmitter:
         if isinstance(exc, ConnectionClosed):  # a send to a peer who just left: churn, not a bug
             logger.debug("a %r listener of %r met a closed connection: %s", event or "?", origin, exc)
         else:
-            logger.error("a %r listener of %r raised and no 'error' listener was set", event or "?", origin, exc_info=exc, extra={"event": "listener_error", "emitter": repr(origin), "listener_event": event})
+            # repr now: the connection's state when its listener raised (it closes right after)
+            logger.error("a %r listener of %s raised and no 'error' listener was set", event or "?", repr(origin), exc_info=exc, extra={"event": "listener_error", "emitter": repr(origin), "listener_event": event})
         return False

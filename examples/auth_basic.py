@@ -1,3 +1,4 @@
+# examples/auth_basic.py
 """Auth recipe: HTTP Basic on the upgrade request, compared in constant time,
 with a WWW-Authenticate challenge on refusal: python examples/auth_basic.py
 (only over wss:// or behind a TLS proxy: Basic sends the password in clear)"""
@@ -41,5 +42,10 @@ def build(port, host=None):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1", help="'' or 0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
-    build(parser.parse_args().port).serve_forever()
+    args = parser.parse_args()
+    server = build(args.port, args.host or None)
+    where = f"{args.host or 'localhost'}:{server.port}"
+    print(f"listening on ws://{where}/admin", flush=True)
+    server.serve_forever()

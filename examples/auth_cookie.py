@@ -1,3 +1,4 @@
+# examples/auth_cookie.py
 """Auth recipe: the Flask app on the same port logs the user in and sets a
 cookie; the browser sends it with the upgrade, verify_client checks it and
 allowed_origins stops other sites' pages: python examples/auth_cookie.py"""
@@ -9,7 +10,6 @@ from flask import Flask, make_response, request
 
 from ws_multipath import MultipathServer
 
-ORIGINS = ["http://localhost:8000", "http://127.0.0.1:8000"]  # where your pages are served from
 app = Flask(__name__)
 sessions = {}  # session id -> user name (yours: Redis, a database, ...)
 
@@ -33,8 +33,10 @@ def verify(ws_request):
     return True
 
 
-def build(port, host=None, origins=ORIGINS):
+def build(port, host=None, origins=None):
     server = MultipathServer(port=port, host=host, wsgi_app=app)
+    if origins is None:  # where your pages are served from; here, this server's own port
+        origins = [f"http://localhost:{server.port}", f"http://127.0.0.1:{server.port}"]
     inbox = server.create_handler("/ws/inbox", verify_client=verify, allowed_origins=origins)
 
     @inbox.on("connection")
@@ -46,5 +48,11 @@ def build(port, host=None, origins=ORIGINS):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1", help="'' or 0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
-    build(parser.parse_args().port).serve_forever()
+    parser.add_argument("--origin", action="append", help="an allowed page origin, e.g. https://app.example (repeatable)")
+    args = parser.parse_args()
+    server = build(args.port, args.host or None, args.origin)
+    where = f"{args.host or 'localhost'}:{server.port}"
+    print(f"listening on ws://{where}/ws/inbox and http://{where}/", flush=True)
+    server.serve_forever()

@@ -1,3 +1,4 @@
+# examples/auth_first_message.py
 """Auth recipe: the upgrade is open to all, and the first message must carry
 the token (browsers cannot set headers on a WebSocket; this keeps the token
 out of URLs and logs): python examples/auth_first_message.py"""
@@ -45,5 +46,10 @@ def build(port, host=None, login_timeout=5.0):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1", help="'' or 0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
-    build(parser.parse_args().port).serve_forever()
+    args = parser.parse_args()
+    server = build(args.port, args.host or None)
+    where = f"{args.host or 'localhost'}:{server.port}"
+    print(f"listening on ws://{where}/room", flush=True)
+    server.serve_forever()

@@ -1,3 +1,4 @@
+# examples/auth_query_token.py
 """Auth recipe: a token in the query string (ws://host/feed?token=...),
 checked by verify_client before the upgrade: python examples/auth_query_token.py"""
 import argparse
@@ -37,5 +38,10 @@ def build(port, host=None):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1", help="'' or 0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
-    build(parser.parse_args().port).serve_forever()
+    args = parser.parse_args()
+    server = build(args.port, args.host or None)
+    where = f"{args.host or 'localhost'}:{server.port}"
+    print(f"listening on ws://{where}/feed?token=s3cr3t-alice", flush=True)
+    server.serve_forever()

@@ -1,3 +1,4 @@
+# examples/behind_proxy.py
 """Behind nginx (or any reverse proxy / TLS terminator) on the same host:
 python examples/behind_proxy.py --port 8000 (nginx config: examples/nginx.conf)"""
 import argparse
@@ -24,5 +25,10 @@ def build(port, host="127.0.0.1", proxies=("127.0.0.1", "::1")):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1", help="'' or 0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
-    build(parser.parse_args().port).serve_forever()
+    args = parser.parse_args()
+    server = build(args.port, args.host or None)
+    where = f"{args.host or 'localhost'}:{server.port}"
+    print(f"listening on ws://{where}/live", flush=True)
+    server.serve_forever()

@@ -1,3 +1,4 @@
+# examples/blocking_echo.py
 """The blocking style, as websockets' sync server writes it: a loop over the
 connection's messages in the 'connection' listener:
 python examples/blocking_echo.py --port 8000"""
@@ -20,5 +21,10 @@ def build(port, host=None):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1", help="'' or 0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
-    build(parser.parse_args().port).serve_forever()
+    args = parser.parse_args()
+    server = build(args.port, args.host or None)
+    where = f"{args.host or 'localhost'}:{server.port}"
+    print(f"listening on ws://{where}/echo", flush=True)
+    server.serve_forever()

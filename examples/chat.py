@@ -1,3 +1,4 @@
+# examples/chat.py
 """The tutorial's chat: a page, /chat (every message to everyone) and
 /presence (who is online), on one port: python examples/chat.py --port 8000"""
 import argparse
@@ -49,7 +50,9 @@ def build(port, host=None):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1", help="'' or 0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
-    server = build(parser.parse_args().port)
-    print(f"open http://localhost:{server.port}/ in two browser tabs", flush=True)
+    args = parser.parse_args()
+    server = build(args.port, args.host or None)
+    print(f"listening: open http://{args.host or 'localhost'}:{server.port}/ in two browser tabs", flush=True)
     server.serve_forever()

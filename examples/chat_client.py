@@ -1,3 +1,4 @@
+# examples/chat_client.py
 """A Python client for the tutorial's chat: python examples/chat_client.py ws://localhost:8000/chat"""
 import sys
 

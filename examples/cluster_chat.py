@@ -1,3 +1,4 @@
+# examples/cluster_chat.py
 """A chat served by several worker processes sharing one port and Redis:
 python -m ws_multipath serve cluster_chat:create_server --port 8000 --workers 4 --broker redis://localhost:6379/0
 (run from examples/, or with examples/ on PYTHONPATH; the systemd unit: examples/ws_multipath.service)"""

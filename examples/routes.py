@@ -1,3 +1,4 @@
+# examples/routes.py
 """Route patterns: one handler per pattern, values in request.path_params,
 a broadcast to one room: python examples/routes.py --port 8000"""
 import argparse
@@ -31,5 +32,10 @@ def build(port, host=None):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1", help="'' or 0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
-    build(parser.parse_args().port).serve_forever()
+    args = parser.parse_args()
+    server = build(args.port, args.host or None)
+    where = f"{args.host or 'localhost'}:{server.port}"
+    print(f"listening on ws://{where}/rooms/<room>", flush=True)
+    server.serve_forever()

@@ -1,10 +1,16 @@
+# examples/test_chat_handlers.py
 """Testing your handlers with ws_multipath.testing: pytest examples/test_chat_handlers.py
 (the multipath_server fixture comes with the package's pytest plugin)."""
 import pytest
-from auth_query_token import verify
 
 from ws_multipath import ConnectionClosed
 from ws_multipath.testing import HandshakeRefused, connect
+
+
+def verify(request):  # a verify_client, as in examples/auth_query_token.py
+    if request.query.get("token") != ["s3cr3t"]:
+        return False, 401, "missing or wrong token"
+    return True
 
 
 def add_echo(server):

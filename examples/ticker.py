@@ -1,3 +1,4 @@
+# examples/ticker.py
 """Sending from another thread: a background thread pushes the time to
 every /clock client, and ws.send from any thread is safe too:
 python examples/ticker.py --port 8000"""
@@ -29,5 +30,10 @@ def build(port, host=None, period=1.0):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1", help="'' or 0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
-    build(parser.parse_args().port).serve_forever()
+    args = parser.parse_args()
+    server = build(args.port, args.host or None)
+    where = f"{args.host or 'localhost'}:{server.port}"
+    print(f"listening on ws://{where}/clock", flush=True)
+    server.serve_forever()

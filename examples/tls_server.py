@@ -1,3 +1,4 @@
+# examples/tls_server.py
 """wss:// directly: the server does TLS itself (no proxy in front):
 python examples/tls_server.py --cert fullchain.pem --key privkey.pem --port 8443"""
 import argparse
@@ -27,8 +28,11 @@ def build(port, certfile, keyfile, host=None):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1", help="'' or 0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8443)
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     args = parser.parse_args()
-    build(args.port, args.cert, args.key).serve_forever()
+    server = build(args.port, args.cert, args.key, host=args.host or None)
+    print(f"listening on wss://{args.host or 'localhost'}:{server.port}/echo", flush=True)
+    server.serve_forever()

@@ -16,6 +16,15 @@ from ws_multipath import MultipathServer
 
 TIMEOUT = 10.0
 
+# websockets 17 (Python 3.11+) warns when connect() is used without ``with``
+# unless legacy=True; earlier versions (15.0.1 is the last for 3.9, 16.1.1 for
+# 3.10) have no such argument and always connect directly.
+try:
+    from websockets.version import version as _websockets_version
+except ImportError:  # websockets is in the [test] extra
+    _websockets_version = "0"
+LEGACY: dict = {"legacy": True} if int(_websockets_version.split(".")[0]) >= 17 else {}
+
 
 def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT, interval: float = 0.01) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` passes; returns the last result."""

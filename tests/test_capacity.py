@@ -32,7 +32,7 @@ from websockets.sync.client import ClientConnection, connect
 from ws_multipath import measure_capacity
 from ws_multipath.sync.capacity import FD_MARGIN, SERVER_FDS, SERVER_THREADS, THREAD_MARGIN, Bound, report_capacity
 
-from .conftest import LogCapture, echo, url
+from .conftest import LEGACY, LogCapture, echo, url
 from .test_oslimits import measure_tree, tree
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -81,7 +81,7 @@ def test_a_servers_capacity_counts_its_open_connections(make_server):
     server = make_server()
     server.create_handler("/echo").on("connection", echo)
     fds_before, idle = open_fds(), server.capacity()
-    clients = [connect(url(server, "/echo"), open_timeout=10, ping_interval=None, legacy=True) for _ in range(3)]
+    clients = [connect(url(server, "/echo"), open_timeout=10, ping_interval=None, **LEGACY) for _ in range(3)]
     try:
         for client in clients:
             client.send("hi")
@@ -236,7 +236,7 @@ class Child:
         self.proc.stdin.flush()  # type: ignore[union-attr]
 
     def connect(self, port: int, timeout: float = 10.0) -> ClientConnection:
-        client = connect(f"ws://127.0.0.1:{port}/echo", open_timeout=timeout, ping_interval=None, close_timeout=10, legacy=True)
+        client = connect(f"ws://127.0.0.1:{port}/echo", open_timeout=timeout, ping_interval=None, close_timeout=10, **LEGACY)
         self.clients.append(client)
         return client
 

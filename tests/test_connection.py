@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 from ws_multipath import ConnectionClosed, ReadyState, WebSocket
 
-from .conftest import TIMEOUT, echo, read_until_eof, serve_one, upgrade_head, url, wait_until
+from .conftest import LEGACY, TIMEOUT, echo, read_until_eof, serve_one, upgrade_head, url, wait_until
 
 
 # -- send ------------------------------------------------------------------------
@@ -367,7 +367,7 @@ def _read_http_head(sock: socket.socket) -> bytes:
 def test_blocking_iteration_costs_one_thread_per_connection(server):
     handler = server.create_handler(path="/iter")
     handler.on("connection", lambda ws, request: [ws.send(m) for m in ws])
-    clients = [connect(url(server, "/iter"), open_timeout=TIMEOUT, legacy=True) for _ in range(10)]
+    clients = [connect(url(server, "/iter"), open_timeout=TIMEOUT, **LEGACY) for _ in range(10)]
     try:
         for client in clients:
             client.send("x")

@@ -1,5 +1,6 @@
-"""The examples the documentation includes (docs/ ``literalinclude``s them),
-run against real sockets: each does what its page says it does.
+"""The examples the documentation shows (whole, inline: tests/test_docs_code.py
+checks that each page's copy is the file), run against real sockets: each
+does what its page says it does, and runs as a script as its page says.
 
 examples/flask_chat.py and examples/flask_sock_app.py are run by
 tests/test_flask.py."""
@@ -30,6 +31,7 @@ from websockets.sync.client import connect
 
 from .conftest import TIMEOUT, upgrade_head, wait_until
 from .faultkit import make_certificate
+from .test_docs_code import catches_sigterm
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -90,7 +92,7 @@ def test_tutorial_chat_as_a_script():
         env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        assert "open http://localhost:" in process.stdout.readline()
+        assert f"open http://127.0.0.1:{port}/" in process.stdout.readline()
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
         conn.request("GET", "/")
         response = conn.getresponse()
@@ -320,17 +322,90 @@ def test_testing_example_passes_under_pytest():
     assert "3 passed" in result.stdout
 
 
-# -- every file the pages include exists and is tested -------------------------------
+# -- every example runs as a script, as its page says ------------------------------
+
+SCRIPTS = {  # examples/<name>.py -> (extra arguments, a path it serves)
+    "auth_basic": ([], "/admin"),
+    "auth_cookie": ([], "/ws/inbox"),
+    "auth_first_message": ([], "/room"),
+    "auth_query_token": ([], "/feed?token=s3cr3t-alice"),
+    "behind_proxy": ([], "/live"),
+    "blocking_echo": ([], "/echo"),
+    "chat": ([], "/"),
+    "flask_chat": ([], "/ws/chat"),
+    "flask_sock_app": ([], "/fast-echo"),
+    "routes": ([], "/rooms/<room>"),
+    "ticker": ([], "/clock"),
+}
 
 
-def test_every_included_example_is_run_here():
-    included = set()
-    for page in DOCS.rglob("*.rst"):
-        included.update(re.findall(r"literalinclude::\s+\S*?examples/(\S+)", page.read_text()))
-    assert included, "no page includes an example"
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_example_as_a_script_listens_on_127_0_0_1_and_says_where(name):
+    """``python examples/<name>.py --port N``: 127.0.0.1 by default (as Flask's
+    development server), the first line says where, SIGTERM ends it cleanly."""
+    if name.startswith("flask") or name == "auth_cookie":
+        pytest.importorskip("flask")
+    if name == "flask_sock_app":
+        pytest.importorskip("flask_sock")
+    args, path = SCRIPTS[name]
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), "--port", str(port), *args],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("listening") and f"127.0.0.1:{port}" in line and path.split("?")[0] in line, (line, process.stderr.read() if process.poll() is not None else "")
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
+            pass
+        assert wait_until(lambda: catches_sigterm(process.pid))  # serve_forever() has taken SIGTERM over
+        with pytest.raises(OSError):  # not on another address of this machine: bound to 127.0.0.1 only
+            with socket.create_connection(("127.0.0.2", port), timeout=TIMEOUT):
+                pass
+    finally:
+        process.terminate()
+        process.wait(TIMEOUT)
+    assert process.returncode == 0
+
+
+def test_auth_cookie_allows_its_own_origin_on_any_port(serve):
+    pytest.importorskip("flask")
+    server = load("auth_cookie").build(0, "127.0.0.1")  # default origins: this server's own port
+    base = serve(server)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+    conn.request("POST", "/login", body="user=dan", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = conn.getresponse()
+    session = response.getheader("Set-Cookie").split(";")[0]
+    response.read()
+    with connect(base + "/ws/inbox", additional_headers={"Cookie": session}, origin=f"http://127.0.0.1:{server.port}", open_timeout=TIMEOUT) as ws:
+        assert recv(ws) == "hello dan"
+    if server.port != 8000:  # the port the recipe once hard-coded is not allowed for its own sake
+        assert refused_status(base + "/ws/inbox", additional_headers={"Cookie": session}, origin="http://127.0.0.1:8000") == 403
+
+
+def test_a_second_example_on_a_port_in_use_names_the_address():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, str(EXAMPLES / "blocking_echo.py"), "--port", str(port)],
+            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr.splitlines()[-1]
+
+
+# -- every file the pages show exists and is tested ---------------------------------
+
+
+def test_every_example_a_page_shows_is_run_here():
+    shown = set()
+    for page in [ROOT / "README.rst", *DOCS.rglob("*.rst")]:
+        shown.update(re.findall(r"^\s+#\s*examples/(\S+)\s*$", page.read_text(), re.MULTILINE))
+    assert len(shown) >= 15, shown
     tested = set(re.findall(r'load\("(\w+)"\)', pathlib.Path(__file__).read_text()))
-    tested = {f"{name}.py" for name in tested} | {"chat.py", "nginx.conf", "ws_multipath.service", "cluster_chat.py", "test_chat_handlers.py"}
+    tested = {f"{name}.py" for name in tested} | {f"{name}.py" for name in SCRIPTS}
+    tested |= {"nginx.conf", "ws_multipath.service", "cluster_chat.py", "test_chat_handlers.py"}
     tested |= {"flask_chat.py", "flask_sock_app.py"}  # tests/test_flask.py
-    assert sorted(included - tested) == []
-    for name in included:
-        assert (EXAMPLES / name).exists(), name
+    assert sorted(shown - tested) == []
+    assert sorted({p.name for p in EXAMPLES.iterdir()} - shown) == [], "an example no page shows"

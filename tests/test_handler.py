@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 from ws_multipath import HandlerOptions, ReadyState
 from ws_multipath.errors import HookError
 
-from .conftest import TIMEOUT, echo, raw_request, upgrade_head, url, wait_until
+from .conftest import LEGACY, TIMEOUT, echo, raw_request, upgrade_head, url, wait_until
 
 
 def test_options_have_documented_defaults(server):
@@ -152,7 +152,7 @@ def test_client_tracking_off_has_no_clients(server):
 
 def test_broadcast_reaches_every_client_but_the_excluded(server):
     handler = server.create_handler(path="/b")
-    clients = [connect(url(server, "/b"), open_timeout=TIMEOUT, legacy=True) for _ in range(5)]
+    clients = [connect(url(server, "/b"), open_timeout=TIMEOUT, **LEGACY) for _ in range(5)]
     try:
         assert wait_until(lambda: len(handler.clients) == 5)
         excluded = next(iter(handler.clients))

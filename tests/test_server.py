@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 from ws_multipath import MultipathServer, WebSocketHandler
 
-from .conftest import TIMEOUT, echo, raw_request, upgrade_head, url, wait_until
+from .conftest import LEGACY, TIMEOUT, echo, raw_request, upgrade_head, url, wait_until
 
 # -- arguments ---------------------------------------------------------------
 
@@ -131,7 +131,7 @@ def test_context_manager_closes_on_exit_and_on_exception():
 def test_close_closes_clients_with_1001_emits_close_and_calls_back(server):
     server.create_handler(path="/a").on("connection", echo)
     server.create_handler(path="/b").on("connection", echo)
-    clients = [connect(url(server, path), open_timeout=TIMEOUT, legacy=True) for path in ("/a", "/b", "/a")]
+    clients = [connect(url(server, path), open_timeout=TIMEOUT, **LEGACY) for path in ("/a", "/b", "/a")]
     events: list[str] = []
     server.on("close", lambda: events.append("close"))
     server.close(lambda: events.append("callback"))
@@ -172,7 +172,7 @@ def test_threads_are_released_after_close():
     baseline = threading.active_count()
     server = MultipathServer(port=0, host="127.0.0.1")
     server.create_handler(path="/echo").on("connection", echo)
-    clients = [connect(url(server, "/echo"), open_timeout=TIMEOUT, legacy=True) for _ in range(20)]
+    clients = [connect(url(server, "/echo"), open_timeout=TIMEOUT, **LEGACY) for _ in range(20)]
     for client in clients:
         client.send("x")
         assert client.recv(timeout=TIMEOUT) == "x"

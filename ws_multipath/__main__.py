@@ -42,7 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         server = MultipathServer(port=args.port, host=args.host or None, wsgi_app=demo_page)
     except (OSError, ValueError) as exc:
-        print(f"cannot listen on port {args.port}: {exc}", file=sys.stderr)
+        print(f"ws_multipath: {exc}", file=sys.stderr)
         return 1
     try:
         with server:

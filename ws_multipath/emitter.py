@@ -8,7 +8,9 @@ or close things without deadlocking.
 What a listener raises never propagates into the library's threads: it goes
 to the ``'error'`` listeners of the same emitter, or, when it has none, up to
 its parent (connection -> handler -> server), and is logged with its
-traceback on the ``ws_multipath`` logger when nobody listens.
+traceback on the ``ws_multipath`` logger when nobody listens. Then, and only
+then, ``_unhandled_listener_error`` is called: a connection closes with 1011
+when that listener was a ``'message'`` one (docs/topics/closing.rst).
 """
 
 from __future__ import annotations
@@ -145,22 +147,29 @@ class EventEmitter:
             except Exception as exc:  # noqa: BLE001 - user code: report, never propagate
                 if event == "error":
                     logger.error("an 'error' listener of %r raised", self, exc_info=exc)
-                else:
-                    self._listener_failed(exc, event)
+                elif not self._listener_failed(exc, event) and not isinstance(exc, ConnectionClosed):
+                    self._unhandled_listener_error(event)
         return bool(listeners)
 
-    def _listener_failed(self, exc: BaseException, event: str = "", origin: Optional["EventEmitter"] = None) -> None:
+    def _unhandled_listener_error(self, event: str) -> None:
+        """A listener of ``event`` raised and no ``'error'`` listener took
+        the exception (it was logged). Nothing here; a connection closes."""
+
+    def _listener_failed(self, exc: BaseException, event: str = "", origin: Optional["EventEmitter"] = None) -> bool:
         """Report an exception raised by a listener of ``event`` (or a close
         callback) of this emitter; ``origin`` is the emitter whose listener
         raised, when the report was passed up to a parent. The log line
         names both, and ``repr(origin)`` of a connection names its path and
-        peer."""
+        peer. True when an ``'error'`` listener got it, False when it was logged."""
         origin = self if origin is None else origin
         if self._listeners.get("error"):
             self.emit("error", exc)
-        elif self._error_parent is not None:
-            self._error_parent._listener_failed(exc, event, origin)
-        elif isinstance(exc, ConnectionClosed):  # a send to a peer who just left: churn, not a bug
+            return True
+        if self._error_parent is not None:
+            return self._error_parent._listener_failed(exc, event, origin)
+        if isinstance(exc, ConnectionClosed):  # a send to a peer who just left: churn, not a bug
             logger.debug("a %r listener of %r met a closed connection: %s", event or "?", origin, exc)
         else:
-            logger.error("a %r listener of %r raised and no 'error' listener was set", event or "?", origin, exc_info=exc, extra={"event": "listener_error", "emitter": repr(origin), "listener_event": event})
+            # repr now: the connection's state when its listener raised (it closes right after)
+            logger.error("a %r listener of %s raised and no 'error' listener was set", event or "?", repr(origin), exc_info=exc, extra={"event": "listener_error", "emitter": repr(origin), "listener_event": event})
+        return False

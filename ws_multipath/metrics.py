@@ -1,4 +1,4 @@
-"""``server.stats()`` as Prometheus metrics (``pip install ws_multipath[metrics]``)::
+"""``server.stats()`` as Prometheus metrics (the ``[metrics]`` extra: ``prometheus_client``)::
 
     from prometheus_client import REGISTRY, make_wsgi_app
     from ws_multipath.metrics import Collector
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("ws_multipath.metrics needs prometheus_client: pip install ws_multipath[metrics]") from exc
+    raise ImportError("ws_multipath.metrics needs prometheus_client: pip install prometheus_client, or the [metrics] extra") from exc
 
 if TYPE_CHECKING:
     from .server import MultipathServer

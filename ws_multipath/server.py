@@ -110,7 +110,7 @@ class MultipathServer(EventEmitter):
     - ``http_graceful_timeout``: seconds ``close()`` lets HTTP requests in
       flight finish before their connections are cut.
     - ``broker``: None (broadcasts reach this process's clients), a URL
-      (``"redis://host:6379/0"``, needs ``pip install ws_multipath[redis]``)
+      (``"redis://host:6379/0"``, needs the ``[redis]`` extra, i.e. the ``redis`` package)
       or a broker object (``RedisBroker(client=..., prefix=...)``,
       ``LocalBroker()``): broadcasts reach every server sharing it. The
       server closes a broker it made from a URL, not one it was given. See
@@ -283,7 +283,10 @@ class MultipathServer(EventEmitter):
                 raise RuntimeError("the server is closed")
             if self._acceptor.bound:
                 raise RuntimeError("the server is already listening")
-            self._acceptor.bind()
+            try:
+                self._acceptor.bind()
+            except OSError as exc:  # name the address: "[Errno 98] cannot listen on 127.0.0.1:8000: Address already in use"
+                raise OSError(exc.errno, f"cannot listen on {_where(self._acceptor.address)}: {exc.strerror or exc}") from exc
         self._flusher.open()  # its descriptors now, before connections can fill the table
         self._acceptor.start()
         report_capacity(self._max_connections, self.capacity)  # one line: the connection ceiling, a WARNING if below max_connections
@@ -302,7 +305,12 @@ class MultipathServer(EventEmitter):
         if threading.current_thread() is threading.main_thread():
             restore = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            self._closed_event.wait()
+            # A timed wait, not wait(): the kernel may deliver SIGTERM or SIGINT
+            # to any thread (the accept or timer thread), and then nothing
+            # interrupts the main thread's wait; Python runs the handler when
+            # the wait returns, within 0.5 s (socketserver polls the same way).
+            while not self._closed_event.wait(0.5):
+                pass
         except (KeyboardInterrupt, _Terminated):
             self.close()
         finally:
@@ -430,3 +438,11 @@ class _Terminated(Exception):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
+
+
+def _where(address: Any) -> str:
+    """``host:port`` (``[::1]:8000``; ``*:8000`` for every interface) or a Unix socket's path."""
+    if isinstance(address, tuple):
+        host = address[0] or "*"
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)

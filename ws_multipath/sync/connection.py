@@ -264,6 +264,12 @@ class WebSocket(EventEmitter):
         encoded = check_close_code(code, reason)
         self._start_close(code, encoded.decode("utf-8"), encoded)
 
+    def _unhandled_listener_error(self, event: str) -> None:
+        # a 'message' listener raised and no 'error' listener took it: tell the
+        # client (1011, as websockets does) rather than leave it waiting
+        if event == "message":
+            self.close(1011, "internal error")
+
     def _start_close(self, code: int, reason: str, encoded: bytes, blocking: bool = True) -> bool:
         """Send a close frame (or post it, when ``blocking`` is False: used by
         the server and handler so that one stuck client delays nobody)."""

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from .cluster.broker import Broker
     from .cluster.node import ClusterNode
+    from .cluster.presence import Presence
 
 __all__ = ["MultipathServer"]
 
@@ -175,6 +176,9 @@ class MultipathServer(EventEmitter):
 
             made, owned = make_broker(broker)
             self._cluster = ClusterNode(self, made, owned)
+        self._presence: Optional["Presence"] = None  # made with the first handler that has presence=True
+        self._ids_lock = threading.Lock()  # guards _by_id
+        self._by_id: dict[str, Any] = {}  # ws.id -> open connection, for send_to
         self._max_connections = max_connections
         self._routes: RoutingTable[WebSocketHandler] = RoutingTable()
         self._handlers: list[WebSocketHandler] = []  # every handler made, closed ones too (their counts stay)
@@ -328,9 +332,63 @@ class MultipathServer(EventEmitter):
                 raise RuntimeError("the server is closed")
             self._routes.add(path, handler)
             self._handlers.append(handler)
+        if handler.options.presence:
+            self._presence_for(handler)
         if self._cluster is not None:
             self._cluster.add(handler)
         return handler
+
+    def _presence_for(self, handler: WebSocketHandler) -> None:
+        from .cluster.presence import Presence
+
+        with self._lock:
+            if self._presence is None:
+                cluster = self._cluster
+                store = cluster.broker.presence_store() if cluster is not None else None
+                self._presence = Presence(cluster.id if cluster else None, store, cluster.publish_presence if cluster else None)
+                if cluster is not None:
+                    cluster.presence = self._presence
+            presence = self._presence
+        presence.add_handler(handler)
+
+    # -- one connection, wherever it is ------------------------------------------
+
+    def send_to(self, id: str, data: Union[str, bytes, bytearray, memoryview]) -> bool:
+        """Send ``data`` (str: text, bytes: binary) to the connection whose
+        ``ws.id`` is ``id``, in this process or, with a broker, in any
+        process sharing it (``Publisher(url).send_to`` does the same from
+        outside). At-most-once, as broadcasts: True when it was queued for
+        a local connection or published, False when the id is not here and
+        there is no broker (or the broker dropped it). Never blocks on the
+        client."""
+        if not isinstance(id, str):
+            raise TypeError(f"id must be a str (a ws.id), not {type(id).__name__}")
+        if not isinstance(data, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
+        if not isinstance(data, str):
+            data = bytes(data)
+        if self._send_local(id, data):
+            return True
+        return self._cluster.send_to(id, data) if self._cluster is not None else False
+
+    def _send_local(self, id: str, data: Union[str, bytes]) -> bool:
+        with self._ids_lock:
+            ws = self._by_id.get(id)
+        if ws is None:
+            return False
+        from .protocol.frames import FrameWriter
+
+        header, payload = FrameWriter().message(data)
+        return bool(ws._post(data, header + payload))
+
+    def _track(self, ws: Any) -> None:
+        with self._ids_lock:
+            self._by_id[ws.id] = ws
+
+    def _untrack(self, ws: Any) -> None:
+        with self._ids_lock:
+            if self._by_id.get(ws.id) is ws:
+                del self._by_id[ws.id]
 
     def unhandled_request(self, sock: socket.socket) -> Optional[Request]:
         """The request read from a socket given to ``'unhandled'`` listeners
@@ -386,6 +444,8 @@ class MultipathServer(EventEmitter):
         if closed and callback is not None:
             callback()
         if starting:
+            if self._presence is not None:
+                self._presence.close()  # the others drop this process's entries now
             if self._cluster is not None:
                 self._cluster.close()  # no more messages from the other processes
             self._acceptor.stop()
@@ -409,6 +469,8 @@ class MultipathServer(EventEmitter):
             if self._http.busy():  # it calls again when its last connection ends
                 return
             self._finished = True
+        if self._presence is not None:
+            self._presence.stop()
         self._timers.stop()
         self._flusher.stop()
         self.emit("close")

@@ -5,8 +5,10 @@ format (``message.py``). docs/scaling.rst describes it all."""
 
 from .broker import Broker, LocalBroker, Subscription, make_broker
 from .message import DEFAULT_PREFIX, VERSION, decode, encode
+from .presence import PresenceEntry
+from .presence_store import LocalPresenceStore, PresenceStore
 from .publisher import Publisher
 from .redis_broker import RedisBroker  # needs redis only when instantiated
 
-__all__ = ["Broker", "LocalBroker", "RedisBroker", "Subscription", "Publisher", "make_broker", "DEFAULT_PREFIX", "VERSION", "encode", "decode"]
+__all__ = ["PresenceEntry", "PresenceStore", "LocalPresenceStore", "Broker", "LocalBroker", "RedisBroker", "Subscription", "Publisher", "make_broker", "DEFAULT_PREFIX", "VERSION", "encode", "decode"]
 

@@ -167,3 +167,63 @@ def test_redis_restarted_empty(own_redis, library_log) -> None:  # noqa: F811
             client.close()
         observer.close()
         stop_process(child)
+
+
+def _holder(client, name):
+    """The node whose presence hash in Redis holds the member ``name``, or None."""
+    for node in client.smembers("ws_multipath:@presence:nodes"):
+        for field, value in client.hgetall(b"ws_multipath:@presence:" + node).items():
+            if field != b"@v" and json.loads(value)[2].get("name") == name:
+                return node
+    return None
+
+
+def _until(client, wanted: dict, timeout: float = TIMEOUT) -> dict:
+    """Read JSON messages until one has all of ``wanted``'s items."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = json.loads(client.recv(timeout=max(0.01, deadline - time.monotonic())))
+        if all(message.get(key) == value for key, value in wanted.items()):
+            return message
+
+
+def test_the_presence_roster_example_across_two_workers(redis_server) -> None:  # noqa: F811
+    """examples/presence_roster.py as docs/howto/presence.rst runs it:
+    ``serve --workers 2``, Ann and Bob on different workers."""
+    import redis
+
+    from .cluster_support import free_port
+
+    port = free_port()
+    supervisor = spawn(["-m", "ws_multipath", "serve", "examples.presence_roster:create_server", "--port", str(port), "--host", "127.0.0.1", "--workers", "2", "--broker", redis_server.url], start_new_session=True)
+    store = redis.Redis.from_url(redis_server.url)
+    clients = []
+    try:
+        for _ in range(2):
+            assert supervisor.stdout.readline().split()[:1] == ["worker"]
+        assert wait_until(lambda: store.scard("ws_multipath:@presence:nodes") >= 2)
+        ann = connect(f"ws://127.0.0.1:{port}/rooms/lobby?name=Ann")
+        clients.append(ann)
+        assert _until(ann, {"type": "roster"})["names"] == ["Ann"]
+        assert wait_until(lambda: _holder(store, "Ann"))
+        for attempt in range(30):
+            bob = connect(f"ws://127.0.0.1:{port}/rooms/lobby?name=Bob")
+            clients.append(bob)
+            assert wait_until(lambda: _holder(store, "Bob"))
+            if _holder(store, "Bob") != _holder(store, "Ann"):
+                break
+            bob.close()
+        assert _holder(store, "Bob") != _holder(store, "Ann"), "30 connections all on Ann's worker"
+        assert _until(bob, {"type": "roster", "names": ["Ann", "Bob"]})
+        assert _until(ann, {"type": "roster", "names": ["Ann", "Bob"]})
+        ann.send("@Bob psst")
+        assert _until(bob, {"type": "private"}) == {"type": "private", "from": "Ann", "text": "psst"}
+        bob.send("hello room")
+        assert _until(ann, {"type": "message"}) == {"type": "message", "from": "Bob", "text": "hello room"}
+        bob.close()
+        assert _until(ann, {"type": "roster", "names": ["Ann"]})
+    finally:
+        for client in clients:
+            client.close()
+        store.close()
+        stop_process(supervisor)

@@ -257,6 +257,43 @@ def test_heartbeat_drops_a_silent_client_with_1011(server):
         assert (ws.sent_close_code, ws.sent_close_reason) == (1011, "keepalive ping timeout")
 
 
+def test_unsolicited_pongs_do_not_answer_the_heartbeat(server):
+    # A client that reads nothing and sends empty pongs: only a pong with the
+    # heartbeat ping's payload answers it (hostile-client pass, issue 18).
+    connections = serve_one(server, ping_interval=0.1, ping_timeout=0.2)
+    closed: queue.Queue = queue.Queue()
+    empty_pong = b"\x8a\x80" + b"\x00" * 4
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/ws"))
+        _read_http_head(sock)
+        ws = connections.get(timeout=TIMEOUT)
+        ws.on("close", lambda code, reason: closed.put(code))
+        for _ in range(200):  # at most 10 s of pongs; the verdict comes within 0.3 s
+            try:
+                sock.sendall(empty_pong)
+            except OSError:
+                break
+            try:
+                code = closed.get(timeout=0.05)
+                break
+            except queue.Empty:
+                continue
+        else:
+            code = None
+    assert code == 1006 and (ws.sent_close_code, ws.sent_close_reason) == (1011, "keepalive ping timeout")
+
+
+def test_a_client_answering_the_heartbeat_pings_stays(server):
+    connections = serve_one(server, ping_interval=0.05, ping_timeout=0.2)
+    with connect(url(server, "/ws"), open_timeout=TIMEOUT, ping_interval=None) as client:  # answers pings itself
+        ws = connections.get(timeout=TIMEOUT)
+        pongs: queue.Queue = queue.Queue()
+        ws.on("pong", pongs.put)
+        payloads = {pongs.get(timeout=TIMEOUT) for _ in range(8)}
+        assert len(payloads) > 1 and all(len(payload) == 4 for payload in payloads)  # random payloads
+        assert ws.ready_state is ReadyState.OPEN
+
+
 # -- protocol errors ---------------------------------------------------------
 
 

@@ -144,3 +144,23 @@ def test_a_valid_subprotocol_list_is_still_negotiated(echo_server):
         sock.sendall(upgrade_head("/echo", "Sec-WebSocket-Protocol: chat ,\tsuperchat\r\n"))
         response = sock.recv(4096)
     assert response.startswith(b"HTTP/1.1 101 ") and b"\r\nSec-WebSocket-Protocol: chat\r\n" in response
+
+
+@pytest.mark.parametrize("space", ["\xa0", "\x85"])
+def test_a_key_is_stripped_of_optional_whitespace_only(echo_server, space):
+    # str.strip() also drops NBSP and NEL: such a key got a 101 (hostile-client pass)
+    head = upgrade_head("/echo").decode("latin-1").replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ==" + space)
+    assert status_of(raw_request(echo_server, head.encode("latin-1"))) == 400
+
+
+@pytest.mark.parametrize("host", ["a b@c/d", "x/y", "a@b"])
+def test_an_invalid_host_gets_400(echo_server, host):
+    response = raw_request(echo_server, upgrade_head("/echo").replace(b"Host: 127.0.0.1", f"Host: {host}".encode()))
+    assert status_of(response) == 400 and b"Host" in response
+
+
+@pytest.mark.parametrize("host", ["example.com", "example.com:8080", "[::1]:80", "127.0.0.1", "xn--caf-dma.example"])
+def test_valid_hosts_are_accepted(echo_server, host):
+    with socket.create_connection(("127.0.0.1", echo_server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/echo").replace(b"Host: 127.0.0.1", f"Host: {host}".encode()))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")

@@ -234,3 +234,56 @@ def test_max_fragments_bounds_the_frames_of_one_message(server, count, answer):
 def test_max_fragments_must_be_positive(server):
     with pytest.raises(ValueError, match="max_fragments"):
         server.create_handler(path="/x", max_fragments=0)
+
+
+# -- handle_upgrade: a socket someone else accepted and read ---------------------
+
+
+class OtherServer:
+    """A plain listening socket of the test's own, standing for another server
+    that reads the start of each request and hands the socket over."""
+
+    def __init__(self, handler, peek: int) -> None:
+        self.handler, self.peek = handler, peek
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._accept_one, daemon=True)
+
+    def _accept_one(self) -> None:
+        sock, address = self.listener.accept()
+        sock.settimeout(TIMEOUT)
+        head = b""
+        while len(head) < self.peek:  # the other server read this much
+            head += sock.recv(self.peek - len(head))
+        self.handler.handle_upgrade(sock, head, address)
+
+    def __enter__(self) -> "OtherServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.thread.join(TIMEOUT)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("peek", [1, 40, len(upgrade_head("/h"))])
+def test_handle_upgrade_serves_a_socket_whose_head_someone_else_read(server, peek):
+    handler = server.create_handler(path="/h")
+    handler.on("connection", echo)
+    with OtherServer(handler, peek) as other:
+        with connect(f"ws://127.0.0.1:{other.port}/h", open_timeout=TIMEOUT) as client:
+            client.send("through another server")
+            assert client.recv(timeout=TIMEOUT) == "through another server"
+
+
+def test_handle_upgrade_applies_the_handlers_checks(server):
+    handler = server.create_handler(path="/h", verify_client=lambda request: (False, 403))
+    with OtherServer(handler, 10) as other:
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{other.port}/h", open_timeout=TIMEOUT)
+    assert refused.value.response.status_code == 403
+    server.create_handler(path="/other")
+    with OtherServer(handler, 10) as other:  # a path that is not this handler's
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{other.port}/other", open_timeout=TIMEOUT)
+    assert refused.value.response.status_code == 400

@@ -10,7 +10,6 @@ broadcasts and closes them all with 1001 when it closes.
 from __future__ import annotations
 
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Collection, Container, Mapping
@@ -18,21 +17,17 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .emitter import EventEmitter
 from .errors import HandshakeError, HookError
-from .http.hooks import call_hook, chosen_protocol, final_response, verify_verdict
+from .http.hooks import final_response
+from .http.negotiation import negotiate
 from .http.request import Request
 from .http.routing import compile_pattern, is_pattern
-from .http.upgrade import (
-    accept_token,
-    check_upgrade,
-    error_response,
-    offered_protocols,
-)
+from .http.upgrade import error_response
 from .log import format_address, logger
 from .options import HandlerOptions
-from .protocol.deflate import negotiate_deflate
 from .protocol.frames import FrameReader, FrameWriter, Payload
 from .stats import HandlerTotals, Refusals
 from .sync.connection import WebSocket
+from .sync.sockets import peer_half_closed
 from .sync.transport import Transport
 
 if TYPE_CHECKING:
@@ -265,6 +260,26 @@ class WebSocketHandler(EventEmitter):
         )
         return ws
 
+    def handle_upgrade(self, sock: socket.socket, head: bytes = b"", address: Any = None) -> None:
+        """ws's ``handleUpgrade`` (its ``noServer`` mode): serve the upgrade
+        request on ``sock``, a connected socket (plain or TLS) whose request
+        head, or its start, ``head``, someone else has read (another server,
+        a test); bytes after the head are the client's first frames. The
+        path must be this handler's. The same limits, checks, hooks and
+        handshake deadline apply as for the server's own connections, a
+        refusal gets its status, and ``'connection'`` comes as usual.
+
+        Returns at once: the handshake and the connection run on a thread of
+        their own, which owns ``sock`` from now on and closes it at the end.
+        """
+        if address is None:
+            try:
+                address = sock.getpeername()
+            except OSError:
+                pass
+        thread = threading.Thread(target=self._server._http.serve_upgrade, args=(self, sock, bytes(head), address), name="ws_multipath-connection", daemon=True)
+        thread.start()
+
     def _serve(self, ws: WebSocket) -> None:
         """The ``'connection'`` listeners, then read until the connection ends."""
         ws._watch()
@@ -284,14 +299,14 @@ class WebSocketHandler(EventEmitter):
         reserved = handed_over = False
         stage = ["bad_upgrade"]  # the refusal's key (stats.REFUSAL_KEYS) if one comes
         try:
-            headers, protocol, extensions, deflate = self._negotiate(request, stage)
+            headers, protocol, extensions, deflate = negotiate(request, self.options, stage, lambda: self._closing)
             stage[0] = "max_connections"
             reserved = self._server._reserve_connection()
             if not reserved:
                 raise HandshakeError(503, "too many connections (max_connections)")
             stage[0] = "handshake_hook"
             response = final_response(self._listeners.get("headers", ()), headers, request)
-            if not request.buffered and _half_closed(sock):
+            if not request.buffered and peer_half_closed(sock):
                 logger.info("dropping %s on %s: it closed its side before the 101", format_address(request.remote_address), self.path)
                 return None
             ws = self._open(sock, request, protocol, extensions, deflate)
@@ -338,55 +353,6 @@ class WebSocketHandler(EventEmitter):
         if closing:  # the handler closed during the handshake
             ws._start_close(1001, "going away", b"going away", blocking=False)
         return True
-
-    def _negotiate(self, request: Request, stage: list[str]) -> tuple[list[tuple[str, str]], str, str, Any]:
-        """Check the request and agree on subprotocol and extensions;
-        raises ``HandshakeError`` to refuse, ``HookError`` when a hook
-        failed. ``stage[0]`` names the step for the refusal counts."""
-        key = check_upgrade(request)
-        options = self.options
-        if options.should_handle is not None:
-            stage[0] = "should_handle"
-            if not call_hook("should_handle", options.should_handle, request):
-                raise HandshakeError(400, "should_handle refused the upgrade")
-        if self._closing:
-            stage[0] = "closing"
-            raise HandshakeError(503, "this path is closing")
-        stage[0] = "origin"
-        if not call_hook("allowed_origins", options.origin_allowed, request.origin):
-            raise HandshakeError(403, "origin not allowed")
-        stage[0] = "verify_client"
-        self._verify(request)
-        stage[0] = "handshake_hook"
-        protocol = self._choose_protocol(request)
-        stage[0] = "bad_upgrade"
-        headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept_token(key))]
-        if protocol:
-            headers.append(("Sec-WebSocket-Protocol", protocol))
-        extensions, deflate = "", None
-        if options.per_message_deflate is not None:
-            agreed = negotiate_deflate(request.headers.get_all("Sec-WebSocket-Extensions"), options.per_message_deflate, options.payload_limit)
-            if agreed is not None:
-                extensions, deflate = agreed
-                headers.append(("Sec-WebSocket-Extensions", extensions))
-        return headers, protocol, extensions, deflate
-
-    def _verify(self, request: Request) -> None:
-        verify = self.options.verify_client
-        if verify is None:
-            return
-        refusal = verify_verdict(call_hook("verify_client", verify, request))
-        if refusal is not None:
-            raise refusal
-
-    def _choose_protocol(self, request: Request) -> str:
-        offered = offered_protocols(request)
-        if not offered:
-            return ""
-        choose = self.options.handle_protocols
-        if choose is None:
-            return offered[0]
-        return chosen_protocol(call_hook("handle_protocols", choose, offered, request), offered)
 
     def _open(self, sock: socket.socket, request: Request, protocol: str, extensions: str, deflate: Any) -> WebSocket:
         options = self.options
@@ -476,16 +442,3 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
     except OSError:
         pass
 
-
-def _half_closed(sock: socket.socket) -> bool:
-    """True when the client has sent its FIN and nothing else is waiting:
-    it can never read a 101 and use the connection (ws destroys such a
-    socket before its 101 too). Not knowable here for TLS (its records)."""
-    if isinstance(sock, ssl.SSLSocket):
-        return False
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:  # reset: gone too
-        return True

@@ -216,8 +216,11 @@ def subscription_of(prefix: str, path: str) -> tuple[str, Optional[str]]:
 
 def compile_glob(glob: str) -> SequencePattern:
     """Redis's glob (``*``, ``?``, ``[...]``, ``[^...]``, ``\\x``) for the
-    in-process broker, matched as Redis does, on the UTF-8 bytes of a
-    channel name, and in time linear in its length (``linear_match``)."""
+    in-process broker, matched on the UTF-8 bytes of a channel name as
+    Redis does, and in time linear in its length (``linear_match``). Every
+    glob the server makes (``subscription_of``) matches what Redis matches;
+    an unclosed ``[`` is a literal here, where Redis runs the class to the
+    end of the pattern."""
     data = glob.encode("utf-8", "surrogatepass")
     pieces: list[Piece] = []
     literal = bytearray()

@@ -157,6 +157,23 @@ class HTTPSide:
     # -- one connection (its request thread) ----------------------------------
 
     def serve(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
+        """A new connection, on its request thread: TLS, the first request,
+        then what it becomes (a WebSocket served here until it ends)."""
+        self._serve(sock, address, lambda deadline: self._first_request(self._start_tls(sock, deadline), address, deadline))
+
+    def serve_upgrade(self, handler: "WebSocketHandler", sock: socket.socket, head: bytes, address: Any) -> None:
+        """``handler.handle_upgrade``: ``serve`` for a socket whose request
+        head (or its start) ``head`` someone else has read, for ``handler``;
+        the same limits, checks, hooks and handshake deadline. The socket is
+        the library's from here on (closed when done)."""
+        with self._lock:
+            closing = self._closing
+        if closing:
+            sock.close()
+            return
+        self._serve(sock, address, lambda deadline: self._upgrade_for(handler, sock, head, address, deadline))
+
+    def _serve(self, sock: socket.socket, address: Any, first: Callable[[Deadline], "_Outcome"]) -> None:
         listener_thread.active = True
         deadline = Deadline(sock)
         with self._lock:
@@ -167,8 +184,7 @@ class HTTPSide:
         deadline.timer = self._timers.call_later(timeout, functools.partial(deadline.expire, address, timeout))
         detached = False
         try:
-            sock = self._start_tls(sock, deadline)
-            outcome = self._first_request(sock, address, deadline)
+            outcome = first(deadline)
             if isinstance(outcome, bool):
                 detached = outcome
             else:
@@ -203,6 +219,20 @@ class HTTPSide:
         head, rest = read_request_head(sock, limits.max_header_size, limits.max_headers, limits.max_target_size)
         request = parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest, proxies=limits.proxies)
         return self._decide(sock, request, deadline, head)
+
+    def _upgrade_for(self, handler: "WebSocketHandler", sock: socket.socket, head: bytes, address: Any, deadline: Deadline) -> "_Outcome":
+        limits = self._limits
+        head, rest = read_request_head(sock, limits.max_header_size, limits.max_headers, limits.max_target_size, buffered=head)
+        request = parse_request_head(head, remote_address=address, secure=isinstance(sock, ssl.SSLSocket), buffered=rest, proxies=limits.proxies)
+        if not is_upgrade_request(request):
+            raise HandshakeError(400, "not a WebSocket upgrade request")
+        route = self._routes.lookup(request.path)
+        if route is None or route[0] is not handler:
+            raise HandshakeError(400, f"path {request.path} is not this handler's ({handler.path})")
+        if route[1]:
+            request = dataclasses.replace(request, path_params=route[1])
+        ws = handler._accept(sock, request, deadline.finish)
+        return False if ws is None else (handler, ws)
 
     def _dispatch(self, sock: socket.socket, request: Request, deadline: Deadline, head: bytes = b"") -> bool:
         """``_decide``, then serve the WebSocket if it became one; True when a

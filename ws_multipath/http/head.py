@@ -24,12 +24,15 @@ from .strictness import MAX_TARGET_SIZE, check_head, check_target_length
 __all__ = ["read_head", "read_request_head", "head_bytes"]
 
 
-def read_request_head(sock: socket.socket, max_size: int, max_headers: int, max_target: int = MAX_TARGET_SIZE) -> tuple[bytes, bytes]:
-    """Read a connection's first request head from ``sock``: ``(head,
-    rest)``. ``HandshakeError`` for a refused head or when the client closes
-    before its end, ``OSError`` when the socket fails (for instance when the
-    handshake deadline shut it down)."""
-    return read_head(lambda: _receive(sock), b"", max_size, max_headers, max_target)
+def read_request_head(
+    sock: socket.socket, max_size: int, max_headers: int, max_target: int = MAX_TARGET_SIZE, buffered: bytes = b""
+) -> tuple[bytes, bytes]:
+    """Read a connection's first request head from ``sock``, after the bytes
+    of it already read (``buffered``): ``(head, rest)``. ``HandshakeError``
+    for a refused head or when the client closes before its end, ``OSError``
+    when the socket fails (for instance when the handshake deadline shut it
+    down)."""
+    return read_head(lambda: _receive(sock), buffered, max_size, max_headers, max_target)
 
 
 def read_head(

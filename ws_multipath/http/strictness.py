@@ -102,6 +102,11 @@ def origin_form(target: str) -> tuple[str, Optional[str]]:
     return path + ("?" + parts.query if parts.query else ""), parts.netloc.rpartition("@")[2]
 
 
+# RFC 3986 section 3.2.2's reg-name, IPv4address and IP-literal characters
+# (unreserved, pct-encoded, sub-delims, brackets), and ":" before a port
+_HOST_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;=[]:"
+
+
 def _check_fields(lines: list[bytes], version: bytes) -> None:
     content_types = 0
     lengths: list[bytes] = []
@@ -121,6 +126,8 @@ def _check_fields(lines: list[bytes], version: bytes) -> None:
         elif name == b"transfer-encoding":
             chunked_field = True
             codings.extend(c.strip(b" \t").lower() for c in value.split(b",") if c.strip(b" \t"))
+        elif name == b"host" and value.strip(b" \t").strip(_HOST_BYTES):
+            raise _refuse("an invalid Host (RFC 9112 section 3.2: uri-host [ ':' port ])")
     if content_types > 1:
         raise _refuse("more than one Content-Type")
     if len(lengths) > 1 or (lengths and not lengths[0].isdigit()):

@@ -62,7 +62,7 @@ def _key(request: Request) -> str:
     keys = request.headers.get_all("Sec-WebSocket-Key")
     if len(keys) != 1:
         raise HandshakeError(400, "missing or repeated Sec-WebSocket-Key")
-    key = keys[0].strip()
+    key = keys[0].strip(" \t")  # optional whitespace only (RFC 9110 section 5.6.3), not str.strip()'s NBSP and NEL
     try:
         raw = base64.b64decode(key.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):

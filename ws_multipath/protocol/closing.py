@@ -146,10 +146,12 @@ class Closing:
         frame with it and lingers."""
         if self.state is ReadyState.CLOSED:
             return
+        self._lingering = True
+        if self.close_sent and self.code is not None:  # ours went out (the peer broke the protocol in its reply): its code stays
+            return
         self.state = ReadyState.CLOSING
         self.initiator = Initiator.FAILURE
         self.code, self.reason = code, reason
-        self._lingering = True
 
     def fatal(self, code: int, reason: str) -> None:
         """The connection must be dropped without a handshake (write

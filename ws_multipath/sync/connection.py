@@ -418,10 +418,10 @@ class WebSocket(EventEmitter):
             dispatcher.call(self.emit, "close", self.close_code, self.close_reason)
             dispatcher.finish()
 
-    def _post_heartbeat_ping(self) -> None:
+    def _post_heartbeat_ping(self, payload: bytes) -> None:
         """Heartbeat (timer thread): ping without blocking, while open."""
         if self._closing.is_open:
-            self._transport.post(self._writer.ping(b""), FrameKind.PING)
+            self._transport.post(self._writer.ping(payload), FrameKind.PING)
 
     def _on_pong_timeout(self) -> None:
         """The heartbeat's verdict (timer thread): the client stopped answering."""

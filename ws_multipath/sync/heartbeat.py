@@ -1,7 +1,11 @@
 """Keepalive pings for one connection, run on the server's timer thread.
 
 Every ``interval`` seconds a ping is posted (never blocking); if no pong
-has been read ``timeout`` seconds later, ``on_timeout`` is called. A pong can
+has been read ``timeout`` seconds later, ``on_timeout`` is called. Only a
+pong that carries the ping's payload, 4 random bytes, answers it (as in
+websockets): RFC 6455 section 5.5.3 allows unsolicited pongs, and a client
+that reads nothing could otherwise keep itself alive by sending empty ones
+without ever reading a ping. A pong can
 only be read while some thread reads the socket, so while nobody does (a
 ``'connection'`` listener busy between two ``receive()`` calls) the verdict
 waits for the next read.
@@ -9,6 +13,7 @@ waits for the next read.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
 from .timers import Timer, Timers
@@ -22,14 +27,14 @@ class Heartbeat:
     """Ping timers of one connection. Its fields are touched by the timer
     thread and by the reader (``pong``); each is a single atomic store."""
 
-    __slots__ = ("_timers", "_interval", "_timeout", "_send_ping", "_on_timeout", "_is_reading", "_awaiting_pong", "_stopped", "_ping_timer", "_verdict_timer")
+    __slots__ = ("_timers", "_interval", "_timeout", "_send_ping", "_on_timeout", "_is_reading", "_awaiting_pong", "_payload", "_stopped", "_ping_timer", "_verdict_timer")
 
     def __init__(
         self,
         timers: Timers,
         interval: Optional[float],
         timeout: Optional[float],
-        send_ping: Callable[[], None],
+        send_ping: Callable[[bytes], None],
         on_timeout: Callable[[], None],
         is_reading: Callable[[], bool],
     ) -> None:
@@ -40,6 +45,7 @@ class Heartbeat:
         self._on_timeout = on_timeout
         self._is_reading = is_reading
         self._awaiting_pong = False
+        self._payload = b""  # of the pings sent while a pong is awaited
         self._stopped = False
         self._ping_timer: Optional[Timer] = None
         self._verdict_timer: Optional[Timer] = None
@@ -48,8 +54,9 @@ class Heartbeat:
         if self._interval is not None:
             self._ping_timer = self._timers.call_later(self._interval, self._ping)
 
-    def pong(self) -> None:
-        self._awaiting_pong = False
+    def pong(self, payload: bytes) -> None:
+        if payload == self._payload:
+            self._awaiting_pong = False
 
     def stop(self) -> None:
         self._stopped = True
@@ -61,11 +68,12 @@ class Heartbeat:
         if self._stopped:
             return
         if self._timeout is not None and not self._awaiting_pong:
+            self._payload = os.urandom(4)
             self._awaiting_pong = True
             if self._verdict_timer is not None:
                 self._verdict_timer.cancel()  # the last ping's, answered: one verdict pending at a time
             self._verdict_timer = self._timers.call_later(self._timeout, self._verdict)
-        self._send_ping()
+        self._send_ping(self._payload)
         self._ping_timer = self._timers.call_later(self._interval, self._ping)  # type: ignore[arg-type]
 
     def _verdict(self) -> None:

@@ -149,7 +149,7 @@ class Incoming:
             elif kind is Ping:
                 self._on_ping(event.payload)  # type: ignore[union-attr]
             elif kind is Pong:
-                self._heartbeat.pong()
+                self._heartbeat.pong(event.payload)  # type: ignore[union-attr]
                 self.emit_in_order("pong", event.payload)  # type: ignore[union-attr]
             elif kind is CloseReceived:
                 self._ws._on_close_frame(event.code, event.reason)  # type: ignore[union-attr]

@@ -182,3 +182,19 @@ def shutdown(sock: socket.socket, how: int) -> None:
         socket.socket.shutdown(sock, how)
     except OSError:
         pass
+
+def peer_half_closed(sock: socket.socket) -> bool:
+    """True when the client has sent its FIN and nothing else is waiting:
+    it can never read a 101 and use the connection (ws destroys such a
+    socket before its 101 too). Not knowable here for TLS (its records).
+    Never waits, whatever the socket's timeout."""
+    if isinstance(sock, ssl.SSLSocket):
+        return False
+    try:
+        if not select.select([sock], [], [], 0)[0]:
+            return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError, TimeoutError, ValueError):
+        return False
+    except OSError:  # reset: gone too
+        return True

@@ -31,6 +31,7 @@ from .sync.sockets import peer_half_closed
 from .sync.transport import Transport
 
 if TYPE_CHECKING:
+    from .cluster.presence import Presence, PresenceEntry
     from .server import MultipathServer
 
 __all__ = ["WebSocketHandler"]
@@ -108,7 +109,7 @@ class WebSocketHandler(EventEmitter):
 
     # -- presence -------------------------------------------------------------
 
-    def presence(self, path: Optional[str] = None) -> list[Any]:
+    def presence(self, path: Optional[str] = None) -> "list[PresenceEntry]":
         """The connections of this path in presence, in every process that
         shares the server's broker (this process's only, without one): a
         list of ``PresenceEntry`` (``.id``, ``.path``, ``.route``,
@@ -122,7 +123,7 @@ class WebSocketHandler(EventEmitter):
         """``len(presence(path))`` without building the list."""
         return self._presence_of().count(self.path, path)
 
-    def _presence_of(self) -> Any:
+    def _presence_of(self) -> "Presence":
         presence = self._server._presence if self.options.presence else None
         if presence is None:
             raise RuntimeError(f"presence is off on {self.path}: create_handler(path, presence=True)")

@@ -387,8 +387,9 @@ class MultipathServer(EventEmitter):
 
     def _untrack(self, ws: Any) -> None:
         with self._ids_lock:
-            if self._by_id.get(ws.id) is ws:
-                del self._by_id[ws.id]
+            found = self._by_id.pop(ws.id, None)
+            if found is not None and found is not ws:
+                self._by_id[ws.id] = found  # not this one's (ids are uuid4s: never, but keep the map right)
 
     def unhandled_request(self, sock: socket.socket) -> Optional[Request]:
         """The request read from a socket given to ``'unhandled'`` listeners

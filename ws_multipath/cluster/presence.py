@@ -51,10 +51,10 @@ class PresenceEntry:
     id: str
     path: str
     route: str
-    info: dict
+    info: dict[str, Any]
     node: Optional[str] = None
 
-    def as_json(self) -> list:
+    def as_json(self) -> list[Any]:
         return [self.route, self.path, self.info]
 
 
@@ -122,7 +122,7 @@ class Presence:
             ws._presence_in = True
             self._set_local(PresenceEntry(ws.id, ws.path, route, ws._presence_info, self.node))
 
-    def update(self, ws: "WebSocket", info: dict) -> None:
+    def update(self, ws: "WebSocket", info: dict[str, Any]) -> None:
         check_info(info)
         info = json.loads(json.dumps(info))  # a copy nobody else holds
         with self._lock:

@@ -128,7 +128,8 @@ class RedisPresenceStore(PresenceStore):
                     self._sweep(keys=[self.key(node), self._nodes_key], args=[node])
             return result
 
-        return self._call(read)
+        result: dict[str, Optional[int]] = self._call(read)
+        return result
 
     def load(self, node: str) -> Optional[tuple[int, dict[str, bytes]]]:
         raw = self._call(self._client.hgetall, self.key(node))

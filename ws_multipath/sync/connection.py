@@ -93,7 +93,7 @@ class WebSocket(EventEmitter):
         self._on_closed = on_closed
         # presence (cluster/presence.py; guarded by that Presence's lock): the handler's, or None when it has none
         self._presence: Any = None
-        self._presence_info: dict = {}
+        self._presence_info: dict[str, Any] = {}
         self._presence_in = False
         self._presence_gone = False
         self._lock = threading.Lock()
@@ -168,7 +168,7 @@ class WebSocket(EventEmitter):
 
     # -- presence -----------------------------------------------------------
 
-    def set_presence(self, info: dict) -> None:
+    def set_presence(self, info: dict[str, Any]) -> None:
         """What the others see of this connection in ``handler.presence()``
         and the ``'join'`` events, in every process: a dict that JSON can
         carry, at most 1 KiB as compact JSON (``ValueError`` past it,

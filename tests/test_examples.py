@@ -331,6 +331,7 @@ def test_every_included_example_is_run_here():
     tested = set(re.findall(r'load\("(\w+)"\)', pathlib.Path(__file__).read_text()))
     tested = {f"{name}.py" for name in tested} | {"chat.py", "nginx.conf", "ws_multipath.service", "cluster_chat.py", "test_chat_handlers.py"}
     tested |= {"flask_chat.py", "flask_sock_app.py"}  # tests/test_flask.py
+    tested |= {"presence_roster.py"}  # tests/test_presence_redis.py, under serve --workers 2
     assert sorted(included - tested) == []
     for name in included:
         assert (EXAMPLES / name).exists(), name

@@ -15,6 +15,8 @@ from ws_multipath.cluster import LocalBroker
 
 from .conftest import TIMEOUT, url, wait_until
 
+pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:DeprecationWarning")
+
 
 class Events:
     """'join' and 'leave' of a handler, on a queue: ``(event, entry)``."""
@@ -161,3 +163,75 @@ def test_string_params_reach_local_clients_of_an_int_route(make_server) -> None:
         assert local.recv(timeout=TIMEOUT) == "here only" and other.recv(timeout=TIMEOUT) == "here only"
         with pytest.raises(TimeoutError):
             remote.recv(timeout=0.3)
+
+
+class LossyBroker(LocalBroker):
+    """A LocalBroker that drops presence messages while ``lossy`` is set:
+    pub/sub's at-most-once, made to happen (a fault injected, not a mock)."""
+
+    lossy = False
+
+    def publish(self, channel: str, payload: bytes) -> bool:
+        if self.lossy and channel.endswith("@presence"):
+            return True  # "published", never delivered: as a subscriber that was reconnecting
+        return super().publish(channel, payload)
+
+
+def test_a_lost_presence_message_is_made_up_by_the_next_round(make_server) -> None:
+    broker = LossyBroker(presence_ttl=2, presence_interval=0.2)
+    servers = [make_server(broker=broker) for _ in range(2)]
+    (rooms0, events0), (rooms1, events1) = [_rooms(s) for s in servers]
+    with connect(url(servers[0], "/rooms/a?name=Ann")) as ann:
+        ann_id = ann.recv(timeout=TIMEOUT)
+        assert events0.names(1) == [("join", "Ann")] and events1.names(1) == [("join", "Ann")]
+        broker.lossy = True
+        with connect(url(servers[0], "/rooms/a?name=Bob")) as bob:
+            bob.recv(timeout=TIMEOUT)
+            assert events0.names(1) == [("join", "Bob")]
+            # server 1 never got that message: its round sees server 0's version move and reloads
+            assert events1.names(1) == [("join", "Bob")]
+            broker.lossy = False
+            ann.send("Anna")  # the next message follows the reloaded version: applied as is
+            assert events1.names(1) == [("join", "Anna")]
+        assert events1.names(1) == [("leave", "Bob")]
+        assert [(e.id, e.info) for e in rooms1.presence()] == [(ann_id, {"name": "Anna"})]
+
+
+def test_many_joins_and_leaves_at_once_end_consistent(make_server) -> None:
+    broker = LocalBroker(presence_ttl=2, presence_interval=0.2)
+    servers = [make_server(broker=broker) for _ in range(2)]
+    handlers = [_rooms(s) for s in servers]
+    counts = [{"join": 0, "leave": 0} for _ in servers]
+    lock = threading.Lock()
+
+    def count(index, event):
+        with lock:
+            counts[index][event] += 1
+
+    for index, (rooms, _) in enumerate(handlers):
+        rooms.on("join", lambda entry, i=index: count(i, "join"))
+        rooms.on("leave", lambda entry, i=index: count(i, "leave"))
+
+    def churn(worker: int) -> None:
+        for round_ in range(5):
+            with connect(url(servers[(worker + round_) % 2], f"/rooms/r{worker % 3}?name=w{worker}-{round_}")) as client:
+                client.recv(timeout=TIMEOUT)
+
+    keep = [connect(url(servers[i % 2], f"/rooms/r{i % 3}?name=keep{i}")) for i in range(6)]
+    try:
+        threads = [threading.Thread(target=churn, args=(worker,)) for worker in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        # 6 stay: every process ends with the same 6, and as many joins as leaves plus them
+        # (a name is set in 'connection': one join per connection; no update)
+        assert wait_until(lambda: all(rooms.presence_count() == 6 for rooms, _ in handlers))
+        assert wait_until(lambda: all(c["join"] - c["leave"] == 6 for c in counts))
+        names = [sorted(e.info["name"] for e in rooms.presence()) for rooms, _ in handlers]
+        assert names[0] == names[1] == sorted(f"keep{i}" for i in range(6))
+        assert all(c["join"] == 46 for c in counts), counts
+        assert {rooms.presence_count("/rooms/r0") for rooms, _ in handlers} == {2}
+    finally:
+        for client in keep:
+            client.close()

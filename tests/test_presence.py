@@ -225,12 +225,14 @@ def test_many_joins_and_leaves_at_once_end_consistent(make_server) -> None:
         for thread in threads:
             thread.join(60)
         # 6 stay: every process ends with the same 6, and as many joins as leaves plus them
-        # (a name is set in 'connection': one join per connection; no update)
+        # (a name is set in 'connection': at most one join per connection, no update; a
+        # connection that came and went between two writes of its process's presence thread
+        # is seen by the other process not at all: neither join nor leave)
         assert wait_until(lambda: all(rooms.presence_count() == 6 for rooms, _ in handlers))
         assert wait_until(lambda: all(c["join"] - c["leave"] == 6 for c in counts))
         names = [sorted(e.info["name"] for e in rooms.presence()) for rooms, _ in handlers]
         assert names[0] == names[1] == sorted(f"keep{i}" for i in range(6))
-        assert all(c["join"] == 46 for c in counts), counts
+        assert all(26 <= c["join"] <= 46 for c in counts), counts  # 23 of its own, 3 kept of the other at least
         assert {rooms.presence_count("/rooms/r0") for rooms, _ in handlers} == {2}
     finally:
         for client in keep:

@@ -343,7 +343,7 @@ class WebSocketHandler(EventEmitter):
                     closing = self._closing
                     if not closing:
                         self._connections.add(ws)
-                        self._server._track(ws)
+                        self._server._directory.add(ws)
                     self._totals.accepted += 1
                 write(response)
                 ws._transport.bytes_out = 0  # the counters start after the 101
@@ -385,7 +385,7 @@ class WebSocketHandler(EventEmitter):
         drop = _drop_key(ws._dropped)
         if ws._presence is not None:
             ws._presence.leave(ws)
-        self._server._untrack(ws)
+        self._server._directory.remove(ws)
         with self._lock:
             self._connections.discard(ws)
             self._totals.ended(incoming.messages_in, transport.messages_out, incoming.bytes_in, transport.bytes_out, code, drop)

@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from .arguments import NO_PORT, NoListen, check_arguments, check_listen_arguments, check_path, wsgi_options
+from .cluster.directory import Directory
 from .emitter import EventEmitter
 from .handler import WebSocketHandler
 from .http.handshake import HeadLimits, HTTPSide
@@ -177,8 +178,7 @@ class MultipathServer(EventEmitter):
             made, owned = make_broker(broker)
             self._cluster = ClusterNode(self, made, owned)
         self._presence: Optional["Presence"] = None  # made with the first handler that has presence=True
-        self._ids_lock = threading.Lock()  # guards _by_id
-        self._by_id: dict[str, Any] = {}  # ws.id -> open connection, for send_to
+        self._directory = Directory()  # ws.id -> open connection, for send_to
         self._max_connections = max_connections
         self._routes: RoutingTable[WebSocketHandler] = RoutingTable()
         self._handlers: list[WebSocketHandler] = []  # every handler made, closed ones too (their counts stay)
@@ -367,29 +367,9 @@ class MultipathServer(EventEmitter):
             raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
         if not isinstance(data, str):
             data = bytes(data)
-        if self._send_local(id, data):
+        if self._directory.send(id, data):
             return True
         return self._cluster.send_to(id, data) if self._cluster is not None else False
-
-    def _send_local(self, id: str, data: Union[str, bytes]) -> bool:
-        with self._ids_lock:
-            ws = self._by_id.get(id)
-        if ws is None:
-            return False
-        from .protocol.frames import FrameWriter
-
-        header, payload = FrameWriter().message(data)
-        return bool(ws._post(data, header + payload))
-
-    def _track(self, ws: Any) -> None:
-        with self._ids_lock:
-            self._by_id[ws.id] = ws
-
-    def _untrack(self, ws: Any) -> None:
-        with self._ids_lock:
-            found = self._by_id.pop(ws.id, None)
-            if found is not None and found is not ws:
-                self._by_id[ws.id] = found  # not this one's (ids are uuid4s: never, but keep the map right)
 
     def unhandled_request(self, sock: socket.socket) -> Optional[Request]:
         """The request read from a socket given to ``'unhandled'`` listeners

@@ -119,7 +119,7 @@ class ClusterNode:
             return
         if channel == self._send_channel:
             if message.to is not None:
-                self._server._send_local(message.to, message.data)
+                self._server._directory.send(message.to, message.data)
             return
         path = channel[len(self.prefix) :]
         if pattern is None:

@@ -237,3 +237,43 @@ def test_many_joins_and_leaves_at_once_end_consistent(make_server) -> None:
     finally:
         for client in keep:
             client.close()
+
+
+def test_a_blocking_listener_delays_events_not_the_heartbeat(make_server, library_log) -> None:
+    """The 'join' listeners run on their own thread: one that blocks holds
+    up later events, never the presence thread's refreshes, so the other
+    server keeps this one's entries past several TTLs; a listener that
+    raises goes to 'error' (then the log), and the next events still come."""
+    broker = LocalBroker(presence_ttl=0.6, presence_interval=0.2)
+    servers = [make_server(broker=broker) for _ in range(2)]
+    (rooms0, _), (rooms1, events1) = [_rooms(s) for s in servers]
+    release = threading.Event()
+    entered = threading.Event()
+    failures: queue.Queue = queue.Queue()
+
+    def blocking(entry):
+        if entry.info.get("name") == "Ann":
+            entered.set()
+            release.wait(10)
+            raise RuntimeError("a listener that fails")
+
+    rooms0.on("join", blocking)
+    rooms0.on("error", failures.put)
+    try:
+        with connect(url(servers[0], "/rooms/a?name=Ann")) as ann:
+            ann.recv(timeout=TIMEOUT)
+            assert entered.wait(TIMEOUT)
+            assert events1.names(1) == [("join", "Ann")]
+            with connect(url(servers[1], "/rooms/a?name=Bob")) as bob:
+                bob.recv(timeout=TIMEOUT)
+                assert events1.names(1) == [("join", "Bob")]
+                # server 0's listener still blocks; 3 TTLs later (the absence of an expiry: nothing
+                # to wait on) its entry is still alive at server 1, which saw no leave
+                assert events1.nothing(3 * 0.6)
+                assert sorted(e.info["name"] for e in rooms1.presence()) == ["Ann", "Bob"]
+                assert rooms0.presence_count() == 2  # the replica is right while its events wait
+                release.set()
+                assert isinstance(failures.get(timeout=TIMEOUT), RuntimeError)
+                assert wait_until(lambda: rooms1.presence_count() == 2)
+    finally:
+        release.set()

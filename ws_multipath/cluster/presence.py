@@ -54,6 +54,9 @@ class PresenceEntry:
     info: dict[str, Any]
     node: Optional[str] = None
 
+    def __hash__(self) -> int:  # info is a dict: hash by identity of the connection
+        return hash((self.id, self.node))
+
     def as_json(self) -> list[Any]:
         return [self.route, self.path, self.info]
 

@@ -83,7 +83,8 @@ class RedisBroker(Broker):
       drop its entries within ``2 * presence_interval`` more
       (``redis_presence.py``, docs/scaling.rst).
 
-    ``_lock`` guards the outage and busy state and counters; ``_slots`` (a
+    ``_lock`` guards the outage and busy state and counters, and the making
+    of the presence store (``presence_store()``); ``_slots`` (a
     semaphore of ``pool_size``) is held by each publish while on the wire,
     and by nothing else.
     """

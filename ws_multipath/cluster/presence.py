@@ -123,7 +123,7 @@ class Presence:
             if ws._presence_gone or ws._presence_in or self._closed:
                 return
             ws._presence_in = True
-            self._set_local(PresenceEntry(ws.id, ws.path, route, ws._presence_info, self.node))
+            self._set_local(PresenceEntry(ws.id, ws.path, route, ws._presence_info or {}, self.node))
 
     def update(self, ws: "WebSocket", info: dict[str, Any]) -> None:
         check_info(info)

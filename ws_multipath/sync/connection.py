@@ -93,7 +93,7 @@ class WebSocket(EventEmitter):
         self._on_closed = on_closed
         # presence (cluster/presence.py; guarded by that Presence's lock): the handler's, or None when it has none
         self._presence: Any = None
-        self._presence_info: dict[str, Any] = {}
+        self._presence_info: Optional[dict[str, Any]] = None  # None: {} once it joins (no dict per connection before)
         self._presence_in = False
         self._presence_gone = False
         self._lock = threading.Lock()

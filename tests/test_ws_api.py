@@ -287,3 +287,65 @@ def test_handle_upgrade_applies_the_handlers_checks(server):
         with pytest.raises(InvalidStatus) as refused:
             connect(f"ws://127.0.0.1:{other.port}/other", open_timeout=TIMEOUT)
     assert refused.value.response.status_code == 400
+
+
+# -- buffered_amount ---------------------------------------------------------------
+
+
+def test_buffered_amount_counts_what_waits_for_a_client_that_does_not_read(server):
+    handler = server.create_handler(path="/ws", ping_interval=None)
+    connections: queue.Queue = queue.Queue()
+    handler.on("connection", lambda ws, request: connections.put(ws))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_head("/ws"))
+        rest = _read_head(sock).split(b"\r\n\r\n", 1)[1]
+        ws = connections.get(timeout=TIMEOUT)
+        assert ws.buffered_amount == 0
+        message, count = b"x" * 65536, 240  # 15 MiB: more than the kernel holds, less than the 16 MiB cap
+        frame_size = 10 + len(message)  # a 64 KiB binary frame's header is 10 bytes
+        for _ in range(count):
+            handler.broadcast(message)
+        # every byte broadcast is either in the kernel already or counted as waiting
+        # (a snapshot: the flusher writes under the write lock, so read both holding it)
+        with ws._transport._write_lock:
+            waiting, written = ws.buffered_amount, ws._transport.bytes_out
+        assert waiting > 0 and waiting + written == count * frame_size
+        received = len(rest)
+        while received < count * frame_size:  # the client reads everything: nothing waits any more
+            chunk = sock.recv(1 << 20)
+            assert chunk
+            received += len(chunk)
+        assert ws.buffered_amount == 0
+
+
+# -- 'client_error' (ws's 'wsClientError') ---------------------------------------------
+
+
+def test_client_error_listeners_own_the_socket_of_an_invalid_upgrade(server):
+    seen: queue.Queue = queue.Queue()
+    handler = server.create_handler(path="/c", verify_client=lambda request: request.query.get("ok") == ["1"])
+
+    @handler.on("client_error")
+    def answer(error, sock, request):
+        seen.put((error.status, request.path))
+        sock.sendall(b"HTTP/1.1 418 I'm a teapot\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        sock.close()
+
+    bad_key = upgrade_head("/c?ok=1").replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short")
+    assert raw_request(server, bad_key).startswith(b"HTTP/1.1 418 ")
+    assert seen.get(timeout=TIMEOUT) == (400, "/c")
+    # a hook's refusal is not a client error: its status as before, no event
+    assert raw_request(server, upgrade_head("/c?ok=0")).startswith(b"HTTP/1.1 401 ")
+    assert seen.empty()
+    assert handler.stats()["refused"] == {400: {"bad_upgrade": 1}, 401: {"verify_client": 1}}
+
+
+def test_without_client_error_listeners_the_answer_is_unchanged_and_a_raising_one_closes(server):
+    errors: queue.Queue = queue.Queue()
+    handler = server.create_handler(path="/c")
+    bad_key = upgrade_head("/c").replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short")
+    assert raw_request(server, bad_key).startswith(b"HTTP/1.1 400 ")
+    handler.on("error", errors.put)
+    handler.on("client_error", lambda error, sock, request: 1 / 0)
+    assert raw_request(server, bad_key) == b""  # the socket closed, nothing sent
+    assert isinstance(errors.get(timeout=TIMEOUT), ZeroDivisionError)

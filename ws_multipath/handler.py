@@ -46,11 +46,16 @@ class WebSocketHandler(EventEmitter):
     ``'error'`` ``(exc)``; ``'close'`` ``()`` once the handler is closed and
     its last connection has ended; ``'listening'`` ``()`` when the server
     starts listening (a handler created later gets none: the server already
-    listens); with ``presence=True``, ``'join'`` ``(entry)`` when a
-    connection of this path enters presence or changes its info, in this
-    process or any other sharing the broker, and ``'leave'`` ``(entry)``
-    when it goes (``PresenceEntry``: ``.id``, ``.path``, ``.info``, ...),
-    called on the server's presence thread, in order.
+    listens); ``'client_error'`` ``(error, sock, request)`` for an invalid
+    upgrade request (ws's ``'wsClientError'``: method, headers, key,
+    version, subprotocols; not a hook's refusal): with a listener, it owns
+    ``sock`` and answers (``error.status``, ``error.reason``) as it likes;
+    without one the client gets ``error``'s status as before. With
+    ``presence=True``, ``'join'`` ``(entry)`` when a connection of this
+    path enters presence or changes its info, in this process or any other
+    sharing the broker, and ``'leave'`` ``(entry)`` when it goes
+    (``PresenceEntry``: ``.id``, ``.path``, ``.info``, ...), called on the
+    server's presence thread, in order.
 
     The handshake's hooks (``verify_client``, a callable ``allowed_origins``,
     ``handle_protocols``, the ``'headers'`` listeners, run in order) may
@@ -65,7 +70,7 @@ class WebSocketHandler(EventEmitter):
     ``_lock`` guards the set of open connections and the closing state.
     """
 
-    EVENTS = frozenset({"connection", "headers", "error", "close", "listening", "join", "leave"})
+    EVENTS = frozenset({"connection", "headers", "error", "close", "listening", "client_error", "join", "leave"})
 
     def __init__(self, server: "MultipathServer", path: str, options: HandlerOptions) -> None:
         super().__init__(error_parent=server)
@@ -245,14 +250,15 @@ class WebSocketHandler(EventEmitter):
 
     # -- the handshake ----------------------------------------------------
 
-    def _accept(self, sock: socket.socket, request: Request, end_handshake: Callable[[], None]) -> Optional[WebSocket]:
-        """Answer the upgrade ``request`` on ``sock``; None once an error
-        response was sent, else the open connection, for the caller to
-        ``_serve`` once the frames that read and routed the request are gone.
-        ``end_handshake`` cancels the server's handshake deadline."""
-        ws = self._handshake(sock, request)
-        if ws is None:
-            return None
+    def _accept(self, sock: socket.socket, request: Request, end_handshake: Callable[[], None]) -> Union[WebSocket, bool]:
+        """Answer the upgrade ``request`` on ``sock``: the open connection,
+        for the caller to ``_serve`` once the frames that read and routed the
+        request are gone; False once an error response was sent; True when a
+        ``'client_error'`` listener took the socket over. ``end_handshake``
+        cancels the server's handshake deadline."""
+        ws = self._handshake(sock, request, end_handshake)
+        if isinstance(ws, bool):
+            return ws
         end_handshake()
         logger.info(
             "accepted %s (subprotocol %s, extensions %s)", ws._label(), ws.protocol or "-", ws.extensions or "-",
@@ -290,9 +296,10 @@ class WebSocketHandler(EventEmitter):
             ws._presence.enter(ws, self.path)
         ws._serve()
 
-    def _handshake(self, sock: socket.socket, request: Request) -> Optional[WebSocket]:
+    def _handshake(self, sock: socket.socket, request: Request, end_handshake: Callable[[], None]) -> Union[WebSocket, bool]:
         """Run the checks and hooks, then send the 101; returns the open
-        connection, or None once an error response was sent.
+        connection, False once an error response was sent, or True when a
+        ``'client_error'`` listener owns the socket.
 
         A ``max_connections`` slot is held from the checks' end; the
         connection takes it over, or it is released here, whatever happened.
@@ -309,20 +316,42 @@ class WebSocketHandler(EventEmitter):
             response = final_response(self._listeners.get("headers", ()), headers, request)
             if not request.buffered and peer_half_closed(sock):
                 logger.info("dropping %s on %s: it closed its side before the 101", format_address(request.remote_address), self.path)
-                return None
+                return False
             ws = self._open(sock, request, protocol, extensions, deflate)
             handed_over = True
         except HookError as exc:
             self._listener_failed(exc, exc.hook)
             self._refuse(sock, request, HandshakeError(500), "hook_error")
-            return None
+            return False
         except HandshakeError as exc:
+            if stage[0] == "bad_upgrade" and self._listeners.get("client_error"):
+                end_handshake()
+                return self._client_error(sock, request, exc)
             self._refuse(sock, request, exc, stage[0])
-            return None
+            return False
         finally:
             if reserved and not handed_over:
                 self._server._release_connection()
-        return ws if self._register_and_respond(ws, response) else None
+        return ws if self._register_and_respond(ws, response) else False
+
+    def _client_error(self, sock: socket.socket, request: Request, error: HandshakeError) -> bool:
+        """ws's ``'wsClientError'``: an invalid upgrade (not a hook's
+        refusal) goes to the ``'client_error'`` listeners, which own the
+        socket and the answer from now on. True; False (the socket closed
+        here) when one of them raised."""
+        self._refusals.add(error.status, "bad_upgrade")
+        logger.info("invalid upgrade from %s on %s: %s (to the 'client_error' listeners)", format_address(request.remote_address), self.path, error)
+        failed: list[BaseException] = []
+        for listener in self._listeners.get("client_error", ()):
+            try:
+                listener(error, sock, request)
+            except Exception as exc:  # noqa: BLE001 - user code: reported, and the socket is not left open
+                failed.append(exc)
+                self._listener_failed(exc, "client_error")
+        if failed:
+            sock.close()
+            return False
+        return True
 
     def _refuse(self, sock: socket.socket, request: Request, error: HandshakeError, key: str) -> None:
         self._refusals.add(error.status, key)

@@ -232,7 +232,9 @@ class HTTPSide:
         if route[1]:
             request = dataclasses.replace(request, path_params=route[1])
         ws = handler._accept(sock, request, deadline.finish)
-        return False if ws is None else (handler, ws)
+        if ws is True:  # a 'client_error' listener owns the socket
+            self._detach(sock)
+        return ws if isinstance(ws, bool) else (handler, ws)
 
     def _dispatch(self, sock: socket.socket, request: Request, deadline: Deadline, head: bytes = b"") -> bool:
         """``_decide``, then serve the WebSocket if it became one; True when a
@@ -268,7 +270,9 @@ class HTTPSide:
         if params:
             request = dataclasses.replace(request, path_params=params)
         ws = handler._accept(sock, request, deadline.finish)
-        return False if ws is None else (handler, ws)
+        if ws is True:  # a 'client_error' listener owns the socket
+            self._detach(sock)
+        return ws if isinstance(ws, bool) else (handler, ws)
 
     def _later_upgrade(self, sock: socket.socket, request: Request) -> bool:
         """A WebSocket upgrade that came after other requests on a keep-alive

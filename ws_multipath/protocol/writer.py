@@ -9,7 +9,7 @@ from typing import Optional, Union
 from .deflate import BoundedDeflate
 from .masking import frame as _frame
 
-__all__ = ["FrameWriter", "check_close_code", "Payload"]
+__all__ = ["FrameWriter", "check_close_code", "as_kind", "Payload"]
 
 Payload = Union[bytes, bytearray, memoryview]
 
@@ -114,3 +114,14 @@ def _control(first_byte: int, payload: bytes) -> bytes:
     if len(payload) > 125:
         raise ValueError(f"a control frame's payload is at most 125 bytes, not {len(payload)}")
     return bytes((first_byte, len(payload))) + payload
+
+def as_kind(data: Union[str, Payload], binary: bool) -> Union[str, Payload]:
+    """``data`` as the message kind ``send(binary=...)`` asks for."""
+    if binary:
+        return data.encode("utf-8") if isinstance(data, str) else data
+    if isinstance(data, str):
+        return data
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("send(binary=False) needs valid UTF-8 bytes (a text message)") from None

@@ -32,6 +32,7 @@ from ..http.request import Request
 from ..log import format_address, logger
 from ..protocol.closing import Closing, FrameKind, ReadyState
 from ..protocol.frames import FrameReader, FrameWriter, Payload, check_close_code
+from ..protocol.writer import as_kind
 from .heartbeat import Heartbeat
 from .inbox import Inbox
 from .incoming import Incoming
@@ -149,6 +150,16 @@ class WebSocket(EventEmitter):
         return self._closing.reason
 
     @property
+    def buffered_amount(self) -> int:
+        """Bytes accepted for this client and not yet written to the kernel
+        (ws's ``bufferedAmount``): the frames waiting in its outbox
+        (broadcasts, heartbeat pings, a posted close frame; a compressed one
+        at its uncompressed size). ``send()`` returns only once its frame is
+        in the kernel, so it adds nothing once it has returned. At most
+        about 16 MiB: past that the client is dropped with 1008."""
+        return self._transport.buffered_amount
+
+    @property
     def path(self) -> str:
         return self.request.path
 
@@ -199,7 +210,7 @@ class WebSocket(EventEmitter):
         if not isinstance(data, (str, bytes, bytearray, memoryview)):
             raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
         if binary is not None:
-            data = _as_kind(data, binary)
+            data = as_kind(data, binary)
         if self._closing.state is not ReadyState.OPEN:
             raise self._closed_error()
         frame = self._writer.message if compress else self._writer.message_uncompressed
@@ -429,14 +440,3 @@ class WebSocket(EventEmitter):
             self._fail(1011, "keepalive ping timeout")
             self._transport.abort()
 
-
-def _as_kind(data: Union[str, Payload], binary: bool) -> Union[str, Payload]:
-    """``data`` as the message kind ``send(binary=...)`` asks for."""
-    if binary:
-        return data.encode("utf-8") if isinstance(data, str) else data
-    if isinstance(data, str):
-        return data
-    try:
-        return bytes(data).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("send(binary=False) needs valid UTF-8 bytes (a text message)") from None

@@ -39,7 +39,7 @@ Entry = tuple[Pending, Optional[FrameKind], int]
 class Outbox:
     """Entries in the order they go out, and the bytes they count."""
 
-    __slots__ = ("_entries", "counted")
+    __slots__ = ("_entries", "counted", "frame_bytes")
 
     def __init__(self) -> None:
         #: Made by the first entry that waits (a deque costs about 600 bytes,
@@ -47,6 +47,8 @@ class Outbox:
         self._entries: Optional[collections.deque[Entry]] = None
         #: What the entries count against ``MAX_OUTBOX_BYTES``.
         self.counted = 0
+        #: The bytes of their frames (a compressed frame: its uncompressed length).
+        self.frame_bytes = 0
 
     def __bool__(self) -> bool:
         return bool(self._entries)
@@ -58,6 +60,7 @@ class Outbox:
             self._entries = collections.deque()
         self._entries.append(entry)
         self.counted += entry[2]
+        self.frame_bytes += _frame_bytes(entry)
         if self.counted <= MAX_OUTBOX_BYTES:
             return False
         self.clear()
@@ -69,14 +72,21 @@ class Outbox:
             self._entries = collections.deque()
         self._entries.appendleft((rest, None, len(rest) + ENTRY_COST))
         self.counted += len(rest) + ENTRY_COST
+        self.frame_bytes += len(rest)
 
     def pop(self) -> Optional[Entry]:
         if not self._entries:
             return None
         entry = self._entries.popleft()
         self.counted -= entry[2]
+        self.frame_bytes -= _frame_bytes(entry)
         return entry
 
     def clear(self) -> None:
         self._entries = None
         self.counted = 0
+        self.frame_bytes = 0
+
+
+def _frame_bytes(entry: Entry) -> int:
+    return entry[2] - (ENCODER_COST if callable(entry[0]) else ENTRY_COST)

@@ -237,6 +237,11 @@ class Transport:
         self._on_fatal(1011, "write timeout")
         self.abort()
 
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes of frames waiting in the outbox (read without a lock: one int)."""
+        return self._outbox.frame_bytes
+
     # -- non-blocking writes ----------------------------------------------
 
     def post(self, frame: Pending, kind: FrameKind, size: int = 0) -> None:

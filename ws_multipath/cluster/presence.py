@@ -126,8 +126,7 @@ class Presence:
             self._set_local(PresenceEntry(ws.id, ws.path, route, ws._presence_info or {}, self.node))
 
     def update(self, ws: "WebSocket", info: dict[str, Any]) -> None:
-        check_info(info)
-        info = json.loads(json.dumps(info))  # a copy nobody else holds
+        info = json.loads(check_info(info))  # checked, and a copy nobody else holds
         with self._lock:
             ws._presence_info = info
             if ws._presence_in and not ws._presence_gone and not self._closed:

@@ -14,11 +14,15 @@ The screenshot of the first window is kept as ``demo-page.png`` (or
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from .cluster_support import free_port, own_redis, spawn, stop_process  # noqa: F401 - own_redis: a fixture
+from .conftest import wait_until
 from .test_main import demo  # noqa: F401 - the fixture: the demo server as a process
 
 CHROMIUM = "/usr/bin/chromium"
@@ -133,3 +137,69 @@ def test_two_windows_chat_with_a_live_roster_and_the_echo_box_echoes(demo, brows
             if shot.name == "demo-page.png":
                 raise
     assert process.poll() is None
+
+
+def _holder(client, name):
+    """The worker (node id) whose presence in Redis holds the member ``name``, or None."""
+    for node in client.smembers("ws_multipath:@presence:nodes"):
+        for field, value in client.hgetall(b"ws_multipath:@presence:" + node).items():
+            if field != b"@v" and json.loads(value)[2].get("name") == name:
+                return node.decode()
+    return None
+
+
+@pytest.mark.timeout(120)
+def test_the_roster_and_messages_span_two_workers(own_redis, browser):  # noqa: F811
+    """``serve ws_multipath.demo:create_server --workers 2`` with Redis: two
+    windows whose chats are on different workers (the second rejoins until
+    the kernel put it on the other one, as Redis's presence says) see one
+    roster and each other's messages."""
+    import redis
+
+    port = free_port()
+    supervisor = spawn(["-m", "ws_multipath", "serve", "ws_multipath.demo:create_server", "--port", str(port), "--host", "127.0.0.1", "--workers", "2", "--broker", own_redis.url], stderr=subprocess.PIPE, start_new_session=True)
+    client = redis.Redis.from_url(own_redis.url)
+    shot = ARTIFACTS / "demo-workers-failed.png"
+    try:
+        for _ in range(2):
+            assert supervisor.stdout.readline().split()[:1] == ["worker"]
+        assert wait_until(lambda: client.scard("ws_multipath:@presence:nodes") == 2, timeout=WAIT)  # both workers wrote their presence
+        page_url = f"http://127.0.0.1:{port}/"
+        open_page(browser, page_url)
+        alice = browser.current_window_handle
+        join(browser, "Alice")
+        assert wait_until(lambda: _holder(client, "Alice"), timeout=WAIT)
+        browser.switch_to.new_window("window")
+        bob = browser.current_window_handle
+        for attempt in range(20):
+            open_page(browser, page_url)
+            join(browser, "Bob")
+            assert wait_until(lambda: _holder(client, "Bob"), timeout=WAIT)
+            if _holder(client, "Bob") != _holder(client, "Alice"):
+                break
+        assert _holder(client, "Bob") != _holder(client, "Alice"), "20 joins all on Alice's worker"
+        until(browser, lambda d: texts(d, "#roster li") == ["Alice", "Bob"], "both names on Bob's roster")
+        browser.switch_to.window(alice)
+        until(browser, lambda d: texts(d, "#roster li") == ["Alice", "Bob"], "both names on Alice's roster (another worker)")
+        say(browser, "Hello from the first worker")
+        browser.switch_to.window(bob)
+        until(browser, lambda d: texts(d, "#log li") == ["AliceHello from the first worker"], "Alice's message at Bob's, once")
+        say(browser, "Hello from the second")
+        browser.switch_to.window(alice)
+        expected = ["AliceHello from the first worker", "BobHello from the second"]
+        until(browser, lambda d: texts(d, "#log li") == expected, "Bob's reply at Alice's, once")
+        browser.switch_to.window(bob)
+        browser.close()  # Bob's window goes: he leaves Alice's roster
+        browser.switch_to.window(alice)
+        until(browser, lambda d: texts(d, "#roster li") == ["Alice"], "Bob gone from Alice's roster")
+        assert texts(browser, "#log li") == expected  # no raw text from the other worker
+        assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
+        shot = ARTIFACTS / "demo-workers.png"
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        try:
+            browser.save_screenshot(str(shot))
+        except Exception:  # noqa: BLE001
+            pass
+        client.close()
+        stop_process(supervisor)

@@ -12,6 +12,7 @@
         server.serve_forever()
 """
 
+from .cluster.presence import PresenceEntry
 from .cluster.publisher import Publisher
 from .errors import (
     ConnectionClosed,
@@ -31,6 +32,7 @@ from .sync.capacity import Capacity, measure_capacity
 from .sync.connection import ReadyState, WebSocket
 
 __all__ = [
+    "PresenceEntry",
     "MultipathServer",
     "WebSocketHandler",
     "Publisher",

@@ -20,6 +20,7 @@ from .errors import HandshakeError, HookError
 from .http.hooks import final_response
 from .http.negotiation import negotiate
 from .http.request import Request
+from .http.routing import compile_pattern, is_pattern
 from .http.upgrade import error_response
 from .http.wsgi_socket import linger
 from .log import format_address, logger
@@ -31,6 +32,7 @@ from .sync.sockets import peer_half_closed
 from .sync.transport import Transport
 
 if TYPE_CHECKING:
+    from .cluster.presence import Presence, PresenceEntry
     from .server import MultipathServer
 
 __all__ = ["WebSocketHandler"]
@@ -49,7 +51,12 @@ class WebSocketHandler(EventEmitter):
     upgrade request (ws's ``'wsClientError'``: method, headers, key,
     version, subprotocols; not a hook's refusal): with a listener, it owns
     ``sock`` and answers (``error.status``, ``error.reason``) as it likes;
-    without one the client gets ``error``'s status as before.
+    without one the client gets ``error``'s status as before. With
+    ``presence=True``, ``'join'`` ``(entry)`` when a connection of this
+    path enters presence or changes its info, in this process or any other
+    sharing the broker, and ``'leave'`` ``(entry)`` when it goes
+    (``PresenceEntry``: ``.id``, ``.path``, ``.info``, ...), called on the
+    server's presence thread, in order.
 
     The handshake's hooks (``verify_client``, a callable ``allowed_origins``,
     ``handle_protocols``, the ``'headers'`` listeners, run in order) may
@@ -64,7 +71,7 @@ class WebSocketHandler(EventEmitter):
     ``_lock`` guards the set of open connections and the closing state.
     """
 
-    EVENTS = frozenset({"connection", "headers", "error", "close", "listening", "client_error"})
+    EVENTS = frozenset({"connection", "headers", "error", "close", "listening", "client_error", "join", "leave"})
 
     def __init__(self, server: "MultipathServer", path: str, options: HandlerOptions) -> None:
         super().__init__(error_parent=server)
@@ -78,6 +85,7 @@ class WebSocketHandler(EventEmitter):
         self._close_callbacks: list[Callable[[], Any]] = []
         self._totals = HandlerTotals()  # guarded by _lock
         self._refusals = Refusals()
+        self._route = compile_pattern(path) if is_pattern(path) else None
 
     def __repr__(self) -> str:
         return f"<WebSocketHandler {self.path} clients={len(self._connections)}>"
@@ -105,6 +113,28 @@ class WebSocketHandler(EventEmitter):
             live = [(ws._incoming.messages_in, ws._transport.messages_out, ws._incoming.bytes_in, ws._transport.bytes_out) for ws in self._connections]
             return self._totals.snapshot(self.path, live, self._refusals.snapshot())
 
+    # -- presence -------------------------------------------------------------
+
+    def presence(self, path: Optional[str] = None) -> "list[PresenceEntry]":
+        """The connections of this path in presence, in every process that
+        shares the server's broker (this process's only, without one): a
+        list of ``PresenceEntry`` (``.id``, ``.path``, ``.route``,
+        ``.info``, ``.node``), in no particular order. A route pattern's
+        handler has one entry per connection of any of its paths; ``path``
+        (``"/rooms/lobby"``) selects one. It reads this process's replica,
+        kept by the presence thread: no I/O. Needs ``presence=True``."""
+        return self._presence_of().entries(self.path, path)
+
+    def presence_count(self, path: Optional[str] = None) -> int:
+        """``len(presence(path))`` without building the list."""
+        return self._presence_of().count(self.path, path)
+
+    def _presence_of(self) -> "Presence":
+        presence = self._server._presence if self.options.presence else None
+        if presence is None:
+            raise RuntimeError(f"presence is off on {self.path}: create_handler(path, presence=True)")
+        return presence
+
     # -- broadcast ------------------------------------------------------------
 
     def broadcast(
@@ -113,12 +143,15 @@ class WebSocketHandler(EventEmitter):
         exclude: Union[WebSocket, Collection[WebSocket], None] = None,
         *,
         path_params: Optional[Mapping[str, Any]] = None,
+        local: bool = False,
     ) -> int:
         """Send ``data`` to every open client of this path except ``exclude``.
 
         With ``path_params`` (a route pattern's handler), only to the clients
         whose ``request.path_params`` have those items: one room of
-        ``/rooms/<room>`` is ``path_params={"room": "lobby"}``.
+        ``/rooms/<room>`` is ``path_params={"room": "lobby"}``. A value may
+        be given as the pattern converts it or as a string (``7`` or ``"7"``
+        for ``<int:id>``).
 
         Never blocks on a client: each message is queued per client and
         written as that client reads, so a slow or dead client delays nobody
@@ -128,7 +161,8 @@ class WebSocketHandler(EventEmitter):
         With a broker (``MultipathServer(broker=...)``) the message is also
         published for the other servers of the cluster, which deliver it to
         their clients of this path (and ``path_params``) except ``exclude``;
-        the count is still this process's. See docs/scaling.rst.
+        the count is still this process's; ``local=True`` sends to this
+        process's clients only. See docs/scaling.rst.
         """
         if not isinstance(data, (str, bytes, bytearray, memoryview)):
             raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
@@ -140,13 +174,30 @@ class WebSocketHandler(EventEmitter):
             if not isinstance(path_params, Mapping):
                 raise TypeError(f"path_params must be a mapping, not {type(path_params).__name__}")
             path_params = dict(path_params)
-            sent = self._broadcast_local(data, _Outside(path_params, exclude or ()))
+            sent = self._broadcast_local(data, _Outside(self._converted(path_params), exclude or ()))
         else:
             sent = self._broadcast_local(data, exclude or ())
         cluster = self._server._cluster
-        if cluster is not None:
+        if cluster is not None and not local:
             cluster.publish(self, data, exclude or (), path_params)
         return sent
+
+    def _converted(self, params: dict[str, Any]) -> dict[str, Any]:
+        """String values converted as the pattern converts them (``"7"`` ->
+        ``7`` for ``<int:id>``), so they compare equal to
+        ``request.path_params``; a value that does not convert stays as
+        given (and matches no client)."""
+        if self._route is None:
+            return params
+        converted = dict(params)
+        for name, convert in self._route.conversions:
+            value = params.get(name)
+            if isinstance(value, str):
+                try:
+                    converted[name] = convert(value)
+                except ValueError:
+                    pass
+        return converted
 
     def _broadcast_local(self, data: Union[str, bytes], skipped: Container[WebSocket]) -> int:
         """Deliver to this process's clients (``broadcast``, and the cluster's subscriber for other processes' messages)."""
@@ -244,6 +295,8 @@ class WebSocketHandler(EventEmitter):
         ws._watch()
         self.emit("connection", ws, ws.request)
         self._server.emit("connection", ws, ws.request, self.path)
+        if ws._presence is not None:
+            ws._presence.enter(ws, self.path)
         ws._serve()
 
     def _handshake(self, sock: socket.socket, request: Request, end_handshake: Callable[[], None]) -> Union[WebSocket, bool]:
@@ -322,6 +375,7 @@ class WebSocketHandler(EventEmitter):
                     closing = self._closing
                     if not closing:
                         self._connections.add(ws)
+                        self._server._directory.add(ws)
                     self._totals.accepted += 1
                 write(response)
                 ws._transport.bytes_out = 0  # the counters start after the 101
@@ -351,6 +405,8 @@ class WebSocketHandler(EventEmitter):
             parent=self,
             on_closed=self._remove,
         )
+        if options.presence:
+            ws._presence = server._presence
         return ws
 
     def _remove(self, ws: WebSocket) -> None:
@@ -359,6 +415,9 @@ class WebSocketHandler(EventEmitter):
         transport, incoming = ws._transport, ws._incoming
         code = ws.sent_close_code or 1006
         drop = _drop_key(ws._dropped)
+        if ws._presence is not None:
+            ws._presence.leave(ws)
+        self._server._directory.remove(ws)
         with self._lock:
             self._connections.discard(ws)
             self._totals.ended(incoming.messages_in, transport.messages_out, incoming.bytes_in, transport.bytes_out, code, drop)

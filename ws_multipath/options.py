@@ -74,6 +74,10 @@ class HandlerOptions:
       of the handler is made of (ws's ``WebSocket`` option). Its
       ``__init__`` is the library's: add behaviour and attributes, not
       arguments.
+    - ``presence``: keep this path's connections in presence
+      (``handler.presence()``, the ``'join'`` and ``'leave'`` events,
+      ``ws.set_presence``), across the processes sharing the server's
+      broker. False.
     """
 
     max_payload: Optional[int] = 16 * MiB
@@ -92,6 +96,7 @@ class HandlerOptions:
     write_timeout: Optional[float] = 10.0
     should_handle: Optional[Callable[[Any], Any]] = None
     websocket_class: Optional[type] = None
+    presence: bool = False
 
     @property
     def payload_limit(self) -> int:
@@ -132,7 +137,7 @@ class HandlerOptions:
         if self.allowed_origins is not None and not callable(self.allowed_origins):
             if isinstance(self.allowed_origins, str) or not all(isinstance(o, str) for o in self.allowed_origins):
                 raise TypeError("allowed_origins must be a list of origin strings or a callable")
-        for name in ("client_tracking", "skip_utf8_validation", "auto_pong"):
+        for name in ("client_tracking", "skip_utf8_validation", "auto_pong", "presence"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, not {type(getattr(self, name)).__name__}")
         _seconds("close_timeout", self.close_timeout, allow_none=False)
@@ -168,6 +173,7 @@ class HandlerOptionsDict(TypedDict, total=False):
     write_timeout: Optional[float]
     should_handle: Optional[Callable[[Any], Any]]
     websocket_class: Optional[type]
+    presence: bool
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from .arguments import NO_PORT, NoListen, check_arguments, check_listen_arguments, check_path, wsgi_options
+from .cluster.directory import Directory
 from .emitter import EventEmitter
 from .handler import WebSocketHandler
 from .http.handshake import HeadLimits, HTTPSide
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
     from .cluster.broker import Broker
     from .cluster.node import ClusterNode
+    from .cluster.presence import Presence
 
 __all__ = ["MultipathServer"]
 
@@ -175,6 +177,8 @@ class MultipathServer(EventEmitter):
 
             made, owned = make_broker(broker)
             self._cluster = ClusterNode(self, made, owned)
+        self._presence: Optional["Presence"] = None  # made with the first handler that has presence=True
+        self._directory = Directory()  # ws.id -> open connection, for send_to
         self._max_connections = max_connections
         self._routes: RoutingTable[WebSocketHandler] = RoutingTable()
         self._handlers: list[WebSocketHandler] = []  # every handler made, closed ones too (their counts stay)
@@ -336,9 +340,44 @@ class MultipathServer(EventEmitter):
                 raise RuntimeError("the server is closed")
             self._routes.add(path, handler)
             self._handlers.append(handler)
+        if handler.options.presence:
+            self._presence_for(handler)
         if self._cluster is not None:
             self._cluster.add(handler)
         return handler
+
+    def _presence_for(self, handler: WebSocketHandler) -> None:
+        from .cluster.presence import Presence
+
+        with self._lock:
+            if self._presence is None:
+                cluster = self._cluster
+                store = cluster.broker.presence_store() if cluster is not None else None
+                self._presence = Presence(cluster.id if cluster else None, store, cluster.publish_presence if cluster else None)
+                if cluster is not None:
+                    cluster.presence = self._presence
+            presence = self._presence
+        presence.add_handler(handler)
+
+    # -- one connection, wherever it is ------------------------------------------
+
+    def send_to(self, id: str, data: Union[str, bytes, bytearray, memoryview]) -> bool:
+        """Send ``data`` (str: text, bytes: binary) to the connection whose
+        ``ws.id`` is ``id``, in this process or, with a broker, in any
+        process sharing it (``Publisher(url).send_to`` does the same from
+        outside). At-most-once, as broadcasts: True when it was queued for
+        a local connection or published, False when the id is not here and
+        there is no broker (or the broker dropped it). Never blocks on the
+        client."""
+        if not isinstance(id, str):
+            raise TypeError(f"id must be a str (a ws.id), not {type(id).__name__}")
+        if not isinstance(data, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
+        if not isinstance(data, str):
+            data = bytes(data)
+        if self._directory.send(id, data):
+            return True
+        return self._cluster.send_to(id, data) if self._cluster is not None else False
 
     def unhandled_request(self, sock: socket.socket) -> Optional[Request]:
         """The request read from a socket given to ``'unhandled'`` listeners
@@ -394,6 +433,8 @@ class MultipathServer(EventEmitter):
         if closed and callback is not None:
             callback()
         if starting:
+            if self._presence is not None:
+                self._presence.close()  # the others drop this process's entries now
             if self._cluster is not None:
                 self._cluster.close()  # no more messages from the other processes
             self._acceptor.stop()
@@ -417,6 +458,8 @@ class MultipathServer(EventEmitter):
             if self._http.busy():  # it calls again when its last connection ends
                 return
             self._finished = True
+        if self._presence is not None:
+            self._presence.stop()
         self._timers.stop()
         self._flusher.stop()
         self.emit("close")

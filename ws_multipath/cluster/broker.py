@@ -17,10 +17,13 @@ servers of one process sharing broadcasts, and the tests); ``RedisBroker``
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from ..log import logger
 from .message import DEFAULT_PREFIX, compile_glob
+
+if TYPE_CHECKING:
+    from .presence_store import PresenceStore
 
 __all__ = ["Broker", "Subscription", "LocalBroker", "make_broker"]
 
@@ -56,6 +59,12 @@ class Broker:
     def subscribe(self, deliver: Deliver) -> Subscription:
         raise NotImplementedError
 
+    def presence_store(self) -> Optional["PresenceStore"]:
+        """Where the servers sharing this broker keep their presence entries
+        (``presence_store.py``), one object per broker; None (this default):
+        each server's presence is its own process's."""
+        return None
+
     def descriptors(self) -> int:
         """The most file descriptors it may hold at once (its connections):
         the server's capacity estimate keeps them free. 0 by default."""
@@ -68,12 +77,20 @@ class Broker:
 class LocalBroker(Broker):
     """The in-process broker: ``publish`` calls every subscriber's
     ``deliver`` on the publishing thread (deliveries only post to queues,
-    so this does not block), in publish order."""
+    so this does not block), in publish order. Its presence store is in
+    memory, with the same expiry as Redis's (``presence_ttl``: seconds a
+    server's entries outlive its last refresh, every ``presence_interval``)."""
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, prefix: str = DEFAULT_PREFIX, *, presence_ttl: float = 10.0, presence_interval: float = 2.0) -> None:
+        from .presence_store import LocalPresenceStore
+
         self.prefix = prefix
         self._lock = threading.Lock()
         self._subscriptions: list["_LocalSubscription"] = []
+        self._presence = LocalPresenceStore(presence_ttl, presence_interval)
+
+    def presence_store(self) -> Optional["PresenceStore"]:
+        return self._presence
 
     def publish(self, channel: str, payload: bytes) -> bool:
         with self._lock:

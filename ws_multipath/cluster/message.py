@@ -17,6 +17,13 @@ The header's keys (docs/scaling.rst is the reference):
 - ``"params"``: an object of path params (values as strings, converted by
   the receiving handler's pattern): only the clients whose
   ``request.path_params`` have those items get the message.
+- ``"to"``: one connection id (``send_to``), on the ``<prefix>@send``
+  channel: only the process holding that connection delivers it.
+- ``"presence"``: on the ``<prefix>@presence`` channel, the publishing
+  process's presence version after this change (an int); the payload is a
+  JSON list of changes (``presence.py``); ``"reset"``: true when the
+  receivers must reload that process's entries from the store;
+  ``"gone"``: true when the process left the cluster (its entries leave).
 
 Channels: ``<prefix><path>``, the path as clients request it (not
 percent-decoded), e.g. ``ws_multipath:/chat`` or ``ws_multipath:/rooms/lobby``.
@@ -38,7 +45,10 @@ from urllib.parse import quote
 from ..http.routing import _VARIABLE, RoutePattern, compile_pattern, is_pattern
 from ..linear_match import AnyCount, ByteClass, Literal, One, Piece, SequencePattern
 
-__all__ = ["VERSION", "DEFAULT_PREFIX", "ClusterMessage", "encode", "decode", "target_channel", "subscription_of", "compile_glob"]
+__all__ = [
+    "VERSION", "DEFAULT_PREFIX", "ClusterMessage", "encode", "decode", "target_channel", "subscription_of", "compile_glob",
+    "presence_channel", "send_channel", "encode_presence",
+]
 
 VERSION = 1
 DEFAULT_PREFIX = "ws_multipath:"
@@ -56,9 +66,33 @@ class ClusterMessage:
     origin: Optional[str] = None
     exclude: frozenset[str] = field(default_factory=frozenset)
     params: Optional[dict[str, Any]] = None
+    to: Optional[str] = None
+    presence: Optional[int] = None  # a presence message: the origin's version
+    reset: bool = False
+    gone: bool = False
 
 
-def encode(data: Union[str, bytes], origin: Optional[str], exclude: Sequence[str] = (), params: Optional[Mapping[str, str]] = None) -> bytes:
+def presence_channel(prefix: str) -> str:
+    """Presence changes (join and leave) of every process: no path starts with ``@``."""
+    return prefix + "@presence"
+
+
+def send_channel(prefix: str) -> str:
+    """``send_to`` messages, heard by every process."""
+    return prefix + "@send"
+
+
+def encode_presence(origin: str, version: int, changes: Sequence[Any], reset: bool = False, gone: bool = False) -> bytes:
+    """A presence message: the header, then the changes as one JSON list."""
+    header: dict[str, Any] = {"v": VERSION, "origin": origin, "presence": version}
+    if reset:
+        header["reset"] = True
+    if gone:
+        header["gone"] = True
+    return (json.dumps(header, separators=(",", ":")) + "\n" + json.dumps(changes, separators=(",", ":"), ensure_ascii=False)).encode("utf-8")
+
+
+def encode(data: Union[str, bytes], origin: Optional[str], exclude: Sequence[str] = (), params: Optional[Mapping[str, str]] = None, to: Optional[str] = None) -> bytes:
     header: dict[str, Any] = {"v": VERSION}
     if isinstance(data, str):
         payload = data.encode("utf-8")
@@ -71,6 +105,8 @@ def encode(data: Union[str, bytes], origin: Optional[str], exclude: Sequence[str
         header["exclude"] = list(exclude)
     if params:
         header["params"] = dict(params)
+    if to is not None:
+        header["to"] = to
     return json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n" + payload
 
 
@@ -103,7 +139,14 @@ def decode(raw: bytes) -> ClusterMessage:
     if params is not None and (not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values())):
         raise FormatError("'params' is not an object of strings")
     origin = header.get("origin")
-    return ClusterMessage(data, origin if isinstance(origin, str) else None, frozenset(exclude), params or None)
+    to = header.get("to")
+    if to is not None and not isinstance(to, str):
+        raise FormatError("'to' is not a string")
+    presence = header.get("presence")
+    if presence is not None and (type(presence) is not int or presence < 0):
+        raise FormatError("'presence' is not a version number")
+    return ClusterMessage(data, origin if isinstance(origin, str) else None, frozenset(exclude), params or None, to, presence,
+                          header.get("reset") is True, header.get("gone") is True)
 
 
 def target_channel(prefix: str, path: str, path_params: Optional[Mapping[str, Any]], route: Optional[RoutePattern] = None) -> tuple[str, Optional[dict[str, str]]]:

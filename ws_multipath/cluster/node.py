@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from ..http.routing import compile_pattern
 from ..log import logger
 from .broker import Broker
-from .message import FormatError, decode, encode, subscription_of, target_channel
+from .message import FormatError, decode, encode, presence_channel, send_channel, subscription_of, target_channel
 
 if TYPE_CHECKING:
     from ..handler import WebSocketHandler
     from ..server import MultipathServer
     from ..sync.connection import WebSocket
+    from .presence import Presence
 
 __all__ = ["ClusterNode"]
 
@@ -45,6 +46,9 @@ class ClusterNode:
         self._routes: dict[str, Any] = {}  # pattern -> compiled
         self._bad_formats: set[str] = set()
         self._closed = False
+        self.presence: Optional["Presence"] = None  # set once, by the server, before any presence message matters
+        self._presence_channel = presence_channel(self.prefix)
+        self._send_channel = send_channel(self.prefix)
         self._subscription = broker.subscribe(self._deliver)
 
     # -- handlers ---------------------------------------------------------------
@@ -68,7 +72,7 @@ class ClusterNode:
                 self._update()
 
     def _update(self) -> None:
-        self._subscription.update(list(self._exact), list(self._globs.values()))
+        self._subscription.update(list(self._exact) + [self._send_channel] + ([self._presence_channel] if self.presence is not None else []), list(self._globs.values()))
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
         return self._subscription.wait_ready(timeout)
@@ -89,6 +93,12 @@ class ClusterNode:
         ids = [ws.id for ws in exclude if isinstance(getattr(ws, "id", None), str)]
         return self.broker.publish(channel, encode(data, self.id, ids, params))
 
+    def publish_presence(self, payload: bytes) -> bool:
+        return self.broker.publish(self._presence_channel, payload)
+
+    def send_to(self, id: str, data: Union[str, bytes]) -> bool:
+        return self.broker.publish(self._send_channel, encode(data, self.id, to=id))
+
     # -- delivering -----------------------------------------------------------------
 
     def _deliver(self, channel: str, pattern: Optional[str], payload: bytes) -> None:
@@ -102,6 +112,15 @@ class ClusterNode:
             return
         if message.origin == self.id:
             return  # ours: delivered locally when it was broadcast
+        if channel == self._presence_channel:
+            presence = self.presence
+            if presence is not None and presence.sync is not None and message.presence is not None:
+                presence.sync.offer(message)
+            return
+        if channel == self._send_channel:
+            if message.to is not None:
+                self._server._directory.send(message.to, message.data)
+            return
         path = channel[len(self.prefix) :]
         if pattern is None:
             handler = self._exact.get(channel)

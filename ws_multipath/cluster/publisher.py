@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 
 from ..http.routing import compile_pattern, is_pattern
 from .broker import Broker, make_broker
-from .message import encode, target_channel
+from .message import encode, send_channel, target_channel
 
 __all__ = ["Publisher"]
 
@@ -24,7 +24,9 @@ class Publisher:
     server of the cluster; ``path`` is an exact path or a handler's route
     pattern (``"/rooms/<room>"`` with ``path_params={"room": "lobby"}``).
     ``exclude``: connection ids (``ws.id``) or connections. Returns False if
-    the broker dropped it (Redis down: see docs/scaling.rst)."""
+    the broker dropped it (Redis down: see docs/scaling.rst).
+
+    ``send_to(id, data)``: to one connection (``ws.id``), wherever it is."""
 
     def __init__(self, broker: Union[str, Broker]) -> None:
         self.broker, self._owned = make_broker(broker)
@@ -53,6 +55,18 @@ class Publisher:
         ids = [item if isinstance(item, str) else item.id for item in (exclude or ())]
         channel, params = target_channel(self.broker.prefix, path, dict(path_params) if path_params else None, route)
         return self.broker.publish(channel, encode(data, self.id, ids, params))
+
+    def send_to(self, id: str, data: Union[str, bytes, bytearray, memoryview]) -> bool:
+        """Send ``data`` to the one connection whose ``ws.id`` is ``id``,
+        in whichever server holds it (at-most-once: nobody holds it, nothing
+        happens). False if the broker dropped it."""
+        if not isinstance(id, str):
+            raise TypeError(f"id must be a str (a ws.id), not {type(id).__name__}")
+        if not isinstance(data, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
+        if not isinstance(data, str):
+            data = bytes(data)
+        return self.broker.publish(send_channel(self.broker.prefix), encode(data, self.id, to=id))
 
     def close(self) -> None:
         if self._owned:

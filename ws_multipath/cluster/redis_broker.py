@@ -54,7 +54,7 @@ class RedisBroker(Broker):
     """``RedisBroker(url=None, *, client=None, prefix="ws_multipath:",
     socket_timeout=1.0, connect_timeout=1.0, health_interval=2.0,
     health_timeout=2.0, retry_interval=0.5, backoff_max=5.0, pool_size=16,
-    pool_timeout=2.0)``
+    pool_timeout=2.0, presence_ttl=10.0, presence_interval=2.0)``
 
     - ``url``: ``redis://[:password@]host:port/db``, ``rediss://`` (TLS),
       ``unix:///path``; or ``client``: a ``redis.Redis`` you configured
@@ -77,8 +77,14 @@ class RedisBroker(Broker):
       all are busy; past that it is dropped (a "busy" warning, not an
       outage). Keep it above ``socket_timeout``: a publish holds its
       connection at most ``connect_timeout`` + ``socket_timeout``.
+    - ``presence_ttl`` / ``presence_interval``: a server refreshes its
+      presence data every ``presence_interval`` seconds (2); data not
+      refreshed for ``presence_ttl`` (10) expires, and the other servers
+      drop its entries within ``2 * presence_interval`` more
+      (``redis_presence.py``, docs/scaling.rst).
 
-    ``_lock`` guards the outage and busy state and counters; ``_slots`` (a
+    ``_lock`` guards the outage and busy state and counters, and the making
+    of the presence store (``presence_store()``); ``_slots`` (a
     semaphore of ``pool_size``) is held by each publish while on the wire,
     and by nothing else.
     """
@@ -97,6 +103,8 @@ class RedisBroker(Broker):
         backoff_max: float = 5.0,
         pool_size: int = 16,
         pool_timeout: float = 2.0,
+        presence_ttl: float = 10.0,
+        presence_interval: float = 2.0,
     ) -> None:
         redis = _import_redis()
         if (url is None) == (client is None):
@@ -145,6 +153,11 @@ class RedisBroker(Broker):
         self._busy_dropped = 0
         self._busy_logged_at: Optional[float] = None
         self._subscriptions = 0
+        if not presence_interval > 0 or not presence_ttl >= 2 * presence_interval:
+            raise ValueError("presence_interval must be > 0 and presence_ttl at least twice presence_interval")
+        self._presence_ttl = float(presence_ttl)
+        self._presence_interval = float(presence_interval)
+        self._presence: Any = None
 
     def __repr__(self) -> str:
         return f"<RedisBroker {self.url or self.client!r} prefix={self.prefix!r}>"
@@ -252,6 +265,15 @@ class RedisBroker(Broker):
     def _unsubscribed(self) -> None:
         with self._lock:
             self._subscriptions -= 1
+
+    def presence_store(self) -> Any:
+        """The Redis presence store (``redis_presence.py``), made on first use."""
+        with self._lock:
+            if self._presence is None:
+                from .redis_presence import RedisPresenceStore
+
+                self._presence = RedisPresenceStore(self, self._presence_ttl, self._presence_interval)
+            return self._presence
 
     def descriptors(self) -> int:
         """The most it holds: ``pool_size``, and one per open subscription."""

@@ -11,12 +11,16 @@ member: the server keeps its name for the connection and speaks JSON to it,
 order) whenever a member joins or leaves, and ``{"type": "message", "name":
 "Alice", "text": "hi"}`` for each text message (``"name": null`` for a client
 without one). Clients without a name get the text only, as before.
+With a broker, all of it spans the processes (``create_server``, for
+``serve --workers``): the chat is in presence (``presence=True``), so the
+roster is every process's members.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from importlib import resources
 from typing import Any, Callable, Collection, Iterable, Iterator, Optional, Union
 
@@ -25,7 +29,7 @@ from ..http.request import Request
 from ..server import MultipathServer
 from ..sync.connection import WebSocket
 
-__all__ = ["add_demo", "app", "member_name", "NAME_LIMIT"]
+__all__ = ["add_demo", "app", "create_server", "member_name", "NAME_LIMIT"]
 
 NAME_LIMIT = 32  # characters of a chat name; longer ones are cut
 
@@ -70,10 +74,11 @@ def member_name(request: Request) -> Optional[str]:
     return name or None
 
 
-class _Clients(Collection[WebSocket]):
-    """The chat's open clients with (``named=True``) or without a name, as an
-    ``exclude=`` for ``broadcast``: asked per client as the message is
-    delivered, so a client that connects meanwhile is on the right side too."""
+class _Clients(Collection[Any]):
+    """The chat's clients with (``named=True``) or without a name, as an
+    ``exclude=`` for ``broadcast``: asked per local client as the message is
+    delivered (so a client that connects meanwhile is on the right side
+    too), and listed, for the other processes, as the ids of presence."""
 
     def __init__(self, handler: WebSocketHandler, named: bool) -> None:
         self._handler = handler
@@ -82,8 +87,8 @@ class _Clients(Collection[WebSocket]):
     def __contains__(self, ws: object) -> bool:
         return isinstance(ws, WebSocket) and (member_name(ws.request) is not None) == self._named
 
-    def __iter__(self) -> Iterator[WebSocket]:
-        return (ws for ws in self._handler.clients or () if ws in self)
+    def __iter__(self) -> Iterator[Any]:  # every process's, as entries (their .id is what travels)
+        return (entry for entry in self._handler.presence() if ("name" in entry.info) == self._named)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -93,37 +98,38 @@ class _Clients(Collection[WebSocket]):
 
 
 class Chat:
-    """``/chat``: every message to every client; names and a roster for members."""
+    """``/chat``: every message to every client; names and a roster for
+    members, across every process sharing the server's broker: the chat is
+    in presence, a member's name is its presence info, and each process
+    sends its members the roster whenever a member joins or leaves
+    anywhere (the 'join' and 'leave' events fire in every process)."""
 
     def __init__(self, handler: WebSocketHandler) -> None:
         self.handler = handler
-        self._lock = threading.Lock()  # guards _names and orders the rosters sent
-        self._names: dict[WebSocket, str] = {}
+        self._lock = threading.Lock()  # orders the rosters sent (the events come on one thread; this is for safety)
         self._members = _Clients(handler, named=True)
         self._others = _Clients(handler, named=False)
         handler.on("connection", self._connected)
+        handler.on("join", self._changed)
+        handler.on("leave", self._changed)
 
     def roster(self) -> list[str]:
-        with self._lock:
-            return list(self._names.values())
+        """Every member's name, in every process, in joining order."""
+        members = [entry for entry in self.handler.presence() if "name" in entry.info]
+        members.sort(key=lambda entry: (entry.info.get("since", 0), entry.id))
+        return [entry.info["name"] for entry in members]
 
     def _connected(self, ws: WebSocket, request: Request) -> None:
         name = member_name(request)
         ws.on("message", lambda data, is_binary: self._relay(data, is_binary, name))
-        if name is None:
-            return
-        ws.on("close", lambda code, reason: self._left(ws))
-        with self._lock:
-            self._names[ws] = name
-            self._send_roster()
+        if name is not None:
+            ws.set_presence({"name": name, "since": time.time()})
 
-    def _left(self, ws: WebSocket) -> None:
-        with self._lock:
-            if self._names.pop(ws, None) is not None:
-                self._send_roster()
-
-    def _send_roster(self) -> None:  # with _lock held (broadcast never blocks)
-        self.handler.broadcast(json.dumps({"type": "roster", "names": list(self._names.values())}), exclude=self._others)
+    def _changed(self, entry: Any) -> None:
+        if "name" not in entry.info:
+            return  # a client without a name: not on the roster
+        with self._lock:  # to this process's members: the others send theirs
+            self.handler.broadcast(json.dumps({"type": "roster", "names": self.roster()}), exclude=self._others, local=True)
 
     def _relay(self, data: Union[str, bytes], is_binary: bool, name: Optional[str]) -> None:
         self.handler.broadcast(data, exclude=self._members)
@@ -139,4 +145,13 @@ def add_demo(server: MultipathServer) -> Chat:
     def echo_back(ws: WebSocket, request: Request) -> None:
         ws.on("message", lambda data, is_binary: ws.send(data))
 
-    return Chat(server.create_handler(path="/chat"))
+    return Chat(server.create_handler(path="/chat", presence=True))
+
+
+def create_server(**options: Any) -> MultipathServer:
+    """The demo as an app for workers: ``python -m ws_multipath serve
+    ws_multipath.demo:create_server --workers 2 --broker redis://...``
+    (the page, ``/echo`` and ``/chat``, its roster across the workers)."""
+    server = MultipathServer(**options, wsgi_app=app)
+    add_demo(server)
+    return server

@@ -92,6 +92,11 @@ class WebSocket(EventEmitter):
         self._writer = writer
         self._timers = timers
         self._on_closed = on_closed
+        # presence (cluster/presence.py; guarded by that Presence's lock): the handler's, or None when it has none
+        self._presence: Any = None
+        self._presence_info: Optional[dict[str, Any]] = None  # None: {} once it joins (no dict per connection before)
+        self._presence_in = False
+        self._presence_gone = False
         self._lock = threading.Lock()
         self._closing = Closing()
         transport.attach(self._closing.may_write, self._fail)
@@ -171,6 +176,20 @@ class WebSocket(EventEmitter):
         request = self.request
         via = f" via {format_address(request.peer_address)}" if request.peer_address != request.remote_address else ""
         return f"{format_address(request.remote_address)}{via} on {self.path}"
+
+    # -- presence -----------------------------------------------------------
+
+    def set_presence(self, info: dict[str, Any]) -> None:
+        """What the others see of this connection in ``handler.presence()``
+        and the ``'join'`` events, in every process: a dict that JSON can
+        carry, at most 1 KiB as compact JSON (``ValueError`` past it,
+        ``TypeError`` for a non-dict). Called in a ``'connection'``
+        listener, the connection joins with it; called later, it joins
+        again with the new info (an update). Needs a handler made with
+        ``presence=True`` (``RuntimeError`` otherwise)."""
+        if self._presence is None:
+            raise RuntimeError(f"presence is off on {self.path}: create_handler(path, presence=True)")
+        self._presence.update(self, info)
 
     # -- sending ------------------------------------------------------------
 

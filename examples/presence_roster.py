@@ -1,3 +1,4 @@
+# examples/presence_roster.py
 """Rooms with a live roster across worker processes, and private messages:
 python -m ws_multipath serve presence_roster:create_server --port 8000 --workers 2 --broker redis://localhost:6379/0
 (run from examples/). A client of ws://localhost:8000/rooms/lobby?name=Ann gets

@@ -407,5 +407,6 @@ def test_every_example_a_page_shows_is_run_here():
     tested = {f"{name}.py" for name in tested} | {f"{name}.py" for name in SCRIPTS}
     tested |= {"nginx.conf", "ws_multipath.service", "cluster_chat.py", "test_chat_handlers.py"}
     tested |= {"flask_chat.py", "flask_sock_app.py"}  # tests/test_flask.py
+    tested |= {"presence_roster.py"}  # tests/test_presence_redis.py, under serve --workers 2
     assert sorted(shown - tested) == []
     assert sorted({p.name for p in EXAMPLES.iterdir()} - shown) == [], "an example no page shows"

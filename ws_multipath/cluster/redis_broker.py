@@ -1,4 +1,4 @@
-"""``RedisBroker``: the cluster over Redis pub/sub (``pip install ws_multipath[redis]``).
+"""``RedisBroker``: the cluster over Redis pub/sub (the ``redis`` extra: ``pip install "/path/to/ws_multipath[redis]"``, or ``pip install redis``).
 
 Publishing runs on the caller's thread, one ``PUBLISH`` per broadcast, with
 short socket timeouts and no retry, on at most ``pool_size`` connections at
@@ -39,7 +39,7 @@ from .redis_subscription import RedisSubscription
 
 __all__ = ["RedisBroker"]
 
-_INSTALL_HINT = "the Redis broker needs the 'redis' package: pip install ws_multipath[redis]"
+_INSTALL_HINT = "the Redis broker needs the 'redis' package: pip install redis (or install ws_multipath with its [redis] extra)"
 
 
 def _import_redis() -> Any:

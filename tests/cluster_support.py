@@ -34,7 +34,7 @@ def need_redis() -> None:
     try:
         import redis  # noqa: F401
     except ImportError:
-        pytest.skip("the redis package is not installed (pip install ws_multipath[redis])")
+        pytest.skip("the redis package is not installed (pip install redis)")
 
 
 class RedisProcess:

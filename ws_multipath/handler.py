@@ -15,6 +15,7 @@ import time
 from collections.abc import Collection, Container, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
+from .broadcast_targets import Outside, checked_broadcast, converted
 from .emitter import EventEmitter
 from .errors import HandshakeError, HookError
 from .http.hooks import final_response
@@ -26,7 +27,7 @@ from .http.wsgi_socket import linger
 from .log import format_address, logger
 from .options import HandlerOptions
 from .protocol.frames import FrameReader, FrameWriter, Payload
-from .stats import HandlerTotals, Refusals
+from .stats import HandlerTotals, Refusals, drop_key
 from .sync.connection import WebSocket
 from .sync.sockets import peer_half_closed
 from .sync.transport import Transport
@@ -164,40 +165,13 @@ class WebSocketHandler(EventEmitter):
         the count is still this process's; ``local=True`` sends to this
         process's clients only. See docs/scaling.rst.
         """
-        if not isinstance(data, (str, bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
-        if not isinstance(data, str):
-            data = bytes(data)
-        if isinstance(exclude, WebSocket):
-            exclude = (exclude,)
-        if path_params is not None:
-            if not isinstance(path_params, Mapping):
-                raise TypeError(f"path_params must be a mapping, not {type(path_params).__name__}")
-            path_params = dict(path_params)
-            sent = self._broadcast_local(data, _Outside(self._converted(path_params), exclude or ()))
-        else:
-            sent = self._broadcast_local(data, exclude or ())
+        data, excluded, params = checked_broadcast(data, exclude, path_params)
+        skipped = excluded if params is None else Outside(converted(self._route, params), excluded)
+        sent = self._broadcast_local(data, skipped)
         cluster = self._server._cluster
         if cluster is not None and not local:
-            cluster.publish(self, data, exclude or (), path_params)
+            cluster.publish(self, data, excluded, params)
         return sent
-
-    def _converted(self, params: dict[str, Any]) -> dict[str, Any]:
-        """String values converted as the pattern converts them (``"7"`` ->
-        ``7`` for ``<int:id>``), so they compare equal to
-        ``request.path_params``; a value that does not convert stays as
-        given (and matches no client)."""
-        if self._route is None:
-            return params
-        converted = dict(params)
-        for name, convert in self._route.conversions:
-            value = params.get(name)
-            if isinstance(value, str):
-                try:
-                    converted[name] = convert(value)
-                except ValueError:
-                    pass
-        return converted
 
     def _broadcast_local(self, data: Union[str, bytes], skipped: Container[WebSocket]) -> int:
         """Deliver to this process's clients (``broadcast``, and the cluster's subscriber for other processes' messages)."""
@@ -414,7 +388,7 @@ class WebSocketHandler(EventEmitter):
         log it and add its counts to the totals."""
         transport, incoming = ws._transport, ws._incoming
         code = ws.sent_close_code or 1006
-        drop = _drop_key(ws._dropped)
+        drop = drop_key(ws._dropped)
         if ws._presence is not None:
             ws._presence.leave(ws)
         self._server._directory.remove(ws)
@@ -432,41 +406,6 @@ class WebSocketHandler(EventEmitter):
         )
         self._server._release_connection()
         self._maybe_finish_close()
-
-
-#: ``WebSocket._dropped`` (the reason the server cut a connection) -> ``stats.DROP_KEYS``
-_DROPS = {
-    "write timeout": "write_timeout",
-    "keepalive ping timeout": "ping_timeout",
-    "close timeout": "close_timeout",
-}
-
-
-def _drop_key(reason: Optional[str]) -> Optional[str]:
-    if reason is None:
-        return None
-    if reason.startswith("send queue full"):
-        return "slow_consumer"
-    return _DROPS.get(reason, "other")
-
-
-class _Outside:
-    """The clients to skip in a broadcast to one set of path params: the
-    excluded ones, and those whose ``request.path_params`` lack an item. It
-    is checked against the snapshot of the connections (so a client that
-    connects meanwhile, to another room, is not sent to)."""
-
-    __slots__ = ("params", "exclude")
-
-    def __init__(self, params: dict[str, Any], exclude: Collection[WebSocket]) -> None:
-        self.params = params
-        self.exclude = exclude
-
-    def __contains__(self, ws: object) -> bool:
-        if not isinstance(ws, WebSocket) or ws in self.exclude:
-            return True
-        got = ws.request.path_params
-        return any(name not in got or got[name] != value for name, value in self.params.items())
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:

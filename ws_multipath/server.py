@@ -11,7 +11,6 @@ handshake and then reads the connection on the same thread until it ends.
 from __future__ import annotations
 
 import functools
-import signal
 import socket
 import ssl
 import sys
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from .arguments import NO_PORT, NoListen, check_arguments, check_listen_arguments, check_path, wsgi_options
 from .cluster.directory import Directory
+from .cluster.message import checked_send_to
 from .emitter import EventEmitter
 from .handler import WebSocketHandler
 from .http.handshake import HeadLimits, HTTPSide
@@ -31,6 +31,7 @@ from .http.routing import RoutingTable
 from .http.wsgi import WSGIServer
 from .log import logger
 from .options import HandlerOptions, HandlerOptionsDict
+from .serving import format_listen_address, wait_closed
 from .stats import server_stats
 from .sync.acceptor import Acceptor, check_reuse_port
 from .sync.capacity import Capacity, measure_capacity, report_capacity
@@ -290,7 +291,7 @@ class MultipathServer(EventEmitter):
             try:
                 self._acceptor.bind()
             except OSError as exc:  # name the address: "[Errno 98] cannot listen on 127.0.0.1:8000: Address already in use"
-                raise OSError(exc.errno, f"cannot listen on {_where(self._acceptor.address)}: {exc.strerror or exc}") from exc
+                raise OSError(exc.errno, f"cannot listen on {format_listen_address(self._acceptor.address)}: {exc.strerror or exc}") from exc
         self._flusher.open()  # its descriptors now, before connections can fill the table
         self._acceptor.start()
         report_capacity(self._max_connections, self.capacity)  # one line: the connection ceiling, a WARNING if below max_connections
@@ -305,21 +306,7 @@ class MultipathServer(EventEmitter):
         thread, or by Ctrl-C or SIGTERM, which close it gracefully."""
         if not self._acceptor.bound and not self._closing:
             self._listen()
-        restore = None
-        if threading.current_thread() is threading.main_thread():
-            restore = signal.signal(signal.SIGTERM, _raise_terminated)
-        try:
-            # A timed wait, not wait(): the kernel may deliver SIGTERM or SIGINT
-            # to any thread (the accept or timer thread), and then nothing
-            # interrupts the main thread's wait; Python runs the handler when
-            # the wait returns, within 0.5 s (socketserver polls the same way).
-            while not self._closed_event.wait(0.5):
-                pass
-        except (KeyboardInterrupt, _Terminated):
-            self.close()
-        finally:
-            if restore is not None:
-                signal.signal(signal.SIGTERM, restore)
+        wait_closed(self._closed_event, self.close)
 
     # -- handlers -----------------------------------------------------------
 
@@ -369,15 +356,10 @@ class MultipathServer(EventEmitter):
         a local connection or published, False when the id is not here and
         there is no broker (or the broker dropped it). Never blocks on the
         client."""
-        if not isinstance(id, str):
-            raise TypeError(f"id must be a str (a ws.id), not {type(id).__name__}")
-        if not isinstance(data, (str, bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
-        if not isinstance(data, str):
-            data = bytes(data)
-        if self._directory.send(id, data):
+        id, message = checked_send_to(id, data)
+        if self._directory.send(id, message):
             return True
-        return self._cluster.send_to(id, data) if self._cluster is not None else False
+        return self._cluster.send_to(id, message) if self._cluster is not None else False
 
     def unhandled_request(self, sock: socket.socket) -> Optional[Request]:
         """The request read from a socket given to ``'unhandled'`` listeners
@@ -473,19 +455,3 @@ class MultipathServer(EventEmitter):
                 callback()
             except Exception as exc:  # noqa: BLE001 - user code
                 self._listener_failed(exc, "close callback")
-
-
-class _Terminated(Exception):
-    """Raised in the main thread by SIGTERM while ``serve_forever`` waits."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _Terminated()
-
-
-def _where(address: Any) -> str:
-    """``host:port`` (``[::1]:8000``; ``*:8000`` for every interface) or a Unix socket's path."""
-    if isinstance(address, tuple):
-        host = address[0] or "*"
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-    return str(address)

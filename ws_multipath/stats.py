@@ -47,9 +47,9 @@ counter never goes back), with ``open`` 0.
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
-__all__ = ["REFUSAL_KEYS", "DROP_KEYS", "Refusals", "HandlerTotals", "merge", "server_stats"]
+__all__ = ["REFUSAL_KEYS", "DROP_KEYS", "drop_key", "Refusals", "HandlerTotals", "merge", "server_stats"]
 
 #: Reason keys of refused upgrades and requests.
 REFUSAL_KEYS = {
@@ -153,3 +153,19 @@ def server_stats(handler_stats: Iterable[dict[str, Any]], refused: dict[int, dic
         merge(total, one)
     total["paths"] = paths
     return total
+
+
+#: ``WebSocket._dropped`` (the reason the server cut a connection) -> ``stats.DROP_KEYS``
+_DROPS = {
+    "write timeout": "write_timeout",
+    "keepalive ping timeout": "ping_timeout",
+    "close timeout": "close_timeout",
+}
+
+
+def drop_key(reason: Optional[str]) -> Optional[str]:
+    if reason is None:
+        return None
+    if reason.startswith("send queue full"):
+        return "slow_consumer"
+    return _DROPS.get(reason, "other")

@@ -47,7 +47,7 @@ from ..linear_match import AnyCount, ByteClass, Literal, One, Piece, SequencePat
 
 __all__ = [
     "VERSION", "DEFAULT_PREFIX", "ClusterMessage", "encode", "decode", "target_channel", "subscription_of", "compile_glob",
-    "presence_channel", "send_channel", "encode_presence",
+    "presence_channel", "send_channel", "encode_presence", "checked_data", "checked_send_to",
 ]
 
 VERSION = 1
@@ -275,3 +275,18 @@ def _bracket_class(body: bytes) -> ByteClass:
             members.add(body[i])
         i += 1
     return ByteClass(value for value in range(256) if (value in members) != negate)
+
+
+def checked_data(data: Any) -> Union[str, bytes]:
+    """A message's data as sent: ``str`` (text) or ``bytes`` (binary);
+    ``TypeError`` for anything else."""
+    if not isinstance(data, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
+    return data if isinstance(data, str) else bytes(data)
+
+
+def checked_send_to(id: Any, data: Any) -> tuple[str, Union[str, bytes]]:
+    """``send_to``'s arguments, checked (``TypeError`` naming the wrong one)."""
+    if not isinstance(id, str):
+        raise TypeError(f"id must be a str (a ws.id), not {type(id).__name__}")
+    return id, checked_data(data)

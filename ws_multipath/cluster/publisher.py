@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 
 from ..http.routing import compile_pattern, is_pattern
 from .broker import Broker, make_broker
-from .message import encode, send_channel, target_channel
+from .message import checked_send_to, encode, send_channel, target_channel
 
 __all__ = ["Publisher"]
 
@@ -60,13 +60,8 @@ class Publisher:
         """Send ``data`` to the one connection whose ``ws.id`` is ``id``,
         in whichever server holds it (at-most-once: nobody holds it, nothing
         happens). False if the broker dropped it."""
-        if not isinstance(id, str):
-            raise TypeError(f"id must be a str (a ws.id), not {type(id).__name__}")
-        if not isinstance(data, (str, bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
-        if not isinstance(data, str):
-            data = bytes(data)
-        return self.broker.publish(send_channel(self.broker.prefix), encode(data, self.id, to=id))
+        id, message = checked_send_to(id, data)
+        return self.broker.publish(send_channel(self.broker.prefix), encode(message, self.id, to=id))
 
     def close(self) -> None:
         if self._owned:

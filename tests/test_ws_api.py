@@ -376,3 +376,16 @@ def test_concurrency_limit_is_one_semaphore_for_the_handlers_compressions(server
 def test_concurrency_limit_must_be_a_positive_int(server, limit):
     with pytest.raises(ValueError, match="concurrency_limit"):
         server.create_handler(path="/z", per_message_deflate={"concurrency_limit": limit})
+
+
+def test_a_websocket_class_that_raises_is_a_hook_failure(server):
+    class Broken(WebSocket):
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("no")
+
+    errors: queue.Queue = queue.Queue()
+    handler = server.create_handler(path="/b", websocket_class=Broken)
+    handler.on("error", errors.put)
+    assert raw_request(server, upgrade_head("/b")).startswith(b"HTTP/1.1 500 ")
+    error = errors.get(timeout=TIMEOUT)
+    assert "websocket_class" in str(error) and isinstance(error.__cause__, RuntimeError)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from .broadcast_targets import Outside, checked_broadcast, converted
 from .emitter import EventEmitter
 from .errors import HandshakeError, HookError
-from .http.hooks import final_response
+from .http.hooks import call_hook, final_response
 from .http.negotiation import negotiate
 from .http.request import Request
 from .http.routing import compile_pattern, is_pattern
@@ -294,7 +294,7 @@ class WebSocketHandler(EventEmitter):
             if not request.buffered and peer_half_closed(sock):
                 logger.info("dropping %s on %s: it closed its side before the 101", format_address(request.remote_address), self.path)
                 return False
-            ws = self._open(sock, request, protocol, extensions, deflate)
+            ws = call_hook("websocket_class", self._open, sock, request, protocol, extensions, deflate)
             handed_over = True
         except HookError as exc:
             self._listener_failed(exc, exc.hook)

@@ -186,7 +186,24 @@ def test_listening_reaches_the_handlers_and_address_is_none_once_closed():
 # -- a client that half-closes before its 101 ------------------------------------
 
 
-def test_a_client_that_half_closes_before_the_101_gets_none_and_no_connection_event(server):
+@pytest.mark.parametrize("high_descriptors", [False, True], ids=["low-fd", "fd-past-1024"])
+def test_a_client_that_half_closes_before_the_101_gets_none_and_no_connection_event(server, high_descriptors):
+    import os
+    import resource
+
+    held = []
+    if high_descriptors:  # the server's socket gets a descriptor past 1024, where select() cannot look
+        if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200:
+            pytest.skip("RLIMIT_NOFILE below 1200")
+        held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        _half_close_before_the_101(server)
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _half_close_before_the_101(server):
     fin_sent = threading.Event()
     opened: queue.Queue = queue.Queue()
 

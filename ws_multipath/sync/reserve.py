@@ -15,10 +15,11 @@ Owned by the accept loop's thread: nothing here is shared.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import time
 from typing import Optional
+
+from .sockets import readable
 
 __all__ = ["Reserve", "BUSY_RESPONSE"]
 
@@ -53,7 +54,7 @@ class Reserve:
         ``REFUSALS_PER_ROUND``); returns how many were answered."""
         answered = 0
         deadline = time.monotonic() + ROUND_SECONDS
-        while answered < REFUSALS_PER_ROUND and time.monotonic() < deadline and self._fd is not None and _readable(listening, 0):
+        while answered < REFUSALS_PER_ROUND and time.monotonic() < deadline and self._fd is not None and readable(listening, 0):
             os.close(self._fd)
             self._fd = None
             try:
@@ -81,13 +82,6 @@ def _open() -> Optional[int]:
         return None
 
 
-def _readable(sock: socket.socket, timeout: float) -> bool:
-    try:
-        return bool(select.select([sock], [], [], max(0.0, timeout))[0])
-    except (OSError, ValueError):  # closed meanwhile
-        return False
-
-
 def _answer_busy(sock: socket.socket, deadline: float) -> None:
     """Read the client's request (until ``deadline`` at most), write the 503
     without waiting, end the sending side and read until the client closes
@@ -96,11 +90,11 @@ def _answer_busy(sock: socket.socket, deadline: float) -> None:
     with sock:
         sock.setblocking(False)
         try:
-            if _readable(sock, deadline - time.monotonic()):
+            if readable(sock, deadline - time.monotonic()):
                 sock.recv(65536)
             sock.send(BUSY_RESPONSE)
             sock.shutdown(socket.SHUT_WR)
-            while _readable(sock, deadline - time.monotonic()) and sock.recv(65536):
+            while readable(sock, deadline - time.monotonic()) and sock.recv(65536):
                 pass
         except OSError:
             pass

@@ -18,12 +18,12 @@ from typing import Callable, Optional
 from ..protocol.masking import SPEEDUPS
 from ..protocol.writer import Payload
 
-__all__ = ["send_nowait", "send_small", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "send_progressing", "unsent", "wait_writable", "MIN_PROGRESS", "TLS_CHUNK", "advance", "as_bytes_view", "shutdown"]
+__all__ = ["send_nowait", "send_small", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "send_progressing", "unsent", "wait_writable", "readable", "peer_half_closed", "MIN_PROGRESS", "TLS_CHUNK", "advance", "as_bytes_view", "shutdown"]
 
 #: ``send_nowait(sock, data, more=False) -> int`` of the C speedups (a
-#: non-blocking send without ``socket.send``'s overhead, the GIL released
-#: around the call like any system call; MSG_MORE when ``more``), or None on
-#: the pure-Python path.
+#: non-blocking send without ``socket.send``'s overhead, keeping the GIL
+#: except in a thread that sends in a loop: _speedups.c says why; MSG_MORE
+#: when ``more``), or None on the pure-Python path.
 send_nowait: Optional[Callable[..., int]] = None
 if SPEEDUPS:
     from .. import _speedups  # type: ignore[attr-defined,unused-ignore]
@@ -155,6 +155,19 @@ def wait_writable(sock: socket.socket, deadline: float) -> bool:
             return True
 
 
+def readable(sock: socket.socket, timeout: float) -> bool:
+    """Wait at most ``timeout`` seconds (0: not at all) until ``sock`` has
+    something to read (data, a FIN or a reset). ``poll``, not ``select``:
+    descriptors past 1024 are the rule in a process holding thousands of
+    connections. False for a closed socket."""
+    poller = select.poll()
+    try:
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(max(0.0, timeout) * 1000))
+    except (OSError, ValueError):
+        return False
+
+
 def advance(buffers: list[Payload], sent: int) -> list[Payload]:
     """What is left of ``buffers`` after ``sent`` bytes went out."""
     while sent and buffers:
@@ -191,9 +204,9 @@ def peer_half_closed(sock: socket.socket) -> bool:
     Never waits, whatever the socket's timeout."""
     if isinstance(sock, ssl.SSLSocket):
         return False
+    if not readable(sock, 0):
+        return False
     try:
-        if not select.select([sock], [], [], 0)[0]:
-            return False
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except (BlockingIOError, InterruptedError, TimeoutError, ValueError):
         return False

@@ -399,9 +399,9 @@ def test_receive_timeout_while_pulling_then_messages_still_arrive(server):
 
 
 def test_a_busy_connection_listener_still_gets_pings_answered(server):
-    """A 'connection' listener that blocks without receiving: a reader thread
-    takes over the socket, so the client's ping is answered and the message
-    waits in the inbox."""
+    """A 'connection' listener that blocks without receiving: the connection
+    joins its event loop early, so the client's ping is answered and the
+    message waits in the inbox."""
     handler = server.create_handler(path="/busy")
     release = threading.Event()
     got: queue.Queue = queue.Queue()
@@ -414,7 +414,7 @@ def test_a_busy_connection_listener_still_gets_pings_answered(server):
     with connect(url(server, "/busy"), open_timeout=TIMEOUT) as client:
         client.send("queued meanwhile")
         assert client.ping(b"alive?").wait(TIMEOUT)
-        assert [t for t in threading.enumerate() if t.name.startswith("ws_multipath-reader")]
+        assert [t for t in threading.enumerate() if t.name == "ws_multipath-loop /busy"]
         release.set()
         assert got.get(timeout=TIMEOUT) == "queued meanwhile"
 

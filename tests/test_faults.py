@@ -531,7 +531,7 @@ def test_slowloris_connections_do_not_starve_a_legitimate_client(servers, errors
         kept.close()
         assert not log.close_codes() - collections.Counter({1000: 3}), log.close_codes()
         wait_until(lambda: thread_names()["ws_multipath-connection"] == 0, 10, message="request threads to end")
-        assert not handler.clients
+        wait_until(lambda: not handler.clients, 10, message="the connections to end")
     finally:
         stop.set()
         trickler.join(10)

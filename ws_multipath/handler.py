@@ -29,6 +29,7 @@ from .options import HandlerOptions
 from .protocol.frames import FrameReader, FrameWriter, Payload
 from .stats import HandlerTotals, Refusals, drop_key
 from .sync.connection import WebSocket
+from .sync.loop import EventLoop
 from .sync.sockets import peer_half_closed
 from .sync.transport import Transport
 
@@ -87,6 +88,11 @@ class WebSocketHandler(EventEmitter):
         self._totals = HandlerTotals()  # guarded by _lock
         self._refusals = Refusals()
         self._route = compile_pattern(path) if is_pattern(path) else None
+        name = path if options.loops == 1 else path + "#{}"
+        self._loops = [EventLoop(name.format(index), server._sysmon) for index in range(options.loops)]
+        for loop in self._loops:
+            server._sysmon.watch(loop)
+        self._loop_turn = 0
 
     def __repr__(self) -> str:
         return f"<WebSocketHandler {self.path} clients={len(self._connections)}>"
@@ -215,6 +221,9 @@ class WebSocketHandler(EventEmitter):
                 return
             self._closed = True
             callbacks, self._close_callbacks = self._close_callbacks, []
+        for loop in self._loops:  # its connections are gone
+            self._server._sysmon.forget(loop)
+            loop.stop()
         self.emit("close")
         for callback in callbacks:
             try:
@@ -264,14 +273,15 @@ class WebSocketHandler(EventEmitter):
         thread = threading.Thread(target=self._server._http.serve_upgrade, args=(self, sock, bytes(head), address), name="ws_multipath-connection", daemon=True)
         thread.start()
 
-    def _serve(self, ws: WebSocket) -> None:
-        """The ``'connection'`` listeners, then read until the connection ends."""
+    def _serve(self, ws: WebSocket) -> bool:
+        """The ``'connection'`` listeners, then the connection goes on in an
+        event loop: True when the loop owns its socket from now on."""
         ws._watch()
         self.emit("connection", ws, ws.request)
         self._server.emit("connection", ws, ws.request, self.path)
         if ws._presence is not None:
             ws._presence.enter(ws, self.path)
-        ws._serve()
+        return ws._serve()
 
     def _handshake(self, sock: socket.socket, request: Request, end_handshake: Callable[[], None]) -> Union[WebSocket, bool]:
         """Run the checks and hooks, then send the 101; returns the open
@@ -378,10 +388,17 @@ class WebSocketHandler(EventEmitter):
             extensions=extensions,
             parent=self,
             on_closed=self._remove,
+            loop=self._next_loop(),
         )
         if options.presence:
             ws._presence = server._presence
         return ws
+
+    def _next_loop(self) -> EventLoop:
+        """The loop for a new connection: each in turn."""
+        loops = self._loops
+        self._loop_turn = turn = (self._loop_turn + 1) % len(loops)
+        return loops[turn]
 
     def _remove(self, ws: WebSocket) -> None:
         """Forget a connection that ended (or whose 101 could not be sent):

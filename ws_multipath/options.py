@@ -78,6 +78,9 @@ class HandlerOptions:
       (``handler.presence()``, the ``'join'`` and ``'leave'`` events,
       ``ws.set_presence``), across the processes sharing the server's
       broker. False.
+    - ``loops``: event loops that run the handler's open connections
+      (``sync/loop.py``), each on one thread at a time. 1; more pay off
+      on a free-threaded Python, where they run in parallel.
     """
 
     max_payload: Optional[int] = 16 * MiB
@@ -97,6 +100,7 @@ class HandlerOptions:
     should_handle: Optional[Callable[[Any], Any]] = None
     websocket_class: Optional[type] = None
     presence: bool = False
+    loops: int = 1
 
     @property
     def payload_limit(self) -> int:
@@ -123,6 +127,7 @@ class HandlerOptions:
         if self.max_payload is not None and self.max_payload != 0:
             _positive_int("max_payload", self.max_payload)
         _positive_int("max_queue", self.max_queue)
+        _positive_int("loops", self.loops)
         if self.max_fragments is not None:
             _positive_int("max_fragments", self.max_fragments)
         if self.websocket_class is not None:
@@ -174,6 +179,7 @@ class HandlerOptionsDict(TypedDict, total=False):
     should_handle: Optional[Callable[[Any], Any]]
     websocket_class: Optional[type]
     presence: bool
+    loops: int
 
 
 def _positive_int(name: str, value: Any) -> None:

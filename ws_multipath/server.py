@@ -36,7 +36,8 @@ from .stats import server_stats
 from .sync.acceptor import Acceptor, check_reuse_port
 from .sync.capacity import Capacity, measure_capacity, report_capacity
 from .sync.flusher import Flusher
-from .sync.reader import listener_thread
+from .sync.handoff import Sysmon
+from .sync.dispatch import listener_thread
 from .sync.timers import Timers
 
 if TYPE_CHECKING:
@@ -185,6 +186,7 @@ class MultipathServer(EventEmitter):
         self._handlers: list[WebSocketHandler] = []  # every handler made, closed ones too (their counts stay)
         self._timers = Timers()
         self._flusher = Flusher()
+        self._sysmon = Sysmon()
         # _lock guards: the connection count and the closing state
         self._lock = threading.Lock()
         self._open_connections = 0
@@ -444,6 +446,7 @@ class MultipathServer(EventEmitter):
             self._presence.stop()
         self._timers.stop()
         self._flusher.stop()
+        self._sysmon.stop()
         self.emit("close")
         while True:
             with self._lock:

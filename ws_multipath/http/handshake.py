@@ -30,7 +30,7 @@ from ..emitter import EventEmitter
 from ..errors import HandshakeError
 from ..log import format_address, logger
 from ..stats import Refusals
-from ..sync.reader import listener_thread
+from ..sync.dispatch import listener_thread
 from ..sync.timers import Timers
 from .proxies import TrustedProxies
 from .request import Request, parse_request_head
@@ -192,7 +192,7 @@ class HTTPSide:
                 # routed its request (and held the head, the route...) are gone.
                 handler, ws = outcome
                 del outcome
-                handler._serve(ws)
+                detached = handler._serve(ws)  # True: its event loop owns the socket now
         except HandshakeError as exc:
             self._refused(address, exc)
             _send_quietly(deadline.sock, error_response(exc))
@@ -206,6 +206,8 @@ class HTTPSide:
                 self._deadlines.discard(deadline)
             if not detached:
                 deadline.sock.close()  # the TLS socket once wrapped, even when its handshake failed
+            else:
+                self._detach(sock)  # a loop or a listener owns it: the accept loop must not close it
 
     def _start_tls(self, sock: socket.socket, deadline: Deadline) -> socket.socket:
         if self._ssl_context is None:
@@ -238,13 +240,12 @@ class HTTPSide:
 
     def _dispatch(self, sock: socket.socket, request: Request, deadline: Deadline, head: bytes = b"") -> bool:
         """``_decide``, then serve the WebSocket if it became one; True when a
-        listener now owns the socket."""
+        listener or an event loop now owns the socket."""
         outcome = self._decide(sock, request, deadline, head)
         if isinstance(outcome, bool):
             return outcome
         handler, ws = outcome
-        handler._serve(ws)
-        return False
+        return handler._serve(ws)
 
     def _decide(self, sock: socket.socket, request: Request, deadline: Deadline, head: bytes = b"") -> "_Outcome":
         """Decide what the connection becomes: True when a listener now owns

@@ -1,11 +1,12 @@
 """One open WebSocket connection on the server side: ``WebSocket``.
 
-Threads: see ``reader.py``. In short, a connection costs one thread, the
-server's request thread: it runs the ``'connection'`` listeners, reads for a
-listener that waits in ``receive()``, and reads until the end once they
-return. ``'message'``, ``'ping'``, ``'pong'`` and ``'close'`` listeners run on
-the reading thread, in order, one at a time; there is no hand-off per
-message.
+Threads: see ``reader.py`` and ``loop.py``. In short, the server's request
+thread runs the ``'connection'`` listeners and reads for one that waits in
+``receive()``; once they return, the connection joins its handler's event
+loop and costs no thread of its own. ``'message'``, ``'ping'``, ``'pong'``
+and ``'close'`` listeners run on the thread that reads the connection, in
+order, one at a time, with no hand-off per message; one that blocks keeps
+its thread, and the loop goes on on another (``handoff.py``).
 
 Where messages go, and how arriving frames are acted on: ``incoming.py``.
 
@@ -36,6 +37,7 @@ from ..protocol.writer import as_kind
 from .heartbeat import Heartbeat
 from .inbox import Inbox
 from .incoming import Incoming
+from .loop import EventLoop
 from .reader import SocketReader
 from .timers import Timer, Timers
 from .transport import Transport
@@ -81,6 +83,7 @@ class WebSocket(EventEmitter):
         extensions: str = "",
         parent: Optional[EventEmitter] = None,
         on_closed: Any = None,
+        loop: Optional[EventLoop] = None,
     ) -> None:
         super().__init__(error_parent=parent)
         self.id = uuid.uuid4().hex  # unique across the cluster: broadcast(exclude=...) travels by id
@@ -99,14 +102,20 @@ class WebSocket(EventEmitter):
         self._presence_gone = False
         self._lock = threading.Lock()
         self._closing = Closing()
-        transport.attach(self._closing.may_write, self._fail)
+        if loop is None:
+            raise TypeError("loop: a WebSocket is made by its handler, which gives it an event loop")
         self._inbox = Inbox(options.max_queue)
         self._incoming = Incoming(self, reader, self._inbox, self._closing, transport, options, writer)
         self._close_timer: Optional[Timer] = None
         # stats.py: the handler's accounting (messages and bytes in: Incoming)
         self._opened_at = 0.0
         self._dropped: Optional[str] = None  # why the server cut the connection
-        self._socket_reader = SocketReader(transport.sock, timers, self._incoming.feed, self._begin, self._incoming.resume, self._finish, self._label(), options.max_queue, transport.tls_lock)
+        self._socket_reader = SocketReader(
+            transport.sock, timers, loop, self._incoming.feed, self._begin, self._incoming.resume, self._finish,
+            self._label(), options.max_queue, transport.tls_lock,
+        )
+        self._inbox.on_room = self._socket_reader.room
+        transport.attach(self._closing.may_write, self._fail, self._socket_reader.aborted)
         self._heartbeat = Heartbeat(
             timers,
             options.ping_interval,
@@ -240,6 +249,12 @@ class WebSocket(EventEmitter):
         if not written:
             raise self._closed_error()
 
+    def _post_quietly(self, frame: bytes, kind: FrameKind) -> None:
+        """Write a frame the library owes the peer without ever waiting
+        (the thread that reads must not block on a client that does not
+        read): what the socket does not take waits in the outbox."""
+        self._transport.post(frame, kind)
+
     def _write_quietly(self, frame: bytes, kind: FrameKind) -> None:
         """Write a frame the library owes the peer; a failure only aborts
         (the reader sees it and ends the connection)."""
@@ -328,6 +343,27 @@ class WebSocket(EventEmitter):
             self._closing.fatal(code, reason)
         self._seal()
 
+    # -- flow control -------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop reading from the client (ws's ``pause()``): no ``'message'``
+        (or other) event comes until ``resume()``, and the client is held
+        back by TCP once the kernel's buffers are full. Pings are not
+        answered meanwhile, and the heartbeat does not count the pongs it
+        cannot read against the client. Acts on the callback style: a
+        thread waiting in ``receive()`` reads regardless. Does nothing on
+        a closed connection."""
+        self._socket_reader.pause()
+
+    def resume(self) -> None:
+        """Read again after ``pause()`` (ws's ``resume()``)."""
+        self._socket_reader.resume_reading()
+
+    @property
+    def is_paused(self) -> bool:
+        """True between ``pause()`` and ``resume()`` (ws's ``isPaused``)."""
+        return self._socket_reader.paused
+
     # -- receiving ----------------------------------------------------------
 
     def receive(self, timeout: Optional[float] = None) -> Union[str, bytes]:
@@ -372,9 +408,11 @@ class WebSocket(EventEmitter):
         by a reader thread if they keep the request thread long."""
         self._socket_reader.watch()
 
-    def _serve(self) -> None:
-        """The request thread, after ``'connection'`` listeners: read to the end."""
-        self._socket_reader.serve()
+    def _serve(self) -> bool:
+        """The request thread, after ``'connection'`` listeners: the
+        connection goes on in its event loop (True: the loop owns the
+        socket now; False: it ended here)."""
+        return self._socket_reader.serve()
 
     def _begin(self) -> None:
         """Before the first read: start the heartbeat, parse what came with the handshake."""
@@ -392,7 +430,7 @@ class WebSocket(EventEmitter):
     def _on_close_frame(self, code: int, reason: str) -> None:
         with self._lock:
             echo = self._closing.received(code, reason)
-        self._write_quietly(self._writer.close(echo, reason.encode("utf-8")), FrameKind.CLOSE)
+        self._post_quietly(self._writer.close(echo, reason.encode("utf-8")), FrameKind.CLOSE)
         self._linger()
 
     def _linger(self) -> None:
@@ -405,16 +443,17 @@ class WebSocket(EventEmitter):
         if self._close_timer is None:
             self._close_timer = self._timers.call_later(self._options.close_timeout, self._transport.abort)
 
-    def _on_protocol_error(self, error: ProtocolError) -> None:
+    def _on_protocol_error(self, error: ProtocolError) -> bool:
         logger.info("failing %s: %s", self._label(), error)
         reason = error.reason[:120]
         with self._lock:
             self._closing.failed(error.code, reason)
         self._seal()
-        self._write_quietly(self._writer.close(error.code, reason.encode("utf-8")[:123]), FrameKind.CLOSE)
+        self._post_quietly(self._writer.close(error.code, reason.encode("utf-8")[:123]), FrameKind.CLOSE)
         self._linger()
         if self._listeners.get("error"):
-            self._incoming.emit_in_order("error", error, bounded=False)  # once per connection
+            return self._incoming.emit_in_order("error", error, bounded=False)  # once per connection
+        return True
 
     def _finish(self) -> None:
         self._heartbeat.stop()
@@ -428,12 +467,7 @@ class WebSocket(EventEmitter):
         self._transport.close()
         if self._on_closed is not None:
             self._on_closed(self)
-        dispatcher = self._socket_reader.dispatcher
-        if dispatcher is None:
-            self.emit("close", self.close_code, self.close_reason)
-        else:
-            dispatcher.call(self.emit, "close", self.close_code, self.close_reason)
-            dispatcher.finish()
+        self._incoming.emit_in_order("close", self.close_code, self.close_reason, bounded=False)
 
     def _post_heartbeat_ping(self, payload: bytes) -> None:
         """Heartbeat (timer thread): ping without blocking, while open."""

@@ -32,7 +32,7 @@ class Inbox:
     deque costs about 750 bytes, a condition another deque), and idle
     connections are most of a server's memory."""
 
-    __slots__ = ("_messages", "_lock", "_cond", "_waiting", "_max_size", "_sealed", "_closed")
+    __slots__ = ("_messages", "_lock", "_cond", "_waiting", "_max_size", "_sealed", "_closed", "on_room")
 
     def __init__(self, max_size: int) -> None:
         self._messages: Optional[collections.deque[Message]] = None
@@ -42,6 +42,9 @@ class Inbox:
         self._max_size = max_size
         self._sealed = False
         self._closed = False
+        #: Called (without the lock) when a message leaves a full inbox: the
+        #: connection's reader reads again (``SocketReader.room``).
+        self.on_room: Optional[Callable[[], None]] = None
 
     def __len__(self) -> int:
         messages = self._messages
@@ -87,22 +90,30 @@ class Inbox:
             if not self._messages and not self._closed:
                 if not self._wait_for(lambda: self._messages or self._closed, timeout):
                     raise TimeoutError(f"no message within {timeout} s")
-            return self._pop()
+            message, was_full = self._pop()
+        if was_full and self.on_room is not None:
+            self.on_room()
+        return message
 
     def get_nowait(self) -> Optional[Message]:
         if not self._messages:  # without the lock: an empty answer is as right as a moment later
             return None
         with self._lock:
-            return self._pop()
+            message, was_full = self._pop()
+        if was_full and self.on_room is not None:
+            self.on_room()
+        return message
 
-    def _pop(self) -> Optional[Message]:
+    def _pop(self) -> tuple[Optional[Message], bool]:
+        """The oldest message, and whether the inbox was full before."""
         messages = self._messages
         if not messages:
-            return None
+            return None, False
+        was_full = len(messages) >= self._max_size
         message = messages.popleft()
         if self._waiting:
             self._notify()
-        return message
+        return message, was_full
 
     def seal(self) -> None:
         """Stop making ``put`` wait: the connection is closing, its reader must

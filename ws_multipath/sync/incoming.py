@@ -2,25 +2,33 @@
 
 The socket reader (``reader.py``) hands each chunk it reads to ``feed``; the
 frame parser turns it into events, and each is acted on, in order, on the
-thread that read it: messages are delivered, pings answered, pongs given to
-the heartbeat, and a close frame or a protocol violation handed to the
-connection's closing side (``WebSocket._on_close_frame``,
-``_on_protocol_error``).
+thread that read it (the connection's runner): messages are delivered,
+pings answered, pongs given to the heartbeat, and a close frame or a
+protocol violation handed to the connection's closing side
+(``WebSocket._on_close_frame``, ``_on_protocol_error``).
 
 Where messages go: to the ``'message'`` listeners when there are any at the
-time the message is complete, otherwise to the inbox (at most ``max_queue``
-messages) that ``receive()`` and iteration read. When the inbox is full the
-connection stops reading the socket (backpressure) until the application
-takes a message.
+time the message is complete (inline, or queued for the connection's
+dispatcher after a hand-off: ``dispatch.py``), otherwise to the inbox (at
+most ``max_queue`` messages) that ``receive()`` and iteration read. When
+the inbox or the dispatcher's queue is full the events wait here, the
+reader stops reading the socket (backpressure: ``SocketReader.hold``) and
+goes on when the application made room; pings and pongs already read are
+acted on meanwhile, ahead of the messages that wait.
 
 A ``receive()`` caller that finds the inbox empty reads on its own thread
-(``pull``). Events read after a message it queued wait in ``_held_back``
-until it has returned that message, so that the answer to a message goes
-out before a close or a violation that followed it.
+(``pull``). Events read after a message it queued wait until it has
+returned that message, so that the answer to a message goes out before a
+close or a violation that followed it.
+
+Only the runner acts; a listener call during which the connection's
+reading was handed off (``SocketReader.leave_listener`` says so) ends the
+runner's turn, and the loop goes on from the next event.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
@@ -39,14 +47,29 @@ if TYPE_CHECKING:
 __all__ = ["Incoming"]
 
 
+_NO_EVENTS: list[Any] = []
+
+
+class _Emit:
+    """A ping or pong already acted on (answered, shown to the heartbeat)
+    while messages before it waited for room: only its event is left to
+    emit, in order."""
+
+    __slots__ = ("event", "payload")
+
+    def __init__(self, event: str, payload: bytes) -> None:
+        self.event = event
+        self.payload = payload
+
+
 class Incoming:
     """The reading side of one ``WebSocket``, which owns it.
 
-    ``messages_in`` and ``bytes_in`` are counted here (``stats.py``); they
-    and ``_held_back`` are touched only by the thread that reads the
-    connection (one at a time: ``reader.py``). The connection's listener
-    table and ``emit`` are used directly, so that a message costs no more
-    calls than if this were the connection itself.
+    ``messages_in`` and ``bytes_in`` are counted here (``stats.py``); they,
+    ``_pending`` and ``_pos`` are touched only by the connection's runner
+    (one thread at a time: ``reader.py``). The connection's listener table
+    and ``emit`` are used directly, so that a message costs no more calls
+    than if this were the connection itself.
 
     ``attach`` hands over the socket reader and the heartbeat, which are
     made after this (the socket reader calls ``feed``).
@@ -54,7 +77,7 @@ class Incoming:
 
     __slots__ = (
         "_ws", "_listeners", "_emit", "_frames", "_inbox", "_closing", "_transport", "_options", "_writer",
-        "_socket_reader", "_heartbeat", "_held_back", "messages_in", "bytes_in",
+        "_socket_reader", "_heartbeat", "_pending", "_pos", "messages_in", "bytes_in",
     )
 
     def __init__(
@@ -76,7 +99,8 @@ class Incoming:
         self._transport = transport
         self._options = options
         self._writer = writer
-        self._held_back: list[Event] = []  # events after a message the puller returns first
+        self._pending = _NO_EVENTS  # parsed events not acted on yet, from _pos on
+        self._pos = 0
         self.messages_in = 0
         self.bytes_in = 0
 
@@ -85,9 +109,9 @@ class Incoming:
         self._heartbeat = heartbeat
 
     def resume(self) -> None:
-        """A thread starts looping: act on events a puller held back."""
-        if self._held_back:
-            self.feed(b"")
+        """Act on the events that waited (for room, or for a puller)."""
+        if self._pos < len(self._pending):
+            self._act()
 
     def pull(self, timeout: Optional[float]) -> Optional[Union[str, bytes]]:
         """Read on this thread until a message is in the inbox (None: closed)."""
@@ -96,8 +120,8 @@ class Incoming:
             message = self._inbox.get_nowait()
             if message is not None or self._closing.state is ReadyState.CLOSED:
                 return message
-            if self._held_back:
-                self.feed(b"")
+            if self._pos < len(self._pending):
+                self._act()
                 continue
             if self._transport.corked:
                 self._transport.push()  # answers held for read-ahead that ended: out before waiting
@@ -107,90 +131,190 @@ class Incoming:
                 raise TimeoutError(f"no message within {timeout} s") from None
 
     def feed(self, data: bytes) -> None:
-        """Parse ``data`` and act on its events (``b""``: only the held-back ones)."""
+        """Parse ``data`` and act on its events."""
         self.bytes_in += len(data)
         if not self._closing.reads_frames:
             return
-        events = self._frames.receive_data(data) if data else []
-        if self._held_back:
-            events, self._held_back = self._held_back + events, []
+        events = self._frames.receive_data(data)
+        if not events:
+            return
+        if self._pos < len(self._pending):
+            events = self._pending[self._pos:] + events
+        self._pending, self._pos = events, 0
+        self._act()
+
+    def _act(self) -> None:
+        """Act on the pending events in order, until they are done, a
+        message finds no room, or the runner's turn ends (a hand-off).
+        With several events on plain TCP, the answers to all but the last
+        go out with MSG_MORE (see ``transport.py``)."""
+        pending = self._pending
+        reader = self._socket_reader
         transport = self._transport
-        if len(events) > 1 and transport.can_cork and not self._socket_reader.pulling:
-            try:
-                self._act_on(events, transport)
-            finally:
+        pulling = reader.pulling
+        cork = transport.can_cork and len(pending) - self._pos > 1 and not pulling
+        last = len(pending) - 1
+        queued = False  # a message went to the inbox while pulling
+        still_runner = True
+        try:
+            while True:
+                pos = self._pos
+                if pos > last:
+                    self._pending, self._pos = _NO_EVENTS, 0
+                    return
+                event = pending[pos]
+                kind = type(event)
+                if kind is Message:
+                    if self._no_room():
+                        self._hold(pos)
+                        return
+                elif self._no_room_for_control(kind, event):
+                    self._hold(pos)
+                    return
+                elif queued:
+                    # The puller returns the messages before this event to the application first,
+                    # so that their answers go out before a close or a violation that followed.
+                    return
+                self._pos = pos + 1
+                if cork:
+                    transport.more_coming = pos < last
+                if kind is Message:
+                    self.messages_in += 1
+                    delivered = self._deliver(event.data)
+                    if delivered is None:
+                        still_runner = False
+                        return
+                    if delivered and pulling:
+                        queued = True
+                else:
+                    still_runner = self._act_on_control(event, kind)
+                    if not still_runner:
+                        return
+        finally:
+            if cork and still_runner:
                 transport.more_coming = False
                 if transport.corked:
                     transport.push()
-        else:
-            self._act_on(events)
 
-    def _act_on(self, events: list[Event], corking: Optional[Transport] = None) -> None:
-        """Act on parsed events in order; with ``corking``, the answers to all
-        but the last go out with MSG_MORE (see ``transport.py``)."""
-        last = len(events) - 1
-        queued = False  # a message went to the inbox while pulling
-        for index, event in enumerate(events):
-            kind = type(event)
-            if corking is not None:
-                corking.more_coming = index < last
-            if kind is Message:
-                if queued and len(self._inbox) >= self._options.max_queue:
-                    self._held_back = events[index:]
-                    return
-                self.messages_in += 1
-                if self._deliver(event.data) and self._socket_reader.pulling:  # type: ignore[union-attr]
-                    queued = True
-            elif queued:
-                # The puller returns the messages before this event to the application first,
-                # so that their answers go out before a close or a violation that followed.
-                self._held_back = events[index:]
-                return
-            elif kind is Ping:
-                self._on_ping(event.payload)  # type: ignore[union-attr]
-            elif kind is Pong:
-                self._heartbeat.pong(event.payload)  # type: ignore[union-attr]
-                self.emit_in_order("pong", event.payload)  # type: ignore[union-attr]
-            elif kind is CloseReceived:
+    def _act_on_control(self, event: Event, kind: type) -> bool:
+        """Act on one event that is not a message; False when the runner's
+        turn ended in a listener."""
+        if kind is Ping:
+            return self._on_ping(event.payload)  # type: ignore[union-attr]
+        if kind is _Emit:
+            return self.emit_in_order(event.event, event.payload)  # type: ignore[union-attr]
+        if kind is Pong:
+            self._heartbeat.pong(event.payload)  # type: ignore[union-attr]
+            return self.emit_in_order("pong", event.payload)  # type: ignore[union-attr]
+        if kind is CloseReceived or kind is Failure:
+            # While open, after the messages queued for the dispatcher, so that their answers go
+            # out first; once closing, the messages are discarded and the close goes on at once.
+            dispatcher = self._socket_reader.dispatcher
+            if dispatcher is not None and dispatcher.thread is not threading.current_thread() and self._closing.is_open:
+                if kind is CloseReceived:
+                    queued = dispatcher.call(self._ws._on_close_frame, event.code, event.reason, bounded=False)  # type: ignore[union-attr]
+                else:
+                    queued = dispatcher.call(self._ws._on_protocol_error, event.error, bounded=False)  # type: ignore[union-attr]
+                if queued:
+                    return True
+            if kind is CloseReceived:
                 self._ws._on_close_frame(event.code, event.reason)  # type: ignore[union-attr]
-            elif kind is Failure:
-                self._ws._on_protocol_error(event.error)  # type: ignore[union-attr]
+                return True
+            return self._ws._on_protocol_error(event.error)  # type: ignore[union-attr]
+        return True
 
-    def _deliver(self, data: Union[str, bytes]) -> bool:
+    def _no_room(self) -> bool:
+        """True when the next message has nowhere to go yet (read by the
+        one thread that fills the queues: room only grows meanwhile)."""
+        if not self._closing.delivers_messages:
+            return False  # discarded
+        if self._listeners.get("message"):
+            dispatcher = self._socket_reader.dispatcher
+            return dispatcher is not None and dispatcher.full()
+        return len(self._inbox) >= self._options.max_queue
+
+    def _no_room_for_control(self, kind: type, event: Any) -> bool:
+        """True when a ping's or pong's event would queue for a full dispatcher."""
+        dispatcher = self._socket_reader.dispatcher
+        if dispatcher is None or not dispatcher.full():
+            return False
+        if kind is Ping:
+            return bool(self._listeners.get("ping"))
+        if kind is Pong:
+            return bool(self._listeners.get("pong"))
+        return kind is _Emit
+
+    def _hold(self, pos: int) -> None:
+        """The event at ``pos`` waits for room: stop reading. The pings read
+        are answered and the pongs shown to the heartbeat now; their events
+        wait in order with the rest."""
+        reader = self._socket_reader
+        reader.hold()
+        rest = self._pending[pos:]
+        waiting: list[Any] = []
+        for event in rest:
+            kind = type(event)
+            if kind is Ping:
+                if self._options.auto_pong:
+                    self._ws._post_quietly(self._writer.pong(event.payload), FrameKind.PONG)
+                if self._listeners.get("ping"):
+                    waiting.append(_Emit("ping", event.payload))
+            elif kind is Pong:
+                self._heartbeat.pong(event.payload)
+                if self._listeners.get("pong"):
+                    waiting.append(_Emit("pong", event.payload))
+            else:
+                waiting.append(event)
+        self._pending, self._pos = waiting, 0
+        if not waiting:  # a listener went away meanwhile: nothing waits after all
+            reader.room()
+            return
+        event = waiting[0]
+        kind = type(event)
+        if not (self._no_room() if kind is Message else self._no_room_for_control(kind, event)):
+            reader.room()  # the consumer made room before the hold was seen
+
+    def _deliver(self, data: Union[str, bytes]) -> Optional[bool]:
         """Give a message to the listeners, or else to the inbox (True).
-        Once the server is closing, it is discarded."""
+        Once the server is closing, it is discarded. None when the
+        runner's turn ended in the listener (a hand-off)."""
         if not self._closing.delivers_messages:
             return False
         if self._listeners.get("message"):
             dispatcher = self._socket_reader.dispatcher
-            if dispatcher is None:
-                self._emit_message(data)
-            else:
-                dispatcher.call(self._emit_message, data, wait=True)
-            return False
-        self._inbox.put(data, wait=not self._socket_reader.pulling)  # the puller is the consumer: never wait on itself
+            is_binary = not isinstance(data, str)
+            if dispatcher is not None and dispatcher.call(self._emit, "message", data, is_binary):
+                return False
+            return False if self._emit_inline("message", data, is_binary) else None
+        self._inbox.put(data, wait=False)
         return True
 
-    def _emit_message(self, data: Union[str, bytes]) -> None:
+    def _emit_inline(self, event: str, *args: Any) -> bool:
+        """Call the listeners on this thread; False when the connection's
+        reading was handed off meanwhile (this thread is its dispatcher now)."""
         reader = self._socket_reader
         reader.enter_listener()
         try:
-            self._emit("message", data, not isinstance(data, str))
-        finally:
-            reader.leave_listener()
-
-    def emit_in_order(self, event: str, *args: Any, bounded: bool = True) -> None:
-        """Emit on the thread that runs this connection's listeners, after
-        the messages read before (see ``dispatch.py``). A ``bounded`` call
-        counts against ``max_queue``, and is dropped when the queue is full
-        once the connection is closing; the one ``'error'`` is not."""
-        dispatcher = self._socket_reader.dispatcher
-        if dispatcher is None:
             self._emit(event, *args)
-        elif self._listeners.get(event):  # queued calls count against max_queue like messages
-            dispatcher.call(self._emit, event, *args, wait=bounded)
+        finally:
+            still_runner = reader.leave_listener()
+        return still_runner
 
-    def _on_ping(self, payload: bytes) -> None:
+    def emit_in_order(self, event: str, *args: Any, bounded: bool = True) -> bool:
+        """Emit after the messages read before (on the runner, or queued for
+        the dispatcher: see ``dispatch.py``). A ``bounded`` call counts
+        against ``max_queue`` and is dropped when the queue is full once the
+        connection is closing; the one ``'error'`` is not. False when the
+        runner's turn ended in a listener."""
+        if not self._listeners.get(event):
+            return True
+        dispatcher = self._socket_reader.dispatcher
+        if dispatcher is not None and dispatcher.thread is not threading.current_thread():
+            if dispatcher.call(self._emit, event, *args, bounded=bounded):
+                return True
+        return self._emit_inline(event, *args)
+
+    def _on_ping(self, payload: bytes) -> bool:
         if self._options.auto_pong:
-            self._ws._write_quietly(self._writer.pong(payload), FrameKind.PONG)
-        self.emit_in_order("ping", payload)
+            self._ws._post_quietly(self._writer.pong(payload), FrameKind.PONG)
+        return self.emit_in_order("ping", payload)

@@ -1,29 +1,36 @@
 """Who reads a connection's socket, and on which thread.
 
-One thread at a time reads a connection, in one of three modes:
+A connection is read in one of three modes:
 
-- LOOPING: a thread reads until the connection ends. Normally this is the
-  server's request thread once the ``'connection'`` listeners have returned,
-  so a connection costs one thread and messages reach ``'message'``
-  listeners with no hand-off.
+- LOOP: the connection is in its handler's event loop (``loop.py``): the
+  loop's thread reads it when it is readable and calls its listeners
+  inline. This is where a connection lives once its ``'connection'``
+  listeners have returned; it costs no thread of its own.
 - PULLING: a ``'connection'`` listener that calls ``receive()`` (the
   ``for message in ws`` style) reads on its own thread, the request thread,
-  for as long as it waits: still one thread, no hand-off.
+  for as long as it waits: no hand-off, no loop.
 - IDLE: nobody reads. While a ``'connection'`` listener is busy between two
   ``receive()`` calls, or has not called it yet, a watchdog on the timer
   thread checks the socket; when data has waited for ``TAKEOVER_AFTER``
-  seconds it starts a thread that reads from then on (LOOPING), so pings,
-  close frames and messages are never left unread for long.
+  seconds the connection joins its loop (LOOP) early, so pings, close
+  frames and messages are never left unread for long; its messages then
+  wait in the inbox for ``receive()``.
 
-And while LOOPING, when one ``'message'`` listener call keeps the reading
-thread for ``TAKEOVER_AFTER`` seconds or more while data waits, a busy check
-on the timer thread starts a second thread that reads from then on; the
-first becomes the connection's dispatcher and runs the listener calls the
-reader queues for it (``dispatch.py``), in order. Two threads, from then on,
-for that connection only.
+In LOOP mode, a task of the connection (reading it, or a call) runs on one
+thread at a time, its *runner*. When a listener keeps the runner so long
+that the loop is handed off (``handoff.py``), ``hand_off`` moves the
+reading to the loop too: the stuck thread becomes the connection's
+dispatcher (``dispatch.py``) and runs, in order, the listener calls the
+loop queues for it; the loop answers pings and sees pongs and close frames
+at once.
 
-``_lock`` guards the mode, the hand-over, the sealed flag and the busy
-check's timer; it is never held while reading or calling back.
+The loop stops reading the connection (the client is held back by TCP)
+while its inbox or dispatcher queue is full (``hold``/``room``), while
+``pause()`` holds it, and while another thread still runs one of its tasks.
+
+``_lock`` guards the mode, the runner, the hand-off, the flags and the
+watchdog; it is never held while reading, calling back, or taking the
+loop's lock (the loop takes it inside its own: ``hand_off``).
 """
 
 from __future__ import annotations
@@ -31,63 +38,68 @@ from __future__ import annotations
 import contextlib
 import enum
 import select
+import selectors
+import socket
 import ssl
 import threading
 import time
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..log import logger
-from .dispatch import Dispatcher, listener_thread
+from .dispatch import Dispatcher
 from .timers import Timer, Timers
 
-__all__ = ["SocketReader", "listener_thread", "TAKEOVER_AFTER"]
+if TYPE_CHECKING:
+    from .loop import EventLoop
+
+__all__ = ["SocketReader", "TAKEOVER_AFTER"]
 
 _NO_LOCK = contextlib.nullcontext()
 
-#: Seconds that received data may wait unread before a reader thread takes over.
+#: Seconds that received data may wait unread before the loop takes over.
 TAKEOVER_AFTER = 1.0
 
 # recv() sizes: CPython allocates the full size for every call, so a large
-# fixed size costs an allocation (and page faults) per small message and pins
-# memory in every idle connection. Start small, grow while reads fill the
-# buffer (bulk transfers), shrink back when they stop.
-#
-# The smallest size keeps the buffer (a bytes object: 33 bytes of header) in
-# pymalloc, which serves requests up to 512 bytes: a 1 KiB buffer came from
-# glibc's malloc, and shrinking it to the bytes read (realloc, every small
-# read) left its remainder in the thread's tcache. With hundreds of threads
-# doing that, glibc's heaps grew without end: +0.75 MiB/min at 256 clients
-# echoing 32 B messages (flat with GLIBC_TUNABLES=glibc.malloc.tcache_count=0
-# or with this size; MALLOC_ARENA_MAX=1 does not help). An idle connection's
-# pending recv() holds 512 bytes instead of about 1.1 KiB, too.
+# fixed size costs an allocation (and page faults) per small message. Start
+# small, grow while reads fill the buffer (bulk transfers), shrink back when
+# they stop. The smallest size keeps the buffer (a bytes object: 33 bytes of
+# header) in pymalloc, which serves requests up to 512 bytes: larger ones
+# come from glibc's malloc, whose per-thread caches grew without end when
+# hundreds of threads each shrank their buffers.
 _RECV_MIN = 512 - 33
 _RECV_MAX = 64 * 1024  # larger reads are over glibc's mmap threshold: 16 us each instead of 2.5 (strace)
+
+#: TLS records decrypted per task before the loop turns to other connections.
+_TLS_READS_PER_TASK = 16
 
 
 class Mode(enum.Enum):
     IDLE = "idle"
     PULLING = "pulling"
-    LOOPING = "looping"
+    LOOP = "loop"
 
 
 class SocketReader:
     """Reads one socket and hands each chunk to ``feed``.
 
-    ``begin`` runs once, before the first read; ``resume`` when a thread
-    starts looping; ``finish`` runs once, when reading ends (EOF, error, or
-    the socket shut down by another thread).
+    ``begin`` runs once, before the first read; ``resume`` acts on events
+    held back (a full inbox, a puller's read-ahead); ``finish`` runs once,
+    when reading ends (EOF, error, or the socket shut down by another
+    thread), on the thread that read last, after the loop let go of the
+    socket.
     """
 
     __slots__ = (
-        "_sock", "_tls_lock", "_recv", "_timers", "_feed", "_begin", "_resume", "_finish", "_name", "_recv_size",
-        "_lock", "_mode", "_home", "_looping_thread", "_began", "_done", "_idle_since", "_watchdog", "_max_queue",
-        "dispatcher", "_sealed", "_listener_calls", "_checked_calls", "_in_listener", "_busy_timer",
+        "_sock", "_fd", "_tls", "_tls_lock", "_timers", "_loop", "_feed", "_begin", "_resume", "_finish", "_name",
+        "_recv_size", "_lock", "_mode", "_home", "_runner", "_in_listener", "_began", "_done", "_held", "_paused",
+        "_deferred", "_aborted", "_eof_queued", "_registered", "_idle_since", "_watchdog", "_max_queue", "dispatcher", "_sealed",
     )
 
     def __init__(
         self,
-        sock: object,
+        sock: socket.socket,
         timers: Timers,
+        loop: "EventLoop",
         feed: Callable[[bytes], None],
         begin: Callable[[], None],
         resume: Callable[[], None],
@@ -97,9 +109,11 @@ class SocketReader:
         tls_lock: Optional[threading.Lock] = None,
     ) -> None:
         self._sock = sock
+        self._fd = sock.fileno()
+        self._tls = isinstance(sock, ssl.SSLSocket)
         self._tls_lock = tls_lock  # the transport's: one thread at a time in the SSL object
-        self._recv = self._recv_tls if isinstance(sock, ssl.SSLSocket) else sock.recv  # type: ignore[attr-defined]
         self._timers = timers
+        self._loop = loop
         self._feed = feed
         self._begin = begin
         self._resume = resume
@@ -109,120 +123,323 @@ class SocketReader:
         self._lock = threading.Lock()
         self._mode = Mode.IDLE
         self._home = threading.current_thread()
-        self._looping_thread: Optional[threading.Thread] = None
+        self._runner: Optional[threading.Thread] = None  # the thread in a task of this connection (LOOP)
+        self._in_listener = False  # the runner is inside a listener call
         self._began = False
         self._done = False
+        self._held = False  # no room for the next message (inbox or dispatcher full)
+        self._paused = False  # ws.pause()
+        self._deferred = False  # a task came while another thread still ran one: run it when that ends
+        self._aborted = False  # the socket was shut down: read to the end whatever holds it
+        self._eof_queued = False  # the end waits behind the dispatcher's calls: nothing more to read
+        self._registered = False  # in the loop's selector (changed by the loop's owner only)
         self._idle_since = time.monotonic()
         self._watchdog: Optional[Timer] = None
         self._max_queue = max_queue
-        #: Set once a second thread took over reading from a busy listener.
+        #: Set while a thread that lost the loop in a listener runs this
+        #: connection's queued listener calls (``dispatch.py``).
         self.dispatcher: Optional[Dispatcher] = None
-        self._sealed = False  # the connection is closing: a dispatcher made from now on starts sealed
-        self._listener_calls = 0  # 'message' listener calls so far
-        self._checked_calls = -1  # ... as the last busy check saw them
-        self._in_listener = False
-        self._busy_timer: Optional[Timer] = None
+        self._sealed = False  # closing: a dispatcher made from now on starts sealed
 
     @property
     def pulling(self) -> bool:
         return self._mode is Mode.PULLING
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def reading(self) -> bool:
-        """True while some thread reads (so an unanswered ping means something)."""
-        return self._mode is not Mode.IDLE or self._done
+        """True while the socket is being read (so an unanswered ping means something)."""
+        mode = self._mode
+        if mode is Mode.LOOP:
+            return self._done or self._aborted or not (self._held or self._paused)
+        return mode is Mode.PULLING or self._done
 
     def on_reading_thread(self) -> bool:
-        """True on the thread that reads now (a listener called from a read)."""
+        """True on a thread that runs this connection's listeners now (a
+        ``receive()`` there would wait for itself)."""
         current = threading.current_thread()
-        if self.dispatcher is not None and self.dispatcher.on_dispatcher():
+        dispatcher = self.dispatcher
+        if dispatcher is not None and dispatcher.thread is current:
             return True
         if self._mode is Mode.PULLING:
             return current is self._home
-        return self._mode is Mode.LOOPING and current is self._looping_thread
+        return self._runner is current
 
-    # -- LOOPING --------------------------------------------------------------
+    # -- listener calls on the runner (incoming.py) ----------------------------
 
-    def serve(self) -> None:
-        """On the home thread once its listeners returned: read to the end,
-        or wait for the takeover thread that already does."""
+    def enter_listener(self) -> None:
+        self._in_listener = True
+
+    def leave_listener(self) -> bool:
+        """After a listener call on the runner: False when the connection's
+        reading was handed off meanwhile (the caller stops acting on it)."""
         with self._lock:
-            takeover = self._looping_thread
-            self._mode = Mode.LOOPING
+            self._in_listener = False
+            dispatcher = self.dispatcher
+            return dispatcher is None or dispatcher.thread is not threading.current_thread()
+
+    # -- joining the loop -----------------------------------------------------
+
+    def serve(self) -> bool:
+        """On the home thread once its ``'connection'`` listeners returned:
+        the connection goes on in its loop. True when the loop owns the
+        socket now; False when the connection ended here."""
+        with self._lock:
             self._cancel_watchdog()
-        if takeover is not None:
-            takeover.join()
-        else:
-            self._loop()
-
-    def _loop(self) -> None:
-        listener_thread.active = True
-        self._looping_thread = threading.current_thread()
-        try:
-            self._begin_once()
-            self._resume()
-            while self.dispatcher is None and self._read_once():
-                pass
-        except Exception:  # noqa: BLE001 - a bug: log it, never leak the socket
-            logger.exception("reader of %s failed", self._name)
-        finally:
-            if self.dispatcher is not None and self.dispatcher.on_dispatcher():
-                self.dispatcher.run()  # the new reader thread ends the connection
-            else:
-                self._end()
-
-    def _loop_after_hand_over(self) -> None:
-        """The second thread, once a busy listener handed reading over."""
-        listener_thread.active = True
-        try:
-            while self._read_once():
-                pass
-        except Exception:  # noqa: BLE001 - a bug: log it, never leak the socket
-            logger.exception("reader of %s failed", self._name)
-        finally:
-            self._end()
-
-    def _read_once(self) -> bool:
-        """One ``recv`` and its processing; False when reading is over."""
-        size = self._recv_size
-        try:
-            data = self._recv(size)
-        except OSError:
-            return False
-        if not data:
-            return False
-        if len(data) == size:
-            self._recv_size = min(size * 4, _RECV_MAX)
-        elif size > _RECV_MIN and len(data) < size >> 3:
-            self._recv_size = size >> 1
-        self._feed(data)
+            if self._done:
+                return False
+            join = self._mode is not Mode.LOOP
+            self._mode = Mode.LOOP
+        if join:
+            return self._join_loop()
         return True
 
-    def _recv_tls(self, size: int) -> bytes:
-        """``recv`` on a TLS socket, which the transport keeps non-blocking
-        so that writes never block: wait for readability here instead."""
-        sock: ssl.SSLSocket = self._sock  # type: ignore[assignment]
-        lock = self._tls_lock or _NO_LOCK
-        while True:
-            try:
-                with lock:
-                    return sock.recv(size)
-            except ssl.SSLWantReadError:
-                self._readable(None)
-            except ssl.SSLWantWriteError:
-                select.select([], [sock], [], 1.0)
+    def _join_loop(self) -> bool:
+        if self._loop.call_soon(self, self._first_task):
+            return True
+        with self._lock:  # the loop stopped (the server closed meanwhile): end here
+            self._mode = Mode.PULLING
+        self._end()
+        return False
 
-    def _begin_once(self) -> None:
-        if not self._began:
-            self._began = True
-            self._begin()
+    def _first_task(self) -> None:
+        if self._claim():
+            try:
+                if not self._began:
+                    self._began = True
+                    self._begin()
+                self._resume()
+            finally:
+                self._release()
+        self._sync()
+
+    # -- tasks on the loop ------------------------------------------------------
+
+    def on_ready(self) -> None:
+        """The loop found the socket readable: read what is there and act on it."""
+        if not self._claim():
+            return
+        try:
+            self._read_some()
+        finally:
+            self._release()
+
+    def _continue(self) -> None:
+        """A task: act on the events held back, then read again if nothing holds."""
+        if self._claim():
+            try:
+                self._resume()
+            finally:
+                self._release()
+        self._sync()
+
+    def _claim(self) -> bool:
+        """Become the runner; False (and the task deferred) while another
+        thread still runs one, or once ended."""
+        with self._lock:
+            if self._done:
+                return False
+            if self._runner is not None:
+                self._deferred = True
+                deferred = True
+            else:
+                self._runner = threading.current_thread()
+                deferred = False
+        if deferred:
+            self._sync()  # stop watching: no busy loop while the other thread finishes
+        return not deferred
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._runner is threading.current_thread():
+                self._runner = None
+            deferred, self._deferred = self._deferred, False
+        if deferred:
+            self._loop.call_soon(self, self._continue)
+
+    def _read_some(self) -> None:
+        for _ in range(_TLS_READS_PER_TASK):
+            data = self._recv_nowait()
+            if data is None:
+                return
+            if not data:
+                self._at_eof()
+                return
+            self._feed(data)
+            if not self._tls or self._done or self._held:
+                return
+            with self._tls_lock or _NO_LOCK:
+                if not self._sock.pending():  # type: ignore[attr-defined]
+                    return
+        self._loop.call_soon(self, self._continue)  # more decrypted data: after the others' turn
+
+    def _recv_nowait(self) -> Optional[bytes]:
+        """Read without waiting: None when nothing is there yet, b"" at the end."""
+        size = self._recv_size
+        try:
+            if self._tls:
+                with self._tls_lock or _NO_LOCK:
+                    data = self._sock.recv(size)
+            else:
+                data = self._sock.recv(size, socket.MSG_DONTWAIT)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        except OSError:
+            return b""
+        self._adapt(len(data), size)
+        return data
+
+    def _adapt(self, received: int, size: int) -> None:
+        if received == size:
+            self._recv_size = min(size * 4, _RECV_MAX)
+        elif size > _RECV_MIN and received < size >> 3:
+            self._recv_size = size >> 1
+
+    def _at_eof(self) -> None:
+        """The end of the stream: the connection ends; while it is open,
+        after the listener calls queued for its dispatcher (a client's
+        close frame may be among them, whose echo must go out first)."""
+        dispatcher = self.dispatcher
+        if dispatcher is not None and dispatcher.thread is not threading.current_thread() and not self._sealed:
+            self._eof_queued = True
+            self._sync()  # an EOF stays readable: stop watching
+            if dispatcher.call(self._end, bounded=False):
+                return
+        self._end()
+
+    def _wants_reading(self) -> bool:
+        if self._mode is not Mode.LOOP or self._done or self._deferred or self._eof_queued:
+            return False
+        return self._aborted or not (self._held or self._paused)
+
+    def _sync(self) -> None:
+        """Have the loop watch the socket exactly while it should be read."""
+        self._loop.sync(self)
+
+    def sync_on_loop(self, selector: selectors.BaseSelector) -> None:
+        """On the loop's owner, under the loop's lock: register or
+        unregister the socket to match ``_wants_reading``."""
+        want = self._wants_reading()
+        if want and not self._registered:
+            try:
+                selector.register(self._fd, selectors.EVENT_READ, self)
+            except KeyError:  # still registered (a stale entry): take it over
+                selector.modify(self._fd, selectors.EVENT_READ, self)
+            except (OSError, ValueError):  # closed meanwhile: the reader sees the end
+                return
+            self._registered = True
+        elif not want and self._registered:
+            self.unregister_on_loop(selector)
+
+    # -- backpressure and pause (incoming.py, the application's threads) --------
+
+    def hold(self) -> None:
+        """No room for the next message: stop reading until ``room``."""
+        self._held = True
+        if self._mode is Mode.LOOP:
+            self._sync()
+
+    def room(self) -> None:
+        """The inbox or the dispatcher made room (any thread): read again."""
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+            loop = self._mode is Mode.LOOP and not self._done
+        if loop:
+            self._loop.call_soon(self, self._continue)
+
+    def pause(self) -> None:
+        with self._lock:
+            self._paused = True
+            loop = self._mode is Mode.LOOP and not self._done
+        if loop:
+            self._sync()
+
+    def resume_reading(self) -> None:
+        with self._lock:
+            if not self._paused:
+                return
+            self._paused = False
+            loop = self._mode is Mode.LOOP and not self._done
+        if loop:
+            self._loop.call_soon(self, self._continue)
+
+    def aborted(self) -> None:
+        """The socket was shut down (any thread): read on to its end, so
+        that the connection finishes even while held or paused."""
+        with self._lock:
+            if self._aborted or self._done:
+                return
+            self._aborted = True
+            loop = self._mode is Mode.LOOP
+        if loop:
+            self._loop.call_soon(self, self._continue)
+
+    # -- the hand-off (the sysmon, under the loop's lock) -------------------------
+
+    def hand_off(self, stuck: threading.Thread) -> Optional[Callable[[], None]]:
+        """The loop was taken from ``stuck`` while it ran a task of this
+        connection. If it was inside a listener, this connection's reading
+        moves to the loop and ``stuck`` becomes its dispatcher: returns the
+        task that acts on the events it had not reached."""
+        with self._lock:
+            current = self.dispatcher
+            if self._runner is not stuck or not self._in_listener or self._done or (current is not None and not current.dissolved):
+                return None
+            self.dispatcher = Dispatcher(self._max_queue, stuck, self.room)
+            if self._sealed:
+                self.dispatcher.seal()
+            self._runner = None
+        return self._continue
+
+    def run_dispatcher(self, me: threading.Thread) -> None:
+        """On a thread that lost the loop in one of this connection's tasks:
+        run the listener calls queued for it meanwhile, then let it go."""
+        dispatcher = self.dispatcher
+        if dispatcher is None or dispatcher.thread is not me:
+            return
+        dispatcher.run()
+        with self._lock:
+            if self.dispatcher is dispatcher:
+                self.dispatcher = None
+
+    def seal(self) -> None:
+        """The connection is closing: nothing may hold the reader back from
+        the close frame any more."""
+        with self._lock:
+            self._sealed = True
+            dispatcher = self.dispatcher
+        if dispatcher is not None:
+            dispatcher.seal()
+        self.room()
+
+    # -- the end ----------------------------------------------------------------
 
     def _end(self) -> None:
-        if not self._done:
+        """Reading is over: the loop lets go of the socket, then ``finish``."""
+        with self._lock:
+            if self._done:
+                return
             self._done = True
-            self._cancel_busy_check()
+            self._cancel_watchdog()
+            loop = self._mode is Mode.LOOP
+        if loop:
+            self._loop.release(self, self._finish)
+        else:
             self._finish()
 
-    # -- PULLING --------------------------------------------------------------
+    def unregister_on_loop(self, selector: selectors.BaseSelector) -> None:
+        if self._registered:
+            self._registered = False
+            try:
+                selector.unregister(self._fd)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    # -- PULLING ------------------------------------------------------------------
 
     def claim_pull(self) -> bool:
         """Become the reader on the home thread, if nobody reads; True if so."""
@@ -232,6 +449,7 @@ class SocketReader:
             if self._mode is not Mode.IDLE or self._done:
                 return False
             self._mode = Mode.PULLING
+            self._cancel_watchdog()
             return True
 
     def pull_once(self, deadline: Optional[float]) -> None:
@@ -239,17 +457,39 @@ class SocketReader:
         (``TimeoutError`` then). Ends the connection on EOF. The first call
         only begins (which may already deliver what came with the handshake)."""
         if not self._began:
-            self._begin_once()
+            self._began = True
+            self._begin()
             return
         if deadline is not None and not self._readable(deadline - time.monotonic()):
             raise TimeoutError("no message in time")
         try:
-            more = self._read_once()
+            data = self._recv_blocking()
+        except OSError:
+            data = b""
         except BaseException:
             self._end()
             raise
-        if not more:
+        if data:
+            self._feed(data)
+        else:
             self._end()
+
+    def _recv_blocking(self) -> bytes:
+        size = self._recv_size
+        if not self._tls:
+            data = self._sock.recv(size)
+        else:  # the transport keeps a TLS socket non-blocking: wait for it here
+            while True:
+                try:
+                    with self._tls_lock or _NO_LOCK:
+                        data = self._sock.recv(size)
+                    break
+                except ssl.SSLWantReadError:
+                    self._readable(None)
+                except ssl.SSLWantWriteError:
+                    select.select([], [self._sock], [], 1.0)
+        self._adapt(len(data), size)
+        return data
 
     def release_pull(self) -> None:
         """Stop pulling; the watchdog watches the socket meanwhile."""
@@ -259,73 +499,7 @@ class SocketReader:
                 self._idle_since = time.monotonic()
                 self._arm_watchdog(TAKEOVER_AFTER)
 
-    # -- LOOPING: a busy listener (reading thread, then timer thread) ----------
-
-    def enter_listener(self) -> None:
-        """A ``'message'`` listener is about to run on the reading thread."""
-        self._listener_calls += 1
-        self._in_listener = True
-        if self._busy_timer is None and self.dispatcher is None and self._mode is Mode.LOOPING:
-            with self._lock:
-                if self._busy_timer is None and not self._done:
-                    self._busy_timer = self._timers.call_later(TAKEOVER_AFTER, self._on_busy_check)
-
-    def leave_listener(self) -> None:
-        with self._lock:  # exclusive with a hand-over, so that two threads never read
-            self._in_listener = False
-
-    def _on_busy_check(self) -> None:
-        """Timer thread: hand reading over if one listener call has lasted
-        since the last check while data waits; check again while busy."""
-        with self._lock:
-            self._busy_timer = None
-            if self._done or self.dispatcher is not None or self._mode is not Mode.LOOPING:
-                return
-            calls, previous = self._listener_calls, self._checked_calls
-            self._checked_calls = calls
-            stuck = self._in_listener and calls == previous
-            if not stuck and not self._in_listener and calls == previous:
-                return  # idle: the next listener call arms the check again
-        if stuck and self._readable(0):
-            with self._lock:
-                if self._in_listener and not self._done and self._listener_calls == calls:
-                    self._hand_over()
-                    return
-        with self._lock:
-            if self._busy_timer is None and not self._done and self.dispatcher is None:
-                self._busy_timer = self._timers.call_later(TAKEOVER_AFTER, self._on_busy_check)
-
-    def _hand_over(self) -> None:
-        """Start the second reader (``_lock`` held, the listener still running)."""
-        busy = self._looping_thread
-        assert busy is not None
-        thread = threading.Thread(target=self._loop_after_hand_over, name=f"ws_multipath-reader {self._name}", daemon=True)
-        self.dispatcher = Dispatcher(self._max_queue, busy)
-        if self._sealed:
-            self.dispatcher.seal()
-        self._looping_thread = thread
-        try:
-            thread.start()
-        except RuntimeError as exc:  # out of threads: the busy thread keeps reading
-            logger.error("cannot start a reader thread for %s: %s", self._name, exc)
-            self.dispatcher, self._looping_thread = None, busy
-
-    def seal(self) -> None:
-        """The connection is closing: its dispatcher, now or made later, must
-        never make the reader wait (``dispatch.py``)."""
-        with self._lock:
-            self._sealed = True
-            dispatcher = self.dispatcher
-        if dispatcher is not None:
-            dispatcher.seal()
-
-    def _cancel_busy_check(self) -> None:
-        with self._lock:
-            if self._busy_timer is not None:
-                self._busy_timer.cancel()
-                self._busy_timer = None
-
-    # -- IDLE: the watchdog (timer thread) ------------------------------------
+    # -- IDLE: the watchdog (timer thread) ------------------------------------------
 
     def watch(self) -> None:
         """Start watching the socket while the ``'connection'`` listeners run."""
@@ -356,28 +530,22 @@ class SocketReader:
                 if self._mode is Mode.IDLE:
                     self._arm_watchdog(TAKEOVER_AFTER)
             return
-        with self._lock:  # started under the lock, so that serve() never joins an unstarted thread
+        with self._lock:
             if self._mode is not Mode.IDLE or self._done:
                 return
-            thread = threading.Thread(target=self._loop, name=f"ws_multipath-reader {self._name}", daemon=True)
-            self._mode, self._looping_thread = Mode.LOOPING, thread
-            try:
-                thread.start()
-            except RuntimeError as exc:  # out of threads: try again later
-                logger.error("cannot start a reader thread for %s: %s", self._name, exc)
-                self._mode, self._looping_thread = Mode.IDLE, None
-                self._arm_watchdog(TAKEOVER_AFTER)
+            self._mode = Mode.LOOP
+        self._join_loop()
 
     def _readable(self, timeout: Optional[float]) -> bool:
         """Wait until the socket has data (or failed), at most ``timeout``
         seconds (None: no limit)."""
-        if isinstance(self._sock, ssl.SSLSocket):
+        if self._tls:
             with self._tls_lock or _NO_LOCK:
-                if self._sock.pending():
+                if self._sock.pending():  # type: ignore[attr-defined]
                     return True
         poller = select.poll()
         try:
-            poller.register(self._sock.fileno(), select.POLLIN)  # type: ignore[attr-defined]
+            poller.register(self._sock.fileno(), select.POLLIN)
             return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
         except (OSError, ValueError):
             return True  # a closed socket: let recv report it

@@ -77,7 +77,7 @@ class Transport:
     __slots__ = (
         "sock", "fd", "_flusher", "_write_timeout", "_tls", "tls_lock", "_may_write", "_on_fatal",
         "_write_lock", "_state_lock", "_outbox", "_enrolled", "_progress_at", "_progress", "_unsent", "_closed",
-        "messages_out", "bytes_out", "can_cork", "more_coming", "_corked", "corked_at",
+        "messages_out", "bytes_out", "can_cork", "more_coming", "_corked", "corked_at", "_on_abort", "_fin_pending",
     )
 
     def __init__(self, sock: socket.socket, flusher: Flusher, write_timeout: Optional[float]) -> None:
@@ -92,6 +92,8 @@ class Transport:
             sock.setblocking(False)  # the reader waits for readability itself (reader.py)
         self._may_write: Callable[[FrameKind], bool] = lambda kind: True
         self._on_fatal: Callable[[int, str], None] = lambda code, reason: None
+        self._on_abort: Callable[[], None] = lambda: None
+        self._fin_pending = False  # shutdown_write once the frames before it are out (_state_lock)
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._outbox = Outbox()
@@ -112,12 +114,14 @@ class Transport:
         #: The flusher's tick when this transport last began to hold frames.
         self.corked_at = 0
 
-    def attach(self, may_write: Callable[[FrameKind], bool], on_fatal: Callable[[int, str], None]) -> None:
+    def attach(self, may_write: Callable[[FrameKind], bool], on_fatal: Callable[[int, str], None], on_abort: Callable[[], None]) -> None:
         """Connect to the connection: ``may_write(kind)`` admits each frame
         (under the write lock), ``on_fatal(code, reason)`` hears of a write
-        deadline or outbox overflow before the socket is aborted."""
+        deadline or outbox overflow before the socket is aborted, and
+        ``on_abort()`` of every abort (the reader reads on to the end)."""
         self._may_write = may_write
         self._on_fatal = on_fatal
+        self._on_abort = on_abort
 
     @property
     def closed(self) -> bool:
@@ -175,6 +179,8 @@ class Transport:
             self._write_lock.release()
             if self._outbox:  # see _release
                 self._enrol_if_waiting()
+            elif self._fin_pending:
+                self._fin_if_flushed()
 
     @contextmanager
     def writing(self) -> Iterator[Callable[..., None]]:
@@ -325,6 +331,8 @@ class Transport:
         self._write_lock.release()
         if self._outbox:
             self._enrol_if_waiting()
+        elif self._fin_pending:
+            self._fin_if_flushed()
 
     def _enrol_if_waiting(self) -> None:
         with self._state_lock:
@@ -368,7 +376,9 @@ class Transport:
                     self._progress_at = time.monotonic()
                 return True
             self._enrolled = False
-            return False
+        if self._fin_pending:
+            self._fin_if_flushed()
+        return False
 
     def write_overdue(self, now: float) -> bool:
         """True (and the client dropped) when the outbox made no progress
@@ -393,13 +403,31 @@ class Transport:
         """Shut the socket down both ways (any thread): blocked reads and
         waits return at once. Does nothing once closed."""
         with self._state_lock:
-            if not self._closed:
-                shutdown(self.sock, socket.SHUT_RDWR)
+            if self._closed:
+                return
+            shutdown(self.sock, socket.SHUT_RDWR)
+        self._on_abort()
 
     def shutdown_write(self) -> None:
-        """Send FIN after the last frame (the peer reads EOF), keep reading."""
+        """Send FIN after the last frame (the peer reads EOF), keep reading.
+        Frames still in the outbox, or being written, go first."""
         with self._state_lock:
-            if not self._closed:
+            if self._closed:
+                return
+            if self._outbox or self._write_lock.locked():
+                self._fin_pending = True
+            else:
+                shutdown(self.sock, socket.SHUT_WR)
+                return
+        # The writer checks _fin_pending after releasing the write lock; this
+        # checks the lock after setting it: one of the two sees the other.
+        if not self._write_lock.locked():
+            self._fin_if_flushed()
+
+    def _fin_if_flushed(self) -> None:
+        with self._state_lock:
+            if self._fin_pending and not self._outbox and not self._closed and not self._write_lock.locked():
+                self._fin_pending = False
                 shutdown(self.sock, socket.SHUT_WR)
 
     def close(self) -> None:

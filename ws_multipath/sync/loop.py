@@ -1,0 +1,341 @@
+"""An event loop that runs open connections: ``EventLoop``.
+
+Each handler has one (``loops=N``: N), and each of its connections, once
+its ``'connection'`` listeners have returned, is registered in one of them.
+The loop's thread waits in one selector (epoll on Linux) for every such
+socket, and for each one that is readable runs a *task*: the connection
+reads what is there, parses it and calls its listeners, inline, with no
+hand-off per message. An idle connection so costs no thread.
+
+User code may block in a task (a listener that queries a database, sleeps,
+sends to a slow client). The loop is then handed off (``handoff.py``): the
+thread stuck in the task loses the loop, and another thread, a spare or a
+new one, takes over selecting and running the other connections' tasks,
+starting with those the stuck thread had found ready. The stuck thread
+finishes its task, runs the listener calls its connection queued for it
+meanwhile (``dispatch.py``), then waits as a spare for the next hand-off,
+or ends. So threads are bounded by the loops plus the listeners blocked at
+the moment, not by connections.
+
+Tasks also come from other threads as calls (``call_soon``): a connection
+joining the loop, or told to read again once its application made room.
+
+``_lock`` guards the calls, the owner, the ready list and its position,
+the task being run, the spares and the stopped flag; the selector belongs
+to the owner, which changes only under ``_lock``. It is never held while a
+task runs or while selecting.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from ..log import logger
+from .dispatch import listener_thread
+
+if TYPE_CHECKING:
+    from .handoff import Sysmon
+    from .reader import SocketReader
+
+__all__ = ["EventLoop", "SPARE_IDLE", "MAX_SPARES"]
+
+#: Seconds a spare thread waits for a hand-off before it ends.
+SPARE_IDLE = 10.0
+#: Spare threads kept per loop; a thread that frees itself beyond these ends.
+MAX_SPARES = 2
+
+Call = tuple["SocketReader", Callable[[], None]]
+
+
+class EventLoop:
+    """One selector and the threads that take turns running it (see above).
+
+    ``task_seq`` and ``in_task`` are written by the owner and read by the
+    sysmon under ``_lock``: a task seen running at two of its samples with
+    the same ``task_seq`` is stuck (``handoff.py``).
+    """
+
+    def __init__(self, name: str, sysmon: "Sysmon") -> None:
+        self.name = name
+        self._sysmon = sysmon
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._spare_cond = threading.Condition(self._lock)
+        self._calls: list[Call] = []
+        self._ready: list[tuple[selectors.SelectorKey, int]] = []
+        self._next = 0  # position in _ready of the next task
+        self._owner: Optional[threading.Thread] = None
+        self._started = False
+        self._stopped = False
+        self._selecting = False
+        self._woken = False
+        self._spares = 0
+        self._wanted = 0  # hand-offs waiting for a spare to take the loop
+        self.threads = 0  # threads of this loop alive now (owner, dispatchers, spares)
+        self.task_seq = 0
+        self.in_task = False
+        self.task_reader: Optional["SocketReader"] = None
+        self.sampled_seq = -1  # the sysmon's, under _lock
+
+    def __repr__(self) -> str:
+        return f"<EventLoop {self.name} threads={self.threads}>"
+
+    # -- any thread -----------------------------------------------------------
+
+    def call_soon(self, reader: "SocketReader", fn: Callable[[], None]) -> bool:
+        """Run ``fn`` as a task of ``reader``'s connection on the loop; False
+        once the loop has stopped."""
+        with self._lock:
+            if self._stopped:
+                return False
+            self._calls.append((reader, fn))
+            wake = self._selecting and not self._woken
+            if wake:
+                self._woken = True
+            start = not self._started
+            if start:
+                self._sysmon.start()
+                self._started = True
+                self._owner = None
+                self._wanted += 1
+        if start:
+            self._start_thread()
+        elif wake:
+            self._wake()
+        return True
+
+    def on_loop(self) -> bool:
+        """True on the thread that owns the loop now."""
+        return self._owner is threading.current_thread()
+
+    def sync(self, reader: "SocketReader") -> None:
+        """Have the selector watch ``reader``'s socket exactly while it
+        wants reading (at once on the loop's owner, else as a call)."""
+        with self._lock:
+            if self._owner is threading.current_thread():
+                reader.sync_on_loop(self._selector)
+                return
+        self.call_soon(reader, lambda: self.sync(reader))
+
+    def release(self, reader: "SocketReader", then: Callable[[], None]) -> None:
+        """Stop watching ``reader``'s socket for good, then call ``then``
+        (which closes it) on the loop's owner; at once if the loop stopped."""
+        with self._lock:
+            owner = self._owner is threading.current_thread()
+            if owner:
+                reader.unregister_on_loop(self._selector)
+        if owner or not self.call_soon(reader, lambda: self.release(reader, then)):
+            then()
+
+    def stop(self) -> None:
+        """End the loop's threads (the connections are gone) and its descriptors."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._spare_cond.notify_all()
+            started = self._started
+        if started:
+            self._wake()  # the last of its threads closes the descriptors
+        else:
+            self._close()
+
+    # -- hand-off (the sysmon, handoff.py) ------------------------------------
+
+    def check_stuck(self) -> Optional["SocketReader"]:
+        """The sysmon's sample: if the owner has been in the same task since
+        the last sample, hand the loop off and return the task's reader."""
+        with self._lock:
+            if not self.in_task or self._stopped:
+                self.sampled_seq = -1
+                return None
+            if self.task_seq != self.sampled_seq:
+                self.sampled_seq = self.task_seq
+                return None
+            stuck, reader = self._owner, self.task_reader
+            self.sampled_seq = -1
+            self.in_task = False  # the owner's task ends off the loop
+            self._owner = None
+            if reader is not None and stuck is not None:
+                call = reader.hand_off(stuck)
+                if call is not None:  # the connection's own events, from where the stuck thread left them
+                    self._calls.append((reader, call))
+            self._wanted += 1
+            spare = self._spares > 0
+            if spare:
+                self._spare_cond.notify()
+        if not spare:
+            self._start_thread()
+        return reader
+
+    def busy(self) -> bool:
+        return self.in_task
+
+    # -- the loop's threads ---------------------------------------------------
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._thread_main, name=f"ws_multipath-loop {self.name}", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # out of threads: a spare or the stuck owner takes it later
+            logger.error("cannot start a thread for the event loop of %s: %s", self.name, exc)
+
+    def _thread_main(self) -> None:
+        listener_thread.active = True
+        me = threading.current_thread()
+        with self._lock:
+            self.threads += 1
+        try:
+            while self._claim(me):
+                lost_in = self._run_owned(me)
+                if lost_in is None:
+                    return  # stopped
+                lost_in.run_dispatcher(me)
+                if not self._become_spare():
+                    return
+        except Exception:  # noqa: BLE001 - a bug: log it, a spare or a new thread goes on
+            logger.exception("event loop %s failed", self.name)
+        finally:
+            with self._lock:
+                self.threads -= 1
+                last = self._stopped and self.threads == 0
+            if last:
+                self._close()
+
+    def _claim(self, me: threading.Thread) -> bool:
+        """Take the loop if a hand-off (or the start) wants an owner."""
+        with self._lock:
+            if self._stopped and self._owner is None and self._wanted == 0:
+                return False
+            if self._wanted and self._owner is None:
+                self._wanted -= 1
+                self._owner = me
+                return True
+            return False
+
+    def _become_spare(self) -> bool:
+        """Wait for a hand-off to take the loop; False to end the thread."""
+        with self._lock:
+            if self._spares >= MAX_SPARES and not self._wanted:
+                return False
+            self._spares += 1
+            try:
+                self._spare_cond.wait_for(lambda: self._stopped or (self._wanted and self._owner is None), SPARE_IDLE)
+            finally:
+                self._spares -= 1
+            return bool(self._wanted and self._owner is None and not self._stopped)
+
+    def _run_owned(self, me: threading.Thread) -> Optional["SocketReader"]:
+        """Run the loop while this thread owns it. Returns the reader of the
+        task in which it lost the loop, or None once stopped."""
+        selector = self._selector
+        while True:
+            with self._lock:
+                if self._owner is not me:  # pragma: no cover - lost between tasks: cannot happen
+                    return None
+                if self._stopped:
+                    self._owner = None
+                    return None
+                ready, start = self._ready, self._next
+                calls, self._calls = self._calls, []
+                idle = not calls and start >= len(ready)
+                if idle:
+                    self._selecting = True
+                    self._woken = False
+            if not idle:
+                lost = self._run_calls(me, calls) or self._run_ready(me)
+                calls = []  # hold nothing of ended connections while selecting
+                ready = []
+                if lost is not None:
+                    return lost
+                continue
+            ready = []
+            try:
+                events = selector.select()
+            except OSError as exc:  # EINTR is retried by Python; anything else is a bug
+                logger.error("event loop %s: select failed: %s", self.name, exc)
+                events = []
+            with self._lock:
+                self._selecting = False
+                self._ready, self._next = events, 0
+            events = []
+
+    def _run_calls(self, me: threading.Thread, calls: list[Call]) -> Optional["SocketReader"]:
+        for index, (reader, fn) in enumerate(calls):
+            self._begin_task(reader)
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a bug in a call: log it, keep the loop
+                logger.exception("event loop %s: a call failed", self.name)
+            if not self._end_task(me):
+                with self._lock:
+                    self._calls[:0] = calls[index + 1:]  # the new owner runs the rest first
+                return reader
+        return None
+
+    def _run_ready(self, me: threading.Thread) -> Optional["SocketReader"]:
+        while True:
+            with self._lock:
+                position = self._next
+                ready = self._ready
+                if position >= len(ready):
+                    self._ready, self._next = [], 0  # its keys hold readers: let ended ones go
+                    return None
+                self._next = position + 1
+            key, _ = ready[position]
+            reader: Optional["SocketReader"] = key.data
+            if reader is None:
+                _drain(self._wake_r)
+                continue
+            self._begin_task(reader)
+            try:
+                reader.on_ready()
+            except Exception:  # noqa: BLE001 - a bug: log it, keep the loop
+                logger.exception("event loop %s: a connection failed", self.name)
+            if not self._end_task(me):
+                return reader
+
+    def _begin_task(self, reader: "SocketReader") -> None:
+        self.task_reader = reader
+        self.task_seq += 1
+        self.in_task = True
+        if self._sysmon.sleeping:  # read after in_task is set: see handoff.py
+            self._sysmon.wake()
+
+    def _end_task(self, me: threading.Thread) -> bool:
+        """False when the loop was handed off during the task."""
+        with self._lock:
+            if self._owner is not me:
+                return False
+            self.in_task = False
+            self.task_reader = None
+            return True
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full (a wake-up is pending anyway) or closed
+            pass
+
+    def _close(self) -> None:
+        try:
+            self._selector.close()
+        except (OSError, ValueError):
+            pass
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(512):
+            pass
+    except OSError:
+        pass

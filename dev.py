@@ -8,7 +8,9 @@
                                        # the core tests on every Python in PYTHONS (each in .venv-3.X)
 
 Each creates (or reuses) the virtual environment ``.venv`` in the repo and
-installs what it needs into it from the package index.
+installs what it needs into it from the package index. The tests with
+Node's ``ws`` as the client (tests/test_node_ws.py) install ``ws@8`` with
+npm into tests/.node/ themselves the first time (without ``node`` they skip).
 """
 
 import glob

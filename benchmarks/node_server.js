@@ -1,6 +1,6 @@
 'use strict';
 // Node's `ws` as a peer of benchmarks/run.py: the same modes as servers.py.
-//   node node_server.js '{"mode":"echo|iter|broadcast|burst|stream","compression":false}'
+//   node node_server.js '{"mode":"echo|iter|broadcast|burst|stream","compression":false,"threshold":null}'
 // Prints "PORT <n> <path of ws>" once it listens on 127.0.0.1.
 const path = require('path');
 const WS_PATH = path.join(__dirname, '.work', 'node_modules', 'ws');
@@ -10,7 +10,8 @@ const cfg = JSON.parse(process.argv[2] || '{}');
 const wss = new WebSocketServer({
   host: '127.0.0.1',
   port: 0,
-  perMessageDeflate: !!cfg.compression, // ws's defaults when on (threshold 1024)
+  // ws's defaults when on (threshold 1024), or its threshold set by run.py --deflate-threshold
+  perMessageDeflate: cfg.compression ? (cfg.threshold == null ? true : { threshold: cfg.threshold }) : false,
   maxPayload: 16 * 1024 * 1024,
 });
 

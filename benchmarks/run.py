@@ -94,6 +94,11 @@ SCENARIOS: list[dict[str, Any]] = [
          title="server push: 16 clients, each request answered by 16 x 32 B"),
     dict(name="push_stream_1x32B", server="stream", load=dict(mode="stream", clients=1, size=32), unit="msg/s", impls=WS_PEERS,
          title="server push: stream of 32 B messages to 1 client"),
+    # below the 1024-byte threshold of ws_multipath and ws (their default): their servers
+    # send these uncompressed, websockets compresses every message; --deflate-threshold 0
+    # makes them compress too. ws's client (the generator) sends them uncompressed either way.
+    dict(name="deflate_16x256B", server="echo", compression=True, load=dict(mode="echo", clients=16, size=256, binary=False, inflight=1, words=True, compression=True),
+         unit="msg/s", impls=WS_PEERS, title="deflate on: echo, 16 clients, 256 B text"),
     dict(name="deflate_16x1KiB", server="echo", compression=True, load=dict(mode="echo", clients=16, size=KiB, binary=False, inflight=1, words=True, compression=True),
          unit="msg/s", impls=WS_PEERS, title="deflate on: echo, 16 clients, 1 KiB text"),
     dict(name="deflate_16x64KiB", server="echo", compression=True, load=dict(mode="echo", clients=16, size=64 * KiB, binary=False, inflight=1, words=True, compression=True),
@@ -479,12 +484,15 @@ def wait_listening(port: int, timeout: float) -> bool:
 
 
 def start_server(impl: str, mode: str, logs: Path, ping_interval: float = 20.0, ping_timeout: float = 20.0,
-                 compression: bool = False, control: bool = False) -> tuple[subprocess.Popen, int]:
-    """Start a server; ``control``: it answers ``capacity`` and ``close`` on stdin (servers.py --control)."""
+                 compression: bool = False, control: bool = False, deflate_threshold: Optional[int] = None) -> tuple[subprocess.Popen, int]:
+    """Start a server; ``control``: it answers ``capacity`` and ``close`` on stdin (servers.py --control).
+    ``deflate_threshold`` (with ``compression``; ws_multipath and node_ws): permessage-deflate's
+    threshold instead of the library's default (1024 in both; websockets has none)."""
     stderr = open(logs / f"server-{impl}.log", "ab")
     port = 0
+    threshold = deflate_threshold if compression else None
     if impl == "node_ws":
-        command = ["node", str(BENCH / "node_server.js"), json.dumps({"mode": mode, "compression": compression})]
+        command = ["node", str(BENCH / "node_server.js"), json.dumps({"mode": mode, "compression": compression, "threshold": threshold})]
     elif impl == "gunicorn":
         port = free_port()
         command = [str(PYTHON), "-m", "gunicorn", "--workers", "1", "--threads", "16", "--worker-class", "gthread",
@@ -494,6 +502,7 @@ def start_server(impl: str, mode: str, logs: Path, ping_interval: float = 20.0, 
         command = [str(PYTHON), str(BENCH / "servers.py"), "--impl", name, "--mode", mode,
                    "--ping-interval", str(ping_interval), "--ping-timeout", str(ping_timeout)]
         command += ["--compression"] if compression else []
+        command += ["--deflate-threshold", str(threshold)] if threshold is not None and name == "ws_multipath" else []
         command += ["--wsgi"] if impl == "ws_multipath+wsgi" else []
         command += ["--control"] if control else []
     proc = subprocess.Popen(
@@ -544,7 +553,7 @@ def start_load(config: dict, logs: Path) -> subprocess.Popen:
 def run_throughput(scenario: dict, impl: str, opts: argparse.Namespace, logs: Path, duration: Optional[float] = None, sample_every: float = 0.25,
                    max_ops: Optional[int] = None) -> dict:
     background = wait_quiet(opts)
-    server, port = start_server(impl, scenario["server"], logs, compression=scenario.get("compression", False))
+    server, port = start_server(impl, scenario["server"], logs, compression=scenario.get("compression", False), deflate_threshold=opts.deflate_threshold)
     load = None
     sampler = None
     try:
@@ -915,7 +924,9 @@ def render(summary: dict, meta: dict) -> str:
         f"generator: Node {v['node']} + ws {v['ws (node)']} (bufferutil: {v['bufferutil']})",
         f"- command: `{meta['command']}`; {meta['reps']} interleaved repetitions (A B A B ...), fresh server per run, "
         f"{meta['warmup']} s warm-up + {meta['duration']} s measured; figures are medians (± half the range)",
-        "- compression off on both; keepalive on (20 s default, both); ratio = ws_multipath / websockets (> 1: ws_multipath is faster)",
+        "- compression off on both (`deflate_*`: permessage-deflate on, each library's defaults"
+        + (f", but a threshold of {meta['deflate_threshold']} B for ws_multipath and Node ws" if meta.get("deflate_threshold") is not None else "")
+        + "); keepalive on (20 s default, both); ratio = ws_multipath / websockets (> 1: ws_multipath is faster)",
         "- CPU µs/op: CPU time (user+sys) of the server process (/proc/pid/stat) or of the generator, per message (or connection, or delivery)",
     ]
     busy = meta.get("max_background_busy_pct")
@@ -1194,6 +1205,9 @@ def main() -> int:
     parser.add_argument("--ref", default="HEAD", help="git commit of ws_multipath to benchmark (default HEAD; 'worktree' for the work tree as it is)")
     parser.add_argument("--profile-scenario", default="echo_16x1KiB", help="echo scenario that --profile runs (default echo_16x1KiB)")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
+    parser.add_argument("--deflate-threshold", type=int, metavar="BYTES",
+                        help="permessage-deflate's threshold of ws_multipath's and Node ws's servers in the deflate scenarios "
+                        "(default: theirs, 1024: smaller messages go uncompressed; websockets has none: it compresses all)")
     parser.add_argument("--peers", help="comma-separated peers to run besides each scenario's subject and baseline "
                         "(default all: " + ", ".join(PEER_TITLES) + ")")
     parser.add_argument("--readme-table", metavar="RESULTS_JSON", help="print README.rst's performance table from a results file and exit")
@@ -1251,6 +1265,7 @@ def main() -> int:
         "idle_peer_target": opts.idle_peer_target,
         "idle_echo_sample": opts.idle_echo_sample,
         "idle_echo_every": opts.idle_echo_every,
+        "deflate_threshold": opts.deflate_threshold,
     }
     log(f"machine: {meta['machine']}\nversions: {meta['versions']}")
     started = time.monotonic()

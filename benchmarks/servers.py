@@ -27,7 +27,8 @@ Modes:
 - ``http`` (werkzeug, ws_multipath): the tiny Flask app of ``flask_app.py``
   (ws_multipath: ``wsgi_app=``, with an echo handler on ``/ws``).
 - ``--compression``: permessage-deflate on, each library's defaults
-  (ws_multipath ``per_message_deflate=True``, websockets ``compression="deflate"``).
+  (ws_multipath ``per_message_deflate=True``, websockets ``compression="deflate"``);
+  ``--deflate-threshold N`` (ws_multipath): its ``threshold`` instead of 1024.
 - ``--wsgi`` (ws_multipath): mount the Flask app beside the WebSocket handler.
 - ``raw_tcp``: a threaded TCP echo with no framing at all (one thread per
   connection, ``recv``/``sendall``, TCP_NODELAY): the ceiling.
@@ -158,7 +159,15 @@ def ws_multipath_capacity(server: Any) -> dict:
             "bounds": {b.name: b.connections for b in capacity.bounds}, "unknown": list(capacity.unknown)}
 
 
-def run_ws_multipath(mode: str, ping_interval: float, ping_timeout: float, compression: bool, wsgi: bool, control: bool = False) -> None:
+def deflate_option(compression: bool, threshold: Optional[int]) -> Any:
+    """ws_multipath's ``per_message_deflate``: off, its defaults, or its defaults with ``threshold``."""
+    if not compression:
+        return False
+    return True if threshold is None else {"threshold": threshold}
+
+
+def run_ws_multipath(mode: str, ping_interval: float, ping_timeout: float, compression: bool, wsgi: bool, control: bool = False,
+                     deflate_threshold: Optional[int] = None) -> None:
     from ws_multipath import ConnectionClosed, MultipathServer
 
     extra = {}
@@ -169,7 +178,7 @@ def run_ws_multipath(mode: str, ping_interval: float, ping_timeout: float, compr
         extra["wsgi_app"] = app
     server = MultipathServer(port=0, host="127.0.0.1", **extra)
     handler = server.create_handler(path="/ws" if mode == "http" else "/", ping_interval=ping_interval, ping_timeout=ping_timeout,
-                                    max_payload=MAX_SIZE, per_message_deflate=compression)
+                                    max_payload=MAX_SIZE, per_message_deflate=deflate_option(compression, deflate_threshold))
 
     if mode in ("echo", "http"):
 
@@ -341,13 +350,14 @@ def main() -> None:
     parser.add_argument("--ping-interval", type=float, default=20.0)
     parser.add_argument("--ping-timeout", type=float, default=20.0)
     parser.add_argument("--compression", action="store_true", help="permessage-deflate on (each library's defaults)")
+    parser.add_argument("--deflate-threshold", type=int, help="ws_multipath: permessage-deflate's threshold (default: its own, 1024)")
     parser.add_argument("--wsgi", action="store_true", help="ws_multipath: mount the Flask app beside the WebSocket handler")
     parser.add_argument("--control", action="store_true", help="answer 'capacity' and 'close' lines on stdin (the idle scenario)")
     args = parser.parse_args()
     start_tracemalloc()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.impl == "ws_multipath":
-        run_ws_multipath(args.mode, args.ping_interval, args.ping_timeout, args.compression, args.wsgi, args.control)
+        run_ws_multipath(args.mode, args.ping_interval, args.ping_timeout, args.compression, args.wsgi, args.control, args.deflate_threshold)
     elif args.impl == "websockets":
         run_websockets(args.mode, args.ping_interval, args.ping_timeout, args.compression, args.control)
     elif args.impl == "raw_tcp":

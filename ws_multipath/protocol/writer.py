@@ -95,7 +95,8 @@ class FrameWriter:
     def compresses(self, compress: bool) -> bool:
         """Whether a fragmented message sent with ``compress`` is compressed:
         whenever permessage-deflate was agreed, whatever its fragments' sizes
-        (its length is unknown when its first frame, which says, goes)."""
+        (the ``threshold`` needs a length, unknown when the first frame, whose
+        RSV1 tells, goes out)."""
         return compress and self._deflate is not None
 
     def fragment(self, payload: Payload, opcode: int, fin: bool, compressed: bool) -> tuple[bytes, Payload]:

@@ -214,9 +214,9 @@ class WebSocket(EventEmitter):
         ``str`` (a text message) or of bytes-like objects (binary) is sent
         as one message, one frame per item, as the iterable yields them:
         only the fragment in hand is held, so a large message can be
-        streamed. The frames are the first one's opcode, continuation frames
-        for the rest, and an empty continuation frame with FIN once the
-        iterable ends (as websockets does: no item is read ahead). An empty
+        streamed. The first frame has the message's opcode, the others are
+        continuation frames, and an empty continuation frame with FIN ends
+        it once the iterable does (as websockets does: no item is read ahead). An empty
         iterable sends nothing (websockets too); a ``dict`` is refused
         (``TypeError``). With permessage-deflate agreed and ``compress``
         true, the message is compressed whatever its fragments' sizes.
@@ -239,8 +239,10 @@ class WebSocket(EventEmitter):
         ``RuntimeError`` (it would wait for its own message).
         """
         if not isinstance(data, (str, bytes, bytearray, memoryview)):
-            if isinstance(data, Mapping) or not isinstance(data, Iterable):
-                raise TypeError(f"data must be str, bytes-like or an iterable of fragments (not a dict), not {type(data).__name__}")
+            if isinstance(data, Mapping):  # a common mistake, refused as websockets does
+                raise TypeError(f"data is a {type(data).__name__}, not a message: send(json.dumps(data)), or send(data.keys()) for its keys as fragments")
+            if not isinstance(data, Iterable):
+                raise TypeError(f"data must be str, bytes-like or an iterable of fragments, not {type(data).__name__}")
             self._send_fragments(data, binary, compress)
             return
         if binary is not None:

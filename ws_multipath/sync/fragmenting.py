@@ -13,11 +13,12 @@ runs (user code, which may take its time). Between the turns:
   (``Outbox.append(hold=True)``, counted as usual), then put last in line.
 
 A message left unfinished (its iterable failed, or the socket did) leaves
-the transport unable to write data frames for good (``_BROKEN``): anything
-after it would be read as part of it. The connection fails it meanwhile.
+the transport unable to write data frames for good (``BROKEN``): no message
+may begin before the last one ends (RFC 6455 section 5.4). The connection
+is failed or closing by then (``WebSocket._send_fragments``).
 
 State (declared in ``Transport``): ``_fragmenting`` is 0, the ident of the
-thread whose message is open, or ``_BROKEN``; it is written under both the
+thread whose message is open, or ``BROKEN``; it is written under both the
 write lock and ``_state_lock`` and read under either (only its own thread
 reads its ident unlocked, and only that thread clears it). ``_turn`` is a
 condition with a lock of its own, made by the first fragmented message.

@@ -153,6 +153,23 @@ class BoundedDeflate(PerMessageDeflate):
             self._compressor = None
         return data[:-4]
 
+    def deflate_fragment(self, payload: Union[bytes, bytearray, memoryview], fin: bool) -> bytes:
+        """One fragment of an outgoing message, compressed: flushed whole
+        (``Z_SYNC_FLUSH``, so the peer can inflate it as it comes), the
+        0x00 0x00 0xff 0xff that ends the flush removed from the last
+        fragment only (RFC 7692 section 7.2.1). The compressor carries from
+        fragment to fragment; under ``server_no_context_takeover`` the next
+        message gets a fresh one, as with ``deflate_message``."""
+        if self._compressor is None:
+            self._compressor = zlib.compressobj(self._compression_level, zlib.DEFLATED, -int(self.server_max_window_bits), self._memory_level)
+        with self._limiter:
+            data = self._compressor.compress(payload) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+        if not fin:
+            return data
+        if self.server_no_context_takeover:
+            self._compressor = None
+        return data[:-4]
+
     def _inflate(self, data: bytes) -> Union[bytes, CloseReason]:
         assert self._decompressor is not None
         budget = self._max_payload - self._inflated

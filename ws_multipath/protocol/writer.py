@@ -3,13 +3,14 @@ unmasked), and the check of a close code an application passes."""
 
 from __future__ import annotations
 
+import codecs
 import struct
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from .deflate import BoundedDeflate
 from .masking import frame as _frame
 
-__all__ = ["FrameWriter", "check_close_code", "as_kind", "Payload"]
+__all__ = ["FrameWriter", "FragmentPayloads", "check_close_code", "as_kind", "Payload"]
 
 Payload = Union[bytes, bytearray, memoryview]
 
@@ -47,7 +48,9 @@ class FrameWriter:
     """Messages and control frames out as bytes (unmasked: server to client).
 
     Owned by whoever holds the connection's write lock, since compression
-    state carries from one message to the next.
+    state carries from one message to the next (and from one fragment to
+    the next: while a fragmented message is sent, the transport lets no
+    other data frame be encoded, see ``Transport.begin_fragments``).
     """
 
     __slots__ = ("_deflate", "_threshold", "client")
@@ -89,6 +92,27 @@ class FrameWriter:
             opcode |= 0x40
         return _header(opcode, payload.nbytes if isinstance(payload, memoryview) else len(payload)), payload
 
+    def compresses(self, compress: bool) -> bool:
+        """Whether a fragmented message sent with ``compress`` is compressed:
+        whenever permessage-deflate was agreed, whatever its fragments' sizes
+        (the ``threshold`` needs a length, unknown when the first frame, whose
+        RSV1 tells, goes out)."""
+        return compress and self._deflate is not None
+
+    def fragment(self, payload: Payload, opcode: int, fin: bool, compressed: bool) -> tuple[bytes, Payload]:
+        """Frame header and payload of one frame of a fragmented message
+        (RFC 6455 section 5.4): ``opcode`` 0x1 or 0x2 for the first frame,
+        0x0 (continuation) for the others; ``fin`` on the last. A
+        ``compressed`` message has RSV1 on its first frame only (RFC 7692
+        section 6)."""
+        first_byte = opcode | 0x80 if fin else opcode
+        if compressed:
+            assert self._deflate is not None
+            payload = self._deflate.deflate_fragment(payload, fin)
+            if opcode:
+                first_byte |= 0x40
+        return _header(first_byte, payload.nbytes if isinstance(payload, memoryview) else len(payload)), payload
+
     def ping(self, payload: bytes = b"") -> bytes:
         return _control(0x89, payload)
 
@@ -125,3 +149,46 @@ def as_kind(data: Union[str, Payload], binary: bool) -> Union[str, Payload]:
         return bytes(data).decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("send(binary=False) needs valid UTF-8 bytes (a text message)") from None
+
+
+class FragmentPayloads:
+    """The payloads of the items of ``send(iterable)``, one at a time: all
+    ``str`` or all bytes-like, as the first item is (``TypeError`` naming
+    ``data`` otherwise); the message is text or binary as that kind says, or
+    as ``binary`` asks (``str`` items as UTF-8; bytes items of a text message
+    checked as UTF-8 across fragments, ``ValueError`` as ``send`` raises)."""
+
+    __slots__ = ("_str_items", "_utf8", "_count", "opcode")
+
+    def __init__(self, first: Any, binary: Optional[bool]) -> None:
+        self._str_items = isinstance(first, str)
+        if not self._str_items and not isinstance(first, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data: fragments must be str or bytes-like, not {type(first).__name__}")
+        text = self._str_items if binary is None else not binary
+        #: The first frame's opcode (RFC 6455 section 5.6).
+        self.opcode = 0x1 if text else 0x2
+        self._utf8 = codecs.getincrementaldecoder("utf-8")() if text and not self._str_items else None
+        self._count = 0
+
+    def __call__(self, item: Any) -> Payload:
+        self._count += 1
+        if self._str_items:
+            if isinstance(item, str):
+                return item.encode("utf-8")
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            if self._utf8 is not None:
+                self._check(item)
+            return item
+        kind = "str" if self._str_items else "bytes-like"
+        raise TypeError(f"data: the fragments of one message must all be {kind} as the first one, not {type(item).__name__} (fragment {self._count})")
+
+    def end(self) -> None:
+        """The last item came: a text message must not end inside a character."""
+        if self._utf8 is not None:
+            self._check(b"", True)
+
+    def _check(self, data: Payload, final: bool = False) -> None:
+        try:
+            self._utf8.decode(data, final)  # type: ignore[union-attr]
+        except UnicodeDecodeError:
+            raise ValueError("send(binary=False) needs valid UTF-8 bytes (a text message)") from None

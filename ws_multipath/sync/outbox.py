@@ -4,6 +4,11 @@ what its entries cost and refuses to grow past ``MAX_OUTBOX_BYTES``.
 It has no lock of its own: its transport's ``_state_lock`` guards it (see
 ``transport.py``), except for the emptiness checks that the transport's
 docstring explains.
+
+While a fragmented message is being sent, the data frames posted meanwhile
+are held apart (``append(entry, hold=True)``): they count like the others
+but are not popped until ``release_held`` puts them last in line, so that
+they never go between that message's fragments.
 """
 
 from __future__ import annotations
@@ -39,26 +44,34 @@ Entry = tuple[Pending, Optional[FrameKind], int]
 class Outbox:
     """Entries in the order they go out, and the bytes they count."""
 
-    __slots__ = ("_entries", "counted", "frame_bytes")
+    __slots__ = ("_entries", "_held", "counted", "frame_bytes")
 
     def __init__(self) -> None:
         #: Made by the first entry that waits (a deque costs about 600 bytes,
         #: and most connections never queue anything); dropped when emptied.
         self._entries: Optional[collections.deque[Entry]] = None
+        #: Data frames posted during a fragmented message, in order (None: none).
+        self._held: Optional[list[Entry]] = None
         #: What the entries count against ``MAX_OUTBOX_BYTES``.
         self.counted = 0
         #: The bytes of their frames (a compressed frame: its uncompressed length).
         self.frame_bytes = 0
 
     def __bool__(self) -> bool:
+        """Whether an entry can be popped (held ones cannot)."""
         return bool(self._entries)
 
-    def append(self, entry: Entry) -> bool:
-        """Queue ``entry`` last; True on overflow, when the outbox is emptied
-        (the client must be dropped)."""
-        if self._entries is None:
-            self._entries = collections.deque()
-        self._entries.append(entry)
+    def append(self, entry: Entry, hold: bool = False) -> bool:
+        """Queue ``entry`` last (``hold``: among the held ones); True on
+        overflow, when the outbox is emptied (the client must be dropped)."""
+        if hold:
+            if self._held is None:
+                self._held = []
+            self._held.append(entry)
+        else:
+            if self._entries is None:
+                self._entries = collections.deque()
+            self._entries.append(entry)
         self.counted += entry[2]
         self.frame_bytes += _frame_bytes(entry)
         if self.counted <= MAX_OUTBOX_BYTES:
@@ -82,8 +95,24 @@ class Outbox:
         self.frame_bytes -= _frame_bytes(entry)
         return entry
 
+    def release_held(self) -> None:
+        """The held entries go last in line, in the order they came."""
+        held, self._held = self._held, None
+        if held:
+            if self._entries is None:
+                self._entries = collections.deque()
+            self._entries.extend(held)
+
+    def drop_held(self) -> None:
+        """Forget the held entries (they may never be written)."""
+        held, self._held = self._held, None
+        for entry in held or ():
+            self.counted -= entry[2]
+            self.frame_bytes -= _frame_bytes(entry)
+
     def clear(self) -> None:
         self._entries = None
+        self._held = None
         self.counted = 0
         self.frame_bytes = 0
 

@@ -19,10 +19,16 @@ Locks, and what each guards:
 - ``_state_lock``: the outbox, its byte count, the enrolment with the
   flusher and the closed flag. Held only for list operations and the
   non-blocking ``shutdown``/``close`` calls, never while writing.
+- ``_turn``: where data writers wait for a fragmented message to end, and
+  ``_fragmenting``, written under both locks above: ``fragmenting.py``.
 - ``tls_lock`` (TLS only): the SSL object, which OpenSSL does not allow two
   threads to use at once; the reader takes it for each non-blocking
   ``recv`` (``reader.py``), the writers for each non-blocking ``send``. Never
   held while waiting for the socket.
+
+A fragmented message (``send(iterable)``) goes out in one turn of the write
+lock per frame, while other data frames wait and control frames may go
+between: ``fragmenting.py``.
 
 The socket is closed only by its owner (the connection's reader thread, via
 ``close``); every other thread uses ``abort``, which shuts it down so that a
@@ -53,6 +59,7 @@ from typing import Any, Callable, Iterator, Optional
 from ..protocol.closing import FrameKind
 from ..protocol.writer import Payload
 from .flusher import Flusher
+from .fragmenting import Fragmenting
 from .outbox import ENCODER_COST, ENTRY_COST, MAX_OUTBOX_BYTES, Entry, Outbox, Pending
 from .sockets import MIN_PROGRESS, MSG_MORE, NOWAIT_LIMIT, advance, as_bytes_view, send_progressing, send_small, send_some, shutdown, unsent
 
@@ -68,7 +75,7 @@ _ENCODE_INLINE_LIMIT = 16 * 1024
 _COALESCE_LIMIT = 64 * 1024
 
 
-class Transport:
+class Transport(Fragmenting):
     """Writes to and shuts down one client socket.
 
     The outbox deque (about 750 bytes with its first block) is made by the
@@ -78,6 +85,7 @@ class Transport:
         "sock", "fd", "_flusher", "_write_timeout", "_tls", "tls_lock", "_may_write", "_on_fatal",
         "_write_lock", "_state_lock", "_outbox", "_enrolled", "_progress_at", "_progress", "_unsent", "_closed",
         "messages_out", "bytes_out", "can_cork", "more_coming", "_corked", "corked_at", "_on_abort", "_fin_pending",
+        "_fragmenting", "_turn",
     )
 
     def __init__(self, sock: socket.socket, flusher: Flusher, write_timeout: Optional[float]) -> None:
@@ -113,6 +121,8 @@ class Transport:
         self._corked = False  # a frame went out with MSG_MORE since the last push (write lock)
         #: The flusher's tick when this transport last began to hold frames.
         self.corked_at = 0
+        self._fragmenting = 0  # fragmenting.py
+        self._turn: Optional[threading.Condition] = None
 
     def attach(self, may_write: Callable[[FrameKind], bool], on_fatal: Callable[[int, str], None], on_abort: Callable[[], None]) -> None:
         """Connect to the connection: ``may_write(kind)`` admits each frame
@@ -149,6 +159,8 @@ class Transport:
         the write lock (compression state carries between messages)."""
         self._write_lock.acquire()
         try:
+            if self._fragmenting and not self._take_turn():
+                return False
             if self._outbox:  # read without _state_lock: see _release
                 self._flush_outbox()
             if not self._may_write(FrameKind.DATA):
@@ -261,12 +273,17 @@ class Transport:
             inline = size <= _ENCODE_INLINE_LIMIT
         else:
             entry, inline = (frame, kind, len(frame) + ENTRY_COST), True
+        hold = False
         with self._state_lock:
             if self._closed:
                 return
-            direct = inline and not self._outbox and self._write_lock.acquire(blocking=False)
+            if self._fragmenting and kind is FrameKind.DATA:  # not between the fragments of a message
+                if self._fragmenting < 0:
+                    return  # left unfinished: no data frame may follow
+                hold = True
+            direct = inline and not hold and not self._outbox and self._write_lock.acquire(blocking=False)
             if not direct:
-                overflow = self._outbox.append(entry)
+                overflow = self._outbox.append(entry, hold)
         if direct:
             try:
                 self._write_entry_now(entry)
@@ -440,6 +457,7 @@ class Transport:
             enrolled, self._enrolled = self._enrolled, False
         if enrolled:
             self._flusher.withdraw(self)
+        self._wake_turn()  # data writers waiting for a fragmented message give up
         try:
             if self.tls_lock is not None:
                 with self.tls_lock:

@@ -278,7 +278,9 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._stopping.wait(_ACCEPT_BACKOFF)
 
     def shutdown_request(self, request: Any) -> None:
-        if request not in self.detached:
+        if request in self.detached:
+            self.detached.discard(request)  # its new owner closes it; forget it now (an entry per connection)
+        else:
             request.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -122,7 +122,7 @@ class SocketReader:
         self._recv_size = _RECV_MIN
         self._lock = threading.Lock()
         self._mode = Mode.IDLE
-        self._home = threading.current_thread()
+        self._home = threading.get_ident()  # an ident: a Thread object would outlive its thread here
         self._runner: Optional[threading.Thread] = None  # the thread in a task of this connection (LOOP)
         self._in_listener = False  # the runner is inside a listener call
         self._began = False
@@ -164,7 +164,7 @@ class SocketReader:
         if dispatcher is not None and dispatcher.thread is current:
             return True
         if self._mode is Mode.PULLING:
-            return current is self._home
+            return threading.get_ident() == self._home
         return self._runner is current
 
     # -- listener calls on the runner (incoming.py) ----------------------------
@@ -443,7 +443,7 @@ class SocketReader:
 
     def claim_pull(self) -> bool:
         """Become the reader on the home thread, if nobody reads; True if so."""
-        if threading.current_thread() is not self._home:
+        if threading.get_ident() != self._home:
             return False
         with self._lock:
             if self._mode is not Mode.IDLE or self._done:

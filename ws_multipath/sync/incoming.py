@@ -173,7 +173,9 @@ class Incoming:
                     return
                 elif queued:
                     # The puller returns the messages before this event to the application first,
-                    # so that their answers go out before a close or a violation that followed.
+                    # so that their answers go out before a close or a violation that followed;
+                    # pings read meanwhile are answered now (the application may not read again soon).
+                    self._answer_ahead(pos)
                     return
                 self._pos = pos + 1
                 if cork:
@@ -250,6 +252,19 @@ class Incoming:
         wait in order with the rest."""
         reader = self._socket_reader
         reader.hold()
+        waiting = self._answer_ahead(pos)
+        if not waiting:  # a listener went away meanwhile: nothing waits after all
+            reader.room()
+            return
+        event = waiting[0]
+        kind = type(event)
+        if not (self._no_room() if kind is Message else self._no_room_for_control(kind, event)):
+            reader.room()  # the consumer made room before the hold was seen
+
+    def _answer_ahead(self, pos: int) -> list[Any]:
+        """The events from ``pos`` on wait: answer their pings and show their
+        pongs to the heartbeat now; what is left to do waits, in order
+        (returned, and pending from now on)."""
         rest = self._pending[pos:]
         waiting: list[Any] = []
         for event in rest:
@@ -266,13 +281,7 @@ class Incoming:
             else:
                 waiting.append(event)
         self._pending, self._pos = waiting, 0
-        if not waiting:  # a listener went away meanwhile: nothing waits after all
-            reader.room()
-            return
-        event = waiting[0]
-        kind = type(event)
-        if not (self._no_room() if kind is Message else self._no_room_for_control(kind, event)):
-            reader.room()  # the consumer made room before the hold was seen
+        return waiting
 
     def _deliver(self, data: Union[str, bytes]) -> Optional[bool]:
         """Give a message to the listeners, or else to the inbox (True).

@@ -31,14 +31,14 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..log import logger
 from .dispatch import listener_thread
 
 if TYPE_CHECKING:
     from .handoff import Sysmon
-    from .reader import SocketReader
+    from .loop_reading import LoopReading
 
 __all__ = ["EventLoop", "SPARE_IDLE", "MAX_SPARES"]
 
@@ -47,7 +47,7 @@ SPARE_IDLE = 10.0
 #: Spare threads kept per loop; a thread that frees itself beyond these ends.
 MAX_SPARES = 2
 
-Call = tuple["SocketReader", Callable[[], None]]
+Call = tuple["LoopReading", Callable[[], None]]
 
 
 class EventLoop:
@@ -81,7 +81,7 @@ class EventLoop:
         self.threads = 0  # threads of this loop alive now (owner, dispatchers, spares)
         self.task_seq = 0
         self.in_task = False
-        self.task_reader: Optional["SocketReader"] = None
+        self.task_reader: Optional["LoopReading"] = None
         self.sampled_seq = -1  # the sysmon's, under _lock
 
     def __repr__(self) -> str:
@@ -89,7 +89,7 @@ class EventLoop:
 
     # -- any thread -----------------------------------------------------------
 
-    def call_soon(self, reader: "SocketReader", fn: Callable[[], None]) -> bool:
+    def call_soon(self, reader: "LoopReading", fn: Callable[[], None]) -> bool:
         """Run ``fn`` as a task of ``reader``'s connection on the loop; False
         once the loop has stopped."""
         with self._lock:
@@ -115,7 +115,7 @@ class EventLoop:
         """True on the thread that owns the loop now."""
         return self._owner is threading.current_thread()
 
-    def sync(self, reader: "SocketReader") -> None:
+    def sync(self, reader: "LoopReading") -> None:
         """Have the selector watch ``reader``'s socket exactly while it
         wants reading (at once on the loop's owner, else as a call)."""
         with self._lock:
@@ -124,7 +124,7 @@ class EventLoop:
                 return
         self.call_soon(reader, lambda: self.sync(reader))
 
-    def release(self, reader: "SocketReader", then: Callable[[], None]) -> None:
+    def release(self, reader: "LoopReading", then: Callable[[], None]) -> None:
         """Stop watching ``reader``'s socket for good, then call ``then``
         (which closes it) on the loop's owner; at once if the loop stopped."""
         with self._lock:
@@ -149,7 +149,7 @@ class EventLoop:
 
     # -- hand-off (the sysmon, handoff.py) ------------------------------------
 
-    def check_stuck(self) -> Optional["SocketReader"]:
+    def check_stuck(self) -> Optional["LoopReading"]:
         """The sysmon's sample: if the owner has been in the same task since
         the last sample, hand the loop off and return the task's reader."""
         with self._lock:
@@ -232,7 +232,7 @@ class EventLoop:
                 self._spares -= 1
             return bool(self._wanted and self._owner is None and not self._stopped)
 
-    def _run_owned(self, me: threading.Thread) -> Optional["SocketReader"]:
+    def _run_owned(self, me: threading.Thread) -> Optional["LoopReading"]:
         """Run the loop while this thread owns it. Returns the reader of the
         task in which it lost the loop, or None once stopped."""
         selector = self._selector
@@ -267,7 +267,7 @@ class EventLoop:
                 self._ready, self._next = events, 0
             events = []
 
-    def _run_calls(self, me: threading.Thread, calls: list[Call]) -> Optional["SocketReader"]:
+    def _run_calls(self, me: threading.Thread, calls: list[Call]) -> Optional["LoopReading"]:
         for index, (reader, fn) in enumerate(calls):
             self._begin_task(reader)
             try:
@@ -280,7 +280,7 @@ class EventLoop:
                 return reader
         return None
 
-    def _run_ready(self, me: threading.Thread) -> Optional["SocketReader"]:
+    def _run_ready(self, me: threading.Thread) -> Optional["LoopReading"]:
         while True:
             with self._lock:
                 position = self._next
@@ -290,7 +290,7 @@ class EventLoop:
                     return None
                 self._next = position + 1
             key, _ = ready[position]
-            reader: Optional["SocketReader"] = key.data
+            reader: Optional["LoopReading"] = key.data
             if reader is None:
                 _drain(self._wake_r)
                 continue
@@ -302,7 +302,7 @@ class EventLoop:
             if not self._end_task(me):
                 return reader
 
-    def _begin_task(self, reader: "SocketReader") -> None:
+    def _begin_task(self, reader: "LoopReading") -> None:
         self.task_reader = reader
         self.task_seq += 1
         self.in_task = True

@@ -5,7 +5,7 @@ handler's close frames), and shutting the socket down from any thread.
 Every write is non-blocking at the socket. A blocking ``write`` waits for
 writability itself, up to ``write_timeout``; a ``post`` that does not fit in
 the socket's buffer waits in the outbox, which the server's ``Flusher``
-thread writes as the socket drains. So no thread is ever stuck on a client
+thread writes as the socket drains (``draining.py``). So no thread is ever stuck on a client
 that stops reading, beyond that client's own ``send()`` callers.
 
 Each frame is handed over with its ``FrameKind``, and the connection's
@@ -52,16 +52,16 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
 from ..protocol.closing import FrameKind
 from ..protocol.writer import Payload
 from .flusher import Flusher
+from .draining import Draining
 from .fragmenting import Fragmenting
 from .outbox import ENCODER_COST, ENTRY_COST, MAX_OUTBOX_BYTES, Entry, Outbox, Pending
-from .sockets import MIN_PROGRESS, MSG_MORE, NOWAIT_LIMIT, advance, as_bytes_view, send_progressing, send_small, send_some, shutdown, unsent
+from .sockets import MSG_MORE, NOWAIT_LIMIT, advance, as_bytes_view, send_progressing, send_small, send_some, shutdown
 
 __all__ = ["Transport", "MAX_OUTBOX_BYTES"]
 
@@ -75,7 +75,7 @@ _ENCODE_INLINE_LIMIT = 16 * 1024
 _COALESCE_LIMIT = 64 * 1024
 
 
-class Transport(Fragmenting):
+class Transport(Draining, Fragmenting):
     """Writes to and shuts down one client socket.
 
     The outbox deque (about 750 bytes with its first block) is made by the
@@ -297,10 +297,6 @@ class Transport(Fragmenting):
         else:
             self._enrol_if_waiting()
 
-    def _pop(self) -> Optional[Entry]:
-        with self._state_lock:
-            return self._outbox.pop()
-
     def _admit(self, entry: Entry) -> Optional[Payload]:
         """The bytes of ``entry`` if it may go on the wire (write lock held)."""
         frame, kind, _ = entry
@@ -309,21 +305,6 @@ class Transport(Fragmenting):
         if kind is FrameKind.DATA:
             self.messages_out += 1
         return frame() if callable(frame) else frame
-
-    def _write_entry_now(self, entry: Entry) -> bool:
-        """Write what the socket takes of one entry now (write lock held);
-        the rest goes back to the head of the outbox. True if all went."""
-        data = self._admit(entry)
-        if data is None:
-            return True
-        sent = send_some(self.sock, [data], self.tls_lock)
-        self.bytes_out += sent
-        if sent == len(data):
-            return True
-        rest = data if sent == 0 else memoryview(data)[sent:]
-        with self._state_lock:
-            self._outbox.put_back(rest)
-        return False
 
     def _flush_outbox(self) -> None:
         """Write everything posted so far, blocking (``_write_lock`` held)."""
@@ -350,69 +331,6 @@ class Transport(Fragmenting):
             self._enrol_if_waiting()
         elif self._fin_pending:
             self._fin_if_flushed()
-
-    def _enrol_if_waiting(self) -> None:
-        with self._state_lock:
-            enrol = bool(self._outbox) and not self._enrolled and not self._closed
-            if enrol:
-                self._enrolled = True
-                self._progress, self._progress_at, self._unsent = 0, time.monotonic(), unsent(self.sock)
-        if enrol:
-            self._flusher.enrol(self)
-
-    # -- called by the flusher thread ---------------------------------------
-
-    def flush_ready(self) -> bool:
-        """The socket is writable: write what it takes. False when the
-        flusher should stop watching it (done, closed, or another thread
-        holds the write lock and will hand the outbox back on release)."""
-        with self._state_lock:
-            if self._closed or not self._write_lock.acquire(blocking=False):
-                self._enrolled = False
-                return False
-        written, completed = self.bytes_out, False
-        try:
-            while True:
-                entry = self._pop()
-                if entry is None:
-                    break
-                if not self._write_entry_now(entry):
-                    break
-                completed = True
-        except OSError:
-            with self._state_lock:
-                self._outbox.clear()
-            self.abort()  # the reader sees the failure and ends the connection
-        finally:
-            written = self.bytes_out - written
-            self._write_lock.release()
-        with self._state_lock:
-            if self._outbox and not self._closed:
-                self._progress += written
-                if completed:  # a whole frame: the deadline starts again
-                    self._progress_at = time.monotonic()
-                return True
-            self._enrolled = False
-        if self._fin_pending:
-            self._fin_if_flushed()
-        return False
-
-    def write_overdue(self, now: float) -> bool:
-        """True (and the client dropped) when the outbox made no progress
-        (a whole frame, or ``MIN_PROGRESS`` bytes taken by the client) for
-        ``write_timeout`` seconds."""
-        with self._state_lock:
-            overdue = self._enrolled and self._write_timeout is not None and not self._closed
-            if overdue:
-                held = unsent(self.sock)
-                if self._progress - (held - self._unsent) >= MIN_PROGRESS:
-                    self._progress, self._progress_at, self._unsent = 0, now, held
-                overdue = now - self._progress_at > self._write_timeout  # type: ignore[operator]
-            if overdue:
-                self._enrolled = False
-        if overdue:
-            self._on_write_timeout()
-        return overdue
 
     # -- ending -------------------------------------------------------------
 

@@ -27,6 +27,8 @@ import collections
 import threading
 from typing import Any, Callable, Optional
 
+from ..log import logger
+
 __all__ = ["Dispatcher", "listener_thread"]
 
 
@@ -98,6 +100,8 @@ class Dispatcher:
                 was_full = len(self._calls) + 1 >= self._max
             try:
                 fn(*args)
+            except BaseException:  # noqa: BLE001 - a bug, or SystemExit from a listener: the others still run
+                logger.exception("a queued listener call failed")
             finally:
                 if was_full:
                     self.on_room()

@@ -46,6 +46,8 @@ __all__ = ["EventLoop", "SPARE_IDLE", "MAX_SPARES"]
 SPARE_IDLE = 10.0
 #: Spare threads kept per loop; a thread that frees itself beyond these ends.
 MAX_SPARES = 2
+#: Sysmon samples without a stuck task that end a burst (``EventLoop.bursting``).
+_BURST_QUIET = 20
 
 Call = tuple["LoopReading", Callable[[], None]]
 
@@ -83,6 +85,11 @@ class EventLoop:
         self.in_task = False
         self.task_reader: Optional["LoopReading"] = None
         self.sampled_seq = -1  # the sysmon's, under _lock
+        #: Set by a hand-off, cleared after ``_BURST_QUIET`` quiet samples:
+        #: while set, each task runs off the loop (``_run_detached``).
+        self.bursting = False
+        self._quiet = 0
+        self._detached: dict[threading.Thread, list] = {}  # thread: [reader, seen by a sample]
 
     def __repr__(self) -> str:
         return f"<EventLoop {self.name} threads={self.threads}>"
@@ -151,13 +158,20 @@ class EventLoop:
 
     def check_stuck(self) -> Optional["LoopReading"]:
         """The sysmon's sample: if the owner has been in the same task since
-        the last sample, hand the loop off and return the task's reader."""
+        the last sample, hand the loop off and return the task's reader; a
+        task running off the loop (a burst, below) seen at two samples has
+        its connection's reading moved to the loop."""
         with self._lock:
-            if not self.in_task or self._stopped:
+            if self._stopped:
+                return None
+            woken = self._check_detached()
+            if not self.in_task:
                 self.sampled_seq = -1
+                self._after_sample(woken)
                 return None
             if self.task_seq != self.sampled_seq:
                 self.sampled_seq = self.task_seq
+                self._after_sample(woken)
                 return None
             stuck, reader = self._owner, self.task_reader
             self.sampled_seq = -1
@@ -167,6 +181,7 @@ class EventLoop:
                 call = reader.hand_off(stuck)
                 if call is not None:  # the connection's own events, from where the stuck thread left them
                     self._calls.append((reader, call))
+            self.bursting, self._quiet = True, 0
             self._wanted += 1
             spare = self._spares > 0
             if spare:
@@ -175,8 +190,36 @@ class EventLoop:
             self._start_thread()
         return reader
 
+    def _check_detached(self) -> bool:
+        """Under ``_lock``: move the reading of connections whose detached
+        task is stuck to the loop; True if the loop must be woken for it."""
+        woken = False
+        for thread, entry in list(self._detached.items()):
+            if not entry[1]:
+                entry[1] = True  # seen once: stuck if still there at the next sample
+                continue
+            call = entry[0].hand_off(thread)
+            if call is not None:
+                del self._detached[thread]
+                self._calls.append((entry[0], call))
+                woken = True
+                self.bursting, self._quiet = True, 0
+        return woken
+
+    def _after_sample(self, woken: bool) -> None:
+        """Under ``_lock``: count quiet samples (a burst ends after
+        ``_BURST_QUIET``); wake the selector for calls just queued."""
+        if not woken and not self._detached:
+            self._quiet += 1
+            if self._quiet >= _BURST_QUIET:
+                self.bursting = False
+        if woken and self._selecting and not self._woken:
+            self._woken = True
+            self._wake()
+        return None
+
     def busy(self) -> bool:
-        return self.in_task
+        return self.in_task or bool(self._detached)
 
     # -- the loop's threads ---------------------------------------------------
 
@@ -272,7 +315,7 @@ class EventLoop:
             self._begin_task(reader)
             try:
                 fn()
-            except Exception:  # noqa: BLE001 - a bug in a call: log it, keep the loop
+            except BaseException:  # noqa: BLE001 - a bug, or SystemExit from a listener: log it, keep the loop
                 logger.exception("event loop %s: a call failed", self.name)
             if not self._end_task(me):
                 with self._lock:
@@ -294,13 +337,39 @@ class EventLoop:
             if reader is None:
                 _drain(self._wake_r)
                 continue
+            if self.bursting:
+                self._run_detached(me, reader)
+                return reader
             self._begin_task(reader)
             try:
                 reader.on_ready()
-            except Exception:  # noqa: BLE001 - a bug: log it, keep the loop
+            except BaseException:  # noqa: BLE001 - a bug, or SystemExit from a listener: log it, keep the loop
                 logger.exception("event loop %s: a connection failed", self.name)
             if not self._end_task(me):
                 return reader
+
+    def _run_detached(self, me: threading.Thread, reader: "LoopReading") -> None:
+        """During a burst of blocking listeners: give the loop to another
+        thread first, then run the task (Jetty's execute-produce-consume:
+        the thread that found the task runs it, another goes on selecting),
+        so that listeners blocking one after another do not hold up the
+        tasks behind them by a sample each. The sysmon still watches it."""
+        with self._lock:
+            self._owner = None
+            self._wanted += 1
+            self._detached[me] = [reader, False]
+            spare = self._spares > 0
+            if spare:
+                self._spare_cond.notify()
+        if not spare:
+            self._start_thread()
+        try:
+            reader.on_ready()
+        except BaseException:  # noqa: BLE001 - a bug, or SystemExit from a listener: log it
+            logger.exception("event loop %s: a connection failed", self.name)
+        finally:
+            with self._lock:
+                self._detached.pop(me, None)
 
     def _begin_task(self, reader: "LoopReading") -> None:
         self.task_reader = reader

@@ -273,7 +273,10 @@ class LoopReading:
                 return
             self._aborted = True
             loop = self._in_loop()
-        if loop:
+            end_now = self._eof_queued  # its end waited for a blocked listener: no longer
+        if end_now:
+            self._loop.call_soon(self, self._end)
+        elif loop:
             self._loop.call_soon(self, self._continue)
 
     # -- the hand-off (the sysmon, under the loop's lock) -------------------------

@@ -8,6 +8,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed as ClientClosed
@@ -244,6 +245,27 @@ def test_heartbeat_pings_and_keeps_an_answering_client(server):
         for _ in range(3):
             pongs.get(timeout=TIMEOUT)
         assert ws.ready_state is ReadyState.OPEN
+
+
+def test_heartbeats_of_connections_opened_together_are_spread(server):
+    """Issue 17.7: twenty connections opened at once do not ping in one
+    burst: the first ping comes after 75% to 100% of ping_interval."""
+    handler = server.create_handler(path="/beat", ping_interval=2.0, ping_timeout=5)
+    first_pings: "queue.Queue[float]" = queue.Queue()
+
+    @handler.on("connection")
+    def on_connection(ws, request):
+        opened = time.monotonic()
+        ws.on("pong", lambda payload: first_pings.put(time.monotonic() - opened))
+
+    clients = [connect(url(server, "/beat"), open_timeout=TIMEOUT, ping_interval=None, **LEGACY) for _ in range(20)]
+    try:
+        delays = sorted({round(first_pings.get(timeout=TIMEOUT), 3) for _ in range(20)})
+        assert 1.45 <= delays[0] and delays[-1] <= 2.5, delays
+        assert delays[-1] - delays[0] > 0.05, delays  # 20 uniform draws over 0.5 s: a spread of ~0.48 s
+    finally:
+        for client in clients:
+            client.close()
 
 
 def test_heartbeat_drops_a_silent_client_with_1011(server):

@@ -14,6 +14,7 @@ waits for the next read.
 from __future__ import annotations
 
 import os
+import random
 from typing import Callable, Optional
 
 from .timers import Timer, Timers
@@ -21,6 +22,7 @@ from .timers import Timer, Timers
 __all__ = ["Heartbeat"]
 
 _RECHECK = 1.0  # seconds between verdict retries while nobody reads
+_SPREAD = 0.25  # the first ping comes up to this share of the interval early
 
 
 class Heartbeat:
@@ -51,8 +53,12 @@ class Heartbeat:
         self._verdict_timer: Optional[Timer] = None
 
     def start(self) -> None:
+        """The first ping comes after 75% to 100% of ``interval``, at random:
+        connections opened together (a reconnecting crowd, a restart) then
+        ping at different moments, not in one burst per interval."""
         if self._interval is not None:
-            self._ping_timer = self._timers.call_later(self._interval, self._ping)
+            first = self._interval * (1.0 - random.random() * _SPREAD)
+            self._ping_timer = self._timers.call_later(first, self._ping)
 
     def pong(self, payload: bytes) -> None:
         if payload == self._payload:

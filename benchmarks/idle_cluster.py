@@ -16,7 +16,11 @@ A one-off measurement, not a CI test. One run:
    address 127.0.0.(2+i) (all of 127/8 is loopback on Linux; each source and
    destination address pair has its own ephemeral ports,
    ``net.ipv4.ip_local_port_range``), each opening ``connections / M`` with
-   its soft RLIMIT_NOFILE at 20,000 (run.py's ``_raise_nofile``).
+   its soft RLIMIT_NOFILE at 20,000 (run.py's ``_raise_nofile``). With
+   ``--sources-per-generator K`` each takes K addresses in turn: libuv binds
+   with ``SO_REUSEADDR`` to port 0, and the kernel's search for a free port
+   then scans one half of the range, one parity at a time, so a bind costs up
+   to ~1.5 ms of CPU once an address holds more than ~7,000 ports.
 3. Once every generator holds its share, a ``go`` line: all hold ``--hold`` s
    together with the heartbeat on (``--ping`` s), each sending a 32 B echo every
    ``--echo-every`` s to ``--echo-sample`` of its connections (round trips pooled).
@@ -220,7 +224,8 @@ def measure(opts: argparse.Namespace, logs: Path) -> dict[str, Any]:
     supervisor, pids = start_supervisor(opts, port, logs)
     generators: list[subprocess.Popen] = []
     events: "queue.Queue[tuple[int, dict]]" = queue.Queue()
-    sources = [f"127.0.0.{2 + i}" for i in range(opts.generators)]
+    k = opts.sources_per_generator
+    sources = [[f"127.0.0.{2 + i * k + j}" for j in range(k)] for i in range(opts.generators)]
     machine = Machine(lambda: bench.cpu_seconds(supervisor.pid) + sum(bench.cpu_seconds(g.pid) for g in generators))
     result: dict[str, Any] = {"port": port, "worker_pids": pids, "sources": sources, "background_busy_pct": background}
     try:
@@ -232,7 +237,7 @@ def measure(opts: argparse.Namespace, logs: Path) -> dict[str, Any]:
             target = min(per_generator, opts.connections - i * per_generator)
             config = dict(mode="idle", url=f"ws://127.0.0.1:{port}/", target=target, concurrency=opts.concurrency, max_failures=200,
                           connect_limit=opts.connect_limit, hold=opts.hold, echo_every=opts.echo_every, echo_sample=opts.echo_sample,
-                          echo_raw=True, local_address=source, wait_go=True, wait_close=True, close_wait=opts.grace + 30,
+                          echo_raw=True, local_address=source if k > 1 else source[0], wait_go=True, wait_close=True, close_wait=opts.grace + 30,
                           timeout=2 * opts.connect_limit + opts.hold + opts.grace + 120)
             generators.append(bench.start_load(config, logs, name=f"load-cluster-{i}"))
             threading.Thread(target=read_events, args=(i, generators[-1], events), daemon=True).start()
@@ -321,6 +326,7 @@ def main() -> int:
     parser.add_argument("--ping", type=float, default=20.0, help="heartbeat interval (default 20, the library's default)")
     parser.add_argument("--echo-sample", type=int, default=8, help="connections per generator that get a sample echo (default 8)")
     parser.add_argument("--echo-every", type=float, default=1.0, help="seconds between two sample echoes on each (default 1)")
+    parser.add_argument("--sources-per-generator", type=int, default=1, help="loopback source addresses per generator, taken in turn (default 1)")
     parser.add_argument("--concurrency", type=int, default=100, help="handshakes in flight per generator (default 100)")
     parser.add_argument("--connect-limit", type=float, default=300.0, help="seconds allowed to open them (default 300)")
     parser.add_argument("--grace", type=float, default=60.0, help="the supervisor's --grace: seconds a worker may take to close (default 60)")
@@ -336,10 +342,13 @@ def main() -> int:
     low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     if per_generator > NOFILE - 100:
         parser.error(f"{per_generator:,} connections per generator: above {NOFILE - 100:,} (each has {NOFILE:,} fds); raise --generators")
-    if per_generator > high - low + 1:
-        parser.error(f"{per_generator:,} connections per source address: above the {high - low + 1:,} ephemeral ports; raise --generators")
-    if not 1 <= opts.generators <= 250 or opts.workers < 1:
-        parser.error("--generators must be 1 to 250 (127.0.0.2 to 127.0.0.251) and --workers at least 1")
+    if opts.generators < 1 or opts.sources_per_generator < 1 or opts.workers < 1:
+        parser.error("--generators, --sources-per-generator and --workers must be at least 1")
+    if opts.generators * opts.sources_per_generator > 250:
+        parser.error("--generators x --sources-per-generator: 250 source addresses at most (127.0.0.2 to 127.0.0.251)")
+    if -(-per_generator // opts.sources_per_generator) > high - low + 1:
+        parser.error(f"{per_generator:,} connections per generator: above the {high - low + 1:,} ephemeral ports of each of its "
+                     "source addresses; raise --generators or --sources-per-generator")
     opts.quiet_budget = opts.quiet_wait
     signal.signal(signal.SIGTERM, bench._on_sigterm)
     bench.setup(profile=False)

@@ -28,6 +28,11 @@ def _codes(generators: list[dict]) -> dict[str, int]:
     return codes
 
 
+def _names(sources: list) -> list[str]:
+    """Each generator's source addresses (a list, or one string), as one name: ``127.0.0.2+127.0.0.3``."""
+    return [source if isinstance(source, str) else "+".join(source) for source in sources]
+
+
 def render(meta: dict, result: dict) -> str:
     o, m, v, k = meta["options"], meta["machine"], meta["versions"], meta["sysctl"]
     gens = result["generators"]
@@ -57,7 +62,7 @@ def render(meta: dict, result: dict) -> str:
            f" (asked for {o['server_nofile']:,}: the hard limit here is {meta['nofile_here'][1]:,}, and raising it needs CAP_SYS_RESOURCE, "
            f"which this {'process has' if meta.get('cap_sys_resource') else 'container does not give, even to root'})"),
         f"- generators: benchmarks/load.js in idle mode, {o['concurrency']} handshakes in flight each, soft RLIMIT_NOFILE 20,000 each, "
-        f"bound to {', '.join(result['sources'])} (one each), all to 127.0.0.1:{result['port']}",
+        f"bound to {', '.join(_names(result['sources']))} (one generator each), all to 127.0.0.1:{result['port']}",
         f"- heartbeat every {o['ping']:g} s; all held together for {o['hold']:g} s; sample echoes: {o['echo_sample']} connections per generator, "
         f"a 32 B message each every {o['echo_every']:g} s, one in flight",
         "", "## Result", "", "| | |", "|---|---:|",
@@ -90,7 +95,7 @@ def render(meta: dict, result: dict) -> str:
     lines += ["", "## Per generator", "",
               "| source address | target | open at the end of the hold | failed | seconds to open | RSS (MiB) / fds once held | pings | dropped | echoes answered / sent | p50 / max (ms) | close codes | still open | closes spread over (s) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
-    for source, g, st in zip(result["sources"], gens, result.get("generator_status") or [{}] * len(gens)):
+    for source, g, st in zip(_names(result["sources"]), gens, result.get("generator_status") or [{}] * len(gens)):
         r, c = g["result"], g["closed"]
         lines.append(f"| {source} | {g['held']['open'] + g['held']['failed']:,} | {r['open']:,} | {g['held']['failed']} | {fmt(g['held']['connect_seconds'])} | "
                      f"{fmt(st['rss'] / MiB if st else None, 0)} / {st.get('fds', '-'):,} | "

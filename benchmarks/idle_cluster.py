@@ -188,7 +188,8 @@ class Machine(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self.join(5)
+        if self.is_alive():  # not started when the workers failed to start
+            self.join(5)
 
 
 def exited(pid: int) -> bool:

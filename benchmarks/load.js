@@ -13,7 +13,8 @@
 //   {"event":"progress"|"held"|"closed",...}  idle mode
 //   {"event":"error","message":...}  then exit code 1
 // Every loop is bounded in time (cfg.duration, cfg.timeout) and in count (cfg.max_ops).
-// Reads "stop" lines on stdin (idle mode: stop opening connections).
+// Reads lines on stdin (idle mode): "stop" (stop opening connections) and, with
+// cfg.wait_go, "go" (start the hold: every generator of a run holds together).
 
 const path = require('path');
 const net = require('net');
@@ -38,9 +39,15 @@ setTimeout(() => fail(`watchdog: no result within ${cfg.timeout} s`), cfg.timeou
 
 let stdinBuf = '';
 let stopRequested = false;
+let onGo = null; // idle mode with cfg.wait_go: starts the hold once "go" comes
 process.stdin.on('data', (chunk) => {
   stdinBuf += chunk.toString();
   if (stdinBuf.includes('stop')) stopRequested = true;
+  if (onGo && stdinBuf.split('\n').includes('go')) {
+    const go = onGo;
+    onGo = null;
+    go();
+  }
 });
 process.stdin.on('error', () => {});
 
@@ -423,8 +430,16 @@ async function runBroadcast() {
 // round trip is timed. With `wait_close`, the connections stay open after the
 // result until the server closes them (run.py asks it to), and a "closed"
 // event tells their close codes (or who was still open after `close_wait` s).
+// `local_address` (a string, or a list taken in turn): the source address the
+// connections are bound to (127.0.0.2 and up are loopback too on Linux: each
+// source and destination address pair has its own ephemeral ports, about
+// 28,000 by default). `wait_go`: after "held", wait (up to `connect_limit` s)
+// for a "go" line before holding, so that several generators hold together.
+// `echo_raw`: the result lists every round trip (`echo_rtts_ms`), so that
+// generators' samples can be pooled.
 function runIdle() {
   const t0 = now();
+  const sources = cfg.local_address ? [].concat(cfg.local_address) : [];
   let started = 0;
   let open = 0;
   let failed = 0;
@@ -478,7 +493,8 @@ function runIdle() {
     const sorted = echo.rtts.slice().sort((a, b) => a - b);
     return { echo_sample: Math.min(cfg.echo_sample || 0, sockets.length), echo_every: cfg.echo_every || 1, echo_sent: echo.sent,
       echo_answered: echo.answered, echo_skipped: echo.skipped, echo_rtt_p50_ms: percentile(sorted, 0.5),
-      echo_rtt_p99_ms: percentile(sorted, 0.99), echo_rtt_max_ms: sorted.length ? sorted[sorted.length - 1] : null };
+      echo_rtt_p99_ms: percentile(sorted, 0.99), echo_rtt_max_ms: sorted.length ? sorted[sorted.length - 1] : null,
+      ...(cfg.echo_raw ? { echo_rtts_ms: echo.rtts } : {}) };
   }
   let closedReported = false;
   function closedReport(reason) {
@@ -494,8 +510,20 @@ function runIdle() {
     if (done) return;
     done = true;
     clearInterval(progress);
+    report('held', { stop_reason: reason, connect_seconds: now() - t0 });
+    if (!cfg.wait_go) return startHold();
+    onGo = startHold;
+    if (stdinBuf.split('\n').includes('go')) {
+      onGo = null;
+      return startHold();
+    }
+    setTimeout(() => {
+      if (onGo) fail(`no "go" within ${cfg.connect_limit} s of "held"`);
+    }, cfg.connect_limit * 1000).unref();
+  }
+  function startHold() {
     heldAt = now();
-    report('held', { stop_reason: reason, connect_seconds: heldAt - t0 });
+    if (cfg.wait_go) report('holding', { waited_seconds: heldAt - t0 });
     const pings0 = pings;
     const closed0 = closedAfterOpen;
     const echoes = startEchoes();
@@ -525,7 +553,7 @@ function runIdle() {
     if (done || started >= cfg.target) return;
     started++;
     inFlight++;
-    const ws = new WebSocket(cfg.url, WS_OPTIONS);
+    const ws = new WebSocket(cfg.url, sources.length ? { ...WS_OPTIONS, localAddress: sources[started % sources.length] } : WS_OPTIONS);
     let wasOpen = false;
     let settled = false;
     const settle = () => {

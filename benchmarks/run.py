@@ -533,8 +533,9 @@ def start_server(impl: str, mode: str, logs: Path, ping_interval: float = 20.0, 
     return proc, int(parts[1])
 
 
-def start_load(config: dict, logs: Path) -> subprocess.Popen:
-    stderr = open(logs / "load.log", "ab")
+def start_load(config: dict, logs: Path, name: str = "load") -> subprocess.Popen:
+    """A load.js process (stdin and stdout piped), its stderr in ``logs/<name>.log``."""
+    stderr = open(logs / f"{name}.log", "ab")
     proc = subprocess.Popen(
         ["node", str(BENCH / "load.js"), json.dumps(config)],
         stdout=subprocess.PIPE,

@@ -41,6 +41,11 @@ Modes:
   ``close()`` returns at its deadline even if some have not), the CPU time it
   used, and how many were open.
 
+``servers:cluster_echo`` is the factory that ``python -m ws_multipath serve
+servers:cluster_echo --workers N`` calls in each worker (benchmarks/idle_cluster.py;
+benchmarks/ on its ``PYTHONPATH``): the ``echo`` mode on ``/``, with the
+heartbeat interval from ``BENCH_PING_INTERVAL`` (20 s unless set).
+
 Memory investigations: with ``BENCH_TRACEMALLOC=<dir>`` in its environment
 the server runs under ``tracemalloc`` (``BENCH_TRACEMALLOC_FRAMES`` frames
 per trace, 16 by default) and writes a snapshot to
@@ -237,6 +242,24 @@ def run_ws_multipath(mode: str, ping_interval: float, ping_timeout: float, compr
     server.serve_forever()
     if controller is not None:
         controller.wait()
+
+
+def cluster_echo(**options: Any) -> Any:
+    """A worker's server for ``python -m ws_multipath serve servers:cluster_echo``:
+    ``options`` are the supervisor's (port, host, reuse_port, broker); echo on ``/``
+    as ``run_ws_multipath``'s ``echo`` mode, ``backlog`` 4096 (the kernel caps it at
+    ``net.core.somaxconn``) for the generators' bursts of handshakes."""
+    from ws_multipath import MultipathServer
+
+    interval = float(os.environ.get("BENCH_PING_INTERVAL", "20"))
+    server = MultipathServer(**options, backlog=4096)
+    handler = server.create_handler(path="/", ping_interval=interval, ping_timeout=20.0, max_payload=MAX_SIZE)
+
+    @handler.on("connection")
+    def on_connection(ws, request):  # type: ignore[no-untyped-def]
+        ws.on("message", lambda data, is_binary: ws.send(data))
+
+    return server
 
 
 def run_websockets(mode: str, ping_interval: float, ping_timeout: float, compression: bool, control: bool = False) -> None:

@@ -56,6 +56,12 @@ _BACKOFF_MAX = 30.0
 _HEALTHY_AFTER = 30.0
 
 
+#: Seconds a worker may take to close before it is killed: past its own
+#: ``close()`` deadline (the default ``close_timeout``, 10 s, plus 2) with
+#: room for a worker holding 19,000 connections (10.3-11.8 s measured on
+#: 2 cores: benchmarks/results/2026-12-07-57k.md).
+GRACE = 15.0
+
 def load_factory(spec: str) -> Callable[..., Any]:
     """The callable named by ``module:attribute``; ``ValueError`` naming what is wrong."""
     module_name, _, attribute = spec.partition(":")
@@ -152,7 +158,7 @@ def _die_with_parent() -> None:
 
 
 def supervise(
-    spec: str, workers: int, port: int, host: Optional[str], broker: Optional[str], grace: float = 10.0,
+    spec: str, workers: int, port: int, host: Optional[str], broker: Optional[str], grace: float = GRACE,
     fd: Optional[int] = None, worker_args: tuple[str, ...] = (),
 ) -> int:
     """Run ``workers`` worker processes until SIGTERM or Ctrl-C; with
@@ -254,7 +260,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default=None, help="address to listen on (default: all interfaces)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--broker", default=None, help="broker URL shared by the workers, e.g. redis://localhost:6379/0")
-    parser.add_argument("--grace", type=float, default=10.0, help="seconds a worker may take to close before it is killed (default 10)")
+    parser.add_argument("--grace", type=float, default=GRACE, help=f"seconds a worker may take to close before it is killed (default {GRACE:.0f})")
     parser.add_argument("--verbose", "-v", action="store_true", help="log connections, closes, refusals and drops (INFO)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text (default) or JSON objects")
     parser.add_argument("--fd", type=int, default=None, help="accept on this inherited listening socket instead of a port (default: systemd's LISTEN_FDS, if set)")

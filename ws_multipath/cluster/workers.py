@@ -62,6 +62,7 @@ _HEALTHY_AFTER = 30.0
 #: 2 cores: benchmarks/results/2026-12-07-57k.md).
 GRACE = 15.0
 
+
 def load_factory(spec: str) -> Callable[..., Any]:
     """The callable named by ``module:attribute``; ``ValueError`` naming what is wrong."""
     module_name, _, attribute = spec.partition(":")

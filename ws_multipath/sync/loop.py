@@ -46,8 +46,10 @@ __all__ = ["EventLoop", "SPARE_IDLE", "MAX_SPARES"]
 SPARE_IDLE = 10.0
 #: Spare threads kept per loop; a thread that frees itself beyond these ends.
 MAX_SPARES = 2
-#: Sysmon samples without a stuck task that end a burst (``EventLoop.bursting``).
+#: Sysmon samples without a stuck task that end a burst (``EventLoop.bursting``)...
 _BURST_QUIET = 20
+#: ... or tasks in a row run off the loop that ended before a sample saw them.
+_BURST_QUICK = 8
 
 Call = tuple["LoopReading", Callable[[], None]]
 
@@ -88,7 +90,8 @@ class EventLoop:
         #: Set by a hand-off, cleared after ``_BURST_QUIET`` quiet samples:
         #: while set, each task runs off the loop (``_run_detached``).
         self.bursting = False
-        self._quiet = 0
+        self._quiet = 0  # sysmon samples without a stuck task, during a burst
+        self._quick = 0  # detached tasks in a row that ended before a sample saw them
         self._detached: dict[threading.Thread, list] = {}  # thread: [reader, seen by a sample]
 
     def __repr__(self) -> str:
@@ -169,7 +172,7 @@ class EventLoop:
                 self.sampled_seq = -1
                 self._after_sample(woken)
                 return None
-            if self.task_seq != self.sampled_seq:
+            if self.task_seq != self.sampled_seq or not self._in_user_code(self.task_reader):
                 self.sampled_seq = self.task_seq
                 self._after_sample(woken)
                 return None
@@ -181,7 +184,7 @@ class EventLoop:
                 call = reader.hand_off(stuck)
                 if call is not None:  # the connection's own events, from where the stuck thread left them
                     self._calls.append((reader, call))
-            self.bursting, self._quiet = True, 0
+            self.bursting, self._quiet, self._quick = True, 0, 0
             self._wanted += 1
             spare = self._spares > 0
             if spare:
@@ -203,8 +206,15 @@ class EventLoop:
                 del self._detached[thread]
                 self._calls.append((entry[0], call))
                 woken = True
-                self.bursting, self._quiet = True, 0
+                self.bursting, self._quiet, self._quick = True, 0, 0
         return woken
+
+    @staticmethod
+    def _in_user_code(reader: Optional["LoopReading"]) -> bool:
+        """Only a task inside a listener is handed off: the library's own
+        code on a loop never blocks, and a thread that merely waits for the
+        GIL (other threads ran Python meanwhile) gains nothing from it."""
+        return reader is not None and reader.in_listener
 
     def _after_sample(self, woken: bool) -> None:
         """Under ``_lock``: count quiet samples (a burst ends after
@@ -369,7 +379,11 @@ class EventLoop:
             logger.exception("event loop %s: a connection failed", self.name)
         finally:
             with self._lock:
-                self._detached.pop(me, None)
+                entry = self._detached.pop(me, None)
+                if entry is not None and not entry[1]:  # it ended within a sample: not a blocking one
+                    self._quick += 1
+                    if self._quick >= _BURST_QUICK:
+                        self.bursting = False
 
     def _begin_task(self, reader: "LoopReading") -> None:
         self.task_reader = reader

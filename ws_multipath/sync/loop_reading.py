@@ -89,6 +89,11 @@ class LoopReading:
     def enter_listener(self) -> None:
         self._in_listener = True
 
+    @property
+    def in_listener(self) -> bool:
+        """True while the runner is inside one of this connection's listeners."""
+        return self._in_listener
+
     def leave_listener(self) -> bool:
         """After a listener call on the runner: False when the connection's
         reading was handed off meanwhile (the caller stops acting on it)."""

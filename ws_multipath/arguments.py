@@ -8,14 +8,11 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 from .http.proxies import TrustedProxies
 from .http.wsgi import WSGIOptions
 from .sync.acceptor import check_listening_socket
-
-if TYPE_CHECKING:
-    from .server import MultipathServer
 
 __all__ = ["NO_PORT", "NoListen", "check_arguments", "check_listen_arguments", "check_path", "wsgi_options"]
 
@@ -27,7 +24,7 @@ class _NoPort(int):
         return "<no port>"
 
 
-NO_PORT = _NoPort(0)
+NO_PORT: int = _NoPort(0)
 
 
 class NoListen:
@@ -35,7 +32,7 @@ class NoListen:
     ws-multipath): ``hasattr(server, "listen")`` is False otherwise, and
     ``server.listen()`` raises an ``AttributeError`` that says why."""
 
-    def __get__(self, server: Optional["MultipathServer"], owner: type) -> Callable[[], None]:
+    def __get__(self, server: Optional[object], owner: type) -> Callable[[], None]:
         if server is None:
             return self  # type: ignore[return-value]
         raise AttributeError(

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Collection, Container, Mapping
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
 
 from .broadcast_targets import Outside, checked_broadcast, converted
 from .emitter import EventEmitter
@@ -25,6 +25,7 @@ from .http.routing import compile_pattern, is_pattern
 from .http.upgrade import error_response
 from .http.wsgi_socket import linger
 from .log import format_address, logger
+from .host import HandlerHost
 from .options import HandlerOptions
 from .protocol.frames import FrameReader, FrameWriter, Payload
 from .stats import HandlerTotals, Refusals, drop_key
@@ -35,7 +36,6 @@ from .sync.transport import Transport
 
 if TYPE_CHECKING:
     from .cluster.presence import Presence, PresenceEntry
-    from .server import MultipathServer
 
 __all__ = ["WebSocketHandler"]
 
@@ -75,8 +75,8 @@ class WebSocketHandler(EventEmitter):
 
     EVENTS = frozenset({"connection", "headers", "error", "close", "listening", "client_error", "join", "leave"})
 
-    def __init__(self, server: "MultipathServer", path: str, options: HandlerOptions) -> None:
-        super().__init__(error_parent=server)
+    def __init__(self, server: HandlerHost, path: str, options: HandlerOptions) -> None:
+        super().__init__(error_parent=cast(EventEmitter, server))  # the server: errors go up to it
         self.path = path
         self.options = options
         self._server = server

@@ -26,7 +26,7 @@ from .message import FormatError, decode, encode, presence_channel, send_channel
 
 if TYPE_CHECKING:
     from ..handler import WebSocketHandler
-    from ..server import MultipathServer
+    from ..host import HandlerHost
     from ..sync.connection import WebSocket
     from .presence import Presence
 
@@ -34,7 +34,7 @@ __all__ = ["ClusterNode"]
 
 
 class ClusterNode:
-    def __init__(self, server: "MultipathServer", broker: Broker, owned: bool) -> None:
+    def __init__(self, server: "HandlerHost", broker: Broker, owned: bool) -> None:
         self.id = uuid.uuid4().hex
         self.broker = broker
         self.prefix = broker.prefix

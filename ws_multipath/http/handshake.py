@@ -24,7 +24,7 @@ import socket
 import ssl
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 from ..emitter import EventEmitter
 from ..errors import HandshakeError
@@ -42,14 +42,25 @@ from .wsgi import WSGIServer
 from .wsgi_socket import linger
 
 if TYPE_CHECKING:
-    from ..handler import WebSocketHandler
     from ..sync.connection import WebSocket
 
 __all__ = ["HTTPSide", "Deadline", "HeadLimits"]
 
+class UpgradeHandler(Protocol):
+    """What the HTTP side needs of a path's handler (``handler.py``): accept
+    an upgrade on a socket, then serve the open connection (True: its
+    event loop owns the socket from then on)."""
+
+    path: str
+
+    def _accept(self, sock: socket.socket, request: Request, end_handshake: Callable[[], None]) -> Union["WebSocket", bool]: ...
+
+    def _serve(self, ws: "WebSocket") -> bool: ...
+
+
 #: What a request became: True when a listener owns the socket now, False
 #: when it was answered, or an accepted WebSocket and its handler.
-_Outcome = Union[bool, tuple["WebSocketHandler", "WebSocket"]]
+_Outcome = Union[bool, tuple["UpgradeHandler", "WebSocket"]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +124,7 @@ class HTTPSide:
 
     def __init__(
         self,
-        routes: RoutingTable["WebSocketHandler"],
+        routes: "RoutingTable[Any]",  # of UpgradeHandler (the server's handlers)
         timers: Timers,
         limits: HeadLimits,
         ssl_context: Optional[ssl.SSLContext],
@@ -161,7 +172,7 @@ class HTTPSide:
         then what it becomes (a WebSocket served here until it ends)."""
         self._serve(sock, address, lambda deadline: self._first_request(self._start_tls(sock, deadline), address, deadline))
 
-    def serve_upgrade(self, handler: "WebSocketHandler", sock: socket.socket, head: bytes, address: Any) -> None:
+    def serve_upgrade(self, handler: "UpgradeHandler", sock: socket.socket, head: bytes, address: Any) -> None:
         """``handler.handle_upgrade``: ``serve`` for a socket whose request
         head (or its start) ``head`` someone else has read, for ``handler``;
         the same limits, checks, hooks and handshake deadline. The socket is
@@ -222,7 +233,7 @@ class HTTPSide:
         request = parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest, proxies=limits.proxies)
         return self._decide(sock, request, deadline, head)
 
-    def _upgrade_for(self, handler: "WebSocketHandler", sock: socket.socket, head: bytes, address: Any, deadline: Deadline) -> "_Outcome":
+    def _upgrade_for(self, handler: "UpgradeHandler", sock: socket.socket, head: bytes, address: Any, deadline: Deadline) -> "_Outcome":
         limits = self._limits
         head, rest = read_request_head(sock, limits.max_header_size, limits.max_headers, limits.max_target_size, buffered=head)
         request = parse_request_head(head, remote_address=address, secure=isinstance(sock, ssl.SSLSocket), buffered=rest, proxies=limits.proxies)

@@ -137,7 +137,7 @@ class WebSocketHandler(EventEmitter):
         return self._presence_of().count(self.path, path)
 
     def _presence_of(self) -> "Presence":
-        presence = self._server._presence if self.options.presence else None
+        presence: Optional["Presence"] = self._server._presence if self.options.presence else None
         if presence is None:
             raise RuntimeError(f"presence is off on {self.path}: create_handler(path, presence=True)")
         return presence

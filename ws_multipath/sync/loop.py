@@ -31,7 +31,7 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..log import logger
 from .dispatch import listener_thread
@@ -92,7 +92,7 @@ class EventLoop:
         self.bursting = False
         self._quiet = 0  # sysmon samples without a stuck task, during a burst
         self._quick = 0  # detached tasks in a row that ended before a sample saw them
-        self._detached: dict[threading.Thread, list] = {}  # thread: [reader, seen by a sample]
+        self._detached: dict[threading.Thread, list[Any]] = {}  # thread: [reader, seen by a sample]
 
     def __repr__(self) -> str:
         return f"<EventLoop {self.name} threads={self.threads}>"

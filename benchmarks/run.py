@@ -1057,7 +1057,7 @@ def render(summary: dict, meta: dict) -> str:
                 lines.append(f"\n- {impl}: error: {err}")
     if "soak_256x32B" in summary:
         e = summary["soak_256x32B"]
-        lines += ["", f"## Memory under load ({meta.get('soak')} s echo, 256 clients, 32 B; RSS sampled every 0.5 s)", "",
+        lines += ["", f"## Memory under load ({meta.get('soak')} s echo, 256 clients, {meta.get('soak_size', 32)} B; RSS sampled every 0.5 s)", "",
                   "| | ws_multipath | websockets |", "|---|---:|---:|"]
         a, b = e["ws_multipath"], e["websockets"]
         for label, key, digits in (("msg/s", "rate", 0), ("RSS at start of window (MiB)", "rss_start_mib", 1),
@@ -1190,6 +1190,7 @@ def main() -> int:
     parser.add_argument("--max-ops", type=int, default=5_000_000,
                         help="ops per run at most (a bound on every load loop; the soak's is at least 200,000 per second of --soak)")
     parser.add_argument("--soak", type=float, help="seconds of the memory soak (default 30, quick 6)")
+    parser.add_argument("--soak-size", type=int, default=32, help="message size of the soak's 256-client echo, bytes (default 32)")
     parser.add_argument("--idle-target", type=int, help="idle connections to try (default 10000, quick 2000)")
     parser.add_argument("--idle-hold", type=float, help="seconds to hold them (default 25, quick 6)")
     parser.add_argument("--idle-ping", type=float, help="heartbeat interval during the idle test (default 20, both libraries' default; quick 5)")
@@ -1260,6 +1261,7 @@ def main() -> int:
         "duration": opts.duration,
         "warmup": opts.warmup,
         "soak": opts.soak,
+        "soak_size": opts.soak_size,
         "idle_target": opts.idle_target,
         "idle_hold": opts.idle_hold,
         "idle_ping": opts.idle_ping,
@@ -1285,7 +1287,7 @@ def main() -> int:
                         result = run_idle(impl, opts, logs)
                         desc = f"held {result['held']}, {fmt(result['rss_per_conn_kib'])} KiB/conn, {fmt(result['threads_per_conn'], 2)} threads/conn ({result['stop_reason']})"
                     elif kind == "soak":
-                        soak = dict(server="echo", load=BY_NAME["echo_256x32B"]["load"], keep_samples=True)
+                        soak = dict(server="echo", load=dict(BY_NAME["echo_256x32B"]["load"], size=opts.soak_size), keep_samples=True)
                         # bounded by its duration: the default --max-ops would end a 600 s soak after about 200 s
                         result = run_throughput(soak, impl, opts, logs, duration=opts.soak, sample_every=0.5, max_ops=max(opts.max_ops, int(opts.soak * SOAK_OPS_PER_S)))
                         s = soak_summary(result)

@@ -62,9 +62,10 @@ __all__ = ["Bound", "Capacity", "measure_capacity", "report_capacity", "exhausti
 #: parser, its place in its loop's selector), as benchmarks/run.py's
 #: ``idle`` scenario measures it: 6.8 KiB at 10,000 connections with the
 #: heartbeat on, no thread among them (``run.py --ref worktree --scenarios
-#: idle --idle-target 10000 --peers websockets`` at 830ba60, 2026-12-07;
-#: 28 KiB with a thread each before). Messages in flight cost their size on
-#: top (up to ``max_queue`` x ``max_payload``), deflate more.
+#: idle --idle-target 10000 --peers websockets``, 2026-12-07: at 830ba60 and
+#: again at 4bbe7ef; 6.9 in a run that stopped at 7,675; 28 KiB with a
+#: thread each before). Messages in flight cost their size on top (up to
+#: ``max_queue`` x ``max_payload``), deflate more.
 PER_CONNECTION_BYTES = 7 * 1024
 #: Descriptors the server holds besides its connections and its loops: the
 #: listening socket, the flusher's wake-up socket pair and its epoll

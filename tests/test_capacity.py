@@ -1,8 +1,11 @@
 """The connection ceiling (ws_multipath/sync/capacity.py) and the server at it.
 
-In-process: what ``measure_capacity()`` finds in this process, and the
-start-up log line (the reading of made-up ``/proc`` trees is in
-test_oslimits.py). In a child process whose RLIMIT_NOFILE is
+In-process: what ``measure_capacity()`` finds in this process (the
+descriptors of the server and of its handlers' event loops counted once;
+held connections counted against descriptors and memory, not threads), and
+the start-up log line: the binding limit of the ceiling, and the room left
+under the thread limits, which connections no longer count against (the
+reading of made-up ``/proc`` trees is in test_oslimits.py). In a child process whose RLIMIT_NOFILE is
 lowered to 64: the WARNING at start-up, upgrades accepted up to the ceiling
 and the next one refused with 503, or, without ``max_connections``, accept()
 running out of descriptors (one log line, existing connections echo on, the
@@ -30,13 +33,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from ws_multipath import measure_capacity
-from ws_multipath.sync.capacity import FD_MARGIN, SERVER_FDS, SERVER_THREADS, THREAD_MARGIN, Bound, report_capacity
+from ws_multipath.sync.capacity import (FD_MARGIN, LOOP_FDS, PER_CONNECTION_BYTES, SERVER_FDS, SERVER_THREADS, THREAD_MARGIN, Bound,
+                                        exhaustion_hint, report_capacity)
 
 from .conftest import LEGACY, LogCapture, echo, url
 from .test_oslimits import measure_tree, tree
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-FD_RESERVE = SERVER_FDS + FD_MARGIN
+FD_RESERVE = SERVER_FDS + LOOP_FDS + FD_MARGIN  # no server listening, no loop open
 THREAD_RESERVE = SERVER_THREADS + THREAD_MARGIN
 SOFT, HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
 # the child tests lower the soft limit to 64 and quote the hard one
@@ -63,17 +67,32 @@ def test_the_descriptor_bound_is_the_soft_limit_less_open_and_kept_descriptors()
 
 
 @linux
-def test_held_connections_count_as_their_own_and_the_least_bound_binds():
+def test_held_connections_count_against_descriptors_and_memory_and_the_least_of_those_binds():
     capacity = measure_capacity(held=7)
     assert capacity.held == 7
-    for bound in capacity.bounds:
+    ceiling = [b for b in capacity.bounds if b.kind in ("fds", "memory")]
+    for bound in ceiling:
+        assert bound.held == 7
         assert bound.connections == max(0, 7 + (bound.limit - bound.in_use - bound.reserved) // bound.per_connection), bound
-    assert capacity.binding is not None and capacity.connections == min(b.connections for b in capacity.bounds)
-    assert capacity.binding.connections == capacity.connections
+    assert capacity.binding is not None and capacity.connections == min(b.connections for b in ceiling)
+    assert capacity.binding.connections == capacity.connections and capacity.binding.kind in ("fds", "memory")
     assert capacity.fds == min(b.connections for b in capacity.bounds if b.kind == "fds")
-    assert capacity.threads == min(b.connections for b in capacity.bounds if b.kind == "threads")
     assert {"RLIMIT_NOFILE", "kernel.threads-max", "kernel.pid_max", "vm.max_map_count", "MemAvailable"} <= {b.name for b in capacity.bounds}
     assert str(capacity).startswith(f"about {capacity.connections:,} connections, bound by {capacity.binding.name} (")
+
+
+@linux
+def test_the_thread_limits_give_the_room_for_threads_and_held_connections_take_none_of_it():
+    capacity = measure_capacity(held=7)
+    threads = [b for b in capacity.bounds if b.kind == "threads"]
+    assert {"kernel.threads-max", "kernel.pid_max", "vm.max_map_count"} <= {b.name for b in threads}
+    for bound in threads:  # an open connection has no thread of its own
+        assert bound.held == 0
+        assert bound.connections == max(0, (bound.limit - bound.in_use - bound.reserved) // bound.per_connection), bound
+    pid_max = capacity.bound("kernel.pid_max")
+    assert pid_max is not None and pid_max.reserved == 300 + THREAD_RESERVE
+    assert capacity.threads == min(b.connections for b in threads) == capacity.thread_binding.connections  # type: ignore[union-attr]
+    assert capacity.binding not in threads
 
 
 @linux
@@ -95,11 +114,41 @@ def test_a_servers_capacity_counts_its_open_connections(make_server):
             client.close()
 
 
+@linux
+def test_the_event_loops_descriptors_are_counted_once_and_one_loop_is_kept_free_before_any(make_server):
+    server = make_server()
+    fds_before, bare = open_fds(), server.capacity()
+    nofile = bare.bound("RLIMIT_NOFILE")
+    assert nofile is not None and nofile.reserved == FD_MARGIN + LOOP_FDS  # listening: the server's own are in use
+    handler = server.create_handler("/four", loops=4)
+    fds_with, four = open_fds(), server.capacity()
+    assert fds_with - fds_before == 4 * LOOP_FDS  # each loop's selector and wake-up socket pair, opened with the handler
+    assert four.bound("RLIMIT_NOFILE").reserved == FD_MARGIN  # type: ignore[union-attr]
+    # the 12 now open were counted once: 3 of them had been kept free
+    assert abs((bare.fds - four.fds) - (4 * LOOP_FDS - LOOP_FDS)) <= 1, (bare, four)  # type: ignore[operator]
+    closed = threading.Event()
+    handler.close(callback=closed.set)
+    assert closed.wait(10)
+    assert wait_for(lambda: open_fds() == fds_before, 10)  # the loops had no thread: their descriptors close at once
+    after = server.capacity()
+    assert after.bound("RLIMIT_NOFILE").reserved == FD_MARGIN + LOOP_FDS  # type: ignore[union-attr]
+    assert abs(after.fds - bare.fds) <= 1, (bare, after)  # type: ignore[operator]
+
+
 # -- the start-up line ---------------------------------------------------------------------
 
 
-def fake_capacity(tmp_path: Path, threads_max: int):  # type: ignore[no-untyped-def]
-    return lambda: measure_tree(tree(tmp_path, {"proc/loadavg": "0 0 0 1/100 1\n", "proc/sys/kernel/threads-max": f"{threads_max}\n"}))
+GIB = 2**30
+
+
+def fake_capacity(tmp_path: Path, threads_max: int, threads: int = 100, available: int = GIB):  # type: ignore[no-untyped-def]
+    """A machine of 4 GiB with ``available`` bytes free, ``threads`` threads running of ``threads_max``."""
+    kib = 1024
+    return lambda: measure_tree(tree(tmp_path, {
+        "proc/loadavg": f"0 0 0 1/{threads} 1\n",
+        "proc/sys/kernel/threads-max": f"{threads_max}\n",
+        "proc/meminfo": f"MemTotal: {4 * GIB // kib} kB\nMemAvailable: {available // kib} kB\n",
+    }))
 
 
 @pytest.fixture
@@ -114,29 +163,60 @@ def startup_log():  # type: ignore[no-untyped-def]
     logger.setLevel(previous)
 
 
-def capacity_records(capture: LogCapture) -> list[logging.LogRecord]:
-    return [r for r in capture.records if getattr(r, "event", None) == "capacity"]
+def capacity_records(capture: LogCapture, event: str = "capacity") -> list[logging.LogRecord]:
+    return [r for r in capture.records if getattr(r, "event", None) == event]
 
 
 def test_one_warning_names_the_binding_limit_its_numbers_and_how_to_raise_it(tmp_path, startup_log):
-    capacity = report_capacity(5000, fake_capacity(tmp_path, 1000))
+    free = 1000 * PER_CONNECTION_BYTES + 100
+    capacity = report_capacity(5000, fake_capacity(tmp_path, 10_000, available=free))
     [record] = capacity_records(startup_log)
     message = record.getMessage()
     assert record.levelno == logging.WARNING
-    assert (record.capacity, record.binding, record.max_connections) == (capacity.connections, "kernel.threads-max", 5000)
-    assert f"max_connections=5,000 is more than this process can hold: about {1000 - 100 - THREAD_RESERVE:,} connections" in message
-    assert "kernel.threads-max (threads on the machine): limit 1,000, 100 in use, 19 kept free, 1 per connection" in message
-    assert "a new connection's thread cannot start" in message
-    assert f"`sysctl -w kernel.threads-max={5000 + 100 + THREAD_RESERVE}`" in message
+    assert (record.capacity, record.binding, record.max_connections) == (1000, "MemAvailable", 5000)
+    assert capacity.connections == 1000
+    per = f"{PER_CONNECTION_BYTES / 1024:.1f} KiB"
+    assert "max_connections=5,000 is more than this process can hold: about 1,000 connections" in message
+    assert f"MemAvailable (memory free on the machine): limit 4,096 MiB, {(4 * GIB - free) // 2**20:,} MiB in use, {per} per connection" in message
+    assert "the out-of-memory killer may end the process" in message
+    assert f"more memory ({-(-(4 * GIB - free + 5000 * PER_CONNECTION_BYTES) // 2**20)} MiB in all)" in message
+    assert capacity_records(startup_log, "thread_capacity") == []  # 10,000 - 100 threads leave room
+
+
+def test_a_thread_limit_below_max_connections_does_not_bind(tmp_path, startup_log):
+    # 1,000 threads on the machine, 100 running: it used to bind at 881 connections
+    capacity = report_capacity(5000, fake_capacity(tmp_path, 1000))
+    [record] = capacity_records(startup_log)
+    assert record.levelno == logging.INFO and record.binding == "MemAvailable"
+    assert capacity.connections == GIB // PER_CONNECTION_BYTES and capacity.threads == 1000 - 100 - THREAD_RESERVE
+    assert capacity.thread_binding is capacity.bound("kernel.threads-max")
+    assert record.getMessage().endswith(
+        f"Open connections take no thread of their own; the thread limits leave room for {1000 - 100 - THREAD_RESERVE:,} more "
+        "(by kernel.threads-max), one for each handshake in flight, listener blocked or connection served in the blocking style")
+    assert [r for r in startup_log.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_thread_limit_without_room_for_the_servers_threads_is_a_warning_of_its_own(tmp_path, startup_log):
+    report_capacity(10, fake_capacity(tmp_path, 1000, threads=960))
+    [warning] = capacity_records(startup_log, "thread_capacity")
+    [line] = capacity_records(startup_log)
+    message = warning.getMessage()
+    assert warning.levelno == logging.WARNING and (warning.binding, warning.room) == ("kernel.threads-max", 0)
+    assert message.startswith(f"the thread limits leave no room beyond this server's own threads and a margin of {THREAD_MARGIN}: "
+                              f"kernel.threads-max (threads on the machine): limit 1,000, 960 in use, {THREAD_RESERVE} kept free, 1 per thread")
+    assert "a new client's handshake thread cannot start" in message
+    assert message.endswith(f"To make room for {THREAD_MARGIN} more: `sysctl -w kernel.threads-max={960 + THREAD_RESERVE + THREAD_MARGIN}` (as root)")
+    assert line.levelno == logging.INFO and line.binding == "MemAvailable"  # the ceiling is told as usual
 
 
 def test_info_only_when_max_connections_fits_or_is_not_set(tmp_path, startup_log):
-    report_capacity(10, fake_capacity(tmp_path, 1000))
-    report_capacity(None, fake_capacity(tmp_path, 1000))
+    report_capacity(10, fake_capacity(tmp_path, 10_000))
+    report_capacity(None, fake_capacity(tmp_path, 10_000))
     fits, unset = capacity_records(startup_log)
     assert fits.levelno == unset.levelno == logging.INFO
-    assert fits.getMessage().startswith("max_connections=10 (upgrades past it get 503); this process can hold about 881 connections")
-    assert "max_connections is not set: past that, a new connection's thread cannot start" in unset.getMessage()
+    assert fits.getMessage().startswith(f"max_connections=10 (upgrades past it get 503); this process can hold about {GIB // PER_CONNECTION_BYTES:,} "
+                                        "connections, bound by MemAvailable")
+    assert "max_connections is not set: past that, the out-of-memory killer may end the process" in unset.getMessage()
 
 
 def test_nothing_is_said_when_no_limit_is_known(tmp_path, startup_log):
@@ -166,6 +246,15 @@ def test_the_server_logs_its_ceiling_when_it_starts_listening(make_server, start
     [record] = capacity_records(startup_log)
     assert record.levelno == logging.INFO and record.max_connections == 10 and record.capacity >= 1
     assert server.capacity().connections is not None
+
+
+@linux
+def test_the_hint_when_a_thread_cannot_start_names_the_thread_limit_with_the_least_room():
+    thread_binding = measure_capacity().thread_binding
+    assert thread_binding is not None
+    hint = exhaustion_hint("threads")
+    assert hint.startswith(f"{thread_binding.name} (") and f" per thread; to make room for {THREAD_MARGIN} more threads: " in hint
+    assert hint.endswith("or have fewer at once: listeners that block, connections served in the blocking style (max_connections bounds those)")
 
 
 # -- a child process with 64 descriptors -----------------------------------------------------

@@ -216,7 +216,7 @@ def test_the_capacity_estimate_keeps_the_brokers_descriptors_free(redis_server, 
     try:
         bound = server.capacity().bound("RLIMIT_NOFILE")
         assert bound is not None
-        assert bound.reserved == FD_MARGIN + 20 + 1  # the pool and the subscription, besides the margin
+        assert bound.reserved == FD_MARGIN + 20 + 1  # the pool and the subscription, besides the margin (its handlers' loops are in use)
         assert bound.broker == 21
         assert "(21 for the broker's connections)" in bound.describe()
         [line] = [r.getMessage() for r in library_log.records if getattr(r, "event", None) == "capacity"]

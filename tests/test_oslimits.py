@@ -1,7 +1,8 @@
 """Reading the limits (ws_multipath/sync/oslimits.py), through
 ``measure_capacity()`` on made-up ``/proc`` and ``/sys`` trees: the thread
-bounds, cgroup v1 and v2 (ancestors, a cgroup namespace, v1's "no limit"),
-garbled and missing files (unknown, never an error)."""
+bounds (room for threads, not part of the connection ceiling), cgroup v1
+and v2 (ancestors, a cgroup namespace, v1's "no limit"), strict
+overcommit, garbled and missing files (unknown, never an error)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from ws_multipath import measure_capacity
-from ws_multipath.sync.capacity import FD_MARGIN, PER_CONNECTION_BYTES, SERVER_FDS, SERVER_THREADS, THREAD_MARGIN
+from ws_multipath.sync.capacity import FD_MARGIN, LOOP_FDS, PER_CONNECTION_BYTES, SERVER_FDS, SERVER_THREADS, THREAD_MARGIN
 from ws_multipath.sync.oslimits import thread_stack_bytes
 
-FD_RESERVE = SERVER_FDS + FD_MARGIN
+FD_RESERVE = SERVER_FDS + LOOP_FDS + FD_MARGIN
 THREAD_RESERVE = SERVER_THREADS + THREAD_MARGIN
 SOFT = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
@@ -59,27 +60,43 @@ def test_garbled_files_are_unknown_and_the_others_still_count(tmp_path):
     assert capacity.bound("pids.max") is None and "pids.max" not in capacity.unknown  # no cgroup limit: no bound
 
 
-def test_the_thread_bounds_count_the_threads_of_the_whole_machine(tmp_path):
+def test_the_thread_bounds_count_the_threads_of_the_whole_machine_and_leave_the_ceiling_to_descriptors(tmp_path):
     for index in range(5):
         (tmp_path / "proc" / "self" / "fd").mkdir(parents=True, exist_ok=True)
         (tmp_path / "proc" / "self" / "fd" / str(index)).write_text("")
     capacity = measure_tree(tree(tmp_path, {
         "proc/loadavg": "0.00 0.01 0.05 1/100 4567\n",
-        "proc/sys/kernel/threads-max": "150\n",
+        "proc/sys/kernel/threads-max": "150\n",  # far below the descriptors: it bound the ceiling when connections had threads
         "proc/sys/kernel/pid_max": "4194304\n",
         "proc/sys/fs/file-nr": "1000\t0\t9223372036854775807\n",  # unlimited: no bound
     }), held=4)
     threads_max = capacity.bound("kernel.threads-max")
     assert threads_max is not None and (threads_max.limit, threads_max.in_use, threads_max.scope) == (150, 100, "machine")
-    assert threads_max.connections == 4 + 150 - 100 - THREAD_RESERVE
-    assert capacity.binding == threads_max and capacity.threads == capacity.connections == threads_max.connections
+    assert threads_max.connections == max(0, 150 - 100 - THREAD_RESERVE) and threads_max.held == 0  # held connections hold no thread
+    assert capacity.threads == threads_max.connections and capacity.thread_binding == threads_max
     pid_max = capacity.bound("kernel.pid_max")
     assert pid_max is not None and pid_max.reserved == 300 + THREAD_RESERVE
+    assert pid_max.connections == 4194304 - 100 - 300 - THREAD_RESERVE
     descriptors = capacity.bound("RLIMIT_NOFILE")
     assert descriptors is not None and descriptors.in_use == 5 and capacity.fds == 4 + SOFT - 5 - FD_RESERVE
+    assert capacity.binding == descriptors and capacity.connections == capacity.fds
     assert capacity.bound("fs.file-max") is None
     assert "sysctl -w kernel.threads-max=" in threads_max.how_to_raise(1000)
-    assert threads_max.needed(threads_max.connections + 10) == 160
+    assert threads_max.needed(10) == 100 + THREAD_RESERVE + 10  # room for 10 more threads
+    assert threads_max.describe() == f"kernel.threads-max (threads on the machine): limit 150, 100 in use, {THREAD_RESERVE} kept free, 1 per thread"
+
+
+def test_loops_and_listening_count_the_servers_descriptors_once(tmp_path):
+    def reserved(**server) -> int:  # type: ignore[no-untyped-def]
+        (tmp_path / "proc" / "self" / "fd").mkdir(parents=True, exist_ok=True)
+        bound = measure_capacity(proc=str(tmp_path / "proc"), sys=str(tmp_path / "sys"), **server).bound("RLIMIT_NOFILE")
+        assert bound is not None
+        return bound.reserved
+
+    assert reserved() == SERVER_FDS + LOOP_FDS + FD_MARGIN  # nothing open yet: kept free
+    assert reserved(listening=True) == LOOP_FDS + FD_MARGIN  # the first handler's loop is still to come
+    assert reserved(listening=True, loops=3) == FD_MARGIN  # open, so in use
+    assert reserved(listening=True, loops=1, broker_fds=17) == FD_MARGIN + 17
 
 
 def test_cgroup_v2_limits_of_the_cgroup_and_its_ancestors(tmp_path):
@@ -87,40 +104,40 @@ def test_cgroup_v2_limits_of_the_cgroup_and_its_ancestors(tmp_path):
     capacity = measure_tree(tree(tmp_path, {
         "proc/self/cgroup": "0::/app.slice/web.service\n",
         "sys/fs/cgroup/cgroup.controllers": "pids memory\n",
-        "sys/fs/cgroup/app.slice/pids.max": "100\n",
-        "sys/fs/cgroup/app.slice/pids.current": "70\n",
+        "sys/fs/cgroup/app.slice/pids.max": "1000\n",
+        "sys/fs/cgroup/app.slice/pids.current": "700\n",
         "sys/fs/cgroup/app.slice/memory.max": "max\n",
         "sys/fs/cgroup/app.slice/memory.current": "0\n",
-        "sys/fs/cgroup/app.slice/web.service/pids.max": "50\n",
-        "sys/fs/cgroup/app.slice/web.service/pids.current": "10\n",
+        "sys/fs/cgroup/app.slice/web.service/pids.max": "500\n",
+        "sys/fs/cgroup/app.slice/web.service/pids.current": "100\n",
         "sys/fs/cgroup/app.slice/web.service/memory.max": f"{1000 * mib}\n",
         "sys/fs/cgroup/app.slice/web.service/memory.current": f"{500 * mib}\n",
         "sys/fs/cgroup/app.slice/web.service/memory.stat": f"anon 1\ninactive_file {100 * mib}\nactive_file 3\n",
     }))
     pids = capacity.bound("pids.max")
-    assert pids is not None and (pids.limit, pids.in_use, pids.scope) == (100, 70, "cgroup")  # the parent has less room
-    assert pids.connections == 100 - 70 - THREAD_RESERVE
+    assert pids is not None and (pids.limit, pids.in_use, pids.scope) == (1000, 700, "cgroup")  # the parent has less room
+    assert pids.connections == 1000 - 700 - THREAD_RESERVE == capacity.threads
     memory = capacity.bound("memory.max")
     assert memory is not None and (memory.limit, memory.in_use) == (1000 * mib, 400 * mib)  # the inactive file cache can go
-    assert memory.connections == (600 * mib) // memory.per_connection
-    assert capacity.binding == pids
+    assert memory.connections == (600 * mib) // PER_CONNECTION_BYTES
+    assert capacity.binding == memory  # not pids.max, though it has room for far fewer threads than connections
 
 
 def test_cgroup_v1_and_a_cgroup_namespace(tmp_path):
     capacity = measure_tree(tree(tmp_path, {
         # the cgroup path is not under the mounts (a namespace): their roots are ours
         "proc/self/cgroup": "11:pids:/docker/abc\n4:memory:/docker/abc\n0::/\n",
-        "sys/fs/cgroup/pids/pids.max": "64\n",
+        "sys/fs/cgroup/pids/pids.max": "200\n",
         "sys/fs/cgroup/pids/pids.current": "40\n",
         "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",  # v1's "no limit"
         "sys/fs/cgroup/memory/memory.usage_in_bytes": "123\n",
     }))
     pids = capacity.bound("pids.max")
-    assert pids is not None and (pids.limit, pids.in_use, pids.connections) == (64, 40, max(0, 64 - 40 - THREAD_RESERVE))
+    assert pids is not None and (pids.limit, pids.in_use, pids.connections) == (200, 40, 200 - 40 - THREAD_RESERVE)
     assert capacity.bound("memory.max") is None and "memory.max" not in capacity.unknown
 
 
-def test_strict_overcommit_counts_whole_thread_stacks(tmp_path):
+def test_strict_overcommit_keeps_whole_thread_stacks_free_and_counts_no_stack_per_connection(tmp_path):
     gib = 2**30
     capacity = measure_tree(tree(tmp_path, {
         "proc/sys/vm/overcommit_memory": "2\n",
@@ -128,8 +145,9 @@ def test_strict_overcommit_counts_whole_thread_stacks(tmp_path):
     }))
     commit = capacity.bound("CommitLimit")
     assert commit is not None and (commit.limit, commit.in_use) == (2 * gib, gib)
-    assert commit.per_connection == thread_stack_bytes() + PER_CONNECTION_BYTES
-    assert commit.connections == (gib - THREAD_RESERVE * thread_stack_bytes()) // commit.per_connection
+    assert commit.per_connection == PER_CONNECTION_BYTES  # a connection has no thread, so no stack
+    assert commit.reserved == THREAD_RESERVE * thread_stack_bytes()
+    assert commit.connections == (gib - THREAD_RESERVE * thread_stack_bytes()) // PER_CONNECTION_BYTES
     available = capacity.bound("MemAvailable")
     assert available is not None and available.in_use == 4 * gib and available.per_connection == PER_CONNECTION_BYTES
     assert capacity.binding == commit and capacity.memory == commit.connections

@@ -187,9 +187,10 @@ class MultipathServer(EventEmitter):
         self._timers = Timers()
         self._flusher = Flusher()
         self._sysmon = Sysmon()
-        # _lock guards: the connection count and the closing state
+        # _lock guards: the connection count, the loop count and the closing state
         self._lock = threading.Lock()
         self._open_connections = 0
+        self._open_loops = 0  # event loops of the handlers not closed: LOOP_FDS descriptors each (capacity())
         self._closing_handlers: set[WebSocketHandler] = set()
         self._close_callbacks: list[Callable[[], Any]] = []
         self._closing = False
@@ -257,14 +258,18 @@ class MultipathServer(EventEmitter):
 
     def capacity(self) -> Capacity:
         """How many connections this process can hold, counting the ones
-        open now, and which limit sets that: file descriptors, threads or
-        memory (``ws_multipath.sync.capacity``). It reads ``/proc`` on each
-        call; a broker's connections are kept free (``Broker.descriptors()``);
-        a limit it cannot read is left out (``Capacity.unknown``), and
+        open now, and which limit sets that: file descriptors or memory
+        (``ws_multipath.sync.capacity``; an open connection has no thread of
+        its own, so the thread limits give ``Capacity.threads``, the room
+        left for threads, instead). It reads ``/proc`` on each call; the
+        handlers' event loops are counted as open (3 descriptors each), a
+        broker's connections are kept free (``Broker.descriptors()``); a
+        limit it cannot read is left out (``Capacity.unknown``), and
         ``connections`` is None when none could be read."""
         with self._lock:
-            held = self._open_connections
-        return measure_capacity(held, listening=self._acceptor.bound, broker_fds=self._cluster.broker.descriptors() if self._cluster else 0)
+            held, loops = self._open_connections, self._open_loops
+        return measure_capacity(held, listening=self._acceptor.bound, loops=loops,
+                                broker_fds=self._cluster.broker.descriptors() if self._cluster else 0)
 
     def wait_cluster_ready(self, timeout: Optional[float] = None) -> bool:
         """Wait until the broker confirmed this server's subscriptions (True),
@@ -329,6 +334,7 @@ class MultipathServer(EventEmitter):
                 raise RuntimeError("the server is closed")
             self._routes.add(path, handler)
             self._handlers.append(handler)
+            self._open_loops += handler.options.loops
         if handler.options.presence:
             self._presence_for(handler)
         if self._cluster is not None:
@@ -433,6 +439,7 @@ class MultipathServer(EventEmitter):
     def _handler_closed(self, handler: WebSocketHandler) -> None:
         with self._lock:
             self._closing_handlers.discard(handler)
+            self._open_loops -= handler.options.loops
         self._maybe_finish_close()
 
     def _maybe_finish_close(self) -> None:

@@ -40,7 +40,8 @@ def thread_stack_bytes() -> int:
 
 class Reading(NamedTuple):
     """One limit as read: ``limit`` and ``in_use`` in its unit, of which
-    ``reserved`` is to be kept free and each connection takes ``per``."""
+    ``reserved`` is to be kept free and each connection (a thread limit:
+    each thread) takes ``per``."""
 
     name: str
     kind: str  # "fds", "threads" or "memory"
@@ -55,7 +56,8 @@ class Reading(NamedTuple):
 class LimitReader:
     """Reads limits into ``readings``, and the names of those it cannot read
     into ``unknown``; ``thread_reserve``: threads to keep free (each also
-    keeps its stack and 2 memory maps free)."""
+    keeps its whole stack free where that counts). Not thread-safe: one
+    reader per measurement, on the caller's thread."""
 
     def __init__(self, proc: Path, sys: Path, thread_reserve: int = 0) -> None:
         self.proc, self.sys, self.thread_reserve = proc, sys, thread_reserve
@@ -186,20 +188,24 @@ class LimitReader:
             self.add(name, kind, "cgroup", limit, used, per, self.thread_reserve if kind == "threads" else 0)
 
     def memory(self, per_connection: int, stack: int) -> None:
+        """Memory free on the machine and in the cgroup, and, where whole
+        thread stacks count (``RLIMIT_AS``, ``CommitLimit`` under strict
+        overcommit), the address space: ``stack`` bytes for each thread of
+        ``thread_reserve`` kept free, ``per_connection`` for each connection."""
         info = {key: int(value.split()[0]) * 1024 for key, value in self.status("meminfo").items() if value.split()[:1]
                 and value.split()[0].isdigit()}
         total, available = info.get("MemTotal"), info.get("MemAvailable")
         self.add("MemAvailable", "memory", "machine", total, None if total is None or available is None else total - available,
                  per_connection, 0)
         self.cgroup("memory", "memory.max", "memory", per_connection)
-        whole, reserve = stack + per_connection, self.thread_reserve * stack
+        reserve = self.thread_reserve * stack  # a connection has no thread, so no stack, of its own
         address_space = self.rlimit("RLIMIT_AS")
         if address_space is not None:
             size = self.status().get("VmSize", "").split()[:1]
             self.add("RLIMIT_AS", "memory", "process", address_space[0], int(size[0]) * 1024 if size and size[0].isdigit() else None,
-                     whole, reserve, address_space[1])
+                     per_connection, reserve, address_space[1])
         if self.number("sys/vm/overcommit_memory") == 2:
-            self.add("CommitLimit", "memory", "machine", info.get("CommitLimit"), info.get("Committed_AS"), whole, reserve)
+            self.add("CommitLimit", "memory", "machine", info.get("CommitLimit"), info.get("Committed_AS"), per_connection, reserve)
 
 
 def _hex(text: str) -> int:

@@ -214,3 +214,19 @@ def test_pause_holds_messages_back_until_resume():
             assert wait_until(lambda: len(got) == 6)
             assert got == ["pause", "m0", "m1", "m2", "m3", "m4"]
         errors.assert_clean()
+
+
+def test_a_refused_create_handler_keeps_no_loop_descriptors():
+    """A handler's loop opens an epoll and a wake-up socket pair when it is
+    made; a duplicate path's handler, refused, must close them at once."""
+    import os
+
+    import pytest
+
+    with make_server() as server:
+        server.create_handler("/dup")
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(10):
+            with pytest.raises(ValueError):
+                server.create_handler("/dup")
+        assert len(os.listdir("/proc/self/fd")) == before

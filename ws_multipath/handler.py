@@ -221,9 +221,7 @@ class WebSocketHandler(EventEmitter):
                 return
             self._closed = True
             callbacks, self._close_callbacks = self._close_callbacks, []
-        for loop in self._loops:  # its connections are gone
-            self._server._sysmon.forget(loop)
-            loop.stop()
+        self._stop_loops()  # its connections are gone
         self.emit("close")
         for callback in callbacks:
             try:
@@ -393,6 +391,11 @@ class WebSocketHandler(EventEmitter):
         if options.presence:
             ws._presence = server._presence
         return ws
+
+    def _stop_loops(self) -> None:
+        for loop in self._loops:
+            self._server._sysmon.forget(loop)
+            loop.stop()
 
     def _next_loop(self) -> EventLoop:
         """The loop for a new connection: each in turn."""

@@ -329,12 +329,16 @@ class MultipathServer(EventEmitter):
         beside ``/rooms/<room>``), raises ``ValueError``."""
         check_path(path)
         handler = WebSocketHandler(self, path, HandlerOptions.from_kwargs(**options))
-        with self._lock:
-            if self._closing:
-                raise RuntimeError("the server is closed")
-            self._routes.add(path, handler)
-            self._handlers.append(handler)
-            self._open_loops += handler.options.loops
+        try:
+            with self._lock:
+                if self._closing:
+                    raise RuntimeError("the server is closed")
+                self._routes.add(path, handler)
+                self._handlers.append(handler)
+                self._open_loops += handler.options.loops
+        except BaseException:
+            handler._stop_loops()  # never served: its loops' descriptors go now
+            raise
         if handler.options.presence:
             self._presence_for(handler)
         if self._cluster is not None:

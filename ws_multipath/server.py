@@ -2,10 +2,11 @@
 
 The server owns the lifecycle (listening, closing) and the routing table.
 Where it listens and the accept loop live in ``sync/acceptor.py``; the loop
-starts one request thread per connection; that thread's HTTP side
+starts one request thread per accepted connection; that thread's HTTP side
 (``http/handshake.py``) reads the request within ``open_timeout``, TLS
 included, and hands the socket to the path's handler, which answers the
-handshake and then reads the connection on the same thread until it ends.
+handshake, runs the ``'connection'`` listeners and gives the connection to
+its event loop (``sync/loop.py``); the request thread then ends.
 """
 
 from __future__ import annotations

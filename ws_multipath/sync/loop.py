@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..log import logger
 from .dispatch import listener_thread
+from .handoff import HandOffs
 
 if TYPE_CHECKING:
     from .handoff import Sysmon
@@ -46,15 +47,10 @@ __all__ = ["EventLoop", "SPARE_IDLE", "MAX_SPARES"]
 SPARE_IDLE = 10.0
 #: Spare threads kept per loop; a thread that frees itself beyond these ends.
 MAX_SPARES = 2
-#: Sysmon samples without a stuck task that end a burst (``EventLoop.bursting``)...
-_BURST_QUIET = 20
-#: ... or tasks in a row run off the loop that ended before a sample saw them.
-_BURST_QUICK = 8
-
 Call = tuple["LoopReading", Callable[[], None]]
 
 
-class EventLoop:
+class EventLoop(HandOffs):
     """One selector and the threads that take turns running it (see above).
 
     ``task_seq`` and ``in_task`` are written by the owner and read by the
@@ -156,77 +152,6 @@ class EventLoop:
             self._wake()  # the last of its threads closes the descriptors
         else:
             self._close()
-
-    # -- hand-off (the sysmon, handoff.py) ------------------------------------
-
-    def check_stuck(self) -> Optional["LoopReading"]:
-        """The sysmon's sample: if the owner has been in the same task since
-        the last sample, hand the loop off and return the task's reader; a
-        task running off the loop (a burst, below) seen at two samples has
-        its connection's reading moved to the loop."""
-        with self._lock:
-            if self._stopped:
-                return None
-            woken = self._check_detached()
-            if not self.in_task:
-                self.sampled_seq = -1
-                self._after_sample(woken)
-                return None
-            if self.task_seq != self.sampled_seq or not self._in_user_code(self.task_reader):
-                self.sampled_seq = self.task_seq
-                self._after_sample(woken)
-                return None
-            stuck, reader = self._owner, self.task_reader
-            self.sampled_seq = -1
-            self.in_task = False  # the owner's task ends off the loop
-            self._owner = None
-            if reader is not None and stuck is not None:
-                call = reader.hand_off(stuck)
-                if call is not None:  # the connection's own events, from where the stuck thread left them
-                    self._calls.append((reader, call))
-            self.bursting, self._quiet, self._quick = True, 0, 0
-            self._wanted += 1
-            spare = self._spares > 0
-            if spare:
-                self._spare_cond.notify()
-        if not spare:
-            self._start_thread()
-        return reader
-
-    def _check_detached(self) -> bool:
-        """Under ``_lock``: move the reading of connections whose detached
-        task is stuck to the loop; True if the loop must be woken for it."""
-        woken = False
-        for thread, entry in list(self._detached.items()):
-            if not entry[1]:
-                entry[1] = True  # seen once: stuck if still there at the next sample
-                continue
-            call = entry[0].hand_off(thread)
-            if call is not None:
-                del self._detached[thread]
-                self._calls.append((entry[0], call))
-                woken = True
-                self.bursting, self._quiet, self._quick = True, 0, 0
-        return woken
-
-    @staticmethod
-    def _in_user_code(reader: Optional["LoopReading"]) -> bool:
-        """Only a task inside a listener is handed off: the library's own
-        code on a loop never blocks, and a thread that merely waits for the
-        GIL (other threads ran Python meanwhile) gains nothing from it."""
-        return reader is not None and reader.in_listener
-
-    def _after_sample(self, woken: bool) -> None:
-        """Under ``_lock``: count quiet samples (a burst ends after
-        ``_BURST_QUIET``); wake the selector for calls just queued."""
-        if not woken and not self._detached:
-            self._quiet += 1
-            if self._quiet >= _BURST_QUIET:
-                self.bursting = False
-        if woken and self._selecting and not self._woken:
-            self._woken = True
-            self._wake()
-        return None
 
     def busy(self) -> bool:
         return self.in_task or bool(self._detached)
@@ -357,33 +282,6 @@ class EventLoop:
                 logger.exception("event loop %s: a connection failed", self.name)
             if not self._end_task(me):
                 return reader
-
-    def _run_detached(self, me: threading.Thread, reader: "LoopReading") -> None:
-        """During a burst of blocking listeners: give the loop to another
-        thread first, then run the task (Jetty's execute-produce-consume:
-        the thread that found the task runs it, another goes on selecting),
-        so that listeners blocking one after another do not hold up the
-        tasks behind them by a sample each. The sysmon still watches it."""
-        with self._lock:
-            self._owner = None
-            self._wanted += 1
-            self._detached[me] = [reader, False]
-            spare = self._spares > 0
-            if spare:
-                self._spare_cond.notify()
-        if not spare:
-            self._start_thread()
-        try:
-            reader.on_ready()
-        except BaseException:  # noqa: BLE001 - a bug, or SystemExit from a listener: log it
-            logger.exception("event loop %s: a connection failed", self.name)
-        finally:
-            with self._lock:
-                entry = self._detached.pop(me, None)
-                if entry is not None and not entry[1]:  # it ended within a sample: not a blocking one
-                    self._quick += 1
-                    if self._quick >= _BURST_QUICK:
-                        self.bursting = False
 
     def _begin_task(self, reader: "LoopReading") -> None:
         self.task_reader = reader

@@ -4,7 +4,8 @@
 It finishes the handshake of the upgrade requests the server routes to it
 (origin check, ``verify_client``, subprotocol, permessage-deflate, the
 ``'headers'`` event, the 101 response), keeps its open connections, sends
-broadcasts and closes them all with 1001 when it closes.
+broadcasts and closes them all with 1001 when it closes. The handshake
+itself lives in ``accepting.py``.
 """
 
 from __future__ import annotations
@@ -15,24 +16,19 @@ import time
 from collections.abc import Collection, Container, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
 
+from .accepting import Accepting
 from .broadcast_targets import Outside, checked_broadcast, converted
 from .emitter import EventEmitter
-from .errors import HandshakeError, HookError
-from .http.hooks import call_hook, final_response
-from .http.negotiation import negotiate
 from .http.request import Request
 from .http.routing import compile_pattern, is_pattern
-from .http.upgrade import error_response
 from .http.wsgi_socket import linger
 from .log import format_address, logger
 from .host import HandlerHost
 from .options import HandlerOptions
-from .protocol.frames import FrameReader, FrameWriter, Payload
+from .protocol.frames import FrameWriter, Payload
 from .stats import HandlerTotals, Refusals, drop_key
 from .sync.connection import WebSocket
 from .sync.loop import EventLoop
-from .sync.sockets import peer_half_closed
-from .sync.transport import Transport
 
 if TYPE_CHECKING:
     from .cluster.presence import Presence, PresenceEntry
@@ -40,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["WebSocketHandler"]
 
 
-class WebSocketHandler(EventEmitter):
+class WebSocketHandler(Accepting, EventEmitter):
     """The WebSocket endpoint of one path.
 
     Events: ``'connection'`` ``(ws, request)`` after the 101 response is sent;
@@ -281,117 +277,6 @@ class WebSocketHandler(EventEmitter):
             ws._presence.enter(ws, self.path)
         return ws._serve()
 
-    def _handshake(self, sock: socket.socket, request: Request, end_handshake: Callable[[], None]) -> Union[WebSocket, bool]:
-        """Run the checks and hooks, then send the 101; returns the open
-        connection, False once an error response was sent, or True when a
-        ``'client_error'`` listener owns the socket.
-
-        A ``max_connections`` slot is held from the checks' end; the
-        connection takes it over, or it is released here, whatever happened.
-        """
-        reserved = handed_over = False
-        stage = ["bad_upgrade"]  # the refusal's key (stats.REFUSAL_KEYS) if one comes
-        try:
-            headers, protocol, extensions, deflate = negotiate(request, self.options, stage, lambda: self._closing)
-            stage[0] = "max_connections"
-            reserved = self._server._reserve_connection()
-            if not reserved:
-                raise HandshakeError(503, "too many connections (max_connections)")
-            stage[0] = "handshake_hook"
-            response = final_response(self._listeners.get("headers", ()), headers, request)
-            if not request.buffered and peer_half_closed(sock):
-                logger.info("dropping %s on %s: it closed its side before the 101", format_address(request.remote_address), self.path)
-                return False
-            ws = call_hook("websocket_class", self._open, sock, request, protocol, extensions, deflate)
-            handed_over = True
-        except HookError as exc:
-            self._listener_failed(exc, exc.hook)
-            self._refuse(sock, request, HandshakeError(500), "hook_error")
-            return False
-        except HandshakeError as exc:
-            if stage[0] == "bad_upgrade" and self._listeners.get("client_error"):
-                end_handshake()
-                return self._client_error(sock, request, exc)
-            self._refuse(sock, request, exc, stage[0])
-            return False
-        finally:
-            if reserved and not handed_over:
-                self._server._release_connection()
-        return ws if self._register_and_respond(ws, response) else False
-
-    def _client_error(self, sock: socket.socket, request: Request, error: HandshakeError) -> bool:
-        """ws's ``'wsClientError'``: an invalid upgrade (not a hook's
-        refusal) goes to the ``'client_error'`` listeners, which own the
-        socket and the answer from now on. True; False (the socket closed
-        here) when one of them raised."""
-        self._refusals.add(error.status, "bad_upgrade")
-        logger.info("invalid upgrade from %s on %s: %s (to the 'client_error' listeners)", format_address(request.remote_address), self.path, error)
-        failed: list[BaseException] = []
-        for listener in self._listeners.get("client_error", ()):
-            try:
-                listener(error, sock, request)
-            except Exception as exc:  # noqa: BLE001 - user code: reported, and the socket is not left open
-                failed.append(exc)
-                self._listener_failed(exc, "client_error")
-        if failed:
-            sock.close()
-            return False
-        return True
-
-    def _refuse(self, sock: socket.socket, request: Request, error: HandshakeError, key: str) -> None:
-        self._refusals.add(error.status, key)
-        client = format_address(request.remote_address)
-        logger.info(
-            "refused %s on %s: %s (%s)", client, self.path, error, key,
-            extra={"event": "refused", "path": self.path, "client": client, "status": error.status, "reason": key},
-        )
-        _send_quietly(sock, error_response(error))
-
-    def _register_and_respond(self, ws: WebSocket, response: bytes) -> bool:
-        """Send the 101 while holding the connection's write lock, with the
-        connection already in ``clients``: a broadcast that sees it is queued
-        behind the 101, and a client that has its 101 is sure to be counted."""
-        try:
-            with ws._transport.writing() as write:
-                with self._lock:
-                    closing = self._closing
-                    if not closing:
-                        self._connections.add(ws)
-                        self._server._directory.add(ws)
-                    self._totals.accepted += 1
-                write(response)
-                ws._transport.bytes_out = 0  # the counters start after the 101
-                ws._opened_at = time.monotonic()
-        except OSError:
-            self._remove(ws)
-            return False
-        if closing:  # the handler closed during the handshake
-            ws._start_close(1001, "going away", b"going away", blocking=False)
-        return True
-
-    def _open(self, sock: socket.socket, request: Request, protocol: str, extensions: str, deflate: Any) -> WebSocket:
-        options = self.options
-        server = self._server
-        transport = Transport(sock, server._flusher, options.write_timeout)
-        threshold = options.per_message_deflate.threshold if options.per_message_deflate else 0
-        websocket_class: type[WebSocket] = options.websocket_class or WebSocket
-        ws = websocket_class(
-            transport,
-            request,
-            options,
-            FrameReader(options.payload_limit, deflate, options.skip_utf8_validation, options.max_fragments),
-            FrameWriter(deflate, threshold),
-            server._timers,
-            protocol=protocol,
-            extensions=extensions,
-            parent=self,
-            on_closed=self._remove,
-            loop=self._next_loop(),
-        )
-        if options.presence:
-            ws._presence = server._presence
-        return ws
-
     def _stop_loops(self) -> None:
         for loop in self._loops:
             self._server._sysmon.forget(loop)
@@ -426,11 +311,3 @@ class WebSocketHandler(EventEmitter):
         )
         self._server._release_connection()
         self._maybe_finish_close()
-
-
-def _send_quietly(sock: socket.socket, data: bytes) -> None:
-    try:
-        sock.sendall(data)
-    except OSError:
-        pass
-

@@ -259,14 +259,16 @@ class EventLoop(HandOffs):
         return None
 
     def _run_ready(self, me: threading.Thread) -> Optional["LoopReading"]:
+        # _ready and _next are the owner's: a hand-off happens only inside a
+        # task (after _next moved on), and the new owner reads them once it
+        # has taken the loop under _lock.
         while True:
-            with self._lock:
-                position = self._next
-                ready = self._ready
-                if position >= len(ready):
-                    self._ready, self._next = [], 0  # its keys hold readers: let ended ones go
-                    return None
-                self._next = position + 1
+            position = self._next
+            ready = self._ready
+            if position >= len(ready):
+                self._ready, self._next = [], 0  # its keys hold readers: let ended ones go
+                return None
+            self._next = position + 1
             key, _ = ready[position]
             reader: Optional["LoopReading"] = key.data
             if reader is None:

@@ -319,7 +319,7 @@ def test_half_open_client_is_dropped_by_the_heartbeat(servers, errors, record_pr
             assert code in (1011, 1006), code
             lifetimes.append(closed_at - log.opened_at[id(ws)])
         report(record_property, "half_open_lifetime_max", round(max(lifetimes), 3))
-        assert min(lifetimes) >= interval + timeout - 0.05, lifetimes
+        assert min(lifetimes) >= 0.75 * interval + timeout - 0.05, lifetimes  # the first ping comes after 75-100% of the interval
         assert max(lifetimes) <= interval + timeout + 1.5, lifetimes  # generous: the timer thread is shared
         for sock in silent:
             data, how = read_until_eof(sock, 5)

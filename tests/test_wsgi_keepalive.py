@@ -176,6 +176,35 @@ def test_close_with_parked_connections_returns_promptly(make_server):
             sock.close()
 
 
+def test_close_lets_a_request_queued_for_a_thread_finish(make_server):
+    started, release = threading.Event(), threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/slow":
+            started.set()
+            release.wait(TIMEOUT)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+        return [b"done"]
+
+    server = make_server(wsgi_app=app, wsgi_threads=1)
+    pool = server._wsgi._pool
+    with connect_raw(server) as slow, connect_raw(server) as queued:
+        slow.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert started.wait(TIMEOUT)
+        queued.sendall(b"GET /queued HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_until(lambda: pool.counts()[2] == 1)  # waits for the one thread
+        closer = threading.Thread(target=server.close)
+        closer.start()
+        wsgi = server._wsgi  # both connections told the server is closing, then the app goes on
+        assert wait_until(lambda: wsgi._closing and all(c._socket.closing for c in list(wsgi._connections)))
+        release.set()
+        for sock in (slow, queued):
+            answer = read_until_eof(sock)
+            assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in answer and answer.endswith(b"done")
+        closer.join(TIMEOUT)
+        assert not closer.is_alive()
+
+
 def test_close_from_the_app_does_not_wait_for_the_app(make_server):
     holder = {}
 

@@ -47,7 +47,7 @@ class NoListen:
 def wsgi_options(
     app: Any, websockets: Any, max_body_size: Any, keepalive_timeout: Any, body_timeout: Any,
     write_timeout: Any, graceful_timeout: Any, head_timeout: float, max_header_size: int, max_headers: int,
-    proxies: TrustedProxies, max_target_size: int, threads: Any = 32,
+    proxies: TrustedProxies, max_target_size: int, threads: Any,
 ) -> Optional[WSGIOptions]:
     if app is not None and not callable(app):
         raise TypeError(f"wsgi_app must be a WSGI callable, not {type(app).__name__}")

@@ -52,7 +52,10 @@ from .wsgi_body import BodyTimeout, BodyTooLarge, ClientDisconnected
 from .wsgi_connection import HANDED, PARK, HTTPConnection
 from .wsgi_socket import KiB
 
-__all__ = ["WSGIOptions", "WSGIServer", "BodyTooLarge", "BodyTimeout", "ClientDisconnected"]
+__all__ = ["WSGIOptions", "WSGIServer", "BodyTooLarge", "BodyTimeout", "ClientDisconnected", "DEFAULT_THREADS"]
+
+#: ``wsgi_threads``' default, the pool's bound: docs/topics/threads.rst says why 32.
+DEFAULT_THREADS = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +72,7 @@ class WSGIOptions:
     max_headers: int = 100
     proxies: TrustedProxies = dataclasses.field(default_factory=TrustedProxies)
     max_target_size: int = MAX_TARGET_SIZE
-    threads: int = 32  # wsgi_threads: the pool's bound (docs/topics/threads.rst says why 32)
+    threads: int = DEFAULT_THREADS
 
 
 class WSGIServer:

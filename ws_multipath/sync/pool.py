@@ -9,8 +9,14 @@ Past the bound, tasks wait in a FIFO for the next free thread. gunicorn's
 (``gunicorn/workers/gthread.py``, on ``concurrent.futures``); this one
 adds the idle exit, and a ``submit`` that fails rather than strands a task.
 
-Thread safety: ``_lock`` (with its condition ``_work``) guards the queue and
-the counts; it is never held while a task runs or a thread starts.
+Each idle thread waits on a lock of its own, which ``submit`` releases to
+wake it: one C-level wake-up per hand-off (a ``threading.Condition`` costs
+about 6 us more of CPU per hand-off, in Python). The most recently idle
+thread is woken first, so the others stay idle and end when there are more
+threads than work.
+
+Thread safety: ``_lock`` guards the queue, the idle threads' locks and the
+counts; it is never held while a task runs or a thread starts.
 """
 
 from __future__ import annotations
@@ -43,10 +49,9 @@ class WorkerPool:
         self._name = name
         self._idle_timeout = idle_timeout
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
         self._tasks: collections.deque[Callable[[], object]] = collections.deque()
+        self._idle: list[threading.Lock] = []  # the held locks of idle threads, most recent last
         self._threads = 0  # started and not ended
-        self._idle = 0  # waiting for a task (some may be notified already)
         self._closed = False
 
     def submit(self, task: Callable[[], object]) -> None:
@@ -55,8 +60,8 @@ class WorkerPool:
         would take it (the task was not queued)."""
         with self._lock:
             self._tasks.append(task)
-            if len(self._tasks) <= self._idle:  # an idle thread per queued task: wake one
-                self._work.notify()
+            if self._idle:
+                self._idle.pop().release()  # that thread wakes and takes a task
                 return
             if self._threads >= self.max_threads:
                 return  # waits for a thread to finish its task
@@ -77,28 +82,38 @@ class WorkerPool:
         """Let idle threads end now; running and queued tasks still run."""
         with self._lock:
             self._closed = True
-            self._work.notify_all()
+            idle, self._idle = self._idle, []
+        for wake in idle:
+            wake.release()
 
     def counts(self) -> tuple[int, int, int]:
         """``(threads, idle, queued)`` now: threads started and not ended,
         those waiting for a task, and tasks waiting for a thread."""
         with self._lock:
-            return self._threads, self._idle, len(self._tasks)
+            return self._threads, len(self._idle), len(self._tasks)
 
     def _work_loop(self) -> None:
+        wake = threading.Lock()
+        wake.acquire()
         while True:
             with self._lock:
-                while not self._tasks:
-                    if self._closed:
-                        self._threads -= 1
-                        return
-                    self._idle += 1
-                    woken = self._work.wait(self._idle_timeout)
-                    self._idle -= 1
-                    if not woken and not self._tasks:  # idle for idle_timeout
-                        self._threads -= 1
-                        return
-                task = self._tasks.popleft()
+                if self._tasks:
+                    task = self._tasks.popleft()
+                elif self._closed:
+                    self._threads -= 1
+                    return
+                else:
+                    self._idle.append(wake)
+                    task = None
+            if task is None:
+                if not wake.acquire(timeout=self._idle_timeout):
+                    with self._lock:
+                        if wake in self._idle:  # not woken: idle for idle_timeout
+                            self._idle.remove(wake)
+                            self._threads -= 1
+                            return
+                    wake.acquire()  # woken just as the wait ended: take that release
+                continue
             try:
                 task()
             except Exception:  # noqa: BLE001 - a task's own bug: the thread goes on

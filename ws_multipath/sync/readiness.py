@@ -8,10 +8,12 @@ is a ``selectors`` selector, which only the waiting thread may change: an
 added socket is queued and the waiting thread woken to register it.
 
 A socket is in the set from ``add`` until the waiting thread ``remove``\\ s
-it; whoever closes it must have it removed first, or close it only after
-the poller itself was closed (a closed descriptor's number may be reused).
-The owner of the poller (``http/keepalive.py``) calls every method under
-one lock of its own, except ``wait``, so this class has no lock.
+it. One closed while in the set leaves it by itself (epoll, kqueue; a
+``select()`` fails on it instead), but its number may be reused at once:
+its owner must then never ``remove`` that number, as ``ParkingLot.close()``
+ensures (the lot stops for good). The owner of the
+poller (``http/keepalive.py``) calls every method under one lock of its
+own, except ``wait``, so this class has no lock.
 """
 
 from __future__ import annotations

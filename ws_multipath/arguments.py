@@ -44,7 +44,7 @@ class NoListen:
 def wsgi_options(
     app: Any, websockets: Any, max_body_size: Any, keepalive_timeout: Any, body_timeout: Any,
     write_timeout: Any, graceful_timeout: Any, head_timeout: float, max_header_size: int, max_headers: int,
-    proxies: TrustedProxies, max_target_size: int,
+    proxies: TrustedProxies, max_target_size: int, threads: Any,
 ) -> Optional[WSGIOptions]:
     if app is not None and not callable(app):
         raise TypeError(f"wsgi_app must be a WSGI callable, not {type(app).__name__}")
@@ -62,11 +62,14 @@ def wsgi_options(
     ):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a number of seconds > 0, not {value!r}")
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"wsgi_threads must be a positive int, not {threads!r}")
     if app is None:
         return None
     return WSGIOptions(
         app, websockets, max_body_size, float(keepalive_timeout), float(body_timeout),
         float(write_timeout), float(graceful_timeout), head_timeout, max_header_size, max_headers, proxies, max_target_size,
+        threads,
     )
 
 

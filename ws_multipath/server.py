@@ -6,7 +6,9 @@ starts one request thread per accepted connection; that thread's HTTP side
 (``http/handshake.py``) reads the request within ``open_timeout``, TLS
 included, and hands the socket to the path's handler, which answers the
 handshake, runs the ``'connection'`` listeners and gives the connection to
-its event loop (``sync/loop.py``); the request thread then ends.
+its event loop (``sync/loop.py``); the request thread then ends. A plain
+HTTP request goes to the ``wsgi_app``'s pool of ``wsgi_threads`` threads
+instead (``http/wsgi.py``), and that thread ends.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class MultipathServer(EventEmitter):
     max_header_size=16384, max_headers=100, max_target_size=8190, trusted_proxies=None, wsgi_app=None,
     wsgi_websockets=False, http_max_body_size=16 MiB, http_keepalive_timeout=5,
     http_body_timeout=60, http_write_timeout=10, http_graceful_timeout=10,
-    broker=None, reuse_port=False)``
+    wsgi_threads=32, broker=None, reuse_port=False)``
 
     - ``port``: 0-65535 (0 picks a free port; ``server.port`` tells which).
     - ``host``: None listens on all interfaces (IPv6 and IPv4 where the
@@ -114,6 +116,10 @@ class MultipathServer(EventEmitter):
       the connection is dropped.
     - ``http_graceful_timeout``: seconds ``close()`` lets HTTP requests in
       flight finish before their connections are cut.
+    - ``wsgi_threads``: most threads that run ``wsgi_app`` at once (as
+      gunicorn's ``--threads``); more requests wait for a free one, first
+      come first served. Idle keep-alive connections hold none (see
+      docs/topics/threads.rst for sizing).
     - ``broker``: None (broadcasts reach this process's clients), a URL
       (``"redis://host:6379/0"``, needs the ``[redis]`` extra, i.e. the ``redis`` package)
       or a broker object (``RedisBroker(client=..., prefix=...)``,
@@ -158,6 +164,7 @@ class MultipathServer(EventEmitter):
         http_body_timeout: float = 60.0,
         http_write_timeout: float = 10.0,
         http_graceful_timeout: float = 10.0,
+        wsgi_threads: int = 32,
         broker: Union[str, "Broker", None] = None,
         reuse_port: bool = False,
     ) -> None:
@@ -170,6 +177,7 @@ class MultipathServer(EventEmitter):
         wsgi = wsgi_options(
             wsgi_app, wsgi_websockets, http_max_body_size, http_keepalive_timeout, http_body_timeout,
             http_write_timeout, http_graceful_timeout, float(open_timeout), max_header_size, max_headers, proxies, max_target_size,
+            wsgi_threads,
         )
         if reuse_port:
             check_reuse_port()
@@ -200,6 +208,7 @@ class MultipathServer(EventEmitter):
         self._closing_event = threading.Event()
         self._closed_event = threading.Event()
         self._wsgi_graceful = None if wsgi is None else wsgi.graceful_timeout
+        self._wsgi = None if wsgi is None else WSGIServer(wsgi, self._timers, self._maybe_finish_close)
         self._http = HTTPSide(
             self._routes,
             self._timers,
@@ -208,7 +217,7 @@ class MultipathServer(EventEmitter):
             bool(reject_unhandled),
             self,
             self._detach,
-            None if wsgi is None else WSGIServer(wsgi, self._timers, self._maybe_finish_close),
+            self._wsgi,
         )
         self._acceptor = Acceptor(
             host, port, sock, unix_path, backlog, bool(reuse_port), self._http.serve, self._closing_event, functools.partial(self.emit, "error"),
@@ -301,6 +310,8 @@ class MultipathServer(EventEmitter):
             except OSError as exc:  # name the address: "[Errno 98] cannot listen on 127.0.0.1:8000: Address already in use"
                 raise OSError(exc.errno, f"cannot listen on {format_listen_address(self._acceptor.address)}: {exc.strerror or exc}") from exc
         self._flusher.open()  # its descriptors now, before connections can fill the table
+        if self._wsgi is not None:
+            self._wsgi.open()  # the same for the keep-alive parking lot
         self._acceptor.start()
         report_capacity(self._max_connections, self.capacity)  # one line: the connection ceiling, a WARNING if below max_connections
         with self._lock:

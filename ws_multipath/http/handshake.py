@@ -9,8 +9,9 @@ decides what the connection becomes:
 - an upgrade to a path no handler serves: 400, or the socket handed to the
   server's ``'unhandled'`` listeners (``reject_unhandled=False``), or, with
   ``wsgi_websockets=True``, the socket given to the WSGI app;
-- plain HTTP: the server's WSGI app (``wsgi.py``: keep-alive, later
-  requests, a later upgrade coming back here), or 426 without one;
+- plain HTTP: the server's WSGI app (``wsgi.py``: the connection goes to
+  its pool of threads and this thread ends; keep-alive, later requests, a
+  later upgrade coming back here on a thread of its own), or 426 without one;
 - a malformed or refused request: its error status (``upgrade.py``).
 
 ``_lock`` guards the handshakes in progress and the closing flag.
@@ -271,7 +272,10 @@ class HTTPSide:
             if self._wsgi is None:
                 raise HandshakeError(426, "this server accepts WebSocket upgrades only", [("Upgrade", "websocket")])
             deadline.finish()  # from here on the HTTP connection has its own limits
-            return self._wsgi.serve(sock, request, head, self._later_upgrade)
+            served = self._wsgi.serve(sock, request, head, self._later_upgrade)
+            if served:  # the WSGI side's pool closes it: the accept loop must not
+                self._detach(sock)
+            return served
         route = self._routes.lookup(request.path)
         if route is None:
             if self._wsgi is not None and self._wsgi.options.websockets:

@@ -1,4 +1,4 @@
-"""``wsgi.input`` for a request of ``wsgi_connection.HTTPConnection``: the
+"""``wsgi.input`` for a request of ``wsgi_exchange.HTTPExchange``: the
 body, read on demand, never past its end, and the errors it raises (Werkzeug's
 own classes when Werkzeug is installed, so that a Flask app answers them with
 413, 408 or 400)."""
@@ -23,7 +23,7 @@ except ImportError:  # werkzeug is optional: plain bases of our own (Exception i
         pass
 
 if TYPE_CHECKING:
-    from .wsgi_connection import HTTPConnection
+    from .wsgi_exchange import HTTPExchange
 
 __all__ = ["WSGIInput", "BodyTooLarge", "BodyTimeout", "ClientDisconnected", "MalformedBody", "ClientGone"]
 
@@ -58,7 +58,7 @@ class ClientGone(Exception):
 class WSGIInput:
     """``wsgi.input``: the request body, never read past its end."""
 
-    def __init__(self, connection: "HTTPConnection") -> None:
+    def __init__(self, connection: "HTTPExchange") -> None:
         self._connection = connection
         self._buffer = bytearray()
         self._eof = False

@@ -4,8 +4,10 @@ deadlines, writes that fail after ``http_write_timeout`` without progress
 the last response, and being cut by ``close()`` from another thread.
 
 ``_lock`` guards the idle and closing flags: idle while the request thread
-waits for a client that has no request in flight (``close()`` may then cut
-the connection at once), closing once ``close()`` was called.
+waits for the rest of a request head, or lingers after the last response
+(``close()`` may then cut the connection at once), closing once ``close()``
+was called. Between requests the connection waits in the keep-alive
+parking lot (``keepalive.py``), with no thread.
 """
 
 from __future__ import annotations
@@ -73,20 +75,23 @@ class ClientSocket:
 
     # -- reading and writing (the request thread) ------------------------------
 
-    def wait_idle(self, timeout: float) -> bytes:
-        """Wait for the first bytes of the next request (keep-alive)."""
+    def read_now(self) -> Optional[bytes]:
+        """The first bytes of the next request if they are here, without
+        waiting: bytes; b"" when the connection ended (the client closed or
+        broke it, or ``close()`` was called); None when nothing is readable
+        yet (a TLS record not whole, a wake-up with nothing to read). TLS
+        bytes already decrypted (``pending()``, which a selector cannot see)
+        are returned too."""
         with self._lock:
             if self._closing:
                 return b""
-            self._idle = True
         try:
-            self.sock.settimeout(timeout)
+            self.sock.settimeout(0.0)
             return self.sock.recv(65536)
-        except OSError:  # timeout, reset, or shut down by close()
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        except OSError:  # reset, or shut down by close()
             return b""
-        finally:
-            with self._lock:
-                self._idle = False
 
     def recv_head(self, deadline: float) -> Optional[bytes]:
         """The rest of a request head: ``close()`` may cut it at once, as it

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable
 
 from ..log import format_address, logger
 from ..sync.pool import WorkerPool
-from ..sync.reader import listener_thread
+from ..sync.dispatch import listener_thread
 from .head import head_bytes
 from .keepalive import ParkingLot
 from .proxies import TrustedProxies

@@ -217,8 +217,7 @@ class SocketReader(LoopReading):
         with self._lock:
             if self._mode is not Mode.IDLE or self._done:
                 return False
-            self._mode = Mode.PULLING
-            self._cancel_watchdog()
+            self._mode = Mode.PULLING  # a pending watchdog finds it so and lets it be: no timer churn per receive()
             return True
 
     def pull_once(self, deadline: Optional[float]) -> None:

@@ -268,3 +268,32 @@ def test_a_raising_client_error_listener_closes_the_ws_clients_socket(server, no
         assert client.next("error")["message"] == "socket hang up"  # no response at all
         assert client.next("close")["code"] == 1006
     assert isinstance(errors.get(timeout=TIMEOUT), ZeroDivisionError)
+
+
+# -- pause and resume -------------------------------------------------------------------
+
+
+def test_pause_holds_back_what_ws_sends_until_resume(server, node_ws):
+    """ws's pause()/resume()/isPaused on the server's side of a ws client:
+    nothing is read (no 'message', no pong) while paused; all of it, in
+    order, after resume()."""
+    connections = serve_one(server, ping_interval=None)
+    with NodeClient(node_ws, url(server, "/ws")) as client:
+        client.next("open")
+        ws = connections.get(timeout=TIMEOUT)
+        got: queue.Queue = queue.Queue()
+        ws.on("message", lambda data, is_binary: got.put(data))
+        client.command("send", "first")
+        assert got.get(timeout=TIMEOUT) == "first"
+        ws.pause()
+        assert ws.is_paused
+        for index in range(3):
+            client.command("send", f"m{index}")
+        client.command("ping", b"unread")
+        with pytest.raises(queue.Empty):
+            got.get(timeout=0.3)  # paused: nothing read (bounded wait for an absence)
+        assert "pong" not in client.names()
+        ws.resume()
+        assert not ws.is_paused
+        assert [got.get(timeout=TIMEOUT) for _ in range(3)] == ["m0", "m1", "m2"]
+        assert client.next("pong")["data"] == b"unread"

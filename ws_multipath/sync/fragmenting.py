@@ -97,22 +97,15 @@ class Fragmenting:
         """The next frame of this thread's message, after the control frames
         posted meanwhile, within its own ``write_timeout``. False when it
         may not go out any more."""
-        self._write_lock.acquire()
-        try:
-            if self._outbox:
-                self._flush_outbox()
-            if not self._may_write(FrameKind.DATA):
-                return False
-            header, payload = encode(data)
-            self._send_all(header, payload)
-            return True
-        finally:
-            self._release()
+        return self._fragment_frame(encode, data, last=False)
 
     def finish_fragments(self, encode: Encode, data: Any) -> bool:
         """Write the last frame (FIN) and let the other data frames go: the
         held ones next, then the waiting ``send()`` callers. False (the
         message still open) when it may not go out."""
+        return self._fragment_frame(encode, data, last=True)
+
+    def _fragment_frame(self, encode: Encode, data: Any, last: bool) -> bool:
         self._write_lock.acquire()
         try:
             if self._outbox:
@@ -121,7 +114,8 @@ class Fragmenting:
                 return False
             header, payload = encode(data)
             self._send_all(header, payload)
-            self._end_fragments(0)
+            if last:
+                self._end_fragments(0)
             return True
         finally:
             self._release()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 
 from websockets.sync.client import connect
@@ -34,3 +35,54 @@ def test_a_burst_of_small_messages_is_not_held_back_by_nagle(server):
             rounds.append(time.perf_counter() - started)
     # a stalled burst takes >= 40 ms; an unstalled one about 1 ms
     assert statistics.median(rounds) < 0.02, f"burst round trips (s): {rounds}"
+
+
+def test_a_held_server_accepts_only_once_its_handlers_are_registered():
+    """The serve command's workers make their server inside
+    ``accepting_held()``: a connection that arrives before the factory
+    registered its handlers waits in the backlog instead of getting 400."""
+    import base64
+    import os
+    import socket
+
+    from ws_multipath import MultipathServer
+    from ws_multipath.sync.acceptor import accepting_held
+
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    with accepting_held():
+        server = MultipathServer(port=0, host="127.0.0.1")
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        client.sendall(request)
+        client.settimeout(0.5)  # without the hold, the 400 comes in about a millisecond
+        try:
+            early = client.recv(1024)
+        except socket.timeout:
+            early = None
+        assert early is None, early
+        server.create_handler("/chat")
+    try:
+        client.settimeout(5)
+        assert client.recv(1024).startswith(b"HTTP/1.1 101")
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_server_made_inside_a_failed_hold_closes_without_accepting():
+    from ws_multipath import MultipathServer
+    from ws_multipath.sync.acceptor import accepting_held
+
+    made = []
+    try:
+        with accepting_held():
+            made.append(MultipathServer(port=0, host="127.0.0.1"))
+            raise LookupError("the factory failed")
+    except LookupError:
+        pass
+    closer = threading.Thread(target=made[0].close, daemon=True)
+    closer.start()
+    closer.join(5)  # returns: no accept loop to wait for
+    assert not closer.is_alive()
+    assert not made[0].listening

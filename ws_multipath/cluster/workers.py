@@ -121,12 +121,14 @@ def _inherited_socket(fd: int) -> socket.socket:
 def run_worker(spec: str, port: int, host: Optional[str], broker: Optional[str], reuse_port: bool, fd: Optional[int] = None) -> int:
     """One worker: build the server, say so on stdout, serve until SIGTERM / Ctrl-C."""
     from ..server import MultipathServer
+    from ..sync.acceptor import accepting_held
 
     factory = load_factory(spec)
-    if fd is not None:
-        server = factory(sock=_inherited_socket(fd), broker=broker)
-    else:
-        server = factory(port=port, host=host, broker=broker, reuse_port=reuse_port)
+    with accepting_held():  # no connection reaches the server before the factory registered its handlers
+        if fd is not None:
+            server = factory(sock=_inherited_socket(fd), broker=broker)
+        else:
+            server = factory(port=port, host=host, broker=broker, reuse_port=reuse_port)
     if not isinstance(server, MultipathServer):
         raise TypeError(f"{spec} returned {type(server).__name__}, not a MultipathServer")
     # SIGTERM from the supervisor and SIGINT from a terminal's Ctrl-C often

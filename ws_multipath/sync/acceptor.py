@@ -18,13 +18,14 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 from ..log import format_address, logger
 from .capacity import exhaustion_hint
 from .reserve import Reserve
 
-__all__ = ["Acceptor", "TCPServer", "bind_address", "check_reuse_port", "prepare_unix_path", "check_listening_socket", "unix_peer"]
+__all__ = ["Acceptor", "TCPServer", "accepting_held", "bind_address", "check_reuse_port", "prepare_unix_path", "check_listening_socket", "unix_peer"]
 
 _ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() ran out of descriptors
 _LOG_EVERY = 60.0  # seconds between two lines about running out (a limit reached again and again)
@@ -32,6 +33,30 @@ _TABLE_FULL = (errno.EMFILE, errno.ENFILE)  # a descriptor is what is missing: t
 _EXHAUSTED_KIND = {errno.EMFILE: "descriptors", errno.ENFILE: "files", errno.ENOBUFS: "memory", errno.ENOMEM: "memory"}
 
 _AF_UNIX: int = getattr(socket, "AF_UNIX", -1)
+
+# Per thread: while accepting_held() runs, the acceptors started on this
+# thread wait in this list instead of starting their accept loops.
+_held = threading.local()
+
+
+@contextmanager
+def accepting_held() -> Iterator[None]:
+    """Servers made on this thread inside the block listen at once (the port
+    is bound, ``OSError`` is raised as usual, connections queue in the
+    backlog) but accept only when the block ends without an exception.
+
+    The serve command's workers call the app's factory inside it: a worker
+    sharing the port (``SO_REUSEPORT``, or an inherited socket with
+    connections already queued) would otherwise take a connection before
+    the factory registered its handlers and answer 400 "no handler"."""
+    outer = getattr(_held, "acceptors", None)
+    _held.acceptors = held = []
+    try:
+        yield
+    finally:
+        _held.acceptors = outer
+    for acceptor in held:
+        acceptor.start()
 
 
 class Acceptor:
@@ -121,7 +146,14 @@ class Acceptor:
         self._tcp = tcp
 
     def start(self) -> None:
-        """Accept on a background thread (after ``bind()``)."""
+        """Accept on a background thread (after ``bind()``); inside
+        ``accepting_held()``, when that block ends."""
+        held = getattr(_held, "acceptors", None)
+        if held is not None:
+            held.append(self)
+            return
+        if self._tcp is None or self._stopping.is_set():
+            return
         self._accept_thread = threading.Thread(target=self._accept_loop, name="ws_multipath-accept", daemon=True)
         self._accept_thread.start()
 
@@ -147,7 +179,9 @@ class Acceptor:
             tcp.socket.shutdown(socket.SHUT_RDWR)  # wakes the accept loop's select()
         except OSError:
             pass
-        if threading.current_thread() is self._accept_thread:
+        if self._accept_thread is None:
+            pass  # never started (held, then closed): no loop to wait for
+        elif threading.current_thread() is self._accept_thread:
             threading.Thread(target=tcp.shutdown, daemon=True).start()
         else:
             tcp.shutdown()

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 from .http.proxies import TrustedProxies
 from .http.wsgi import WSGIOptions
-from .sync.acceptor import check_listening_socket
+from .sync.binding import check_listening_socket
 
 __all__ = ["NO_PORT", "NoListen", "check_arguments", "check_listen_arguments", "check_path", "wsgi_options"]
 

@@ -1,6 +1,8 @@
 """``MultipathServer``: one listening socket, many WebSocket paths.
 
-The server owns the lifecycle (listening, closing) and the routing table.
+The server owns the lifecycle (listening, closing) and the routing table;
+its closing sequence and the ``max_connections`` count are the
+``ServerClosing`` mixin (``server_closing.py``).
 Where it listens and the accept loop live in ``sync/acceptor.py``; the loop
 starts one request thread per accepted connection; that thread's HTTP side
 (``http/handshake.py``) reads the request within ``open_timeout``, TLS
@@ -18,7 +20,6 @@ import socket
 import ssl
 import sys
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from .arguments import NO_PORT, NoListen, check_arguments, check_listen_arguments, check_path, wsgi_options
@@ -32,15 +33,15 @@ from .http.request import Request
 from .http.strictness import MAX_TARGET_SIZE
 from .http.routing import RoutingTable
 from .http.wsgi import WSGIServer
-from .log import logger
 from .options import HandlerOptions, HandlerOptionsDict
+from .server_closing import ServerClosing
 from .serving import format_listen_address, wait_closed
 from .stats import server_stats
-from .sync.acceptor import Acceptor, check_reuse_port
+from .sync.acceptor import Acceptor
+from .sync.binding import check_reuse_port
 from .sync.capacity import Capacity, measure_capacity, report_capacity
 from .sync.flusher import Flusher
 from .sync.handoff import Sysmon
-from .sync.dispatch import listener_thread
 from .sync.timers import Timers
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["MultipathServer"]
 
 
-class MultipathServer(EventEmitter):
+class MultipathServer(ServerClosing, EventEmitter):
     """A WebSocket server that serves many paths on one port.
 
     ``MultipathServer(port, host=None, auto_listen=True, reject_unhandled=True,
@@ -200,13 +201,7 @@ class MultipathServer(EventEmitter):
         self._lock = threading.Lock()
         self._open_connections = 0
         self._open_loops = 0  # event loops of the handlers not closed: LOOP_FDS descriptors each (capacity())
-        self._closing_handlers: set[WebSocketHandler] = set()
-        self._close_callbacks: list[Callable[[], Any]] = []
-        self._closing = False
-        self._finished = False  # 'close' is being or was emitted
-        self._close_deadline = 0.0  # when close() stops waiting (monotonic), set by the first call
-        self._closing_event = threading.Event()
-        self._closed_event = threading.Event()
+        self._init_closing()
         self._wsgi_graceful = None if wsgi is None else wsgi.graceful_timeout
         self._wsgi = None if wsgi is None else WSGIServer(wsgi, self._timers, self._maybe_finish_close)
         self._http = HTTPSide(
@@ -394,90 +389,3 @@ class MultipathServer(EventEmitter):
     def _detach(self, sock: socket.socket) -> None:
         """An ``'unhandled'`` listener owns ``sock``: the accept loop leaves it open."""
         self._acceptor.detach(sock)
-
-    # -- connection accounting (called by handlers) -------------------------
-
-    def _reserve_connection(self) -> bool:
-        with self._lock:
-            if self._closing or (self._max_connections is not None and self._open_connections >= self._max_connections):
-                return False
-            self._open_connections += 1
-            return True
-
-    def _release_connection(self) -> None:
-        with self._lock:
-            self._open_connections -= 1
-
-    # -- closing --------------------------------------------------------------
-
-    def close(self, callback: Optional[Callable[[], Any]] = None) -> None:
-        """Stop accepting, close every connection on every path with 1001,
-        wait for their closing handshakes (up to each handler's
-        ``close_timeout``), then emit ``'close'`` and call ``callback()``.
-
-        With a ``wsgi_app``: idle keep-alive connections are dropped at once,
-        requests in flight finish (up to ``http_graceful_timeout``) and their
-        connections close after the response.
-
-        Idempotent. Called from a listener (which runs on a connection's
-        thread) it does not wait: ``'close'`` follows once all have ended.
-        """
-        with self._lock:
-            closed = self._closed_event.is_set()
-            if callback is not None and not closed:
-                self._close_callbacks.append(callback)
-            starting = not self._closing
-            if starting:
-                self._closing = True
-                self._closing_event.set()
-                handlers = self._routes.handlers()  # lock order: server, then routes (as create_handler)
-                self._closing_handlers.update(handlers)
-                wait = max((h.options.close_timeout for h in handlers), default=0.0) + 2.0
-                if self._wsgi_graceful is not None:
-                    wait = max(wait, self._wsgi_graceful + 2.0)
-                self._close_deadline = time.monotonic() + wait
-        if closed and callback is not None:
-            callback()
-        if starting:
-            if self._presence is not None:
-                self._presence.close()  # the others drop this process's entries now
-            if self._cluster is not None:
-                self._cluster.close()  # no more messages from the other processes
-            self._acceptor.stop()
-            self._http.close()
-            for handler in handlers:
-                handler.close()
-            self._maybe_finish_close()
-        if not getattr(listener_thread, "active", False):
-            if not self._closed_event.wait(max(0.0, self._close_deadline - time.monotonic())):
-                logger.warning("close(): connections still open after the close timeout (a listener may be blocking)")
-
-    def _handler_closed(self, handler: WebSocketHandler) -> None:
-        with self._lock:
-            self._closing_handlers.discard(handler)
-            self._open_loops -= handler.options.loops
-        self._maybe_finish_close()
-
-    def _maybe_finish_close(self) -> None:
-        with self._lock:
-            if not self._closing or self._closing_handlers or self._finished:
-                return
-            if self._http.busy():  # it calls again when its last connection ends
-                return
-            self._finished = True
-        if self._presence is not None:
-            self._presence.stop()
-        self._timers.stop()
-        self._flusher.stop()
-        self._sysmon.stop()
-        self.emit("close")
-        while True:
-            with self._lock:
-                if not self._close_callbacks:
-                    self._closed_event.set()
-                    break
-                callback = self._close_callbacks.pop(0)
-            try:
-                callback()
-            except Exception as exc:  # noqa: BLE001 - user code
-                self._listener_failed(exc, "close callback")

@@ -4,7 +4,7 @@
 or a socket handed over), the thread that accepts there, and stopping it. A
 ``socketserver`` TCP server that starts one daemon thread per accepted
 connection and hands it the socket (``handshake.HTTPSide.serve`` does the
-rest); and where to bind.
+rest). Where to bind, and the checks of a listening address: ``binding.py``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import errno
 import os
 import socket
 import socketserver
-import stat
-import sys
 import threading
 import time
 import weakref
@@ -22,10 +20,11 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
 from ..log import format_address, logger
+from .binding import bind_address, prepare_unix_path, unix_peer
 from .capacity import exhaustion_hint
 from .reserve import Reserve
 
-__all__ = ["Acceptor", "TCPServer", "accepting_held", "bind_address", "check_reuse_port", "prepare_unix_path", "check_listening_socket", "unix_peer"]
+__all__ = ["Acceptor", "TCPServer", "accepting_held"]
 
 _ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() ran out of descriptors
 _LOG_EVERY = 60.0  # seconds between two lines about running out (a limit reached again and again)
@@ -50,7 +49,8 @@ def accepting_held() -> Iterator[None]:
     connections already queued) would otherwise take a connection before
     the factory registered its handlers and answer 400 "no handler"."""
     outer = getattr(_held, "acceptors", None)
-    _held.acceptors = held = []
+    held: list[Acceptor] = []
+    _held.acceptors = held
     try:
         yield
     finally:
@@ -331,73 +331,3 @@ def _no_delay(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # the client is already gone: the handshake read will say so
-
-
-def bind_address(host: Optional[str], port: int) -> tuple[int, tuple[Any, ...]]:
-    if host is None:
-        if socket.has_dualstack_ipv6():
-            return socket.AF_INET6, ("::", port)
-        return socket.AF_INET, ("0.0.0.0", port)
-    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = info[0]
-    return family, address
-
-
-def unix_peer(path: Any) -> tuple[str, int]:
-    """The peer address given to connections accepted on the Unix socket
-    ``path``: ``("unix:/run/app.sock", 0)``, a ``(host, port)`` tuple that
-    logs as ``unix:/run/app.sock`` (``log.format_address``) and that
-    ``trusted_proxies=["unix"]`` trusts."""
-    if isinstance(path, bytes):
-        path = path.decode("utf-8", "replace")
-    return (f"unix:{path or '(unnamed)'}", 0)
-
-
-def prepare_unix_path(path: str) -> None:
-    """Make ``path`` bindable: remove a stale socket file (one nobody
-    listens on any more, left by a server that died); ``OSError`` when a
-    server still listens there, or the file is not a socket."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise OSError(errno.EEXIST, f"unix_path {path!r} exists and is not a socket; not removing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        try:
-            os.unlink(path)  # stale
-        except FileNotFoundError:
-            pass
-        return
-    except OSError:
-        return  # let bind() report what is wrong
-    finally:
-        probe.close()
-    raise OSError(errno.EADDRINUSE, f"unix_path {path!r}: another server is listening on it")
-
-
-def check_listening_socket(sock: Any) -> None:
-    """``sock=`` must be a bound, listening stream socket (TCP or Unix)."""
-    if not isinstance(sock, socket.socket):
-        raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
-    if sock.type != socket.SOCK_STREAM:
-        raise ValueError(f"sock must be a SOCK_STREAM socket, not {sock.type!r}")
-    if sock.family not in (socket.AF_INET, socket.AF_INET6, getattr(socket, "AF_UNIX", None)):
-        raise ValueError(f"sock must be an AF_INET, AF_INET6 or AF_UNIX socket, not {sock.family!r}")
-    try:
-        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    except (OSError, AttributeError):
-        listening = 1  # not knowable here: accept() will tell
-    if not listening:
-        raise ValueError("sock must be bound and listening (call sock.listen() first)")
-
-
-def check_reuse_port() -> None:
-    """``reuse_port=True`` is Linux's ``SO_REUSEPORT`` (which balances
-    connections among the sockets); elsewhere ``ValueError`` says so."""
-    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
-        raise ValueError(f"reuse_port=True needs Linux's SO_REUSEPORT (this is {sys.platform}): run one process per port, or use Linux")

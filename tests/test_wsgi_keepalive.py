@@ -353,6 +353,56 @@ def test_pool_wakes_idle_threads_rather_than_starting_more():
     pool.close()
 
 
+def test_slow_later_heads_hold_no_pool_thread(make_server):
+    """Keep-alive clients that send part of their next request head and
+    stall wait in the lot, not on a pool thread: more of them than
+    ``wsgi_threads`` do not hold up another client's request (before, each
+    held a thread until ``open_timeout``, 20 s here)."""
+    server = make_server(wsgi_app=hello, wsgi_threads=2, open_timeout=20)
+    slow = [connect_raw(server) for _ in range(4)]
+    try:
+        for i, sock in enumerate(slow):
+            sock.sendall(REQUEST % i)
+            assert read_response(sock) == b"/%d" % i
+            sock.sendall(b"GET /later HTTP/1.1\r\nHo")  # and no more, for now
+        assert wait_until(lambda: parked(server) == 4)
+        with connect_raw(server) as healthy:
+            healthy.settimeout(10)  # half the slow heads' deadline
+            for i in range(3):
+                healthy.sendall(REQUEST % (100 + i))
+                assert read_response(healthy) == b"/%d" % (100 + i)
+        for sock in slow:  # the bytes of each head so far were kept
+            sock.sendall(b"st: x\r\n\r\n")
+            assert read_response(sock) == b"/later"
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_a_later_head_not_completed_in_time_is_dropped(make_server, library_log):
+    server = make_server(wsgi_app=hello, open_timeout=0.5, http_keepalive_timeout=30)
+    with connect_raw(server) as sock:
+        sock.sendall(REQUEST % 1)
+        assert read_response(sock) == b"/1"
+        sock.sendall(b"GET /never HTTP/1.1\r\n")
+        start = time.monotonic()
+        assert read_until_eof(sock) == b""
+        assert time.monotonic() - start < 10  # the head deadline (0.5 s), not the idle one (30 s)
+    assert wait_until(lambda: any("request head not completed within 0.5s" in r.getMessage() for r in list(library_log.records)))
+    assert parked(server) == 0
+
+
+def test_a_later_head_cut_midway_gets_400(make_server):
+    server = make_server(wsgi_app=hello)
+    with connect_raw(server) as sock:
+        sock.sendall(REQUEST % 1)
+        assert read_response(sock) == b"/1"
+        sock.sendall(b"GET /cut HTTP/1.1\r\nHo")
+        assert wait_until(lambda: parked(server) == 1)
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_eof(sock).startswith(b"HTTP/1.1 400 ")
+
+
 # -- the parking lot, on epoll and on the portable selector ---------------------------
 
 
@@ -376,6 +426,33 @@ def test_parking_lot_hands_over_readable_sockets_expires_idle_ones_and_closes(us
         assert lot.close() == ["conn0"]
         assert not lot.park("conn2", pairs[2][0].fileno())  # closed
         assert ready == ["conn1"]
+    finally:
+        lot.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+@pytest.mark.parametrize("use_epoll", [True, False], ids=["epoll", "selector"])
+def test_parking_lot_a_deadline_of_its_own_wakes_the_wait(use_epoll):
+    """An idle parking waits the lot's timeout (30 s here); one parked after
+    it with an earlier deadline of its own expires at that deadline."""
+    expired: list = []
+    gone = threading.Event()
+    lot = ParkingLot(30.0, lambda c: None, lambda c: (expired.append(c), gone.set()), use_epoll=use_epoll)
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        assert lot.park("idle", pairs[0][0].fileno())
+        assert wait_until(lambda: lot._thread is not None)
+        start = time.monotonic()
+        assert lot.park("head", pairs[1][0].fileno(), deadline=start + 0.2)
+        assert gone.wait(TIMEOUT)
+        assert expired == ["head"] and time.monotonic() - start < TIMEOUT
+        assert len(lot) == 1
+        assert lot.park("head", pairs[1][0].fileno(), deadline=time.monotonic() + 30)
+        pairs[1][1].sendall(b"x")
+        assert wait_until(lambda: len(lot) == 1)  # taken out when readable
+        assert sorted(lot.close()) == ["idle"]
     finally:
         lot.close()
         for a, b in pairs:

@@ -18,10 +18,18 @@ poller: a ``ready`` or ``expired`` callback must not block. gunicorn's
 ``gthread`` worker keeps its keep-alive connections the same way, in its
 main loop's selector (``gunicorn/workers/gthread.py``).
 
-Every parking has the same timeout, so the order of parking is the order of
-the deadlines: the lot is an ordered dict whose first entry is the next to
+A connection whose next request head came only in part is parked too,
+with its own deadline (the server's ``open_timeout`` from the
+head's first bytes): a slow head holds no pool
+thread either; the pool reads on when more comes.
+
+Idle parkings all have the same timeout, so their order of parking is the
+order of their deadlines: an ordered dict whose first entry is the next to
 expire, and a socket parked while the thread waits never needs to wake it
-(its deadline is later than the wait's end).
+(its deadline is later than the wait's end). Parkings with a deadline of
+their own are kept apart, in a heap by deadline; the thread wakes for the
+earlier of the two firsts (a parking with an earlier deadline than the
+thread's wait wakes it).
 
 ``close()`` unparks every connection at once and returns them for the
 caller to close (they are idle: no request is lost); later parkings fail
@@ -35,6 +43,7 @@ the thread alone waits on the poller, and closes it when it ends.
 from __future__ import annotations
 
 import collections
+import heapq
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -56,15 +65,21 @@ class ParkingLot:
         self._expired = expired
         self._use_epoll = use_epoll
         self._lock = threading.Lock()
-        #: descriptor -> (connection, monotonic deadline), oldest first
+        #: descriptor -> (connection, monotonic deadline): idle ones, oldest first
         self._parked: collections.OrderedDict[int, tuple[Any, float]] = collections.OrderedDict()
+        #: descriptor -> (connection, deadline): those parked with a deadline of their own
+        self._timed: dict[int, tuple[Any, float]] = {}
+        #: (deadline, descriptor) of _timed, and stale ones left by unparking (dropped once due);
+        #: a parking again with the same deadline adds none (_in_heap)
+        self._deadlines: list[tuple[float, int]] = []
+        self._in_heap: dict[int, float] = {}
         self._closing = False
         self._poller: Optional[ReadPoller] = None
         self._thread: Optional[threading.Thread] = None
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._parked)
+            return len(self._parked) + len(self._timed)
 
     def open(self) -> None:
         """Open the poller's descriptors now (when the server starts
@@ -74,13 +89,13 @@ class ParkingLot:
             if self._poller is None and not self._closing:
                 self._poller = ReadPoller(self._use_epoll)
 
-    def park(self, connection: Any, fd: int) -> bool:
+    def park(self, connection: Any, fd: int, deadline: Optional[float] = None) -> bool:
         """Wait for ``fd`` (``connection``'s socket) to be readable, for at
-        most the timeout; any thread. False when it cannot (the lot is
-        closing, or out of descriptors or threads): the caller keeps the
-        connection, and closes it."""
+        most the timeout (or until ``deadline``, monotonic); any thread.
+        False when it cannot (the lot is closing, or out of descriptors or
+        threads): the caller keeps the connection, and closes it."""
         with self._lock:
-            if self._closing or fd in self._parked:
+            if self._closing or fd in self._parked or fd in self._timed:
                 return False
             try:
                 if self._poller is None:
@@ -89,21 +104,34 @@ class ParkingLot:
                     thread = threading.Thread(target=self._run, name="ws_multipath-keepalive", daemon=True)
                     thread.start()  # it waits for _lock before anything else
                     self._thread = thread
-                self._parked[fd] = (connection, time.monotonic() + self._timeout)
+                if deadline is None:
+                    self._parked[fd] = (connection, time.monotonic() + self._timeout)
+                else:
+                    self._park_timed(connection, fd, deadline)
                 self._poller.add(fd)
             except (OSError, RuntimeError, ValueError) as exc:
                 self._parked.pop(fd, None)
+                self._timed.pop(fd, None)
                 logger.warning("cannot keep an idle HTTP connection open (%s); closing it", exc)
                 return False
         return True
+
+    def _park_timed(self, connection: Any, fd: int, deadline: float) -> None:
+        self._timed[fd] = (connection, deadline)
+        if self._in_heap.get(fd) != deadline:
+            self._in_heap[fd] = deadline
+            first = self._deadlines[0][0] if self._deadlines else None
+            heapq.heappush(self._deadlines, (deadline, fd))
+            if first is None or deadline < first:
+                assert self._poller is not None
+                self._poller.wake()  # the thread may wait past this deadline
 
     def close(self) -> list[Any]:
         """Stop: returns the parked connections, unparked, for the caller to
         close (their sockets are no longer watched); the thread ends."""
         with self._lock:
             self._closing = True
-            parked = [connection for connection, _ in self._parked.values()]
-            self._parked.clear()
+            parked = self._take_all()
             poller = self._poller
             if poller is not None:
                 if self._thread is None:
@@ -125,7 +153,11 @@ class ParkingLot:
                     queued = [] if poller.epoll else poller.take_queued()
                     first = next(iter(self._parked.values()), None)
                     # without a parked connection, wait one timeout: any parked meanwhile expires later
-                    timeout = self._timeout if first is None else max(0.0, first[1] - time.monotonic())
+                    # (or, with a deadline of its own, wakes the wait)
+                    due = time.monotonic() + self._timeout if first is None else first[1]
+                    if self._deadlines:
+                        due = min(due, self._deadlines[0][0])
+                    timeout = max(0.0, due - time.monotonic())
                 if queued:
                     poller.register_queued(queued)
                 try:
@@ -150,7 +182,7 @@ class ParkingLot:
             if self._closing:
                 return ready, expired
             for fd in readable:
-                entry = self._parked.pop(fd, None)
+                entry = self._parked.pop(fd, None) or self._timed.pop(fd, None)
                 poller.remove(fd)  # level-triggered: never leave a readable one in the set
                 if entry is not None:
                     ready.append(entry[0])
@@ -162,7 +194,26 @@ class ParkingLot:
                 del self._parked[fd]
                 poller.remove(fd)
                 expired.append(connection)
+            while self._deadlines and self._deadlines[0][0] <= now:
+                deadline, fd = heapq.heappop(self._deadlines)
+                if self._in_heap.get(fd) == deadline:
+                    del self._in_heap[fd]
+                entry = self._timed.get(fd)
+                if entry is not None and entry[1] == deadline:
+                    del self._timed[fd]
+                    poller.remove(fd)
+                    expired.append(entry[0])
         return ready, expired
+
+    def _take_all(self) -> list[Any]:
+        """Every parked connection, taken out of the lot (under ``_lock``)."""
+        taken = [connection for connection, _ in self._parked.values()]
+        taken += [connection for connection, _ in self._timed.values()]
+        self._parked.clear()
+        self._timed.clear()
+        self._deadlines.clear()
+        self._in_heap.clear()
+        return taken
 
     def _call(self, callback: Callable[[Any], None], connection: Any) -> None:
         try:
@@ -175,8 +226,7 @@ class ParkingLot:
         bug) are expired, so none waits forever."""
         with self._lock:
             self._closing = True
-            left = [connection for connection, _ in self._parked.values()]
-            self._parked.clear()
+            left = self._take_all()
             if self._poller is not None:
                 self._poller.close()
                 self._poller = None

@@ -154,7 +154,7 @@ class WSGIServer:
             connection.close()
             self._remove(connection)
             raise
-        if outcome is PARK and self._parking.park(connection, connection.fileno()):
+        if outcome is PARK and self._parking.park(connection, connection.fileno(), connection.park_deadline()):
             return  # the lot owns it now
         if outcome is not HANDED:
             connection.close()
@@ -170,7 +170,10 @@ class WSGIServer:
             self._remove(connection)
 
     def _idle_expired(self, connection: HTTPConnection) -> None:
-        """``http_keepalive_timeout`` passed with no request (the lot's thread)."""
+        """``http_keepalive_timeout`` passed with no request, or the head
+        deadline with a head not whole (the lot's thread)."""
+        if connection.park_deadline() is not None:
+            logger.info("dropping %s: request head not completed within %ss", format_address(connection.address), self.options.head_timeout)
         connection.close()
         self._remove(connection)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Optional
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import h11
 
@@ -47,6 +48,8 @@ class HTTPConnection(HTTPExchange):
         super().__init__(server.options, sock, first)
         self.server = server
         self._upgrade = upgrade
+        self._head_so_far = b""  # a later request's head, not whole yet (at most max_header_size)
+        self._head_deadline = 0.0  # when it must be whole (monotonic)
 
     # -- closing (other threads) ---------------------------------------------
 
@@ -75,9 +78,9 @@ class HTTPConnection(HTTPExchange):
 
     def resume(self) -> str:
         """The parked connection's socket became readable: read the next
-        head (within ``head_timeout`` of its first bytes) and serve it, and
-        those that follow at once. Returns ``PARK`` (nothing to read after
-        all: park again), ``CLOSE`` or ``HANDED``."""
+        head and serve it, and those that follow at once. Returns ``PARK``
+        (nothing to read after all, or a head not whole yet: park again,
+        until ``park_deadline()``), ``CLOSE`` or ``HANDED``."""
         return self._turn(self._resume)
 
     def _turn(self, step: Callable[..., str], *args: Any) -> str:
@@ -92,9 +95,20 @@ class HTTPConnection(HTTPExchange):
         if data is None:
             return PARK
         if not data:
+            if self._head_so_far:
+                self._refuse(HandshakeError(400, "connection closed before the end of the request head"))
             return CLOSE
+        return self._next_request(data)
+
+    def _next_request(self, data: bytes) -> str:
+        """Serve the request whose head starts with ``data`` (and those
+        that follow at once); ``PARK`` while its head is not whole."""
         following = self._read_head(data)
-        return CLOSE if following is None else self._requests(*following)
+        if following is None:
+            return CLOSE
+        if isinstance(following, bytes):
+            return PARK
+        return self._requests(*following)
 
     def _requests(self, head: bytes, rest: bytes) -> str:
         while True:
@@ -117,6 +131,8 @@ class HTTPConnection(HTTPExchange):
             following = self._read_head(data)
             if following is None:
                 return CLOSE
+            if isinstance(following, bytes):
+                return PARK
             head, rest = following
 
     def _start(self, head: bytes, rest: bytes) -> Optional[tuple[h11.Request, Request]]:
@@ -143,18 +159,30 @@ class HTTPConnection(HTTPExchange):
             return None
         return event, request
 
-    def _read_head(self, data: bytes) -> Optional[tuple[bytes, bytes]]:
-        """A later request's head, from its first ``data`` on, read by the
-        first request's rules, and the bytes after it; None when the
-        connection ends."""
+    def _read_head(self, data: bytes) -> Union[tuple[bytes, bytes], bytes, None]:
+        """A later request's head, from its first ``data`` on (after the
+        bytes of it read before), by the first request's rules, and the
+        bytes after it; the bytes so far (kept) when it is not whole yet;
+        None when the connection ends."""
         options = self.options
+        if not self._head_so_far:
+            self._head_deadline = time.monotonic() + options.head_timeout
         try:
-            return self._socket.read_head(data, options.head_timeout, options.max_header_size, options.max_headers, options.max_target_size)
+            result = self._socket.read_head_now(self._head_so_far + data, options.max_header_size, options.max_headers, options.max_target_size)
         except HandshakeError as exc:
             self._refuse(exc)
+            return None
         except HeadNotReceived as exc:
             logger.info("dropping %s: %s", format_address(self.address), exc)
-        return None
+            return None
+        self._head_so_far = result if isinstance(result, bytes) else b""
+        return result
+
+    def park_deadline(self) -> Optional[float]:
+        """When a parked connection is dropped: ``head_timeout`` after the
+        first bytes of a head that is not whole; None for an idle one (the
+        keep-alive timeout)."""
+        return self._head_deadline if self._head_so_far else None
 
     def _later_upgrade(self, request: Request) -> str:
         """A WebSocket upgrade after other requests: the server's decision, as

@@ -4,9 +4,9 @@ deadlines, writes that fail after ``http_write_timeout`` without progress
 the last response, and being cut by ``close()`` from another thread.
 
 ``_lock`` guards the idle and closing flags: idle while the request thread
-waits for the rest of a request head, or lingers after the last response
-(``close()`` may then cut the connection at once), closing once ``close()``
-was called. Between requests the connection waits in the keep-alive
+lingers after the last response (``close()`` may then cut the connection at
+once), closing once ``close()`` was called. Between requests, and while a
+later request's head is not whole, the connection waits in the keep-alive
 parking lot (``keepalive.py``), with no thread.
 """
 
@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Optional
+from typing import Optional, Union
 
 from ..errors import HandshakeError
 from ..sync.sockets import MIN_PROGRESS, TLS_CHUNK, unsent
@@ -28,6 +28,10 @@ __all__ = ["ClientSocket", "HeadNotReceived", "linger", "KiB", "DRAIN_LIMIT", "L
 KiB = 1024
 DRAIN_LIMIT = 64 * KiB  # unread body bytes read and dropped to keep a connection alive
 LINGER = 2.0  # seconds to read what a client still sends after our last response (Apache: 2 s)
+
+
+class _NotYet(Exception):
+    """Nothing more of a head is readable now."""
 
 
 class HeadNotReceived(Exception):
@@ -93,37 +97,31 @@ class ClientSocket:
         except OSError:  # reset, or shut down by close()
             return b""
 
-    def recv_head(self, deadline: float) -> Optional[bytes]:
-        """The rest of a request head: ``close()`` may cut it at once, as it
-        does an idle connection (no request is in flight yet)."""
-        with self._lock:
-            if self._closing:
-                return b""
-            self._idle = True
-        try:
-            return self.recv_until(deadline, "request head")
-        finally:
-            with self._lock:
-                self._idle = False
-
-    def read_head(self, buffered: bytes, timeout: float, max_size: int, max_headers: int, max_target: int) -> tuple[bytes, bytes]:
-        """A later request's head (``buffered`` and what follows), read by
-        the first request's rules (``head.read_head``) within ``timeout`` of
-        its first bytes: ``HandshakeError`` to refuse it, ``HeadNotReceived``
-        when it did not come."""
-        deadline = time.monotonic() + timeout
+    def read_head_now(self, buffered: bytes, max_size: int, max_headers: int, max_target: int) -> Union[tuple[bytes, bytes], bytes]:
+        """A later request's head (``buffered`` and what is readable now),
+        read by the first request's rules (``head.read_head``), and the bytes
+        after it; or, when the head is not whole and nothing more is
+        readable now, every byte of it so far, for the next try once the
+        socket is readable again (the caller parks it: no thread waits for
+        a slow head). ``HandshakeError`` to refuse it (a client that closed
+        midway gets 400), ``HeadNotReceived`` when the server is closing."""
+        received = [buffered]
 
         def receive() -> bytes:
-            received = self.recv_head(deadline)
-            if received is None:
-                raise HeadNotReceived(f"request head not completed within {timeout}s")
-            if not received:
+            more = self.read_now()
+            if more is None:
+                raise _NotYet
+            if not more:
                 if self.closing:
                     raise HeadNotReceived("the server is closing")
                 raise HandshakeError(400, "connection closed before the end of the request head")
-            return received
+            received.append(more)
+            return more
 
-        return read_head(receive, buffered, max_size, max_headers, max_target)
+        try:
+            return read_head(receive, buffered, max_size, max_headers, max_target)
+        except _NotYet:
+            return b"".join(received)
 
     def recv_until(self, deadline: float, what: str) -> Optional[bytes]:
         """Bytes from the socket before ``deadline`` (b"" at EOF), None when it

@@ -379,6 +379,28 @@ def test_slow_later_heads_hold_no_pool_thread(make_server):
             sock.close()
 
 
+def test_lingering_after_the_last_response_holds_no_pool_thread(make_server):
+    """After a response with ``Connection: close`` the server reads what the
+    client still sends for up to 2 s before closing (so that unread bytes do
+    not reset the response away). Clients that keep their side open linger
+    parked, not on the one pool thread, and a third client is served meanwhile."""
+    server = make_server(wsgi_app=hello, wsgi_threads=1)
+    lingering = [connect_raw(server) for _ in range(3)]
+    try:
+        for i, sock in enumerate(lingering):
+            sock.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % i)
+            assert read_response(sock) == b"/%d" % i
+            assert read_until_eof(sock) == b""  # the server's FIN; our side stays open
+        assert wait_until(lambda: parked(server) == 3)
+        with connect_raw(server) as healthy:
+            healthy.sendall(REQUEST % 7)
+            assert read_response(healthy) == b"/7"
+        assert wait_until(lambda: parked(server) == 0)  # each ends after 2 s (LINGER), its client silent
+    finally:
+        for sock in lingering:
+            sock.close()
+
+
 def test_a_later_head_not_completed_in_time_is_dropped(make_server, library_log):
     server = make_server(wsgi_app=hello, open_timeout=0.5, http_keepalive_timeout=30)
     with connect_raw(server) as sock:

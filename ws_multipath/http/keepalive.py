@@ -18,10 +18,11 @@ poller: a ``ready`` or ``expired`` callback must not block. gunicorn's
 ``gthread`` worker keeps its keep-alive connections the same way, in its
 main loop's selector (``gunicorn/workers/gthread.py``).
 
-A connection whose next request head came only in part is parked too,
-with its own deadline (the server's ``open_timeout`` from the
-head's first bytes): a slow head holds no pool
-thread either; the pool reads on when more comes.
+Two more kinds of waiting are parked, each with a deadline of its own: a
+connection whose next request head came only in part (the server's
+``open_timeout`` from the head's first bytes; the pool reads on when more
+comes), and one lingering after its last response (2 s; the pool drops
+what comes). Neither holds a pool thread while the client is slow.
 
 Idle parkings all have the same timeout, so their order of parking is the
 order of their deadlines: an ordered dict whose first entry is the next to

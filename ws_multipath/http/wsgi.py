@@ -172,7 +172,7 @@ class WSGIServer:
     def _idle_expired(self, connection: HTTPConnection) -> None:
         """``http_keepalive_timeout`` passed with no request, or the head
         deadline with a head not whole (the lot's thread)."""
-        if connection.park_deadline() is not None:
+        if connection.waiting_for_head:
             logger.info("dropping %s: request head not completed within %ss", format_address(connection.address), self.options.head_timeout)
         connection.close()
         self._remove(connection)

@@ -80,15 +80,24 @@ class HTTPConnection(HTTPExchange):
         """The parked connection's socket became readable: read the next
         head and serve it, and those that follow at once. Returns ``PARK``
         (nothing to read after all, or a head not whole yet: park again,
-        until ``park_deadline()``), ``CLOSE`` or ``HANDED``."""
+        until ``park_deadline()``), ``CLOSE`` or ``HANDED``. A connection
+        parked while lingering after its last response drops what came."""
+        if self._socket.linger_deadline is not None:
+            return CLOSE if self._socket.drain_now() else PARK
         return self._turn(self._resume)
 
     def _turn(self, step: Callable[..., str], *args: Any) -> str:
+        """One turn on a pool thread: a linger started in it is parked
+        (``PARK`` instead of ``CLOSE``; ``park_deadline()`` says until when)."""
+        self._socket.parks = True
         try:
-            return step(*args)
+            outcome = step(*args)
         except ClientGone as exc:
             logger.debug("dropping %s: %s", format_address(self.address), exc)
             return CLOSE
+        if outcome is CLOSE and self._socket.linger_deadline is not None:
+            return PARK
+        return outcome
 
     def _resume(self) -> str:
         data = self._socket.read_now()
@@ -178,10 +187,18 @@ class HTTPConnection(HTTPExchange):
         self._head_so_far = result if isinstance(result, bytes) else b""
         return result
 
+    @property
+    def waiting_for_head(self) -> bool:
+        """Parked with a later request's head not whole."""
+        return bool(self._head_so_far)
+
     def park_deadline(self) -> Optional[float]:
-        """When a parked connection is dropped: ``head_timeout`` after the
-        first bytes of a head that is not whole; None for an idle one (the
-        keep-alive timeout)."""
+        """When a parked connection is dropped: at the end of its linger;
+        ``head_timeout`` after the first bytes of a head that is not whole;
+        None for an idle one (the keep-alive timeout)."""
+        lingering = self._socket.linger_deadline
+        if lingering is not None:
+            return lingering
         return self._head_deadline if self._head_so_far else None
 
     def _later_upgrade(self, request: Request) -> str:

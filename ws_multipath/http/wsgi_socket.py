@@ -49,6 +49,10 @@ class ClientSocket:
         self._idle = False
         self._closing = False
         self._lingered = False
+        #: set by a turn on the pool: linger() only starts, and the owner parks the connection
+        self.parks = False
+        self._linger_until: Optional[float] = None  # monotonic, while a parked linger goes on
+        self._drained = 0
 
     @property
     def closing(self) -> bool:
@@ -176,19 +180,69 @@ class ClientSocket:
             sock.settimeout(max(0.001, min(timeout / 4, since + timeout - now)))
 
     def linger(self) -> None:
-        """``linger(sock)``, once; ``close()`` need not wait for it."""
+        """``linger(sock)``, once; ``close()`` need not wait for it. With
+        ``parks`` it only starts: ``close_notify`` (TLS) and the FIN go out
+        now, without waiting, and the owner parks the connection until
+        ``linger_deadline``, calling ``drain_now()`` when it is readable, so
+        a client that keeps its side open holds no thread."""
         if self._lingered:
             return
         self._lingered = True
-        with self._lock:  # nothing left to answer: close() need not wait for it
+        with self._lock:
             if self._closing:
                 return
+        if self.parks and self._start_linger():
+            return
+        with self._lock:  # nothing left to answer: close() need not wait for it
             self._idle = True
         try:
             linger(self.sock)
         finally:
             with self._lock:
                 self._idle = False
+
+    @property
+    def linger_deadline(self) -> Optional[float]:
+        """When a parked linger ends (monotonic); None when none goes on."""
+        return self._linger_until
+
+    def _start_linger(self) -> bool:
+        """Send close_notify (TLS) and the FIN without waiting; False when
+        the alert did not fit in the kernel's buffer (the caller lingers
+        blocking, as without ``parks``)."""
+        sock = self.sock
+        try:
+            sock.settimeout(0.0)
+            if isinstance(sock, ssl.SSLSocket):
+                try:
+                    sock.unwrap()  # sends close_notify; the client's answer is drained later, unread
+                except ssl.SSLWantReadError:
+                    pass  # sent; the client's has not come yet
+                except ssl.SSLWantWriteError:
+                    return False
+                except (ssl.SSLError, ValueError):
+                    pass  # the client sent data or closed: the FIN still goes
+            socket.socket.shutdown(sock, socket.SHUT_WR)
+        except OSError:
+            return True  # the client is gone: nothing to wait for
+        self._linger_until = time.monotonic() + LINGER
+        return True
+
+    def drain_now(self) -> bool:
+        """Read and drop what the client sent while lingering, without
+        waiting (bytes on the wire: TLS records are not decrypted); True
+        once the linger is over: the client closed, the connection broke,
+        or it sent more than ``4 * DRAIN_LIMIT``."""
+        while True:
+            try:
+                data = socket.socket.recv(self.sock, 65536)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return True
+            self._drained += len(data)
+            if not data or self._drained >= DRAIN_LIMIT * 4:
+                return True
 
 
 def linger(sock: socket.socket) -> None:

@@ -585,6 +585,11 @@ def frame_streams(draw):
     return stream, how, split
 
 
+def _apart(outputs: list) -> tuple[list, list]:
+    """The data frames and the pongs, each in its order."""
+    return [o for o in outputs if o[0] != 0xA], [o for o in outputs if o[0] == 0xA]
+
+
 def check_frame_answer(stream: bytes, answer: bytes, how: str) -> None:
     expected = expected_outcome(stream, MAX_PAYLOAD)
     assert how != "timeout", f"the server neither closed nor finished within {READ_TIMEOUT}s; {expected}"
@@ -610,6 +615,12 @@ def check_frame_answer(stream: bytes, answer: bytes, how: str) -> None:
     else:
         ending = DROP
     if got == expected.outputs and ending in expected.final:
+        return
+    if _apart(got) == _apart(expected.outputs) and ending in expected.final:
+        # Each kind in order, pongs ahead of an echo: a listener that lost its loop (a
+        # hand-off, on a loaded machine) sends its echo later, while the loop answers the
+        # pings read after its message at once (what a blocked listener must not hold up).
+        event("pongs ahead of an echo (a hand-off)")
         return
     if ending == DROP and how == "reset" and expected.sent_after_close and got == expected.outputs[: len(got)]:
         # The server echoed the close frame and closed its socket with the bytes the

@@ -106,11 +106,7 @@ class LoopReading:
 
     def on_ready(self) -> None:
         """The loop found the socket readable: read what is there and act on it."""
-        if self._runner is None and not self._done:
-            # Only the loop's owner claims, and a runner is cleared only by
-            # its own thread or a hand-off (which needs a runner): no lock.
-            self._runner = threading.current_thread()
-        elif not self._claim():
+        if not self._claim():
             return
         try:
             self._read_some()

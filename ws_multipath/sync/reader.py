@@ -177,9 +177,10 @@ class SocketReader(LoopReading):
             try:
                 if not self._began:
                     self._began = True
-                    self._begin()
-                self._resume()
-                self._read_decrypted()
+                    self._begin()  # what came with the handshake: a listener may lose the loop in it
+                if self._runner is threading.current_thread():
+                    self._resume()
+                    self._read_decrypted()
             finally:
                 self._release()
         self._sync()

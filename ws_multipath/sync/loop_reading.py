@@ -8,10 +8,14 @@ first task). A task runs on one thread at a time, the connection's
 lost the loop while in it) is deferred until that thread is done, and the
 socket is not watched meanwhile, so the loop never spins on it.
 
-The loop watches the socket exactly while ``_wants_reading``: not while the
+The loop watches the socket exactly while ``_wants_reading``: while the
 next message has no room (``hold``/``room``: the inbox or the dispatcher is
-full), not while ``pause()`` holds it, unless the socket was shut down
-(``aborted``: then it is read to its end whatever holds it).
+full) or ``pause()`` holds it, only as long as the events that wait have
+room to read ahead (``holding.py``: a bounded amount, so that the client's
+pings and pongs are still seen); without limit once the socket was shut
+down (``aborted``: then it is read to its end whatever holds it). While
+paused, what is read goes to ``Holding.feed_paused`` (``_feed`` is swapped,
+so that the per-read path tests nothing).
 
 When a listener keeps the runner so long that the loop is handed off
 (``handoff.py``), ``hand_off`` moves the connection's reading to the loop
@@ -33,6 +37,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from .dispatch import Dispatcher
 
 if TYPE_CHECKING:
+    from .holding import Holding
     from .loop import EventLoop
 
 __all__ = ["LoopReading", "RECV_MIN"]
@@ -63,6 +68,8 @@ class LoopReading:
         _tls_lock: Optional[threading.Lock]
         _loop: "EventLoop"
         _feed: Callable[[bytes], None]
+        _plain_feed: Callable[[bytes], None]
+        _holder: "Holding"
         _resume: Callable[[], None]
         _recv_size: int
         _lock: threading.Lock
@@ -121,7 +128,8 @@ class LoopReading:
         """A task: act on the events held back, then read again if nothing holds."""
         if self._claim():
             try:
-                self._resume()
+                if not self._paused:  # the events read ahead while paused wait for resume()
+                    self._resume()
                 self._read_decrypted()
             finally:
                 self._release()
@@ -205,9 +213,19 @@ class LoopReading:
             self._recv_size = size >> 1
 
     def _at_eof(self) -> None:
-        """The end of the stream: the connection ends; while it is open,
-        after the listener calls queued for its dispatcher (a client's
-        close frame may be among them, whose echo must go out first)."""
+        """The end of the stream: the connection ends, after the events
+        read ahead while held or paused (``holding.py``), if any wait."""
+        if (self._held or self._paused) and not self._aborted and self._holder.queue_end():
+            self._eof_queued = True
+            self._sync()  # an EOF stays readable: stop watching
+            return
+        self.end_in_order()
+
+    def end_in_order(self) -> None:
+        """The end of the stream reached (on the runner): the connection
+        ends; while it is open, after the listener calls queued for its
+        dispatcher (a client's close frame may be among them, whose echo
+        must go out first)."""
         dispatcher = self.dispatcher
         if dispatcher is not None and dispatcher.thread is not threading.current_thread() and not self._sealed:
             self._eof_queued = True
@@ -219,11 +237,16 @@ class LoopReading:
     def _wants_reading(self) -> bool:
         if not self._in_loop() or self._done or self._deferred or self._eof_queued:
             return False
-        return self._aborted or not (self._held or self._paused)
+        return self._aborted or not (self._held or self._paused) or self._holder.ahead_room()
 
     def _sync(self) -> None:
         """Have the loop watch the socket exactly while it should be read."""
         self._loop.sync(self)
+
+    def resync(self) -> None:
+        """The read-ahead filled up (``holding.py``): stop watching if held."""
+        if self._in_loop():
+            self._sync()
 
     def sync_on_loop(self, selector: selectors.BaseSelector) -> None:
         """On the loop's owner, under the loop's lock: register or
@@ -261,6 +284,7 @@ class LoopReading:
     def pause(self) -> None:
         with self._lock:
             self._paused = True
+            self._feed = self._holder.feed_paused
             loop = self._in_loop() and not self._done
         if loop:
             self._sync()
@@ -270,6 +294,7 @@ class LoopReading:
             if not self._paused:
                 return
             self._paused = False
+            self._feed = self._plain_feed
             loop = self._in_loop() and not self._done
         if loop:
             self._loop.call_soon(self, self._continue)

@@ -81,7 +81,8 @@ class LoopReading:
         _deferred: bool
         _aborted: bool
         _eof_queued: bool
-        _registered: bool
+        _registered: int
+        _want_write: bool
         _sealed: bool
         _max_queue: int
         dispatcher: Optional[Dispatcher]
@@ -199,12 +200,27 @@ class LoopReading:
                     data = self._sock.recv(size)
             else:
                 data = self._sock.recv(size, socket.MSG_DONTWAIT)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except (BlockingIOError, ssl.SSLWantReadError):
+            if self._want_write:  # the write OpenSSL wanted went out: watch for reading again
+                self._want_write = False
+                self._sync()
+            return None
+        except ssl.SSLWantWriteError:
+            self._await_writable()
             return None
         except OSError:
             return b""
         self._adapt(len(data), size)
         return data
+
+    def _await_writable(self) -> None:
+        """TLS: OpenSSL must write before it can read on (a renegotiation
+        or an alert, with the socket's send buffer full). Readability says
+        nothing about that, and the data left readable would have the loop
+        call this again at once (a busy loop for as long as the client does
+        not read): watch the socket for writability instead, then read."""
+        self._want_write = True
+        self._sync()
 
     def _adapt(self, received: int, size: int) -> None:
         if received == size:
@@ -252,15 +268,25 @@ class LoopReading:
         """On the loop's owner, under the loop's lock: register or
         unregister the socket to match ``_wants_reading``."""
         want = self._wants_reading()
-        if want and not self._registered:
+        if want:
+            events = selectors.EVENT_WRITE if self._want_write else selectors.EVENT_READ
+            if self._registered == events:
+                return
             try:
-                selector.register(self._fd, selectors.EVENT_READ, self)
-            except KeyError:  # still registered (a stale entry): take it over
-                selector.modify(self._fd, selectors.EVENT_READ, self)
+                try:
+                    if self._registered:
+                        selector.modify(self._fd, events, self)
+                    else:
+                        selector.register(self._fd, events, self)
+                except KeyError:  # a stale entry of this descriptor's (or none): take it over
+                    if self._registered:
+                        selector.register(self._fd, events, self)
+                    else:
+                        selector.modify(self._fd, events, self)
             except (OSError, ValueError):  # closed meanwhile: the reader sees the end
                 return
-            self._registered = True
-        elif not want and self._registered:
+            self._registered = events
+        elif self._registered:
             self.unregister_on_loop(selector)
 
     # -- backpressure and pause (incoming.py, the application's threads) --------
@@ -343,7 +369,7 @@ class LoopReading:
 
     def unregister_on_loop(self, selector: selectors.BaseSelector) -> None:
         if self._registered:
-            self._registered = False
+            self._registered = 0
             try:
                 selector.unregister(self._fd)
             except (KeyError, ValueError, OSError):

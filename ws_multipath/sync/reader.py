@@ -76,7 +76,7 @@ class SocketReader(LoopReading):
         "_sock", "_fd", "_tls", "_tls_lock", "_timers", "_loop", "_feed", "_begin", "_resume", "_finish", "_name",
         "_recv_size", "_lock", "_mode", "_home", "_runner", "_in_listener", "_began", "_done", "_held", "_paused",
         "_deferred", "_aborted", "_eof_queued", "_registered", "_idle_since", "_watchdog", "_max_queue", "dispatcher", "_sealed",
-        "_plain_feed", "_holder",
+        "_plain_feed", "_holder", "_want_write",
     )
 
     def __init__(
@@ -119,7 +119,8 @@ class SocketReader(LoopReading):
         self._deferred = False  # a task came while another thread still ran one: run it when that ends
         self._aborted = False  # the socket was shut down: read to the end whatever holds it
         self._eof_queued = False  # the end waits behind the dispatcher's calls: nothing more to read
-        self._registered = False  # in the loop's selector (changed by the loop's owner only)
+        self._registered = 0  # the events watched in the loop's selector, 0: none (changed by the loop's owner only)
+        self._want_write = False  # TLS: OpenSSL must write before it reads on (loop_reading.py)
         self._idle_since = time.monotonic()
         self._watchdog: Optional[Timer] = None
         self._max_queue = max_queue

@@ -301,3 +301,85 @@ def test_a_paused_connection_with_a_quiet_healthy_client_is_kept():
             assert wait_until(lambda: got == ["while paused"])
             assert pong.wait(TIMEOUT)
         errors.assert_clean()
+
+
+# -- the end of the stream read ahead ------------------------------------------------
+
+
+def test_messages_read_ahead_before_the_client_closed_are_delivered_before_the_end():
+    """The client sends messages, its close frame and its FIN while the
+    listener blocks: the read-ahead reaches the end of the stream, which
+    must wait behind the messages (all delivered, in order, then 'close')."""
+    with collect_errors() as errors, make_server() as server:
+        handler = server.create_handler("/e", ping_interval=None, max_queue=2)
+        release, entered = threading.Event(), threading.Event()
+        opened: list = []
+        events: list = []
+
+        @handler.on("connection")
+        def on_connection(ws, request):
+            opened.append(ws)
+            ws.on("close", lambda code, reason: events.append(("close", code)))
+
+            @ws.on("message")
+            def on_message(data, is_binary):
+                if data == "block":
+                    entered.set()
+                    release.wait(TIMEOUT)
+                else:
+                    events.append(data)
+
+        sock, _ = raw_upgrade(server.port, "/e")
+        try:
+            sock.sendall(encode_frame(0x1, b"block"))
+            assert entered.wait(TIMEOUT)
+            sock.sendall(b"".join(encode_frame(0x1, b"m%d" % index) for index in range(10)) + close_frame(1000))
+            sock.shutdown(socket.SHUT_WR)
+            assert wait_until(lambda: opened[0]._socket_reader._eof_queued)  # read ahead to the end
+            assert events == []
+            release.set()
+            assert wait_until(lambda: len(events) == 11)
+            assert events == [f"m{index}" for index in range(10)] + [("close", 1000)]
+        finally:
+            release.set()
+            sock.close()
+        errors.assert_clean()
+
+
+def test_a_paused_connection_keeps_what_came_before_the_client_closed_until_resume():
+    """Paused, the client sends a message, closes and goes: the message is
+    delivered on resume(), then the connection ends with the client's code.
+    A paused connection whose client went with nothing left unread ends at
+    once."""
+    with collect_errors() as errors, make_server() as server:
+        handler = server.create_handler("/pc", ping_interval=None)
+        opened: dict = {}  # by the client's port
+        events: list = []
+
+        @handler.on("connection")
+        def on_connection(ws, request):
+            port = request.remote_address[1]
+            opened[port] = ws
+            ws.pause()
+            ws.on("message", lambda data, is_binary: events.append((port, data)))
+            ws.on("close", lambda code, reason: events.append((port, code)))
+
+        sock, _ = raw_upgrade(server.port, "/pc")
+        idle, _ = raw_upgrade(server.port, "/pc")
+        try:
+            assert wait_until(lambda: len(opened) == 2)
+            port, idle_port = sock.getsockname()[1], idle.getsockname()[1]
+            sock.sendall(encode_frame(0x1, b"kept") + close_frame(1000))
+            sock.shutdown(socket.SHUT_WR)
+            reader = opened[port]._socket_reader
+            assert wait_until(lambda: reader._eof_queued)
+            assert events == []
+            idle.close()  # nothing unread: it ends while paused
+            assert wait_until(lambda: events == [(idle_port, 1006)])
+            opened[port].resume()
+            assert wait_until(lambda: len(events) == 3)
+            assert events[1:] == [(port, "kept"), (port, 1000)]
+        finally:
+            sock.close()
+            idle.close()
+        errors.assert_clean()

@@ -237,6 +237,7 @@ def test_blocking_style_a_close_read_with_a_message_is_answered_while_the_code_w
             assert wait_until(lambda: got == ["last"])
             frame = _next_frame_of(sock, buffer, 0x8, PROMPT)
             assert frame is not None and frame.close_code == 1000, "the close waited for the next receive()"
+            sock.close()  # as a client does once its close is answered
             assert wait_until(lambda: closes == [1000])
         finally:
             release.set()

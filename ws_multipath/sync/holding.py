@@ -23,7 +23,7 @@ heartbeat does not count a missing pong against the client
 (``SocketReader.reading``): it is the server that does not read. Memory per
 connection so stays bounded: the queue's ``max_queue`` messages, the
 read-ahead (``READ_AHEAD_LIMIT`` plus one read and the one message the
-frame parser may be assembling, at most ``max_size``).
+frame parser may be assembling, at most ``max_payload``).
 
 The end of the stream read ahead (``queue_end``) waits behind the events
 too, so that they are still delivered before the connection ends.

@@ -384,3 +384,29 @@ def test_a_paused_connection_keeps_what_came_before_the_client_closed_until_resu
             sock.close()
             idle.close()
         errors.assert_clean()
+
+
+def test_closing_a_paused_connection_reads_the_close_answer_at_once():
+    """The server closes a paused connection (``ws.close()``, or a server
+    shutting down): the closing handshake must not wait for resume(), nor
+    end in a drop at close_timeout; pause() no longer holds a connection
+    that is closing."""
+    with collect_errors() as errors, make_server() as server:
+        handler = server.create_handler("/pz", ping_interval=None, close_timeout=6)
+        opened: list = []
+        closes: list = []
+
+        @handler.on("connection")
+        def on_connection(ws, request):
+            opened.append(ws)
+            ws.pause()
+            ws.on("close", lambda code, reason: closes.append((code, ws.sent_close_code)))
+
+        with connect(url(server, "/pz"), open_timeout=TIMEOUT, ping_interval=None, **LEGACY) as client:
+            assert wait_until(lambda: opened)
+            opened[0].close(1001, "going away")
+            assert wait_until(lambda: closes, timeout=3.0), "the close answer waited for close_timeout"
+            assert closes == [(1001, 1001)]
+            assert opened[0].is_paused
+            client.close()
+        errors.assert_clean()

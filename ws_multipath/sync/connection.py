@@ -264,12 +264,11 @@ class WebSocket(Sending, EventEmitter):
         """Stop reading from the client (ws's ``pause()``): no ``'message'``
         (or other) event comes until ``resume()``, and the client is held
         back by TCP once the server read 64 KiB ahead and the kernel's
-        buffers are full. Pings are not answered meanwhile; pongs read
-        ahead still answer the heartbeat (a paused client that went away
-        is dropped), and the pongs it cannot read past that are not
-        counted against the client (``holding.py``). Acts on the callback style: a
-        thread waiting in ``receive()`` reads regardless. Does nothing on
-        a closed connection."""
+        buffers are full. Pings are not answered meanwhile; pongs read ahead
+        still answer the heartbeat (a paused client that went away is
+        dropped: ``holding.py``). Once closing, it holds nothing back. A
+        thread waiting in ``receive()`` reads regardless. Does nothing on a
+        closed connection."""
         self._socket_reader.pause()
 
     def resume(self) -> None:

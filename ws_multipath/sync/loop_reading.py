@@ -129,7 +129,7 @@ class LoopReading:
         """A task: act on the events held back, then read again if nothing holds."""
         if self._claim():
             try:
-                if not self._paused:  # the events read ahead while paused wait for resume()
+                if not self._paused or self._sealed:  # read ahead while paused, they wait for resume()
                     self._resume()
                 self._read_decrypted()
             finally:
@@ -231,7 +231,7 @@ class LoopReading:
     def _at_eof(self) -> None:
         """The end of the stream: the connection ends, after the events
         read ahead while held or paused (``holding.py``), if any wait."""
-        if (self._held or self._paused) and not self._aborted and self._holder.queue_end():
+        if (self._held or (self._paused and not self._sealed)) and not self._aborted and self._holder.queue_end():
             self._eof_queued = True
             self._sync()  # an EOF stays readable: stop watching
             return
@@ -253,7 +253,7 @@ class LoopReading:
     def _wants_reading(self) -> bool:
         if not self._in_loop() or self._done or self._deferred or self._eof_queued:
             return False
-        return self._aborted or not (self._held or self._paused) or self._holder.ahead_room()
+        return self._aborted or not (self._held or (self._paused and not self._sealed)) or self._holder.ahead_room()
 
     def _sync(self) -> None:
         """Have the loop watch the socket exactly while it should be read."""
@@ -310,7 +310,8 @@ class LoopReading:
     def pause(self) -> None:
         with self._lock:
             self._paused = True
-            self._feed = self._holder.feed_paused
+            if not self._sealed:  # closing: pause() holds nothing back any more (seal)
+                self._feed = self._holder.feed_paused
             loop = self._in_loop() and not self._done
         if loop:
             self._sync()

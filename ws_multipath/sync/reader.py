@@ -144,7 +144,7 @@ class SocketReader(LoopReading):
         """True while the socket is being read (so an unanswered ping means something)."""
         mode = self._mode
         if mode is Mode.LOOP:
-            if self._done or self._aborted or not (self._held or self._paused):
+            if self._done or self._aborted or not (self._held or (self._paused and not self._sealed)):
                 return True
             return not self._eof_queued and self._holder.ahead_room()  # held back, it still reads ahead
         return mode is Mode.PULLING or self._done
@@ -190,7 +190,7 @@ class SocketReader(LoopReading):
                 if not self._began:
                     self._began = True
                     self._begin()
-                if not self._paused:
+                if not self._paused or self._sealed:
                     self._resume()
                 self._read_decrypted()
             finally:
@@ -199,13 +199,18 @@ class SocketReader(LoopReading):
 
     def seal(self) -> None:
         """The connection is closing: nothing may hold the reader back from
-        the close frame any more."""
+        the close frame any more, not even ``pause()`` (the events it held
+        are acted on: messages discarded, the client's close answered)."""
         with self._lock:
             self._sealed = True
             dispatcher = self.dispatcher
+            paused = self._paused
+            self._feed = self._plain_feed
         if dispatcher is not None:
             dispatcher.seal()
         self.room()
+        if paused and self._in_loop():
+            self._loop.call_soon(self, self._continue)
     # -- the end ----------------------------------------------------------------
 
     def _end(self) -> None:

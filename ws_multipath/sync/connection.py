@@ -111,7 +111,7 @@ class WebSocket(Sending, EventEmitter):
         self._dropped: Optional[str] = None  # why the server cut the connection
         self._socket_reader = SocketReader(
             transport.sock, timers, loop, self._incoming.feed, self._begin, self._incoming.resume, self._finish,
-            self._label(), options.max_queue, transport.tls_lock,
+            self._label(), self._incoming, options.max_queue, transport.tls_lock,
         )
         self._inbox.on_room = self._socket_reader.room
         transport.attach(self._closing.may_write, self._fail, self._socket_reader.aborted)
@@ -263,11 +263,12 @@ class WebSocket(Sending, EventEmitter):
     def pause(self) -> None:
         """Stop reading from the client (ws's ``pause()``): no ``'message'``
         (or other) event comes until ``resume()``, and the client is held
-        back by TCP once the kernel's buffers are full. Pings are not
-        answered meanwhile, and the heartbeat does not count the pongs it
-        cannot read against the client. Acts on the callback style: a
-        thread waiting in ``receive()`` reads regardless. Does nothing on
-        a closed connection."""
+        back by TCP once the server read 64 KiB ahead and the kernel's
+        buffers are full. Pings are not answered meanwhile; pongs read ahead
+        still answer the heartbeat (a paused client that went away is
+        dropped: ``holding.py``). Once closing, it holds nothing back. A
+        thread waiting in ``receive()`` reads regardless. Does nothing on a
+        closed connection."""
         self._socket_reader.pause()
 
     def resume(self) -> None:

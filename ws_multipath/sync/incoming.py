@@ -14,7 +14,8 @@ most ``max_queue`` messages) that ``receive()`` and iteration read. When
 the inbox or the dispatcher's queue is full the events wait here, the
 reader stops reading the socket (backpressure: ``SocketReader.hold``) and
 goes on when the application made room; pings and pongs already read are
-acted on meanwhile, ahead of the messages that wait.
+acted on meanwhile, ahead of the messages that wait, and a bounded amount
+is read on to find more of them (``holding.py``).
 
 A ``receive()`` caller that finds the inbox empty reads on its own thread
 (``pull``). Events read after a message it queued wait until it has
@@ -36,6 +37,7 @@ from ..protocol.closing import Closing, FrameKind, ReadyState
 from ..protocol.events import CloseReceived, Event, Failure, Message, Ping, Pong
 from ..protocol.frames import FrameReader, FrameWriter
 from .heartbeat import Heartbeat
+from .holding import Holding, _Emit, _End
 from .inbox import Inbox
 from .reader import SocketReader
 from .transport import Transport
@@ -50,19 +52,7 @@ __all__ = ["Incoming"]
 _NO_EVENTS: list[Any] = []
 
 
-class _Emit:
-    """A ping or pong already acted on (answered, shown to the heartbeat)
-    while messages before it waited for room: only its event is left to
-    emit, in order."""
-
-    __slots__ = ("event", "payload")
-
-    def __init__(self, event: str, payload: bytes) -> None:
-        self.event = event
-        self.payload = payload
-
-
-class Incoming:
+class Incoming(Holding):
     """The reading side of one ``WebSocket``, which owns it.
 
     ``messages_in`` and ``bytes_in`` are counted here (``stats.py``); they,
@@ -208,6 +198,9 @@ class Incoming:
         if kind is Pong:
             self._heartbeat.pong(event.payload)  # type: ignore[union-attr]
             return self.emit_in_order("pong", event.payload)  # type: ignore[union-attr]
+        if kind is _End:  # the end of the stream, read ahead while these events waited
+            self._socket_reader.end_in_order()
+            return True
         if kind is CloseReceived or kind is Failure:
             # While open, after the messages queued for the dispatcher, so that their answers go
             # out first; once closing, the messages are discarded and the close goes on at once.
@@ -234,54 +227,6 @@ class Incoming:
             dispatcher = self._socket_reader.dispatcher
             return dispatcher is not None and dispatcher.full()
         return len(self._inbox) >= self._options.max_queue
-
-    def _no_room_for_control(self, kind: type, event: Any) -> bool:
-        """True when a ping's or pong's event would queue for a full dispatcher."""
-        dispatcher = self._socket_reader.dispatcher
-        if dispatcher is None or not dispatcher.full():
-            return False
-        if kind is Ping:
-            return bool(self._listeners.get("ping"))
-        if kind is Pong:
-            return bool(self._listeners.get("pong"))
-        return kind is _Emit
-
-    def _hold(self, pos: int) -> None:
-        """The event at ``pos`` waits for room: stop reading. The pings read
-        are answered and the pongs shown to the heartbeat now; their events
-        wait in order with the rest."""
-        reader = self._socket_reader
-        reader.hold()
-        waiting = self._answer_ahead(pos)
-        if not waiting:  # a listener went away meanwhile: nothing waits after all
-            reader.room()
-            return
-        event = waiting[0]
-        kind = type(event)
-        if not (self._no_room() if kind is Message else self._no_room_for_control(kind, event)):
-            reader.room()  # the consumer made room before the hold was seen
-
-    def _answer_ahead(self, pos: int) -> list[Any]:
-        """The events from ``pos`` on wait: answer their pings and show their
-        pongs to the heartbeat now; what is left to do waits, in order
-        (returned, and pending from now on)."""
-        rest = self._pending[pos:]
-        waiting: list[Any] = []
-        for event in rest:
-            kind = type(event)
-            if kind is Ping:
-                if self._options.auto_pong:
-                    self._ws._post_quietly(self._writer.pong(event.payload), FrameKind.PONG)
-                if self._listeners.get("ping"):
-                    waiting.append(_Emit("ping", event.payload))
-            elif kind is Pong:
-                self._heartbeat.pong(event.payload)
-                if self._listeners.get("pong"):
-                    waiting.append(_Emit("pong", event.payload))
-            else:
-                waiting.append(event)
-        self._pending, self._pos = waiting, 0
-        return waiting
 
     def _deliver(self, data: Union[str, bytes]) -> Optional[bool]:
         """Give a message to the listeners, or else to the inbox (True).

@@ -8,10 +8,14 @@ first task). A task runs on one thread at a time, the connection's
 lost the loop while in it) is deferred until that thread is done, and the
 socket is not watched meanwhile, so the loop never spins on it.
 
-The loop watches the socket exactly while ``_wants_reading``: not while the
+The loop watches the socket exactly while ``_wants_reading``: while the
 next message has no room (``hold``/``room``: the inbox or the dispatcher is
-full), not while ``pause()`` holds it, unless the socket was shut down
-(``aborted``: then it is read to its end whatever holds it).
+full) or ``pause()`` holds it, only as long as the events that wait have
+room to read ahead (``holding.py``: a bounded amount, so that the client's
+pings and pongs are still seen); without limit once the socket was shut
+down (``aborted``: then it is read to its end whatever holds it). While
+paused, what is read goes to ``Holding.feed_paused`` (``_feed`` is swapped,
+so that the per-read path tests nothing).
 
 When a listener keeps the runner so long that the loop is handed off
 (``handoff.py``), ``hand_off`` moves the connection's reading to the loop
@@ -33,6 +37,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from .dispatch import Dispatcher
 
 if TYPE_CHECKING:
+    from .holding import Holding
     from .loop import EventLoop
 
 __all__ = ["LoopReading", "RECV_MIN"]
@@ -63,6 +68,8 @@ class LoopReading:
         _tls_lock: Optional[threading.Lock]
         _loop: "EventLoop"
         _feed: Callable[[bytes], None]
+        _plain_feed: Callable[[bytes], None]
+        _holder: "Holding"
         _resume: Callable[[], None]
         _recv_size: int
         _lock: threading.Lock
@@ -74,7 +81,8 @@ class LoopReading:
         _deferred: bool
         _aborted: bool
         _eof_queued: bool
-        _registered: bool
+        _registered: int
+        _want_write: bool
         _sealed: bool
         _max_queue: int
         dispatcher: Optional[Dispatcher]
@@ -117,7 +125,8 @@ class LoopReading:
         """A task: act on the events held back, then read again if nothing holds."""
         if self._claim():
             try:
-                self._resume()
+                if not self._paused or self._sealed:  # read ahead while paused, they wait for resume()
+                    self._resume()
                 self._read_decrypted()
             finally:
                 self._release()
@@ -187,12 +196,27 @@ class LoopReading:
                     data = self._sock.recv(size)
             else:
                 data = self._sock.recv(size, socket.MSG_DONTWAIT)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except (BlockingIOError, ssl.SSLWantReadError):
+            if self._want_write:  # the write OpenSSL wanted went out: watch for reading again
+                self._want_write = False
+                self._sync()
+            return None
+        except ssl.SSLWantWriteError:
+            self._await_writable()
             return None
         except OSError:
             return b""
         self._adapt(len(data), size)
         return data
+
+    def _await_writable(self) -> None:
+        """TLS: OpenSSL must write before it can read on (a renegotiation
+        or an alert, with the socket's send buffer full). Readability says
+        nothing about that, and the data left readable would have the loop
+        call this again at once (a busy loop for as long as the client does
+        not read): watch the socket for writability instead, then read."""
+        self._want_write = True
+        self._sync()
 
     def _adapt(self, received: int, size: int) -> None:
         if received == size:
@@ -201,9 +225,19 @@ class LoopReading:
             self._recv_size = size >> 1
 
     def _at_eof(self) -> None:
-        """The end of the stream: the connection ends; while it is open,
-        after the listener calls queued for its dispatcher (a client's
-        close frame may be among them, whose echo must go out first)."""
+        """The end of the stream: the connection ends, after the events
+        read ahead while held or paused (``holding.py``), if any wait."""
+        if (self._held or (self._paused and not self._sealed)) and not self._aborted and self._holder.queue_end():
+            self._eof_queued = True
+            self._sync()  # an EOF stays readable: stop watching
+            return
+        self.end_in_order()
+
+    def end_in_order(self) -> None:
+        """The end of the stream reached (on the runner): the connection
+        ends; while it is open, after the listener calls queued for its
+        dispatcher (a client's close frame may be among them, whose echo
+        must go out first)."""
         dispatcher = self.dispatcher
         if dispatcher is not None and dispatcher.thread is not threading.current_thread() and not self._sealed:
             self._eof_queued = True
@@ -215,25 +249,40 @@ class LoopReading:
     def _wants_reading(self) -> bool:
         if not self._in_loop() or self._done or self._deferred or self._eof_queued:
             return False
-        return self._aborted or not (self._held or self._paused)
+        return self._aborted or not (self._held or (self._paused and not self._sealed)) or self._holder.ahead_room()
 
     def _sync(self) -> None:
         """Have the loop watch the socket exactly while it should be read."""
         self._loop.sync(self)
 
+    def resync(self) -> None:
+        """The read-ahead filled up (``holding.py``): stop watching if held."""
+        if self._in_loop():
+            self._sync()
+
     def sync_on_loop(self, selector: selectors.BaseSelector) -> None:
         """On the loop's owner, under the loop's lock: register or
         unregister the socket to match ``_wants_reading``."""
         want = self._wants_reading()
-        if want and not self._registered:
+        if want:
+            events = selectors.EVENT_WRITE if self._want_write else selectors.EVENT_READ
+            if self._registered == events:
+                return
             try:
-                selector.register(self._fd, selectors.EVENT_READ, self)
-            except KeyError:  # still registered (a stale entry): take it over
-                selector.modify(self._fd, selectors.EVENT_READ, self)
+                try:
+                    if self._registered:
+                        selector.modify(self._fd, events, self)
+                    else:
+                        selector.register(self._fd, events, self)
+                except KeyError:  # a stale entry of this descriptor's (or none): take it over
+                    if self._registered:
+                        selector.register(self._fd, events, self)
+                    else:
+                        selector.modify(self._fd, events, self)
             except (OSError, ValueError):  # closed meanwhile: the reader sees the end
                 return
-            self._registered = True
-        elif not want and self._registered:
+            self._registered = events
+        elif self._registered:
             self.unregister_on_loop(selector)
 
     # -- backpressure and pause (incoming.py, the application's threads) --------
@@ -257,6 +306,8 @@ class LoopReading:
     def pause(self) -> None:
         with self._lock:
             self._paused = True
+            if not self._sealed:  # closing: pause() holds nothing back any more (seal)
+                self._feed = self._holder.feed_paused
             loop = self._in_loop() and not self._done
         if loop:
             self._sync()
@@ -266,6 +317,7 @@ class LoopReading:
             if not self._paused:
                 return
             self._paused = False
+            self._feed = self._plain_feed
             loop = self._in_loop() and not self._done
         if loop:
             self._loop.call_soon(self, self._continue)
@@ -314,7 +366,7 @@ class LoopReading:
 
     def unregister_on_loop(self, selector: selectors.BaseSelector) -> None:
         if self._registered:
-            self._registered = False
+            self._registered = 0
             try:
                 selector.unregister(self._fd)
             except (KeyError, ValueError, OSError):

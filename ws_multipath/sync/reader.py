@@ -14,7 +14,11 @@ A connection is read in one of three modes:
   thread checks the socket; when data has waited for ``TAKEOVER_AFTER``
   seconds the connection joins its loop (LOOP) early, so pings, close
   frames and messages are never left unread for long; its messages then
-  wait in the inbox for ``receive()``.
+  wait in the inbox for ``receive()``. Events that ``receive()`` read
+  ahead and left waiting (a close frame read with the message it
+  returned) count as data waiting: the client's close is so answered
+  within ``TAKEOVER_AFTER`` even if the code never calls ``receive()``
+  again (and an answer it sends later fails, as in websockets).
 
 In LOOP mode the connection is read by tasks its loop runs, one thread at
 a time; when a listener blocks, the loop goes on on another thread and the
@@ -42,6 +46,7 @@ from .loop_reading import RECV_MIN, LoopReading
 from .timers import Timer, Timers
 
 if TYPE_CHECKING:
+    from .holding import Holding
     from .loop import EventLoop
 
 __all__ = ["SocketReader", "TAKEOVER_AFTER"]
@@ -71,6 +76,7 @@ class SocketReader(LoopReading):
         "_sock", "_fd", "_tls", "_tls_lock", "_timers", "_loop", "_feed", "_begin", "_resume", "_finish", "_name",
         "_recv_size", "_lock", "_mode", "_home", "_runner", "_in_listener", "_began", "_done", "_held", "_paused",
         "_deferred", "_aborted", "_eof_queued", "_registered", "_idle_since", "_watchdog", "_max_queue", "dispatcher", "_sealed",
+        "_plain_feed", "_holder", "_want_write",
     )
 
     def __init__(
@@ -83,6 +89,7 @@ class SocketReader(LoopReading):
         resume: Callable[[], None],
         finish: Callable[[], None],
         name: str,
+        holder: "Holding",
         max_queue: int = 16,
         tls_lock: Optional[threading.Lock] = None,
     ) -> None:
@@ -92,7 +99,9 @@ class SocketReader(LoopReading):
         self._tls_lock = tls_lock  # the transport's: one thread at a time in the SSL object
         self._timers = timers
         self._loop = loop
-        self._feed = feed
+        self._feed = feed  # feed_paused while paused (loop_reading.py)
+        self._plain_feed = feed
+        self._holder = holder
         self._begin = begin
         self._resume = resume
         self._finish = finish
@@ -110,7 +119,8 @@ class SocketReader(LoopReading):
         self._deferred = False  # a task came while another thread still ran one: run it when that ends
         self._aborted = False  # the socket was shut down: read to the end whatever holds it
         self._eof_queued = False  # the end waits behind the dispatcher's calls: nothing more to read
-        self._registered = False  # in the loop's selector (changed by the loop's owner only)
+        self._registered = 0  # the events watched in the loop's selector, 0: none (changed by the loop's owner only)
+        self._want_write = False  # TLS: OpenSSL must write before it reads on (loop_reading.py)
         self._idle_since = time.monotonic()
         self._watchdog: Optional[Timer] = None
         self._max_queue = max_queue
@@ -134,7 +144,9 @@ class SocketReader(LoopReading):
         """True while the socket is being read (so an unanswered ping means something)."""
         mode = self._mode
         if mode is Mode.LOOP:
-            return self._done or self._aborted or not (self._held or self._paused)
+            if self._done or self._aborted or not (self._held or (self._paused and not self._sealed)):
+                return True
+            return not self._eof_queued and self._holder.ahead_room()  # held back, it still reads ahead
         return mode is Mode.PULLING or self._done
 
     def on_reading_thread(self) -> bool:
@@ -179,7 +191,8 @@ class SocketReader(LoopReading):
                     self._began = True
                     self._begin()  # what came with the handshake: a listener may lose the loop in it
                 if self._runner is threading.current_thread():
-                    self._resume()
+                    if not self._paused or self._sealed:
+                        self._resume()
                     self._read_decrypted()
             finally:
                 self._release()
@@ -187,13 +200,18 @@ class SocketReader(LoopReading):
 
     def seal(self) -> None:
         """The connection is closing: nothing may hold the reader back from
-        the close frame any more."""
+        the close frame any more, not even ``pause()`` (the events it held
+        are acted on: messages discarded, the client's close answered)."""
         with self._lock:
             self._sealed = True
             dispatcher = self.dispatcher
+            paused = self._paused
+            self._feed = self._plain_feed
         if dispatcher is not None:
             dispatcher.seal()
         self.room()
+        if paused and self._in_loop():
+            self._loop.call_soon(self, self._continue)
     # -- the end ----------------------------------------------------------------
 
     def _end(self) -> None:
@@ -239,7 +257,7 @@ class SocketReader(LoopReading):
             self._end()
             raise
         if data:
-            self._feed(data)
+            self._plain_feed(data)  # receive() reads regardless of pause()
         else:
             self._end()
 
@@ -294,7 +312,7 @@ class SocketReader(LoopReading):
             if waited < TAKEOVER_AFTER:
                 self._arm_watchdog(TAKEOVER_AFTER - waited)
                 return
-        if not self._readable(0):
+        if not self._holder.waiting() and not self._readable(0):
             with self._lock:
                 if self._mode is Mode.IDLE:
                     self._arm_watchdog(TAKEOVER_AFTER)

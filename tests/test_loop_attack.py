@@ -166,6 +166,7 @@ def test_a_burst_of_blocking_listeners_does_not_hold_up_a_healthy_client():
         handler = server.create_handler("/s", ping_interval=None)
         release = threading.Event()
         entered = threading.Event()
+        returned = threading.Semaphore(0)
 
         @handler.on("connection")
         def on_connection(ws, request):
@@ -174,6 +175,7 @@ def test_a_burst_of_blocking_listeners_does_not_hold_up_a_healthy_client():
                 if data == b"block":
                     entered.set()
                     release.wait(TIMEOUT)
+                    returned.release()
                 else:
                     ws.send(data)
 
@@ -193,12 +195,21 @@ def test_a_burst_of_blocking_listeners_does_not_hold_up_a_healthy_client():
                 assert read_server_frame(sock, bytearray()).payload == b"warm"
             normal = sorted(echo() for _ in range(100))
             bound = normal[98] + 0.050
+            # three bursts: one echo after each; a loaded machine may delay one of them
+            # past the bound, the thirty hand-offs in a row (316 ms) delay every one
+            latencies = []
             frame = encode_frame(0x2, b"block")
-            for sock in blocked:
-                sock.sendall(frame)
-            assert entered.wait(TIMEOUT)  # the first one blocks: the other 29 are ready behind it
-            latency = echo()
-            assert latency <= bound, f"echo after the burst took {latency * 1e3:.0f} ms (bound {bound * 1e3:.0f} ms)"
+            for _ in range(3):
+                entered.clear()
+                release.clear()
+                for sock in blocked:
+                    sock.sendall(frame)
+                assert entered.wait(TIMEOUT)  # the first one blocks: the other 29 are ready behind it
+                latencies.append(echo())
+                release.set()
+                for _ in blocked:
+                    assert returned.acquire(timeout=TIMEOUT)
+            assert min(latencies) <= bound, f"echoes after the bursts took {[round(x * 1e3) for x in latencies]} ms (bound {bound * 1e3:.0f} ms)"
         finally:
             release.set()
             for sock in [healthy, *blocked]:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 __all__ = ["RequestThreads", "MAX_IDLE", "IDLE_SECONDS", "IDLE_NAME", "BUSY_NAME"]
 
 #: Idle threads kept at most; a thread that finds this many idle ends.
-MAX_IDLE = 8
+MAX_IDLE = 32
 #: Seconds an idle thread waits for a connection before it ends.
 IDLE_SECONDS = 1.0
 BUSY_NAME = "ws_multipath-connection"

@@ -78,7 +78,11 @@ class Headers(Mapping[str, str]):
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order; ``[]`` when absent."""
         key = name.lower()
-        return [value for field, value in self._pairs() if field.lower() == key]
+        size = len(key)
+        fields = self._fields
+        # lower() keeps an ASCII name's length: most names are ruled out without it
+        return [fields[i + 1] for i in range(0, len(fields), 2)
+                if (len(fields[i]) == size or not fields[i].isascii()) and fields[i].lower() == key]
 
     def raw_items(self) -> list[tuple[str, str]]:
         """The fields as received, in order, with repeats."""

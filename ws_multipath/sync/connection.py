@@ -111,7 +111,7 @@ class WebSocket(Sending, EventEmitter):
         self._dropped: Optional[str] = None  # why the server cut the connection
         self._socket_reader = SocketReader(
             transport.sock, timers, loop, self._incoming.feed, self._begin, self._incoming.resume, self._finish,
-            self._label(), options.max_queue, transport.tls_lock,
+            options.max_queue, transport.tls_lock,
         )
         self._inbox.on_room = self._socket_reader.room
         transport.attach(self._closing.may_write, self._fail, self._socket_reader.aborted)

@@ -26,10 +26,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:Depre
 
 def _threads() -> int:
     """Threads but the event loops' (a listener slowed by the outage may have
-    its loop handed to a spare, which ends within loop.SPARE_IDLE)."""
+    its loop handed to a spare, which ends within loop.SPARE_IDLE) and the
+    idle request threads (kept for the next connection, they end within
+    request_threads.IDLE_SECONDS)."""
     import threading
 
-    return sum(1 for t in threading.enumerate() if not t.name.startswith("ws_multipath-loop"))
+    from ws_multipath.sync.request_threads import IDLE_NAME
+
+    return sum(1 for t in threading.enumerate() if not t.name.startswith("ws_multipath-loop") and t.name != IDLE_NAME)
 
 
 def _start_processes(redis_url: str, reuse: bool) -> tuple[list, list[int]]:

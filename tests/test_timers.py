@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 
 from ws_multipath.sync.timers import Timers
@@ -95,3 +96,41 @@ def test_cancelling_after_it_ran_or_after_stop_is_harmless():
     later.cancel()
     assert len(timers) == 0
 
+
+
+class _CountingCondition(threading.Condition):
+    """The timers' condition, counting the wake-ups that adding timers asks for."""
+
+    notified = 0
+
+    def notify(self, n: int = 1) -> None:
+        self.notified += 1
+        super().notify(n)
+
+
+def test_timers_set_and_cancelled_at_once_do_not_wake_the_thread_each_time():
+    """Each new connection sets and cancels a 1 s watchdog and its handshake
+    deadline: the sleeping timer thread is not woken for each (it was,
+    twice per connection, and it then competed for the GIL)."""
+    timers = Timers()
+    condition = timers._cond = _CountingCondition(threading.Lock())
+    far = timers.call_later(20, lambda: None)  # starts the thread; it sleeps
+    for _ in range(200):
+        deadline = timers.call_later(10, lambda: None)
+        watchdog = timers.call_later(1.0, lambda: None)
+        watchdog.cancel()
+        deadline.cancel()
+    assert condition.notified <= 2, condition.notified
+    far.cancel()
+    timers.stop()
+
+
+def test_a_timer_due_before_the_thread_wakes_still_runs_on_time():
+    timers, ran = Timers(), threading.Event()
+    timers.call_later(20, lambda: None)
+    timers.call_later(0.5, lambda: None)  # the thread sleeps until then
+    started = time.monotonic()
+    timers.call_later(0.05, ran.set)
+    assert ran.wait(5)
+    assert time.monotonic() - started < 0.4
+    timers.stop()

@@ -10,6 +10,7 @@ itself lives in ``accepting.py``.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -240,11 +241,12 @@ class WebSocketHandler(Accepting, EventEmitter):
         if isinstance(ws, bool):
             return ws
         end_handshake()
-        logger.info(
-            "accepted %s (subprotocol %s, extensions %s)", ws._label(), ws.protocol or "-", ws.extensions or "-",
-            extra={"event": "accepted", "path": self.path, "client": format_address(request.remote_address),
-                   "peer": format_address(request.peer_address), "subprotocol": ws.protocol, "extensions": ws.extensions},
-        )
+        if logger.isEnabledFor(logging.INFO):  # its fields cost more than the line when nobody logs it
+            logger.info(
+                "accepted %s (subprotocol %s, extensions %s)", ws._label(), ws.protocol or "-", ws.extensions or "-",
+                extra={"event": "accepted", "path": self.path, "client": format_address(request.remote_address),
+                       "peer": format_address(request.peer_address), "subprotocol": ws.protocol, "extensions": ws.extensions},
+            )
         return ws
 
     def handle_upgrade(self, sock: socket.socket, head: bytes = b"", address: Any = None) -> None:
@@ -300,6 +302,13 @@ class WebSocketHandler(Accepting, EventEmitter):
         with self._lock:
             self._connections.discard(ws)
             self._totals.ended(incoming.messages_in, transport.messages_out, incoming.bytes_in, transport.bytes_out, code, drop)
+        if logger.isEnabledFor(logging.INFO):
+            self._log_closed(ws, code, drop)
+        self._server._release_connection()
+        self._maybe_finish_close()
+
+    def _log_closed(self, ws: WebSocket, code: int, drop: Optional[str]) -> None:
+        transport, incoming = ws._transport, ws._incoming
         duration = time.monotonic() - ws._opened_at if ws._opened_at else 0.0
         logger.info(
             "closed %s: %d%s after %.2f s, %d messages in (%d bytes), %d out (%d bytes)%s",
@@ -309,5 +318,3 @@ class WebSocketHandler(Accepting, EventEmitter):
                    "reason": ws.sent_close_reason, "duration": round(duration, 3), "messages_in": incoming.messages_in,
                    "messages_out": transport.messages_out, "bytes_in": incoming.bytes_in, "bytes_out": transport.bytes_out, "drop": drop},
         )
-        self._server._release_connection()
-        self._maybe_finish_close()

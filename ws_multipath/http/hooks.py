@@ -86,10 +86,12 @@ def final_response(listeners: Iterable[Callable[..., Any]], headers: list[tuple[
     """Run each ``'headers'`` listener on the 101's ``headers``, in order, and
     build the response. The first listener that fails stops the handshake
     (``emit`` would report it and carry on with a half-changed list)."""
+    changed = False
     for listener in listeners:
         call_hook(f"'headers' listener {_describe(listener)}", listener, headers, request)
+        changed = True
     try:
-        return switching_protocols(headers)
+        return switching_protocols(headers, checked=not changed)  # negotiate's own headers are valid
     except ValueError as exc:  # the library's own headers are valid: a listener added this
         raise HookError("a 'headers' listener", f"left an invalid response header: {exc}") from exc
 

@@ -1,8 +1,10 @@
 """The HTTP request that opened a connection: parsing the request head and
 the immutable ``Request`` handed to handlers and listeners.
 
-Parsing is done by h11 (which rejects malformed HTTP); this module only turns
-its result into names a user reads.
+Parsing is done by h11 (which rejects malformed HTTP), or for the common
+head by ``direct_head.split_head``, which parses it as h11 would and leaves
+every other head to h11; this module only turns the result into names a
+user reads.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 
 from ..errors import HandshakeError
+from .direct_head import split_head
 from .strictness import origin_form
 
 if TYPE_CHECKING:
@@ -75,7 +78,11 @@ class Headers(Mapping[str, str]):
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order; ``[]`` when absent."""
         key = name.lower()
-        return [value for field, value in self._pairs() if field.lower() == key]
+        size = len(key)
+        fields = self._fields
+        # lower() keeps an ASCII name's length: most names are ruled out without it
+        return [fields[i + 1] for i in range(0, len(fields), 2)
+                if (len(fields[i]) == size or not fields[i].isascii()) and fields[i].lower() == key]
 
     def raw_items(self) -> list[tuple[str, str]]:
         """The fields as received, in order, with repeats."""
@@ -204,6 +211,10 @@ def parse_request_head(
     the status h11 suggests: 400, or 501 for a transfer coding it does not
     support).
     """
+    parts = split_head(head)  # the common head, as h11 would parse it; None: h11 decides
+    if parts is not None:
+        method, target, version, fields = parts
+        return _request(method, target, version, fields, remote_address, secure, buffered, proxies)
     parser = h11.Connection(h11.SERVER, max_incomplete_event_size=len(head) + 1)
     try:
         parser.receive_data(head)
@@ -228,17 +239,30 @@ def request_from_h11(
     (an absolute-form target's host replaces ``Host``, RFC 9112 section
     3.2.2), the client resolved through ``proxies``. ``HandshakeError(400)``
     for a target in no form a server accepts."""
-    target, authority = origin_form(event.target.decode("latin-1"))
-    fields = [(_text(name), _text(value)) for name, value in event.headers.raw_items()]
+    return _request(event.method, event.target, event.http_version, event.headers.raw_items(), remote_address, secure, buffered, proxies)
+
+
+def _request(
+    method: bytes,
+    raw_target: bytes,
+    version: bytes,
+    raw_fields: list[tuple[bytes, bytes]],
+    remote_address: Optional[tuple[Any, ...]],
+    secure: bool,
+    buffered: bytes,
+    proxies: Optional["TrustedProxies"],
+) -> Request:
+    target, authority = origin_form(raw_target.decode("latin-1"))
+    fields = [(_text(name), _text(value)) for name, value in raw_fields]
     if authority is not None:
         fields = [(name, value) for name, value in fields if name.lower() != "host"] + [("Host", authority)]
     headers = Headers(fields)
     forwarding = proxies.resolve(remote_address, headers) if proxies else None
     return Request(
-        method=_text(event.method),  # an ASCII token (h11 checks it)
+        method=_text(method),  # an ASCII token (h11 and split_head check it)
         target=target,
         headers=headers,
-        http_version=_text(event.http_version),
+        http_version=_text(version),
         remote_address=forwarding.remote_address if forwarding else remote_address,
         secure=secure if forwarding is None or forwarding.secure is None else forwarding.secure,
         buffered=buffered,

@@ -135,17 +135,19 @@ def phrase(status: int) -> str:
         return "Error"
 
 
-def _response(status: int, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
-    check_headers(headers)
+def _response(status: int, headers: list[tuple[str, str]], body: bytes = b"", checked: bool = False) -> bytes:
+    if not checked:
+        check_headers(headers)
     lines = [f"HTTP/1.1 {status} {phrase(status)}"]
     lines.extend(f"{name}: {value}" for name, value in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def switching_protocols(headers: list[tuple[str, str]]) -> bytes:
+def switching_protocols(headers: list[tuple[str, str]], checked: bool = False) -> bytes:
     """The ``101 Switching Protocols`` response with ``headers``; ``ValueError``
-    if one of them cannot be sent (see ``check_headers``)."""
-    return _response(101, headers)
+    if one of them cannot be sent (see ``check_headers``), unless ``checked``
+    says they are known to be valid (the library's own)."""
+    return _response(101, headers, checked=checked)
 
 
 def error_response(error: HandshakeError, extra_headers: Optional[list[tuple[str, str]]] = None) -> bytes:

@@ -23,6 +23,7 @@ from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, Frame, FrameProtocol, Opcode, ParseFailed
 
 from ..errors import PayloadTooBig, ProtocolError
+from .close_frame import whole_close
 from .deflate import BoundedDeflate
 from .events import CloseReceived, Event, Failure, Message, Ping, Pong
 from .limits import FRAME_OVERHEAD, LenientMessageDecoder, PayloadLimit
@@ -87,6 +88,11 @@ class FrameReader:
 
     def receive_data(self, data: Union[bytes, bytearray]) -> list[Event]:
         """Parse ``data``; return the complete events it finished."""
+        if data[:1] == b"\x88" and self._between_frames and self._fast and self._message is None and self._text is None and not self._waiting and not self._closed:
+            close = whole_close(data)  # the client's close frame, alone: the end of nearly every connection
+            if close is not None:
+                self._closed = True
+                return [CloseReceived(*close)]
         if _parse_messages is not None and self._between_frames and self._fast and not self._waiting and self._text is None and not self._closed:
             messages, end = _parse_messages(data, self._max_payload, self._utf8_errors != "strict")
             if end == len(data):  # the common case: whole plain frames only

@@ -2,9 +2,10 @@
 
 ``Acceptor``: where a server listens (a host and port, a Unix socket path,
 or a socket handed over), the thread that accepts there, and stopping it. A
-``socketserver`` TCP server that starts one daemon thread per accepted
-connection and hands it the socket (``handshake.HTTPSide.serve`` does the
-rest). Where to bind, and the checks of a listening address: ``binding.py``.
+``socketserver`` TCP server that hands each accepted connection to a
+thread of its own (``request_threads.py``: a thread that finished one
+serves the next; ``handshake.HTTPSide.serve`` does the rest). Where to
+bind, and the checks of a listening address: ``binding.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 from ..log import format_address, logger
 from .binding import bind_address, prepare_unix_path, unix_peer
 from .capacity import exhaustion_hint
+from .request_threads import RequestThreads
 from .reserve import Reserve
 
 __all__ = ["Acceptor", "TCPServer", "accepting_held"]
@@ -208,8 +210,8 @@ class _RequestHandler(socketserver.BaseRequestHandler):
 
 
 class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    """The accept loop. One daemon thread per accepted connection runs
-    ``serve_connection(sock, address)``; sockets that were detached (unhandled
+    """The accept loop. A thread of its own (``RequestThreads``) runs
+    ``serve_connection(sock, address)`` for each accepted connection; sockets that were detached (unhandled
     ones given to a listener) are left open. ``stopping`` is set when the
     server closes (it cuts a back-off short)."""
 
@@ -239,6 +241,7 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._exhausted = False
         self._quiet_until = 0.0  # monotonic time before which running out is not logged again
         self._unlogged = 0  # times it ran out since the last line
+        self._request_threads = RequestThreads(self.process_request_thread)
         if sock is None:
             super().__init__(address, _RequestHandler, bind_and_activate=False)
         else:
@@ -261,6 +264,7 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        self._request_threads.close()
         if self._reserve is not None:
             self._reserve.close()
 
@@ -286,9 +290,8 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.serve_connection(request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address), name="ws_multipath-connection", daemon=True)
         try:
-            thread.start()
+            self._request_threads.submit(request, client_address)
         except RuntimeError as exc:  # can't start new thread
             request.close()
             self._back_off(f"cannot start a connection thread: {exc}", "threads")

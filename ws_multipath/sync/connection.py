@@ -22,8 +22,8 @@ the inbox is empty. Nothing is ever written after the close frame.
 
 from __future__ import annotations
 
+import os
 import threading
-import uuid
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 from ..emitter import EventEmitter
@@ -45,6 +45,12 @@ if TYPE_CHECKING:
     from ..options import HandlerOptions
 
 __all__ = ["WebSocket", "ReadyState"]
+
+
+def _uuid4_hex() -> str:
+    raw = bytearray(os.urandom(16))  # uuid.uuid4().hex without the UUID object: a third of the cost
+    raw[6], raw[8] = (raw[6] & 0x0F) | 0x40, (raw[8] & 0x3F) | 0x80  # version 4, RFC 4122 variant
+    return raw.hex()
 
 
 class WebSocket(Sending, EventEmitter):
@@ -85,7 +91,7 @@ class WebSocket(Sending, EventEmitter):
         loop: Optional[EventLoop] = None,
     ) -> None:
         super().__init__(error_parent=parent)
-        self.id = uuid.uuid4().hex  # unique across the cluster: broadcast(exclude=...) travels by id
+        self.id = _uuid4_hex()  # unique across the cluster: broadcast(exclude=...) travels by id
         self.request = request
         self.protocol = protocol
         self.extensions = extensions
@@ -111,7 +117,7 @@ class WebSocket(Sending, EventEmitter):
         self._dropped: Optional[str] = None  # why the server cut the connection
         self._socket_reader = SocketReader(
             transport.sock, timers, loop, self._incoming.feed, self._begin, self._incoming.resume, self._finish,
-            self._label(), self._incoming, options.max_queue, transport.tls_lock,
+            self._incoming, options.max_queue, transport.tls_lock,
         )
         self._inbox.on_room = self._socket_reader.room
         transport.attach(self._closing.may_write, self._fail, self._socket_reader.aborted)

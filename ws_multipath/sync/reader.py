@@ -73,7 +73,7 @@ class SocketReader(LoopReading):
     """
 
     __slots__ = (
-        "_sock", "_fd", "_tls", "_tls_lock", "_timers", "_loop", "_feed", "_begin", "_resume", "_finish", "_name",
+        "_sock", "_fd", "_tls", "_tls_lock", "_timers", "_loop", "_feed", "_begin", "_resume", "_finish",
         "_recv_size", "_lock", "_mode", "_home", "_runner", "_in_listener", "_began", "_done", "_held", "_paused",
         "_deferred", "_aborted", "_eof_queued", "_registered", "_idle_since", "_watchdog", "_max_queue", "dispatcher", "_sealed",
         "_plain_feed", "_holder", "_want_write",
@@ -88,7 +88,6 @@ class SocketReader(LoopReading):
         begin: Callable[[], None],
         resume: Callable[[], None],
         finish: Callable[[], None],
-        name: str,
         holder: "Holding",
         max_queue: int = 16,
         tls_lock: Optional[threading.Lock] = None,
@@ -105,7 +104,6 @@ class SocketReader(LoopReading):
         self._begin = begin
         self._resume = resume
         self._finish = finish
-        self._name = name
         self._recv_size = RECV_MIN
         self._lock = threading.Lock()
         self._mode = Mode.IDLE

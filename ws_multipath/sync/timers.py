@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import threading
 import time
 from typing import Callable, Optional
@@ -31,6 +32,11 @@ __all__ = ["Timers", "Timer"]
 #: Cancelled entries tolerated in the heap before it is rebuilt without them
 #: (and only once they are also more than a quarter of it).
 _COMPACT_AFTER = 64
+#: Seconds the thread sleeps at most while timers are pending. A new timer
+#: wakes it only when due before it would wake anyway: so the short timers
+#: that every new connection sets and cancels at once (its handshake
+#: deadline, its watchdog: 1 s) do not wake it each time.
+_MAX_SLEEP = 1.0
 
 
 class Timer:
@@ -71,6 +77,9 @@ class Timers:
         self._cond = threading.Condition(threading.Lock())
         self._thread: Optional[threading.Thread] = None
         self._stopped = False
+        #: When the waiting thread wakes by itself; -inf while it is not
+        #: waiting (it looks at the heap before it waits again).
+        self._wake_at = -math.inf
 
     def __len__(self) -> int:
         """Timers waiting for their deadline (cancelled ones not counted)."""
@@ -88,7 +97,7 @@ class Timers:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            elif self._heap[0][2] is timer:
+            elif timer.deadline < self._wake_at:
                 self._cond.notify()
         return timer
 
@@ -141,13 +150,21 @@ class Timers:
                 self._cancelled -= 1
                 continue
             if not heap:
-                self._cond.wait()
+                self._wait(math.inf)
                 continue
-            delay = heap[0][0] - time.monotonic()
+            now = time.monotonic()
+            delay = heap[0][0] - now
             if delay > 0:
-                self._cond.wait(delay)
+                self._wait(min(delay, _MAX_SLEEP))
                 continue
             timer = heapq.heappop(heap)[2]
             timer._timers = None
             return timer
         return None
+
+    def _wait(self, delay: float) -> None:
+        """Wait (``_cond`` held) ``delay`` seconds at most, or until a
+        timer due before then is added."""
+        self._wake_at = time.monotonic() + delay
+        self._cond.wait(None if delay == math.inf else delay)
+        self._wake_at = -math.inf

@@ -25,6 +25,8 @@ from ..protocol.closing import Closing, FrameKind, ReadyState
 from ..protocol.frames import FrameWriter, Payload
 from ..protocol.writer import FragmentPayloads, as_kind
 
+from .corking import SMALL_MESSAGE
+
 if TYPE_CHECKING:
     from .transport import Transport
 
@@ -39,6 +41,7 @@ class Sending:
         _writer: FrameWriter
         _closing: Closing
         _lock: threading.Lock
+        _small_sends: bool  # write_small may send an uncompressed str or bytes
 
         @property
         def sent_close_code(self) -> Optional[int]: ...
@@ -94,6 +97,18 @@ class Sending:
         from the iterable itself, on the same connection, raises
         ``RuntimeError`` (it would wait for its own message).
         """
+        kind = type(data)
+        if (kind is str or kind is bytes) and binary is None and self._small_sends and len(data) <= SMALL_MESSAGE:  # type: ignore[arg-type]
+            if self._closing.state is not ReadyState.OPEN:
+                raise self._closed_error()
+            try:
+                written = self._transport.write_small(data)  # type: ignore[arg-type]
+            except OSError:
+                self._transport.abort()
+                raise self._closed_error() from None
+            if not written:
+                raise self._closed_error()
+            return
         if not isinstance(data, (str, bytes, bytearray, memoryview)):
             if isinstance(data, Mapping):  # a common mistake, refused as websockets does
                 raise TypeError(f"data is a {type(data).__name__}, not a message: send(json.dumps(data)), or send(data.keys()) for its keys as fragments")

@@ -13,22 +13,28 @@ import ssl
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from ..protocol.masking import SPEEDUPS
 from ..protocol.writer import Payload
 
-__all__ = ["send_nowait", "send_small", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "send_progressing", "unsent", "wait_writable", "readable", "peer_half_closed", "MIN_PROGRESS", "TLS_CHUNK", "advance", "as_bytes_view", "shutdown"]
+__all__ = ["send_nowait", "send_message", "send_small", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "send_progressing", "unsent", "wait_writable", "readable", "peer_half_closed", "MIN_PROGRESS", "TLS_CHUNK", "advance", "as_bytes_view", "shutdown"]
 
 #: ``send_nowait(sock, data, more=False) -> int`` of the C speedups (a
 #: non-blocking send without ``socket.send``'s overhead, keeping the GIL
 #: except in a thread that sends in a loop: _speedups.c says why; MSG_MORE
 #: when ``more``), or None on the pure-Python path.
 send_nowait: Optional[Callable[..., int]] = None
+#: ``send_message(sock, data, more=False)`` of the C speedups: ``data`` (str:
+#: text, bytes: binary) framed and sent as by ``send_nowait``, with no frame
+#: object: the frame's length when all of it went, else (that length, the
+#: bytes not taken). None on the pure-Python path.
+send_message: Optional[Callable[..., Union[int, tuple[int, bytes]]]] = None
 if SPEEDUPS:
     from .. import _speedups  # type: ignore[attr-defined,unused-ignore]
 
     send_nowait = getattr(_speedups, "send_nowait", None)
+    send_message = getattr(_speedups, "send_message", None)
 
 #: Frames up to this size are sent by ``send_nowait`` (a larger copy into the
 #: kernel would keep the other threads from Python for longer).

@@ -100,22 +100,44 @@ class LoopReading:
         with self._lock:
             self._in_listener = False
             dispatcher = self.dispatcher
-            return dispatcher is None or dispatcher.thread is not threading.current_thread()
+        return dispatcher is None or dispatcher.thread is not threading.current_thread()
 
     # -- tasks on the loop ------------------------------------------------------
 
-    def on_ready(self) -> None:
-        """The loop found the socket readable: read what is there and act on it."""
+    def on_ready(self, me: threading.Thread) -> None:
+        """The loop found the socket readable: read what is there and act on
+        it (``me``: the loop's thread that runs this)."""
         if self._runner is None and not self._done:
             # Only the loop's owner claims, and a runner is cleared only by
             # its own thread or a hand-off (which needs a runner): no lock.
-            self._runner = threading.current_thread()
+            self._runner = me
         elif not self._claim():
             return
         try:
-            self._read_some()
+            if self._tls:
+                self._read_some()
+            else:  # _read_some's one read, inline (the hot path)
+                size = self._recv_size
+                try:
+                    data = self._sock.recv(size, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    data = b""
+                received = len(data)
+                if received == size or size > RECV_MIN:
+                    self._adapt(received, size)
+                if received:
+                    self._feed(data)
+                else:
+                    self._at_eof()
         finally:
-            self._release()
+            with self._lock:  # _release, inline
+                if self._runner is me:
+                    self._runner = None
+                deferred, self._deferred = self._deferred, False
+            if deferred:
+                self._loop.call_soon(self, self._continue)
 
     def _continue(self) -> None:
         """A task: act on the events held back, then read again if nothing holds."""

@@ -25,12 +25,15 @@ from ..protocol.closing import Closing, FrameKind, ReadyState
 from ..protocol.frames import FrameWriter, Payload
 from ..protocol.writer import FragmentPayloads, as_kind
 
-from .corking import SMALL_MESSAGE
+from .hot_writes import SMALL_MESSAGE
+from .sockets import NOWAIT_LIMIT
 
 if TYPE_CHECKING:
     from .transport import Transport
 
 __all__ = ["Sending"]
+
+_OPEN = ReadyState.OPEN  # a global is read faster than an Enum's member (hot paths)
 
 
 class Sending:
@@ -99,7 +102,7 @@ class Sending:
         """
         kind = type(data)
         if (kind is str or kind is bytes) and binary is None and self._small_sends and len(data) <= SMALL_MESSAGE:  # type: ignore[arg-type]
-            if self._closing.state is not ReadyState.OPEN:
+            if self._closing.state is not _OPEN:
                 raise self._closed_error()
             try:
                 written = self._transport.write_small(data)  # type: ignore[arg-type]
@@ -219,9 +222,11 @@ class Sending:
     def _post(self, data: Union[str, bytes], shared_frame: bytes) -> bool:
         """Queue a message without blocking (``broadcast``; ``shared_frame`` is
         its uncompressed frame); False if not open."""
-        if not self._closing.is_open:
+        if self._closing.state is not _OPEN:
             return False
-        if self._writer.shares_frames:
+        if self._small_sends and len(shared_frame) <= NOWAIT_LIMIT:  # the hot path: uncompressed, plain TCP
+            self._transport.post_shared(shared_frame)
+        elif self._writer.shares_frames:
             self._transport.post(shared_frame, FrameKind.DATA)
         else:  # compressed: encoded in order under the write lock, counted at its uncompressed size
             self._transport.post(functools.partial(self._encode_frame, data), FrameKind.DATA, len(shared_frame))

@@ -35,7 +35,7 @@ The socket is closed only by its owner (the connection's reader thread, via
 blocked ``recv`` or a wait for writability returns, without freeing the
 descriptor.
 
-Coalescing (plain TCP only; ``corking.py``): while the reading thread knows that more of a
+Coalescing (plain TCP only; ``hot_writes.py``): while the reading thread knows that more of a
 client's messages are already read and will be answered at once (the rest of
 a batch that one ``recv`` brought, ``more_coming``), data frames go out with
 ``MSG_MORE``. They are in the kernel when ``send()`` returns, as always, but
@@ -57,7 +57,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from ..protocol.closing import FrameKind
 from ..protocol.writer import Payload
-from .corking import Corking
+from .hot_writes import HotWrites
 from .flusher import Flusher
 from .draining import Draining
 from .fragmenting import Fragmenting
@@ -76,7 +76,7 @@ _ENCODE_INLINE_LIMIT = 16 * 1024
 _COALESCE_LIMIT = 64 * 1024
 
 
-class Transport(Draining, Fragmenting, Corking):
+class Transport(Draining, Fragmenting, HotWrites):
     """Writes to and shuts down one client socket.
 
     The outbox deque (about 750 bytes with its first block) is made by the

@@ -1,9 +1,14 @@
-"""Frames held for the ones that follow, and the small messages' hot path:
-``Corking``, the part of ``Transport`` that writes with ``MSG_MORE`` (see
-"Coalescing" in ``transport.py``) and sends a small message in one C call.
+"""The hot paths of writing: ``HotWrites``, the part of ``Transport`` that
+sends a small message in one C call (``write_small``: an echo's answer),
+writes a broadcast's shared frame with as few calls as it can
+(``post_shared``), and holds frames with ``MSG_MORE`` for the ones that
+follow (see "Coalescing" in ``transport.py``). Each does what the general
+method it stands for does (``write_message``, ``post``), in the same order
+and under the same locks; anything out of the ordinary goes the general way.
 
 The fields are ``Transport``'s (its ``__slots__``); ``_corked`` and the
-socket are written under its ``_write_lock``.
+socket are written under its ``_write_lock``, the outbox under its
+``_state_lock``.
 """
 
 from __future__ import annotations
@@ -14,22 +19,24 @@ from typing import TYPE_CHECKING, Callable, Union
 
 from ..protocol.closing import FrameKind
 from ..protocol.writer import Payload
-from .outbox import Outbox
-from .sockets import NOWAIT_LIMIT, send_message
+from .outbox import Outbox, Pending
+from .sockets import NOWAIT_LIMIT, send_message, send_small
 
 if TYPE_CHECKING:
     from .flusher import Flusher
     from .transport import Transport
 
-__all__ = ["Corking", "SMALL_MESSAGE"]
+__all__ = ["HotWrites", "SMALL_MESSAGE"]
 
 #: ``write_small`` takes messages up to this many characters or bytes (a
 #: str's UTF-8 is 4 times that at most: within ``NOWAIT_LIMIT``).
 SMALL_MESSAGE = NOWAIT_LIMIT // 4
 
+_DATA = FrameKind.DATA  # a global is read faster than an Enum's member
 
-class Corking:
-    """``MSG_MORE`` and ``write_small`` (a mixin of ``Transport``)."""
+
+class HotWrites:
+    """``write_small``, ``post_shared`` and ``MSG_MORE`` (a mixin of ``Transport``)."""
 
     if TYPE_CHECKING:  # Transport's attributes and methods used here
         sock: socket.socket
@@ -43,7 +50,12 @@ class Corking:
         _flusher: Flusher
         _outbox: Outbox
         _write_lock: threading.Lock
+        _state_lock: threading.Lock
         _may_write: Callable[[FrameKind], bool]
+
+        def post(self, frame: Pending, kind: FrameKind, size: int = 0) -> None: ...
+        def abort(self) -> None: ...
+        def _release(self) -> None: ...
 
         def _may_write_data(self) -> bool: ...
         def _wait_and_send(self, buffers: list[Payload]) -> None: ...
@@ -63,7 +75,7 @@ class Corking:
             if self._fragmenting or self._outbox.entries:
                 if not self._may_write_data():
                     return False
-            elif not self._may_write(FrameKind.DATA):
+            elif not self._may_write(_DATA):
                 return False
             self.messages_out += 1
             more = self.more_coming
@@ -87,6 +99,38 @@ class Corking:
                 self._enrol_if_waiting()
             elif self._fin_pending:
                 self._fin_if_flushed()
+
+    def post_shared(self, frame: bytes) -> None:
+        """``post(frame, FrameKind.DATA)`` of a broadcast's frame of at most
+        ``NOWAIT_LIMIT`` bytes on plain TCP: written at once when nothing
+        waits and no other thread writes, else queued by ``post``.
+
+        Unlike ``post`` it looks at the outbox before taking ``_state_lock``
+        (one lock less per client of a broadcast), and again once it holds
+        the write lock, which every frame that waits must have been refused
+        first (``post``): a frame found waiting then goes before this one."""
+        if not (self._closed or self._outbox.entries) and self._write_lock.acquire(blocking=False):
+            if self._fragmenting or self._outbox.entries:
+                self._release()  # the general way below, after what waits
+            else:
+                try:
+                    if self._may_write(_DATA):
+                        self.messages_out += 1
+                        sent = send_small(self.sock, frame)
+                        self.bytes_out += sent
+                        if sent != len(frame):  # the rest waits for the flusher
+                            with self._state_lock:
+                                self._outbox.put_back(memoryview(frame)[sent:] if sent else frame)
+                except OSError:
+                    self.abort()
+                finally:
+                    self._write_lock.release()
+                    if self._outbox.entries:  # see Transport._release
+                        self._enrol_if_waiting()
+                    elif self._fin_pending:
+                        self._fin_if_flushed()
+                return
+        self.post(frame, _DATA)
 
     def _cork(self) -> None:
         """Frames go out with MSG_MORE from now: the flusher pushes them

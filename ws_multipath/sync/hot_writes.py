@@ -77,11 +77,17 @@ class HotWrites:
                     return False
             elif not self._may_write(_DATA):
                 return False
-            self.messages_out += 1
             more = self.more_coming
             if more and not self._corked:
                 self._cork()
-            sent = send_message(self.sock, data, more)  # type: ignore[misc]  # sends_small: it is there
+            try:
+                sent = send_message(self.sock, data, more)  # type: ignore[misc]  # sends_small: it is there
+            except UnicodeEncodeError:  # not a message (a lone surrogate): not counted, as write_message
+                raise
+            except BaseException:
+                self.messages_out += 1  # counted once it went for the socket, as write_message
+                raise
+            self.messages_out += 1
             if type(sent) is int:
                 self.bytes_out += sent
                 if not more:

@@ -286,8 +286,11 @@ class EventLoop(HandOffs):
                 reader.on_ready(me)
             except BaseException:  # noqa: BLE001 - a bug, or SystemExit from a listener: log it, keep the loop
                 logger.exception("event loop %s: a connection failed", self.name)
-            if not self._end_task(me):
-                return reader
+            with self._lock:  # _end_task, inline
+                if self._owner is not me:
+                    return reader
+                self.in_task = False
+                self.task_reader = None
 
     def _begin_task(self, reader: "LoopReading") -> None:
         self.task_reader = reader

@@ -363,3 +363,24 @@ def test_send_message_bad_arguments_raise(speedups):
         a.close()
         with pytest.raises(OSError):
             speedups.send_message(a, "x")
+
+
+def test_recv_nowait_reads_what_is_there_without_waiting(speedups):
+    import socket
+
+    a, b = socket.socketpair()
+    with a, b:
+        assert speedups.recv_nowait(a, 100) is None  # nothing there: no wait
+        b.sendall(b"hello")
+        assert speedups.recv_nowait(a, 3) == b"hel"
+        assert speedups.recv_nowait(a, 100) == b"lo"
+        assert speedups.recv_nowait(a, 100) is None
+        b.close()
+        assert speedups.recv_nowait(a, 100) == b""  # the end of the stream
+        with pytest.raises(ValueError):
+            speedups.recv_nowait(a, -1)
+        with pytest.raises(TypeError):
+            speedups.recv_nowait(a)
+        a.close()
+        with pytest.raises(OSError):
+            speedups.recv_nowait(a, 10)

@@ -51,7 +51,12 @@
  *         take), which the caller writes once the socket drains. OSError as
  *         send_nowait. For the small data messages of an echo or a chat:
  *         the transport calls it with its write lock held (sync/transport.py).
- *
+ *     recv_nowait(sock, size) -> bytes or None
+ *         one non-blocking recv(2) of at most size bytes: the bytes read (b""
+ *         at the end of the stream), None when nothing is there (EAGAIN);
+ *         OSError otherwise. It keeps the GIL (the call cannot block: the
+ *         loop calls it for a socket its selector found readable), which
+ *         socket.recv lets go and takes back around every read. *
  * data is any bytes-like object (bytes, bytearray, memoryview of bytes) and
  * mask any bytes-like object of exactly 4 bytes; 0 <= start <= end <= len(data).
  *
@@ -636,6 +641,51 @@ speedups_send_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(sent);
 }
 
+PyDoc_STRVAR(recv_nowait_doc,
+"recv_nowait(sock, size) -> bytes or None\n\n"
+"One non-blocking recv of at most size bytes (the GIL kept): the bytes, b''\n"
+"at the end of the stream, None when nothing is there; OSError otherwise.");
+
+static PyObject *
+speedups_recv_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "recv_nowait() takes exactly 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv_nowait");
+        return NULL;
+    }
+    int fd;
+    if (socket_fd(args[0], &fd) < 0) {
+        return NULL;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, size);
+    if (data == NULL) {
+        return NULL;
+    }
+    ssize_t received;
+    do {
+        received = recv(fd, PyBytes_AS_STRING(data), (size_t)size, MSG_DONTWAIT);
+    } while (received < 0 && errno == EINTR);
+    if (received < 0) {
+        Py_DECREF(data);
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            Py_RETURN_NONE;
+        }
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (received != size && _PyBytes_Resize(&data, (Py_ssize_t)received) < 0) {
+        return NULL;
+    }
+    return data;
+}
+
 PyDoc_STRVAR(send_message_doc,
 "send_message(sock, data[, more]) -> int or (int, bytes)\n\n"
 "Frame data (str: text, bytes or bytearray: binary) and send it as\n"
@@ -746,6 +796,7 @@ static PyMethodDef speedups_methods[] = {
 #ifndef _WIN32
     {"send_nowait", (PyCFunction)(void (*)(void))speedups_send_nowait, METH_FASTCALL, send_nowait_doc},
     {"send_message", (PyCFunction)(void (*)(void))speedups_send_message, METH_FASTCALL, send_message_doc},
+    {"recv_nowait", (PyCFunction)(void (*)(void))speedups_recv_nowait, METH_FASTCALL, recv_nowait_doc},
 #endif
     {NULL, NULL, 0, NULL},
 };

@@ -31,6 +31,7 @@ import threading
 from typing import TYPE_CHECKING, Callable, Optional
 
 from .dispatch import Dispatcher
+from .sockets import recv_nowait
 
 if TYPE_CHECKING:
     from .loop import EventLoop
@@ -119,11 +120,11 @@ class LoopReading:
             else:  # _read_some's one read, inline (the hot path)
                 size = self._recv_size
                 try:
-                    data = self._sock.recv(size, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    return
+                    data = recv_nowait(self._sock, size)
                 except OSError:
                     data = b""
+                if data is None:
+                    return
                 received = len(data)
                 if received == size or size > RECV_MIN:
                     self._adapt(received, size)

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Union
 from ..protocol.masking import SPEEDUPS
 from ..protocol.writer import Payload
 
-__all__ = ["send_nowait", "send_message", "send_small", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "send_progressing", "unsent", "wait_writable", "readable", "peer_half_closed", "MIN_PROGRESS", "TLS_CHUNK", "advance", "as_bytes_view", "shutdown"]
+__all__ = ["send_nowait", "send_message", "recv_nowait", "send_small", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "send_progressing", "unsent", "wait_writable", "readable", "peer_half_closed", "MIN_PROGRESS", "TLS_CHUNK", "advance", "as_bytes_view", "shutdown"]
 
 #: ``send_nowait(sock, data, more=False) -> int`` of the C speedups (a
 #: non-blocking send without ``socket.send``'s overhead, keeping the GIL
@@ -80,6 +80,22 @@ def _send_small_python(sock: socket.socket, data: Payload, more: bool = False) -
 #: ``more``: the bytes sent, 0 when the socket is full. ``send_nowait`` when
 #: the C speedups are there.
 send_small: Callable[..., int] = send_nowait if send_nowait is not None else _send_small_python
+
+
+def _recv_nowait_python(sock: socket.socket, size: int) -> Optional[bytes]:
+    try:
+        return sock.recv(size, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+
+
+#: ``recv_nowait(sock, size) -> bytes or None``: one non-blocking read of a
+#: plain socket, None when nothing is there, b"" at its end, ``OSError`` when
+#: it failed; the C speedups' keeps the GIL (the read cannot block), which
+#: ``socket.recv`` lets go and takes back around every read.
+recv_nowait: Callable[[socket.socket, int], Optional[bytes]] = _recv_nowait_python
+if SPEEDUPS:
+    recv_nowait = getattr(_speedups, "recv_nowait", _recv_nowait_python)
 
 
 def send_some(sock: socket.socket, buffers: list[Payload], tls_lock: Optional[threading.Lock]) -> int:

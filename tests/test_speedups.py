@@ -280,3 +280,107 @@ def test_parse_messages_takes_whole_plain_frames_and_stops_at_anything_else(spee
     assert speedups.parse_messages(_client_frame(0x81, b"ok\xc3"), 1 << 20, True) == (["ok\ufffd"], 9)
     with pytest.raises(TypeError):
         speedups.parse_messages(memoryview(text), 10, False)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 2046, 2047, 4096, 65535, 65536, 70000])
+def test_send_message_sends_what_frame_makes(speedups, size):
+    """send_message: frame() and send_nowait() in one call, the frame built
+    on the stack (small) or the heap (large): the same bytes on the wire."""
+    import socket
+    import threading
+
+    text = ("é" * size)[:size]
+    messages = [b"b" * size, bytearray(b"a" * size), "t" * size, text]
+    expected = b"".join(speedups.frame(0x81 if isinstance(data, str) else 0x82, data) for data in messages)
+    received = bytearray()
+    server = socket.create_server(("127.0.0.1", 0))
+    with server, socket.create_connection(server.getsockname()) as client:
+        peer, _ = server.accept()
+        with peer:
+            peer.settimeout(10)
+
+            def read() -> None:
+                while len(received) < len(expected):
+                    chunk = peer.recv(1 << 16)
+                    if not chunk:
+                        return
+                    received.extend(chunk)
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            for data in messages:
+                result = speedups.send_message(client, data)
+                if type(result) is tuple:  # the socket took part of it: the rest is given back
+                    result, rest = result
+                    client.sendall(rest)
+                assert result == len(speedups.frame(0x81 if isinstance(data, str) else 0x82, data))
+            reader.join(10)
+    assert bytes(received) == expected
+
+
+def test_send_message_gives_back_what_a_full_socket_did_not_take(speedups):
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    with server, socket.create_connection(server.getsockname()) as client:
+        peer, _ = server.accept()
+        with peer:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            data = b"x" * 4000
+            frame = speedups.frame(0x82, data)
+            sent = 0
+            for _ in range(100_000):  # bounded: the socket fills long before
+                result = speedups.send_message(client, data)
+                if type(result) is not int:
+                    break
+                assert result == len(frame)
+                sent += result
+            else:
+                pytest.fail("the socket never filled")
+            total, rest = result
+            assert total == len(frame) and 0 < len(rest) <= len(frame) and frame.endswith(rest)
+            taken = len(frame) - len(rest)
+            client.setblocking(True)
+            client.sendall(rest)
+            peer.settimeout(5)
+            received = bytearray()
+            while len(received) < sent + len(frame):
+                received += peer.recv(1 << 16)
+            assert bytes(received) == frame * (sent // len(frame) + 1), f"{taken} bytes were taken of the last frame"
+
+
+def test_send_message_bad_arguments_raise(speedups):
+    import socket
+
+    a, b = socket.socketpair()
+    with a, b:
+        with pytest.raises(TypeError):
+            speedups.send_message(a)
+        with pytest.raises(TypeError, match="memoryview"):
+            speedups.send_message(a, memoryview(b"x"))
+        with pytest.raises(UnicodeEncodeError):
+            speedups.send_message(a, "\ud800")
+        a.close()
+        with pytest.raises(OSError):
+            speedups.send_message(a, "x")
+
+
+def test_recv_nowait_reads_what_is_there_without_waiting(speedups):
+    import socket
+
+    a, b = socket.socketpair()
+    with a, b:
+        assert speedups.recv_nowait(a, 100) is None  # nothing there: no wait
+        b.sendall(b"hello")
+        assert speedups.recv_nowait(a, 3) == b"hel"
+        assert speedups.recv_nowait(a, 100) == b"lo"
+        assert speedups.recv_nowait(a, 100) is None
+        b.close()
+        assert speedups.recv_nowait(a, 100) == b""  # the end of the stream
+        with pytest.raises(ValueError):
+            speedups.recv_nowait(a, -1)
+        with pytest.raises(TypeError):
+            speedups.recv_nowait(a)
+        a.close()
+        with pytest.raises(OSError):
+            speedups.recv_nowait(a, 10)

@@ -42,6 +42,21 @@
  *         descriptor is read under the GIL, right before the call, as
  *         socket.send reads it. Not built on Windows.
  *
+ *     send_message(sock, data[, more]) -> int or (int, bytes)
+ *         frame(0x81 for str, 0x82 for bytes or bytearray, data) sent as by
+ *         send_nowait, without making the frame an object: it is built in a
+ *         buffer of its own (on the stack when small) and sent from there.
+ *         The frame's length when all of it went; when the socket took only
+ *         part of it (or nothing), (the frame's length, the bytes it did not
+ *         take), which the caller writes once the socket drains. OSError as
+ *         send_nowait. For the small data messages of an echo or a chat:
+ *         the transport calls it with its write lock held (sync/transport.py).
+ *     recv_nowait(sock, size) -> bytes or None
+ *         one non-blocking recv(2) of at most size bytes: the bytes read (b""
+ *         at the end of the stream), None when nothing is there (EAGAIN);
+ *         OSError otherwise. It keeps the GIL (the call cannot block: the
+ *         loop calls it for a socket its selector found readable), which
+ *         socket.recv lets go and takes back around every read. *
  * data is any bytes-like object (bytes, bytearray, memoryview of bytes) and
  * mask any bytes-like object of exactly 4 bytes; 0 <= start <= end <= len(data).
  *
@@ -509,37 +524,41 @@ PyDoc_STRVAR(send_nowait_doc,
 "the GIL is released around it only in a thread sending in a loop): the\n"
 "bytes sent, 0 when the socket buffer is full; OSError on any other failure.");
 
-static PyObject *
-speedups_send_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* The socket's descriptor, read under the GIL as socket.send reads it (-1
+ * once closed: EBADF then). */
+static int
+socket_fd(PyObject *sock, int *fd)
 {
-    if (nargs != 2 && nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "send_nowait() takes 2 or 3 arguments");
-        return NULL;
-    }
-    int more = 0;
-    if (nargs == 3) {
-        more = PyObject_IsTrue(args[2]);
-        if (more < 0) {
-            return NULL;
+    static PyObject *fileno_name = NULL;
+    if (fileno_name == NULL) {
+        fileno_name = PyUnicode_InternFromString("fileno");
+        if (fileno_name == NULL) {
+            return -1;
         }
     }
-    PyObject *fileno = PyObject_CallMethod(args[0], "fileno", NULL);
+    PyObject *fileno = PyObject_CallMethodNoArgs(sock, fileno_name);
     if (fileno == NULL) {
-        return NULL;
+        return -1;
     }
-    long fd = PyLong_AsLong(fileno);
+    long value = PyLong_AsLong(fileno);
     Py_DECREF(fileno);
-    if (fd == -1 && PyErr_Occurred()) {
-        return NULL;
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
     }
-    if (fd < 0 || fd > INT32_MAX) {  /* closed: what socket.send raises then */
+    if (value < 0 || value > INT32_MAX) {  /* closed: what socket.send raises then */
         errno = EBADF;
-        return PyErr_SetFromErrno(PyExc_OSError);
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
     }
-    Py_buffer data;
-    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
+    *fd = (int)value;
+    return 0;
+}
+
+/* One non-blocking send(2) with the GIL policy described in send_nowait:
+ * the bytes sent, 0 when the socket is full, -1 with OSError set. */
+static Py_ssize_t
+send_once(int fd, const char *buf, size_t len, int more)
+{
     int flags = MSG_DONTWAIT;
 #ifdef MSG_NOSIGNAL
     flags |= MSG_NOSIGNAL;
@@ -570,26 +589,201 @@ speedups_send_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (streaming) {
         Py_BEGIN_ALLOW_THREADS
         do {
-            sent = send((int)fd, data.buf, (size_t)data.len, flags);
+            sent = send(fd, buf, len, flags);
         } while (sent < 0 && errno == EINTR);
         error = errno;
         Py_END_ALLOW_THREADS
     }
     else {
         do {
-            sent = send((int)fd, data.buf, (size_t)data.len, flags);
+            sent = send(fd, buf, len, flags);
         } while (sent < 0 && errno == EINTR);
         error = errno;
     }
-    errno = error;
+    if (sent < 0) {
+        if (error == EAGAIN || error == EWOULDBLOCK) {
+            return 0;
+        }
+        errno = error;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return (Py_ssize_t)sent;
+}
+
+static PyObject *
+speedups_send_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "send_nowait() takes 2 or 3 arguments");
+        return NULL;
+    }
+    int more = 0;
+    if (nargs == 3) {
+        more = PyObject_IsTrue(args[2]);
+        if (more < 0) {
+            return NULL;
+        }
+    }
+    int fd;
+    if (socket_fd(args[0], &fd) < 0) {
+        return NULL;
+    }
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    Py_ssize_t sent = send_once(fd, (const char *)data.buf, (size_t)data.len, more);
     PyBuffer_Release(&data);
     if (sent < 0) {
+        return NULL;
+    }
+    return PyLong_FromSsize_t(sent);
+}
+
+PyDoc_STRVAR(recv_nowait_doc,
+"recv_nowait(sock, size) -> bytes or None\n\n"
+"One non-blocking recv of at most size bytes (the GIL kept): the bytes, b''\n"
+"at the end of the stream, None when nothing is there; OSError otherwise.");
+
+static PyObject *
+speedups_recv_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "recv_nowait() takes exactly 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv_nowait");
+        return NULL;
+    }
+    int fd;
+    if (socket_fd(args[0], &fd) < 0) {
+        return NULL;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, size);
+    if (data == NULL) {
+        return NULL;
+    }
+    ssize_t received;
+    do {
+        received = recv(fd, PyBytes_AS_STRING(data), (size_t)size, MSG_DONTWAIT);
+    } while (received < 0 && errno == EINTR);
+    if (received < 0) {
+        Py_DECREF(data);
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            return PyLong_FromLong(0);
+            Py_RETURN_NONE;
         }
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    return PyLong_FromSsize_t(sent);
+    if (received != size && _PyBytes_Resize(&data, (Py_ssize_t)received) < 0) {
+        return NULL;
+    }
+    return data;
+}
+
+PyDoc_STRVAR(send_message_doc,
+"send_message(sock, data[, more]) -> int or (int, bytes)\n\n"
+"Frame data (str: text, bytes or bytearray: binary) and send it as\n"
+"send_nowait does: the frame's length when the socket took all of it, else\n"
+"(the frame's length, the bytes it did not take).");
+
+#define SEND_STACK 2048
+
+static PyObject *
+speedups_send_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "send_message() takes 2 or 3 arguments");
+        return NULL;
+    }
+    int more = 0;
+    if (nargs == 3) {
+        more = PyObject_IsTrue(args[2]);
+        if (more < 0) {
+            return NULL;
+        }
+    }
+    PyObject *data = args[1];
+    PyObject *encoded = NULL;
+    const char *source;
+    Py_ssize_t size;
+    unsigned char first;
+    if (PyUnicode_Check(data)) {
+        first = 0x81;
+        if (PyUnicode_IS_COMPACT_ASCII(data)) {
+            source = (const char *)PyUnicode_DATA(data);
+            size = PyUnicode_GET_LENGTH(data);
+        } else {
+            encoded = PyUnicode_AsUTF8String(data);  /* a lone surrogate raises, as str.encode does */
+            if (encoded == NULL) {
+                return NULL;
+            }
+            source = PyBytes_AS_STRING(encoded);
+            size = PyBytes_GET_SIZE(encoded);
+        }
+    } else if (PyBytes_Check(data)) {
+        first = 0x82;
+        source = PyBytes_AS_STRING(data);
+        size = PyBytes_GET_SIZE(data);
+    } else if (PyByteArray_Check(data)) {
+        first = 0x82;
+        source = PyByteArray_AS_STRING(data);
+        size = PyByteArray_GET_SIZE(data);
+    } else {
+        PyErr_Format(PyExc_TypeError, "data must be str, bytes or bytearray, not %.100s", Py_TYPE(data)->tp_name);
+        return NULL;
+    }
+    int fd;
+    if (socket_fd(args[0], &fd) < 0) {
+        Py_XDECREF(encoded);
+        return NULL;
+    }
+    Py_ssize_t header = size < 126 ? 2 : size < 65536 ? 4 : 10;
+    if (size > PY_SSIZE_T_MAX - header) {
+        Py_XDECREF(encoded);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t total = header + size;
+    unsigned char stack[SEND_STACK];
+    unsigned char *p = total <= SEND_STACK ? stack : (unsigned char *)PyMem_Malloc((size_t)total);
+    if (p == NULL) {
+        Py_XDECREF(encoded);
+        return PyErr_NoMemory();
+    }
+    p[0] = first;
+    if (size < 126) {
+        p[1] = (unsigned char)size;
+    } else if (size < 65536) {
+        p[1] = 126;
+        p[2] = (unsigned char)(size >> 8);
+        p[3] = (unsigned char)size;
+    } else {
+        uint64_t length = (uint64_t)size;
+        p[1] = 127;
+        for (int i = 0; i < 8; i++) {
+            p[2 + i] = (unsigned char)(length >> (56 - 8 * i));
+        }
+    }
+    memcpy(p + header, source, (size_t)size);  /* a copy: a bytearray may change once the GIL goes */
+    Py_XDECREF(encoded);
+    Py_ssize_t sent = send_once(fd, (const char *)p, (size_t)total, more);
+    PyObject *result;
+    if (sent < 0) {
+        result = NULL;
+    } else if (sent == total) {
+        result = PyLong_FromSsize_t(total);
+    } else {
+        result = Py_BuildValue("(ny#)", total, (const char *)p + sent, total - sent);
+    }
+    if (p != stack) {
+        PyMem_Free(p);
+    }
+    return result;
 }
 #endif
 
@@ -601,6 +795,8 @@ static PyMethodDef speedups_methods[] = {
     {"parse_messages", (PyCFunction)(void (*)(void))speedups_parse_messages, METH_FASTCALL, parse_messages_doc},
 #ifndef _WIN32
     {"send_nowait", (PyCFunction)(void (*)(void))speedups_send_nowait, METH_FASTCALL, send_nowait_doc},
+    {"send_message", (PyCFunction)(void (*)(void))speedups_send_message, METH_FASTCALL, send_message_doc},
+    {"recv_nowait", (PyCFunction)(void (*)(void))speedups_recv_nowait, METH_FASTCALL, recv_nowait_doc},
 #endif
     {NULL, NULL, 0, NULL},
 };

@@ -182,7 +182,11 @@ class WebSocketHandler(Accepting, EventEmitter):
             targets = [ws for ws in self._connections if ws not in skipped]
         header, payload = FrameWriter().message(data)
         shared = header + payload
-        return sum(1 for ws in targets if ws._post(data, shared))
+        count = 0
+        for ws in targets:
+            if ws._post(data, shared):
+                count += 1
+        return count
 
     # -- closing --------------------------------------------------------------
 

@@ -96,6 +96,7 @@ class WebSocket(Sending, EventEmitter):
         self.protocol = protocol
         self.extensions = extensions
         self._transport = transport
+        self._small_sends = transport.sends_small and writer.shares_frames  # Sending.send's hot path
         self._options = options
         self._writer = writer
         self._timers = timers

@@ -246,7 +246,7 @@ class HandOffs:
         if not spare:
             self._start_thread()
         try:
-            reader.on_ready()
+            reader.on_ready(me)
         except BaseException:  # noqa: BLE001 - a bug, or SystemExit from a listener: log it
             logger.exception("event loop %s: a connection failed", self.name)
         finally:

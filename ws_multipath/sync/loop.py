@@ -277,13 +277,20 @@ class EventLoop(HandOffs):
             if self.bursting:
                 self._run_detached(me, reader)
                 return reader
-            self._begin_task(reader)
+            self.task_reader = reader  # _begin_task, inline: this runs once per message under load
+            self.task_seq += 1
+            self.in_task = True
+            if self._sysmon.sleeping:
+                self._sysmon.wake()
             try:
-                reader.on_ready()
+                reader.on_ready(me)
             except BaseException:  # noqa: BLE001 - a bug, or SystemExit from a listener: log it, keep the loop
                 logger.exception("event loop %s: a connection failed", self.name)
-            if not self._end_task(me):
-                return reader
+            with self._lock:  # _end_task, inline
+                if self._owner is not me:
+                    return reader
+                self.in_task = False
+                self.task_reader = None
 
     def _begin_task(self, reader: "LoopReading") -> None:
         self.task_reader = reader

@@ -35,6 +35,7 @@ import threading
 from typing import TYPE_CHECKING, Callable, Optional
 
 from .dispatch import Dispatcher
+from .sockets import recv_nowait
 
 if TYPE_CHECKING:
     from .holding import Holding
@@ -108,18 +109,42 @@ class LoopReading:
         with self._lock:
             self._in_listener = False
             dispatcher = self.dispatcher
-            return dispatcher is None or dispatcher.thread is not threading.current_thread()
+        return dispatcher is None or dispatcher.thread is not threading.current_thread()
 
     # -- tasks on the loop ------------------------------------------------------
 
-    def on_ready(self) -> None:
-        """The loop found the socket readable: read what is there and act on it."""
-        if not self._claim():
+    def on_ready(self, me: threading.Thread) -> None:
+        """The loop found the socket readable: read what is there and act on
+        it (``me``: the loop's thread that runs this). The claim takes the
+        lock: a task run off the loop (a burst) and the loop's next owner may
+        both find the socket ready."""
+        if not self._claim(me):
             return
         try:
-            self._read_some()
+            if self._tls:
+                self._read_some()
+            else:  # _read_some's one read, inline (the hot path)
+                size = self._recv_size
+                try:
+                    data = recv_nowait(self._sock, size)
+                except OSError:
+                    data = b""
+                if data is None:
+                    return
+                received = len(data)
+                if received == size or size > RECV_MIN:
+                    self._adapt(received, size)
+                if received:
+                    self._feed(data)
+                else:
+                    self._at_eof()
         finally:
-            self._release()
+            with self._lock:  # _release, inline
+                if self._runner is me:
+                    self._runner = None
+                deferred, self._deferred = self._deferred, False
+            if deferred:
+                self._loop.call_soon(self, self._continue)
 
     def _continue(self) -> None:
         """A task: act on the events held back, then read again if nothing holds."""
@@ -147,9 +172,10 @@ class LoopReading:
         runner (not handed off in a listener) and nothing holds the reader."""
         return self._runner is threading.current_thread() and self._wants_reading()
 
-    def _claim(self) -> bool:
-        """Become the runner; False (and the task deferred) while another
-        thread still runs one, or once ended."""
+    def _claim(self, me: Optional[threading.Thread] = None) -> bool:
+        """Become the runner (``me``: this thread, when the caller knows
+        it); False (and the task deferred) while another thread still runs
+        one, or once ended."""
         with self._lock:
             if self._done:
                 return False
@@ -157,7 +183,7 @@ class LoopReading:
                 self._deferred = True
                 deferred = True
             else:
-                self._runner = threading.current_thread()
+                self._runner = me or threading.current_thread()
                 deferred = False
         if deferred:
             self._sync()  # stop watching: no busy loop while the other thread finishes

@@ -25,10 +25,15 @@ from ..protocol.closing import Closing, FrameKind, ReadyState
 from ..protocol.frames import FrameWriter, Payload
 from ..protocol.writer import FragmentPayloads, as_kind
 
+from .hot_writes import SMALL_MESSAGE
+from .sockets import NOWAIT_LIMIT
+
 if TYPE_CHECKING:
     from .transport import Transport
 
 __all__ = ["Sending"]
+
+_OPEN = ReadyState.OPEN  # a global is read faster than an Enum's member (hot paths)
 
 
 class Sending:
@@ -39,6 +44,7 @@ class Sending:
         _writer: FrameWriter
         _closing: Closing
         _lock: threading.Lock
+        _small_sends: bool  # write_small may send an uncompressed str or bytes
 
         @property
         def sent_close_code(self) -> Optional[int]: ...
@@ -94,6 +100,18 @@ class Sending:
         from the iterable itself, on the same connection, raises
         ``RuntimeError`` (it would wait for its own message).
         """
+        kind = type(data)
+        if (kind is str or kind is bytes) and binary is None and self._small_sends and len(data) <= SMALL_MESSAGE:  # type: ignore[arg-type]
+            if self._closing.state is not _OPEN:
+                raise self._closed_error()
+            try:
+                written = self._transport.write_small(data)  # type: ignore[arg-type]
+            except OSError:
+                self._transport.abort()
+                raise self._closed_error() from None
+            if not written:
+                raise self._closed_error()
+            return
         if not isinstance(data, (str, bytes, bytearray, memoryview)):
             if isinstance(data, Mapping):  # a common mistake, refused as websockets does
                 raise TypeError(f"data is a {type(data).__name__}, not a message: send(json.dumps(data)), or send(data.keys()) for its keys as fragments")
@@ -204,9 +222,11 @@ class Sending:
     def _post(self, data: Union[str, bytes], shared_frame: bytes) -> bool:
         """Queue a message without blocking (``broadcast``; ``shared_frame`` is
         its uncompressed frame); False if not open."""
-        if not self._closing.is_open:
+        if self._closing.state is not _OPEN:
             return False
-        if self._writer.shares_frames:
+        if self._small_sends and len(shared_frame) <= NOWAIT_LIMIT:  # the hot path: uncompressed, plain TCP
+            self._transport.post_shared(shared_frame)
+        elif self._writer.shares_frames:
             self._transport.post(shared_frame, FrameKind.DATA)
         else:  # compressed: encoded in order under the write lock, counted at its uncompressed size
             self._transport.post(functools.partial(self._encode_frame, data), FrameKind.DATA, len(shared_frame))

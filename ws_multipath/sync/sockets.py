@@ -13,22 +13,28 @@ import ssl
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from ..protocol.masking import SPEEDUPS
 from ..protocol.writer import Payload
 
-__all__ = ["send_nowait", "send_small", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "send_progressing", "unsent", "wait_writable", "readable", "peer_half_closed", "MIN_PROGRESS", "TLS_CHUNK", "advance", "as_bytes_view", "shutdown"]
+__all__ = ["send_nowait", "send_message", "recv_nowait", "send_small", "NOWAIT_LIMIT", "MSG_MORE", "WOULD_BLOCK", "send_some", "send_progressing", "unsent", "wait_writable", "readable", "peer_half_closed", "MIN_PROGRESS", "TLS_CHUNK", "advance", "as_bytes_view", "shutdown"]
 
 #: ``send_nowait(sock, data, more=False) -> int`` of the C speedups (a
 #: non-blocking send without ``socket.send``'s overhead, keeping the GIL
 #: except in a thread that sends in a loop: _speedups.c says why; MSG_MORE
 #: when ``more``), or None on the pure-Python path.
 send_nowait: Optional[Callable[..., int]] = None
+#: ``send_message(sock, data, more=False)`` of the C speedups: ``data`` (str:
+#: text, bytes: binary) framed and sent as by ``send_nowait``, with no frame
+#: object: the frame's length when all of it went, else (that length, the
+#: bytes not taken). None on the pure-Python path.
+send_message: Optional[Callable[..., Union[int, tuple[int, bytes]]]] = None
 if SPEEDUPS:
     from .. import _speedups  # type: ignore[attr-defined,unused-ignore]
 
     send_nowait = getattr(_speedups, "send_nowait", None)
+    send_message = getattr(_speedups, "send_message", None)
 
 #: Frames up to this size are sent by ``send_nowait`` (a larger copy into the
 #: kernel would keep the other threads from Python for longer).
@@ -74,6 +80,22 @@ def _send_small_python(sock: socket.socket, data: Payload, more: bool = False) -
 #: ``more``: the bytes sent, 0 when the socket is full. ``send_nowait`` when
 #: the C speedups are there.
 send_small: Callable[..., int] = send_nowait if send_nowait is not None else _send_small_python
+
+
+def _recv_nowait_python(sock: socket.socket, size: int) -> Optional[bytes]:
+    try:
+        return sock.recv(size, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+
+
+#: ``recv_nowait(sock, size) -> bytes or None``: one non-blocking read of a
+#: plain socket, None when nothing is there, b"" at its end, ``OSError`` when
+#: it failed; the C speedups' keeps the GIL (the read cannot block), which
+#: ``socket.recv`` lets go and takes back around every read.
+recv_nowait: Callable[[socket.socket, int], Optional[bytes]] = _recv_nowait_python
+if SPEEDUPS:
+    recv_nowait = getattr(_speedups, "recv_nowait", _recv_nowait_python)
 
 
 def send_some(sock: socket.socket, buffers: list[Payload], tls_lock: Optional[threading.Lock]) -> int:

@@ -35,7 +35,7 @@ The socket is closed only by its owner (the connection's reader thread, via
 blocked ``recv`` or a wait for writability returns, without freeing the
 descriptor.
 
-Coalescing (plain TCP only): while the reading thread knows that more of a
+Coalescing (plain TCP only; ``hot_writes.py``): while the reading thread knows that more of a
 client's messages are already read and will be answered at once (the rest of
 a batch that one ``recv`` brought, ``more_coming``), data frames go out with
 ``MSG_MORE``. They are in the kernel when ``send()`` returns, as always, but
@@ -57,11 +57,12 @@ from typing import Any, Callable, Iterator, Optional
 
 from ..protocol.closing import FrameKind
 from ..protocol.writer import Payload
+from .hot_writes import HotWrites
 from .flusher import Flusher
 from .draining import Draining
 from .fragmenting import Fragmenting
 from .outbox import ENCODER_COST, ENTRY_COST, MAX_OUTBOX_BYTES, Entry, Outbox, Pending
-from .sockets import MSG_MORE, NOWAIT_LIMIT, advance, as_bytes_view, send_progressing, send_small, send_some, shutdown
+from .sockets import MSG_MORE, NOWAIT_LIMIT, advance, as_bytes_view, send_message, send_progressing, send_small, send_some, shutdown
 
 __all__ = ["Transport", "MAX_OUTBOX_BYTES"]
 
@@ -75,7 +76,7 @@ _ENCODE_INLINE_LIMIT = 16 * 1024
 _COALESCE_LIMIT = 64 * 1024
 
 
-class Transport(Draining, Fragmenting):
+class Transport(Draining, Fragmenting, HotWrites):
     """Writes to and shuts down one client socket.
 
     The outbox deque (about 750 bytes with its first block) is made by the
@@ -84,7 +85,7 @@ class Transport(Draining, Fragmenting):
     __slots__ = (
         "sock", "fd", "_flusher", "_write_timeout", "_tls", "tls_lock", "_may_write", "_on_fatal",
         "_write_lock", "_state_lock", "_outbox", "_enrolled", "_progress_at", "_progress", "_unsent", "_closed",
-        "messages_out", "bytes_out", "can_cork", "more_coming", "_corked", "corked_at", "_on_abort", "_fin_pending",
+        "messages_out", "bytes_out", "can_cork", "sends_small", "more_coming", "_corked", "corked_at", "_on_abort", "_fin_pending",
         "_fragmenting", "_turn",
     )
 
@@ -115,6 +116,8 @@ class Transport(Draining, Fragmenting):
         self.bytes_out = 0
         #: Whether data frames may be coalesced with MSG_MORE (plain TCP).
         self.can_cork = bool(MSG_MORE) and not self._tls and sock.family in (socket.AF_INET, socket.AF_INET6)
+        #: Whether ``write_small`` may be used (plain TCP, the C speedups).
+        self.sends_small = send_message is not None and not self._tls
         #: Written by the reading thread only (when ``can_cork``): the data
         #: frames written now are followed at once by more (see above).
         self.more_coming = False
@@ -159,11 +162,7 @@ class Transport(Draining, Fragmenting):
         the write lock (compression state carries between messages)."""
         self._write_lock.acquire()
         try:
-            if self._fragmenting and not self._take_turn():
-                return False
-            if self._outbox:  # read without _state_lock: see _release
-                self._flush_outbox()
-            if not self._may_write(FrameKind.DATA):
+            if not self._may_write_data():
                 return False
             header, payload = encode(data)
             self.messages_out += 1
@@ -175,11 +174,10 @@ class Transport(Draining, Fragmenting):
             elif self._tls or len(header) > NOWAIT_LIMIT:
                 self._send_all(header)
                 return True
-            # The common case: a small frame on plain TCP, whole in ``header``.
+            # A small frame on plain TCP, whole in ``header``.
             more = self.more_coming
             if more and not self._corked:
-                self._corked = True
-                self._flusher.watch_cork(self)
+                self._cork()
             sent = send_small(self.sock, header, more)
             self.bytes_out += len(header)
             if sent and not more:
@@ -188,11 +186,16 @@ class Transport(Draining, Fragmenting):
                 self._wait_and_send([memoryview(header)[sent:] if sent else header])
             return True
         finally:
-            self._write_lock.release()
-            if self._outbox:  # see _release
-                self._enrol_if_waiting()
-            elif self._fin_pending:
-                self._fin_if_flushed()
+            self._release()
+
+    def _may_write_data(self) -> bool:
+        """A data frame's turn, under the write lock: after a fragmented
+        message and what was posted before it; False when it may not go out."""
+        if self._fragmenting and not self._take_turn():
+            return False
+        if self._outbox.entries:  # read without _state_lock: see _release
+            self._flush_outbox()
+        return self._may_write(FrameKind.DATA)
 
     @contextmanager
     def writing(self) -> Iterator[Callable[..., None]]:
@@ -205,29 +208,6 @@ class Transport(Draining, Fragmenting):
             yield self._send_all
         finally:
             self._release()
-
-    def push(self) -> bool:
-        """Send the frames the kernel holds for this transport now (any
-        thread; never waits). False if another thread writes at the moment:
-        its frame, or the flusher's next tick, pushes them then."""
-        if not self._corked:
-            return True
-        if not self._write_lock.acquire(blocking=False):
-            return False
-        try:
-            if self._corked:
-                self._corked = False
-                if not self._closed:
-                    self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # pushes what is queued
-        except OSError:
-            pass  # the reader sees the socket fail
-        finally:
-            self._write_lock.release()
-        return True
-
-    @property
-    def corked(self) -> bool:
-        return self._corked
 
     def _send_all(self, header: Payload, payload: Payload = b"") -> None:
         """Write ``header`` and ``payload`` whole, waiting for writability at
@@ -327,7 +307,7 @@ class Transport(Draining, Fragmenting):
         (and wrote the frame itself), or it enrols the flusher itself, which
         then finds the write lock free."""
         self._write_lock.release()
-        if self._outbox:
+        if self._outbox.entries:
             self._enrol_if_waiting()
         elif self._fin_pending:
             self._fin_if_flushed()

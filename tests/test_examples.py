@@ -184,7 +184,9 @@ def test_auth_basic(serve):
 
 
 def test_auth_first_message(serve):
-    base = serve(load("auth_first_message").build(0, "127.0.0.1", login_timeout=0.5))
+    # login_timeout runs from the connection's listener to the first message:
+    # 0.5 s left a loaded machine (handshakes seen taking seconds) no margin
+    base = serve(load("auth_first_message").build(0, "127.0.0.1", login_timeout=2.0))
     with connect(base + "/room", open_timeout=TIMEOUT) as ws:
         ws.send(json.dumps({"token": "s3cr3t-alice"}))
         assert recv(ws) == "hello alice"

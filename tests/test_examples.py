@@ -23,7 +23,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus

@@ -41,9 +41,13 @@ def create_server(**options):
     return server
 
 
-if __name__ == "__main__":  # python tests/cluster_app.py PORT BROKER [reuse]
-    port, broker = int(sys.argv[1]), sys.argv[2]
-    server = create_server(port=port, host="127.0.0.1", broker=broker, reuse_port=len(sys.argv) > 3)
+if __name__ == "__main__":  # python tests/cluster_app.py PORT BROKER [reuse] [patient]
+    port, broker, flags = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    if "patient" in flags:  # a stall of a loaded machine is no outage: no broadcast is dropped for it
+        from ws_multipath.cluster import RedisBroker
+
+        broker = RedisBroker(broker, socket_timeout=10, health_timeout=10, pool_timeout=20)
+    server = create_server(port=port, host="127.0.0.1", broker=broker, reuse_port="reuse" in flags)
     server.wait_cluster_ready(10)
     print(f"ready {os.getpid()} {server.port}", flush=True)
     server.serve_forever()

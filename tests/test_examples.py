@@ -23,7 +23,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -184,7 +183,9 @@ def test_auth_basic(serve):
 
 
 def test_auth_first_message(serve):
-    base = serve(load("auth_first_message").build(0, "127.0.0.1", login_timeout=0.5))
+    # login_timeout runs from the connection's listener to the first message:
+    # 0.5 s left a loaded machine (handshakes seen taking seconds) no margin
+    base = serve(load("auth_first_message").build(0, "127.0.0.1", login_timeout=2.0))
     with connect(base + "/room", open_timeout=TIMEOUT) as ws:
         ws.send(json.dumps({"token": "s3cr3t-alice"}))
         assert recv(ws) == "hello alice"
@@ -280,26 +281,21 @@ def test_cluster_chat_under_serve_and_the_systemd_unit_runs_it():
     else:
         del argv[argv.index("--broker") : argv.index("--broker") + 2]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    process = subprocess.Popen(argv, cwd=EXAMPLES, env=env, stderr=subprocess.PIPE)
+    process = subprocess.Popen(argv, cwd=EXAMPLES, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        def up():
-            assert process.poll() is None, process.stderr.read()
-            try:
-                with connect(f"ws://127.0.0.1:{port}/chat", open_timeout=TIMEOUT):
-                    return True
-            except (OSError, InvalidStatus):
-                return False
-
-        assert wait_until(up, timeout=20)
+        # Each worker says "listening" once its broker confirmed its
+        # subscriptions (wait_cluster_ready): only then does a message
+        # published by the other worker reach its clients.
+        lines = _lines_until(process.stdout, lambda seen: sum("listening on" in line for line in seen) == 2, timeout=30)
+        assert sum("listening on" in line for line in lines) == 2, (lines, process.poll() is None or process.stderr.read())
         # with Redis: a message reaches clients on either worker; without: those of one worker
         with contextlib.ExitStack() as stack:
             clients = [stack.enter_context(connect(f"ws://127.0.0.1:{port}/chat", open_timeout=TIMEOUT)) for _ in range(6)]
-            time.sleep(0.5 if redis else 0)  # the workers' subscriptions
             clients[0].send("hello")
             got = 0
             for ws in clients[1:]:
                 try:
-                    got += ws.recv(2 if redis else 0.5) == "hello"
+                    got += ws.recv(TIMEOUT if redis else 0.5) == "hello"
                 except TimeoutError:
                     pass
             assert got == 5 if redis else got >= 0
@@ -310,6 +306,24 @@ def test_cluster_chat_under_serve_and_the_systemd_unit_runs_it():
             redis.terminate()
             redis.wait(TIMEOUT)
     assert process.returncode == 0
+
+
+def _lines_until(stream, enough, timeout: float) -> list:
+    """The lines read from ``stream`` until ``enough(lines)``, its end, or
+    ``timeout`` seconds (read on a thread: readline() has no timeout)."""
+    lines: list = []
+    done = threading.Event()
+
+    def read() -> None:
+        for line in stream:
+            lines.append(line)
+            if enough(list(lines)):
+                break
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    done.wait(timeout)
+    return list(lines)
 
 
 def test_testing_example_passes_under_pytest():

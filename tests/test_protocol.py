@@ -100,6 +100,9 @@ def test_invalid_close_codes(code):
         check_close_code(code, "")
 
 
+# 300 random streams through three parsers: 18-28 s on a loaded 2-core machine,
+# and over the default 60 s once on Python 3.13 (test-pythons runs it on each)
+@pytest.mark.timeout(300)
 def test_the_whole_message_fast_path_gives_what_wsproto_gives(monkeypatch):
     """Random streams of frames, cut at random places, give the same events
     with the fast path (its C loop and its Python loop) and without it

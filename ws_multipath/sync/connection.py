@@ -123,12 +123,7 @@ class WebSocket(Sending, EventEmitter):
         self._inbox.on_room = self._socket_reader.room
         transport.attach(self._closing.may_write, self._fail, self._socket_reader.aborted)
         self._heartbeat = Heartbeat(
-            timers,
-            options.ping_interval,
-            options.ping_timeout,
-            self._post_heartbeat_ping,
-            self._on_pong_timeout,
-            self._socket_reader.reading,
+            timers, options.ping_interval, options.ping_timeout, self._post_heartbeat_ping, self._on_pong_timeout, self._socket_reader.reading,
         )
         self._incoming.attach(self._socket_reader, self._heartbeat)
 

@@ -481,3 +481,44 @@ def test_paused_a_client_sending_past_an_invalid_frame_is_not_read_without_bound
         finally:
             sock.close()
         errors.assert_clean()
+
+
+def test_blocking_style_a_client_sending_past_an_invalid_frame_is_not_read_without_bound():
+    """The same while a blocking-style 'connection' listener works between
+    two receive() calls with a full inbox: the violation waits behind the
+    messages, the junk after it is not read, and the next receive() calls
+    return the messages, then raise (1002)."""
+    with collect_errors() as errors, make_server() as server:
+        handler = server.create_handler("/vb", ping_interval=None, max_queue=2, close_timeout=2)
+        release, got, opened, ended = threading.Event(), [], [], []
+
+        @handler.on("connection")
+        def on_connection(ws, request):
+            opened.append(ws)
+            got.append(ws.receive(timeout=TIMEOUT))
+            release.wait(TIMEOUT)
+            try:
+                while True:
+                    got.append(ws.receive(timeout=TIMEOUT))
+            except Exception as exc:  # noqa: BLE001 - the violation ends it
+                ended.append(type(exc).__name__)
+
+        sock, rest = raw_upgrade(server.port, "/vb")
+        buffer = bytearray(rest)
+        try:
+            sock.sendall(encode_frame(0x1, b"first"))
+            assert wait_until(lambda: got == ["first"])
+            sock.sendall(b"".join(encode_frame(0x1, b"m%d" % index) for index in range(5)) + encode_frame(0x1, b"bad", rsv=4))
+            assert wait_until(lambda: opened[0]._socket_reader._held)
+            read = _flood_after_violation(sock, opened[0])
+            assert read < READ_AHEAD_LIMIT + 8 * 1024 * 1024, f"{read} bytes read after the violation"
+            release.set()
+            frame = _next_frame_of(sock, buffer, 0x8, TIMEOUT)
+            assert frame is not None and frame.payload[:2] == b"\x03\xea", frame  # 1002
+            assert wait_until(lambda: ended)  # at close_timeout: this client does not answer the close
+            assert ended == ["ConnectionClosedError"]
+            assert got == ["first"] + [f"m{index}" for index in range(5)]
+        finally:
+            release.set()
+            sock.close()
+        errors.assert_clean()

@@ -410,3 +410,115 @@ def test_closing_a_paused_connection_reads_the_close_answer_at_once():
             assert opened[0].is_paused
             client.close()
         errors.assert_clean()
+
+
+# -- a protocol violation read while held or paused ----------------------------------------
+
+
+def _flood_after_violation(sock: socket.socket, ws) -> int:
+    """Junk after an invalid frame, until the server stops reading (or 48
+    MiB went): the bytes the server read meanwhile."""
+    flood = _Flood(sock, b"\x00" * 65536)
+    deadline = time.monotonic() + TIMEOUT
+    held_back = False
+    while not held_back and time.monotonic() < deadline and flood.sent < 48 * 1024 * 1024:
+        more = flood.until_blocked(48 * 1024 * 1024 - flood.sent)
+        held_back = more == 0 and not _readable_soon(ws)
+    return int(ws._incoming.bytes_in)
+
+
+def test_held_a_client_sending_past_an_invalid_frame_is_not_read_without_bound():
+    """The listener blocks with max_queue messages waiting; the client sends
+    a frame with a reserved bit set, then junk without end. The violation
+    waits behind the messages (in order), and what comes after it is of no
+    use: the server stops reading (it read on, and wsproto, whose parser had
+    ended, kept every byte: 46 MB in 2 s). Once the listener returns the
+    messages are delivered and the connection fails with 1002."""
+    with collect_errors() as errors, make_server() as server:
+        handler = server.create_handler("/v", ping_interval=None, max_queue=2)
+        release, entered, opened = threading.Event(), threading.Event(), []
+        _blocking_listener(handler, release, entered, opened)
+        sock, rest = raw_upgrade(server.port, "/v")
+        buffer = bytearray(rest)
+        try:
+            sock.sendall(encode_frame(0x1, b"block"))
+            assert entered.wait(TIMEOUT)
+            sock.sendall(b"".join(encode_frame(0x1, b"m%d" % index) for index in range(5)) + encode_frame(0x1, b"bad", rsv=4))
+            assert wait_until(lambda: opened[0]._socket_reader._held)
+            read = _flood_after_violation(sock, opened[0])
+            assert read < READ_AHEAD_LIMIT + 8 * 1024 * 1024, f"{read} bytes read after the violation"
+            release.set()
+            frame = _next_frame_of(sock, buffer, 0x8, TIMEOUT)
+            assert frame is not None and frame.payload[:2] == b"\x03\xea", frame  # 1002
+        finally:
+            release.set()
+            sock.close()
+        errors.assert_clean()
+
+
+def test_paused_a_client_sending_past_an_invalid_frame_is_not_read_without_bound():
+    """The same while paused: stopped reading, and the violation is acted
+    on at resume() (1002)."""
+    with collect_errors() as errors, make_server() as server:
+        handler = server.create_handler("/vp", ping_interval=None)
+        opened: list = []
+
+        @handler.on("connection")
+        def on_connection(ws, request):
+            ws.pause()
+            opened.append(ws)
+
+        sock, rest = raw_upgrade(server.port, "/vp")
+        buffer = bytearray(rest)
+        try:
+            assert wait_until(lambda: opened)
+            sock.sendall(encode_frame(0x1, b"bad", rsv=4))
+            read = _flood_after_violation(sock, opened[0])
+            assert read < READ_AHEAD_LIMIT + 8 * 1024 * 1024, f"{read} bytes read after the violation"
+            opened[0].resume()
+            frame = _next_frame_of(sock, buffer, 0x8, TIMEOUT)
+            assert frame is not None and frame.payload[:2] == b"\x03\xea", frame  # 1002
+        finally:
+            sock.close()
+        errors.assert_clean()
+
+
+def test_blocking_style_a_client_sending_past_an_invalid_frame_is_not_read_without_bound():
+    """The same while a blocking-style 'connection' listener works between
+    two receive() calls with a full inbox: the violation waits behind the
+    messages, the junk after it is not read, and the next receive() calls
+    return the messages, then raise (1002)."""
+    with collect_errors() as errors, make_server() as server:
+        handler = server.create_handler("/vb", ping_interval=None, max_queue=2, close_timeout=2)
+        release, got, opened, ended = threading.Event(), [], [], []
+
+        @handler.on("connection")
+        def on_connection(ws, request):
+            opened.append(ws)
+            got.append(ws.receive(timeout=TIMEOUT))
+            release.wait(TIMEOUT)
+            try:
+                while True:
+                    got.append(ws.receive(timeout=TIMEOUT))
+            except Exception as exc:  # noqa: BLE001 - the violation ends it
+                ended.append(type(exc).__name__)
+
+        sock, rest = raw_upgrade(server.port, "/vb")
+        buffer = bytearray(rest)
+        try:
+            sock.sendall(encode_frame(0x1, b"first"))
+            assert wait_until(lambda: got == ["first"])
+            sock.sendall(b"".join(encode_frame(0x1, b"m%d" % index) for index in range(5)) + encode_frame(0x1, b"bad", rsv=4))
+            assert wait_until(lambda: opened[0]._socket_reader._held)
+            read = _flood_after_violation(sock, opened[0])
+            assert read < READ_AHEAD_LIMIT + 8 * 1024 * 1024, f"{read} bytes read after the violation"
+            release.set()
+            frame = _next_frame_of(sock, buffer, 0x8, TIMEOUT)
+            assert frame is not None and frame.payload[:2] == b"\x03\xea", frame  # 1002
+            assert wait_until(lambda: ended)  # at close_timeout: this client does not answer the close
+            assert ended == ["ConnectionClosedError"]
+            assert got == ["first"] + [f"m{index}" for index in range(5)]
+        finally:
+            release.set()
+            sock.close()
+        errors.assert_clean()

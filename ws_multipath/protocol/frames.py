@@ -131,6 +131,7 @@ class FrameReader:
                 if event is not None:
                     events.append(event)
         except ParseFailed as exc:
+            self._closed = True  # wsproto's parser has ended: it would keep every later byte
             if exc.code == CloseReason.MESSAGE_TOO_BIG:
                 events.append(Failure(PayloadTooBig(self._max_payload)))
             else:

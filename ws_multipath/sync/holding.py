@@ -18,6 +18,10 @@ are still seen:
   ``resume()``) except that pongs are shown to the heartbeat, so that a
   paused client that went away is still dropped, and a quiet one is kept.
 
+A protocol violation read ahead (a ``Failure``, acted on in its turn)
+stops reading at once: nothing the client sends after it is of use, and the
+frame parser keeps nothing after it either (``FrameReader``).
+
 Past the bound the socket is not read (TCP holds the client back) and the
 heartbeat does not count a missing pong against the client
 (``SocketReader.reading``): it is the server that does not read. Memory per
@@ -38,7 +42,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..protocol.closing import FrameKind
-from ..protocol.events import Message, Ping, Pong
+from ..protocol.events import Failure, Message, Ping, Pong
 
 if TYPE_CHECKING:
     from ..options import HandlerOptions
@@ -112,6 +116,8 @@ class Holding:
                 size += len(event.data)
             elif kind is Ping or kind is Pong or kind is _Emit:
                 size += len(event.payload)
+            elif kind is Failure:
+                return False  # a protocol violation: nothing after it is of use, none is read
             size += EVENT_COST
             if size >= READ_AHEAD_LIMIT:
                 return False

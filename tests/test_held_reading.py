@@ -339,7 +339,7 @@ def test_messages_read_ahead_before_the_client_closed_are_delivered_before_the_e
             assert wait_until(lambda: opened[0]._socket_reader._eof_queued)  # read ahead to the end
             assert events == []
             release.set()
-            assert wait_until(lambda: len(events) == 11)
+            assert wait_until(lambda: len(events) == 11), (events, opened[0]._socket_reader._eof_queued, opened[0].ready_state, opened[0]._socket_reader.dispatcher)
             assert events == [f"m{index}" for index in range(10)] + [("close", 1000)]
         finally:
             release.set()

@@ -252,8 +252,9 @@ class LoopReading:
 
     def _at_eof(self) -> None:
         """The end of the stream: the connection ends, after the events
-        read ahead while held or paused (``holding.py``), if any wait."""
-        if (self._held or (self._paused and not self._sealed)) and not self._aborted and self._holder.queue_end():
+        read ahead while held or paused (``holding.py``), if any wait: also
+        just after room was made, before the task that acts on them ran."""
+        if not self._aborted and self._holder.queue_end():
             self._eof_queued = True
             self._sync()  # an EOF stays readable: stop watching
             return

@@ -100,11 +100,7 @@ class HotWrites:
             self._wait_and_send([rest])
             return True
         finally:
-            self._write_lock.release()
-            if self._outbox.entries:  # see Transport._release
-                self._enrol_if_waiting()
-            elif self._fin_pending:
-                self._fin_if_flushed()
+            self._release()
 
     def post_shared(self, frame: bytes) -> None:
         """``post(frame, FrameKind.DATA)`` of a broadcast's frame of at most
@@ -130,11 +126,7 @@ class HotWrites:
                 except OSError:
                     self.abort()
                 finally:
-                    self._write_lock.release()
-                    if self._outbox.entries:  # see Transport._release
-                        self._enrol_if_waiting()
-                    elif self._fin_pending:
-                        self._fin_if_flushed()
+                    self._release()
                 return
         self.post(frame, _DATA)
 

@@ -10,6 +10,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 from wsgiref.validate import validator
 
@@ -17,7 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from .conftest import TIMEOUT, echo, read_until_eof, upgrade_head, url, wait_until
+from .conftest import TIMEOUT, echo, read_until_eof, upgrade_head, url
 
 flask = pytest.importorskip("flask")
 flask_sock = pytest.importorskip("flask_sock")
@@ -134,24 +135,29 @@ def free_port():
 
 @pytest.fixture
 def flask_chat():
-    """examples/flask_chat.py run as a script, as its docstring says."""
+    """examples/flask_chat.py run as a script, as its docstring says. Ready
+    when it prints where it listens: its handlers are made after the socket
+    listens, and a connection to /ws/chat in between gets 400."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(EXAMPLES.parent))
-    process = subprocess.Popen([sys.executable, str(EXAMPLES / "flask_chat.py"), "--port", str(port)], env=env, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, str(EXAMPLES / "flask_chat.py"), "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        def listening():
-            assert process.poll() is None, process.stderr.read()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
-            except ConnectionRefusedError:
-                return False
-            return True
+        said = threading.Event()
+        lines: list = []
 
-        assert wait_until(listening), "the example did not start listening"
+        def read_first_line() -> None:
+            lines.append(process.stdout.readline())
+            said.set()
+
+        threading.Thread(target=read_first_line, daemon=True).start()
+        assert said.wait(TIMEOUT * 3) and lines[0].startswith("listening on"), (lines, process.poll() is None or process.stderr.read())
         yield port
     finally:
         process.terminate()
         process.wait(TIMEOUT)
+        process.stdout.close()
+        process.stderr.close()
 
 
 def test_flask_chat_example(flask_chat):

@@ -86,3 +86,71 @@ def test_a_server_made_inside_a_failed_hold_closes_without_accepting():
     closer.join(5)  # returns: no accept loop to wait for
     assert not closer.is_alive()
     assert not made[0].listening
+
+
+def _upgrade_request(path: str) -> bytes:
+    import base64
+    import os
+
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
+def test_a_client_between_listen_and_create_handler_gets_the_handler():
+    """A script's ``create_handler`` calls come after the constructor has
+    started listening: a client reconnecting as the server restarts can
+    arrive in between. Its upgrade waits for the handler (within the first
+    second) instead of getting 400 "no handler"."""
+    import socket
+
+    from ws_multipath import MultipathServer
+
+    from .conftest import wait_until
+
+    server = MultipathServer(port=0, host="127.0.0.1")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+            client.sendall(_upgrade_request("/chat"))
+            assert wait_until(lambda: server._routes.waiting == 1, timeout=5), "the upgrade did not wait for a handler"
+            server.create_handler("/other")  # not its path: it waits on
+            server.create_handler("/chat")
+            assert client.recv(1024).startswith(b"HTTP/1.1 101")
+    finally:
+        server.close()
+
+
+def test_a_path_without_a_handler_still_gets_400_once_the_server_is_up():
+    import socket
+
+    from ws_multipath import MultipathServer
+
+    server = MultipathServer(port=0, host="127.0.0.1")
+    try:
+        server._routes.expect_handlers(0)  # as HANDLERS_GRACE after listening
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+            client.sendall(_upgrade_request("/nobody"))
+            assert client.recv(1024).startswith(b"HTTP/1.1 400")
+        assert time.monotonic() - started < 0.9  # not after the grace (1 s)
+    finally:
+        server.close()
+
+
+def test_closing_the_server_answers_an_upgrade_waiting_for_a_handler():
+    import socket
+
+    from ws_multipath import MultipathServer
+
+    from .conftest import wait_until
+
+    server = MultipathServer(port=0, host="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    try:
+        client.sendall(_upgrade_request("/chat"))
+        assert wait_until(lambda: server._routes.waiting == 1, timeout=5)
+        server.close()
+        assert server._routes.waiting == 0
+        assert not client.recv(1024).startswith(b"HTTP/1.1 101")
+    finally:
+        client.close()

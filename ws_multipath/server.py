@@ -56,6 +56,10 @@ if TYPE_CHECKING:
 
 __all__ = ["MultipathServer"]
 
+#: Seconds after listening in which a request for a path without a handler
+#: waits for one (``RoutingTable.lookup_or_wait``).
+HANDLERS_GRACE = 1.0
+
 
 class MultipathServer(ServerClosing, EventEmitter):
     """A WebSocket server that serves many paths on one port.
@@ -81,7 +85,10 @@ class MultipathServer(ServerClosing, EventEmitter):
       trusts them, so ``request.remote_address`` is the proxy's client).
     - ``auto_listen``: listen in the constructor. With False the server has
       a ``listen()`` method to call; with True it has none (as ws-multipath).
-    - ``reject_unhandled``: answer 400 to paths without a handler.
+    - ``reject_unhandled``: answer 400 to paths without a handler. For the
+      first ``HANDLERS_GRACE`` (1 s) after the server starts listening, an
+      upgrade to a path no handler serves waits for the ``create_handler``
+      calls that follow the constructor, instead of getting 400 at once.
     - ``open_timeout``: seconds from accept to the end of the upgrade request,
       TLS handshake included; slower clients are dropped.
     - ``max_connections``: open WebSocket connections on all paths together;
@@ -307,6 +314,7 @@ class MultipathServer(ServerClosing, EventEmitter):
         self._flusher.open()  # its descriptors now, before connections can fill the table
         if self._wsgi is not None:
             self._wsgi.open()  # the same for the keep-alive parking lot
+        self._routes.expect_handlers(HANDLERS_GRACE)
         self._acceptor.start()
         report_capacity(self._max_connections, self.capacity)  # one line: the connection ceiling, a WARNING if below max_connections
         with self._lock:

@@ -113,6 +113,7 @@ class ServerClosing:
         if closed and callback is not None:
             callback()
         if starting:
+            self._routes.expect_handlers(0)  # an upgrade waiting for a handler gets its 400 now
             if self._presence is not None:
                 self._presence.close()  # the others drop this process's entries now
             if self._cluster is not None:

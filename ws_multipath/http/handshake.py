@@ -276,7 +276,7 @@ class HTTPSide:
             if served:  # the WSGI side's pool closes it: the accept loop must not
                 self._detach(sock)
             return served
-        route = self._routes.lookup(request.path)
+        route = self._routes.lookup_or_wait(request.path)  # a handler still to come as the server starts
         if route is None:
             if self._wsgi is not None and self._wsgi.options.websockets:
                 deadline.finish()

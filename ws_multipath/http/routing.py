@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Optional, TypeVar
@@ -198,8 +199,15 @@ class RoutingTable(Generic[H]):
     names, e.g. ``/rooms/<room>`` and ``/rooms/<name>``: they match exactly
     the same paths), naming the handler in the way.
 
+    ``lookup_or_wait`` is ``lookup`` that, while the server is starting
+    (``expect_handlers``), waits for a handler to be added for a path none
+    serves yet: a server listens before its ``create_handler`` calls (a
+    script's next lines, a worker's factory), and a client that comes in
+    between (one reconnecting as the server restarts) would get 400.
+
     Every access holds ``_lock``; lookups return the handler, whose own lock
     then guards its state. Compiling a pattern happens before taking it.
+    ``_added`` (a condition on ``_lock``) is notified by every ``add``.
     """
 
     def __init__(self) -> None:
@@ -209,6 +217,11 @@ class RoutingTable(Generic[H]):
         self._by_pattern: dict[str, tuple[RoutePattern, H]] = {}
         self._by_shape: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._added = threading.Condition(self._lock)
+        self._additions = 0
+        self._expect_until = 0.0  # time.monotonic(): lookup_or_wait waits until then
+        #: lookups waiting in ``lookup_or_wait`` now
+        self.waiting = 0
 
     def add(self, path: str, handler: H) -> None:
         """Register ``handler`` for ``path``, an exact path or a pattern.
@@ -220,6 +233,8 @@ class RoutingTable(Generic[H]):
         with self._lock:
             if path in self._handlers or path in self._by_pattern:
                 raise ValueError(f"a handler for path {path!r} already exists")
+            self._additions += 1
+            self._added.notify_all()  # takes effect as _lock is let go
             if route is None:
                 self._handlers[path] = handler
                 return
@@ -266,6 +281,33 @@ class RoutingTable(Generic[H]):
                 if params is not None:
                     return handler, params
         return None
+
+    def expect_handlers(self, seconds: float) -> None:
+        """For ``seconds`` from now, ``lookup_or_wait`` waits for handlers
+        still to come; ``0`` ends that at once (the server closes)."""
+        with self._lock:
+            self._expect_until = time.monotonic() + seconds if seconds > 0 else 0.0
+            self._added.notify_all()
+
+    def lookup_or_wait(self, path: str) -> Optional[tuple[H, dict[str, Any]]]:
+        """``lookup``; while handlers are expected and none matches, after
+        each ``add`` again, until one matches or the expecting ends."""
+        while True:
+            route = self.lookup(path)
+            if route is not None:
+                return route
+            with self._lock:
+                remaining = self._expect_until - time.monotonic()
+                if remaining <= 0:
+                    return None
+                seen = self._additions
+                self.waiting += 1
+                try:
+                    self._added.wait_for(lambda: self._additions != seen or self._expect_until == 0.0, remaining)
+                finally:
+                    self.waiting -= 1
+                if self._additions == seen:
+                    return None
 
     def handlers(self) -> list[H]:
         """A snapshot of the registered handlers."""

@@ -279,3 +279,43 @@ def test_frames_that_came_with_the_handshake_keep_their_order_across_a_hand_off(
             got = [(frame.opcode, frame.payload) for frame in parse_server_frames(rest)[0]]
             assert got == [(1, b"two"), (8, b"\x03\xe8")], (got, failed)
         errors.assert_clean()
+
+
+def test_pause_in_the_connection_listener_holds_back_what_came_with_the_handshake():
+    """Frames sent with the upgrade request are parsed before the first
+    read: ``pause()`` in the ``'connection'`` listener must hold them back
+    too, as it holds back what is read later."""
+    from .faultkit import raw_connect, upgrade_request, read_http_response
+
+    with collect_errors() as errors, make_server() as server:
+        handler = server.create_handler("/p", ping_interval=None)
+        got: list = []
+        arrived = threading.Event()
+        connections: list = []
+
+        @handler.on("connection")
+        def on_connection(ws, request):
+            connections.append(ws)
+            ws.pause()
+
+            @ws.on("message")
+            def on_message(data, is_binary):
+                got.append(data)
+                arrived.set()
+
+        sock = raw_connect(server.port)
+        try:
+            sock.sendall(upgrade_request("/p", server.port) + encode_frame(1, b"early") + encode_frame(9, b"ping"))
+            status, head, rest = read_http_response(sock)
+            assert status == 101, head
+            assert not arrived.wait(0.3), got  # paused: nothing is delivered
+            assert got == []
+            buffer = bytearray(rest)
+            connections[0].resume()
+            assert arrived.wait(TIMEOUT)
+            frame = read_server_frame(sock, buffer)
+            assert (frame.opcode, frame.payload) == (10, b"ping")
+            assert got == ["early"]
+        finally:
+            sock.close()
+        errors.assert_clean()

@@ -336,7 +336,7 @@ class WebSocket(Sending, EventEmitter):
         """Before the first read: start the heartbeat, parse what came with the handshake."""
         self._heartbeat.start()
         if self.request.buffered:
-            self._incoming.feed(self.request.buffered)
+            self._socket_reader.feed_first(self.request.buffered)
 
     # -- the end: close frames, violations, the socket gone (reading thread, timers)
 

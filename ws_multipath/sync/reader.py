@@ -158,6 +158,12 @@ class SocketReader(LoopReading):
             return threading.get_ident() == self._home
         return self._runner is current
 
+    def feed_first(self, data: bytes) -> None:
+        """What came with the handshake, before the first read: as what is
+        read later (held back while ``pause()`` holds the loop's reading;
+        ``receive()`` takes it regardless)."""
+        (self._feed if self._mode is Mode.LOOP else self._plain_feed)(data)
+
     # -- joining the loop -----------------------------------------------------
 
     def serve(self) -> bool:

@@ -30,6 +30,7 @@ from websockets.sync.client import connect
 
 from .conftest import TIMEOUT, upgrade_head, wait_until
 from .faultkit import make_certificate
+from .tls_client import tls_connect
 from .test_docs_code import catches_sigterm
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -207,7 +208,7 @@ def test_tls_server(serve, tmp_path):
     base = serve(load("tls_server").build(0, *files, host="127.0.0.1")).replace("ws://", "wss://")
     client = ssl.create_default_context(cafile=files[0])
     client.check_hostname = False
-    with connect(base + "/echo", ssl=client, open_timeout=TIMEOUT) as ws:
+    with tls_connect(base + "/echo", client, open_timeout=TIMEOUT) as ws:
         ws.send("over TLS")
         assert recv(ws) == "over TLS"
 

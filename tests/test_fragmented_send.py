@@ -21,6 +21,7 @@ from ws_multipath import ConnectionClosed
 
 from .conftest import TIMEOUT, serve_one, url, wait_until
 from .faultkit import encode_frame, raw_connect, read_http_response, read_server_frame, tls_contexts, upgrade_request
+from .tls_client import tls_connect
 
 MiB = 1024 * 1024
 _TAIL = b"\x00\x00\xff\xff"  # RFC 7692 section 7.2.2
@@ -117,7 +118,7 @@ def test_over_tls(make_server, certificate):
     server_context, client_context = tls_contexts(*certificate)
     server = make_server(ssl_context=server_context)
     connections = serve_one(server, per_message_deflate=True)
-    with connect(f"wss://127.0.0.1:{server.port}/ws", ssl=client_context, open_timeout=TIMEOUT, max_size=None) as client:
+    with tls_connect(f"wss://127.0.0.1:{server.port}/ws", client_context, open_timeout=TIMEOUT, max_size=None) as client:
         ws = connections.get(timeout=TIMEOUT)
         ws.send(_content(index, 200_000) for index in range(20))  # frames larger than a TLS record
         assert client.recv(timeout=TIMEOUT) == b"".join(_content(index, 200_000) for index in range(20))

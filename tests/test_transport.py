@@ -27,6 +27,7 @@ from .faultkit import (
     upgrade_request,
     wait_until,
 )
+from .tls_client import tls_connect
 
 MiB = 1 << 20
 
@@ -129,7 +130,7 @@ def test_stalled_clients_do_not_delay_a_healthy_one(use_tls, certificate):
         stalled = [stalled_client(server.port, "/b", tls=client_tls) for _ in range(16)]
         scheme = "wss" if use_tls else "ws"
         try:
-            with connect(f"{scheme}://{HOST}:{server.port}/b", ssl=client_tls, max_size=None) as healthy:
+            with (tls_connect(f"wss://{HOST}:{server.port}/b", client_tls, max_size=None) if use_tls else connect(f"ws://{HOST}:{server.port}/b", max_size=None)) as healthy:
                 assert len(handler.clients) == 17
                 for index in range(12):  # more than the kernel holds, less than the outbox cap
                     assert handler.broadcast(bytes([index]) * MiB) == 17

@@ -86,6 +86,16 @@ class FrameReader:
         self._waiting_tail: Optional[bytearray] = None  # the last of self._waiting, when small reads grow it
         self._text: Optional[_PartialText] = None  # a text frame whose payload is arriving
 
+    def plain_messages(self, data: Union[bytes, bytearray]) -> Optional[list[Union[str, bytes]]]:
+        """The hot path's own: when ``data`` is whole, plain (unfragmented,
+        uncompressed) data frames and nothing is in progress here, their
+        messages as ``str`` and ``bytes``, with no event objects; else None,
+        with nothing consumed (``receive_data`` takes ``data`` then)."""
+        if _parse_messages is None or not data or data[0] == 0x88 or self._waiting or not self._between_frames or self._text is not None or self._closed or not self._fast:
+            return None
+        messages, end = _parse_messages(data, self._max_payload, self._utf8_errors != "strict")
+        return messages if end == len(data) and messages else None
+
     def receive_data(self, data: Union[bytes, bytearray]) -> list[Event]:
         """Parse ``data``; return the complete events it finished."""
         if data[:1] == b"\x88" and self._between_frames and self._fast and self._message is None and self._text is None and not self._waiting and not self._closed:

@@ -126,13 +126,34 @@ class Incoming(Holding):
         self.bytes_in += len(data)
         if not self._closing.reads_frames:
             return
-        events = self._frames.receive_data(data)
-        if not events:
+        messages = self._frames.plain_messages(data)
+        if messages is None:
+            events = self._frames.receive_data(data)
+            if not events:
+                return
+        elif len(messages) == 1 and self._pos >= len(self._pending) and self._deliver_now(messages[0]):
             return
+        else:
+            events = [Message(message) for message in messages]
         if self._pos < len(self._pending):
             events = self._pending[self._pos:] + events
         self._pending, self._pos = events, 0
         self._act()
+
+    def _deliver_now(self, data: Union[str, bytes]) -> bool:
+        """The hot path (one message read alone, nothing waiting): what
+        ``_act`` does with it, with no event object; False when it cannot
+        be delivered to the listeners at once (``_act`` decides then)."""
+        reader = self._socket_reader
+        if self._closing.state is not _OPEN or not self._listeners.get("message") or reader.dispatcher is not None:
+            return False
+        self.messages_in += 1
+        reader.enter_listener()
+        try:
+            self._emit("message", data, type(data) is not str)
+        finally:
+            reader.leave_listener()
+        return True
 
     def _act(self) -> None:
         """Act on the pending events in order, until they are done, a

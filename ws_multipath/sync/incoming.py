@@ -124,7 +124,7 @@ class Incoming(Holding):
     def feed(self, data: bytes) -> None:
         """Parse ``data`` and act on its events."""
         self.bytes_in += len(data)
-        if not self._closing.reads_frames:
+        if self._closing.state is not _OPEN and not self._closing.reads_frames:  # open: it reads (not lingering)
             return
         messages = self._frames.plain_messages(data)
         if messages is None:

@@ -142,11 +142,18 @@ class Incoming(Holding):
 
     def _deliver_now(self, data: Union[str, bytes]) -> bool:
         """The hot path (one message read alone, nothing waiting): what
-        ``_act`` does with it, with no event object; False when it cannot
-        be delivered to the listeners at once (``_act`` decides then)."""
+        ``_act`` does with it, with no event object: to the listeners, or
+        without any to the inbox (the blocking style); False when it cannot
+        go at once (``_act`` decides then)."""
         reader = self._socket_reader
-        if self._closing.state is not _OPEN or not self._listeners.get("message") or reader.dispatcher is not None:
+        if self._closing.state is not _OPEN or reader.dispatcher is not None:
             return False
+        if not self._listeners.get("message"):
+            if len(self._inbox) >= self._options.max_queue:
+                return False
+            self.messages_in += 1
+            self._inbox.put(data, wait=False)
+            return True
         self.messages_in += 1
         reader.enter_listener()
         try:

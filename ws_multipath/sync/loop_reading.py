@@ -132,7 +132,7 @@ class LoopReading:
                 if data is None:
                     return
                 received = len(data)
-                if received == size or size > RECV_MIN:
+                if received == size or (size > RECV_MIN and received < size >> 3):  # _adapt would change it
                     self._adapt(received, size)
                 if received:
                     self._feed(data)

@@ -558,3 +558,72 @@ def test_a_flood_of_unknown_paths_in_the_grace_is_answered_within_it(make_server
     finally:
         for sock in socks:
             sock.close()
+
+
+def _scenario(server, skip_hot_path, monkeypatch):
+    """One connection through every state a lone frame can meet: delivered,
+    a ping beside, a listener blocked past the hand-off (frames queued for
+    its dispatcher), a listener that raises, one that closes, frames after
+    the server's close, the client's close. Returns what the application
+    saw, what the client got and the handler's counters."""
+    from ws_multipath.protocol.frames import FrameReader
+
+    if skip_hot_path:
+        monkeypatch.setattr(FrameReader, "plain_messages", lambda self, data: None)
+    else:
+        monkeypatch.undo()
+    handler, connections = _handler_with(server, f"/s{int(skip_hot_path)}")
+    seen = []
+    release = threading.Event()
+    entered = threading.Event()
+
+    def on_connection(ws, request):
+        def on_message(data, is_binary):
+            seen.append(("message", data, is_binary))
+            if data == "block":
+                entered.set()
+                release.wait(TIMEOUT)
+            elif data == "raise":
+                raise RuntimeError("listener failed")
+            elif data == "bye":
+                ws.close(4002, "bye")
+            else:
+                ws.send(data)
+
+        ws.on("message", on_message)
+        ws.on("ping", lambda payload: seen.append(("ping", payload)))
+        ws.on("error", lambda exc: seen.append(("error", str(exc))))
+        ws.on("close", lambda code, reason: seen.append(("close", code, reason)))
+
+    handler.on("connection", on_connection)
+    sock, buffer = _open(server, f"/s{int(skip_hot_path)}")
+    with sock:
+        ws = connections.get(timeout=TIMEOUT)
+        assert wait_until(lambda: ws._socket_reader._in_loop(), TIMEOUT)
+        for frame in (_text("a"), encode_frame(0x2, b"\x01\x02"), encode_frame(0x9, b"p"), _text("b")):
+            _send_alone(sock, ws, frame)
+        _send_alone(sock, ws, _text("block"))
+        assert entered.wait(TIMEOUT)
+        assert wait_until(lambda: ws._socket_reader.dispatcher is not None, TIMEOUT), "no hand-off"
+        for frame in (_text("c"), encode_frame(0x9, b"q"), _text("d")):
+            _send_alone(sock, ws, frame)
+        release.set()
+        assert wait_until(lambda: ws._socket_reader.dispatcher is None, TIMEOUT)
+        for frame in (_text("raise"), _text("e"), _text("bye"), _text("after the close")):
+            _send_alone(sock, ws, frame)
+        frames = _frames_until_close(sock, buffer)
+        sock.sendall(close_frame(4002))
+        read_until_eof(sock, TIMEOUT)
+        sock.shutdown(socket.SHUT_WR)
+        assert wait_until(lambda: seen and seen[-1][0] == "close", TIMEOUT)
+    stats = handler.stats()
+    return seen, [(f.opcode, f.payload) for f in frames], stats["messages_in"], stats["bytes_in"]
+
+
+def test_the_hot_path_does_what_the_general_path_does(make_server, monkeypatch):
+    server = make_server()
+    general = _scenario(server, True, monkeypatch)
+    hot = _scenario(server, False, monkeypatch)
+    assert hot == general
+    seen = hot[0]
+    assert [event[1] for event in seen if event[0] == "message"] == ["a", b"\x01\x02", "b", "block", "c", "d", "raise", "e", "bye"]

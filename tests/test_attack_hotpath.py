@@ -627,3 +627,20 @@ def test_the_hot_path_does_what_the_general_path_does(make_server, monkeypatch):
     assert hot == general
     seen = hot[0]
     assert [event[1] for event in seen if event[0] == "message"] == ["a", b"\x01\x02", "b", "block", "c", "d", "raise", "e", "bye"]
+
+
+def test_pause_in_connection_then_receive_more_early_frames_than_max_queue(make_server):
+    server = make_server()
+    handler = server.create_handler("/p", max_queue=2)
+    got: queue.Queue = queue.Queue()
+
+    def on_connection(ws, request):
+        ws.pause()
+        for _ in range(10):
+            got.put(ws.receive(timeout=TIMEOUT))
+
+    handler.on("connection", on_connection)
+    sock, _ = _open(server, "/p", early=_early(10))
+    with sock:
+        received = [got.get(timeout=TIMEOUT) for _ in range(10)]
+    assert received == [f"e{i}" for i in range(10)]

@@ -644,3 +644,37 @@ def test_pause_in_connection_then_receive_more_early_frames_than_max_queue(make_
     with sock:
         received = [got.get(timeout=TIMEOUT) for _ in range(10)]
     assert received == [f"e{i}" for i in range(10)]
+
+
+def test_a_ping_that_came_with_the_upgrade_is_answered_while_connection_is_busy(make_server):
+    """A 'connection' listener busy before its first receive(): the watchdog
+    takes a connection whose data waits over to its loop within
+    TAKEOVER_AFTER (1 s), so that pings and close frames are never left
+    unread for long. Frames that came with the upgrade request are data that
+    waits too, though no longer in the socket."""
+    server = make_server()
+    handler = server.create_handler("/busy")
+    release = threading.Event()
+    handler.on("connection", lambda ws, request: release.wait(TIMEOUT))
+    sock, buffer = _open(server, "/busy", early=encode_frame(0x9, b"early"))
+    try:
+        with sock:
+            sock.settimeout(3.0)
+            frame = read_server_frame(sock, buffer)
+            assert (frame.opcode, frame.payload) == (0xA, b"early")
+    finally:
+        release.set()
+
+
+def test_a_close_that_came_with_the_upgrade_is_answered_while_connection_is_busy(make_server):
+    server = make_server()
+    handler = server.create_handler("/busy")
+    release = threading.Event()
+    handler.on("connection", lambda ws, request: release.wait(TIMEOUT))
+    sock, buffer = _open(server, "/busy", early=_text("hi") + close_frame(4003))
+    try:
+        with sock:
+            frames = _frames_until_close(sock, buffer, within=3.0)
+            assert frames[-1].close_code == 4003
+    finally:
+        release.set()

@@ -20,6 +20,7 @@ import zlib
 import pytest
 
 from .conftest import TIMEOUT, upgrade_head, url, wait_until
+from .node_client import node_ws  # noqa: F401 - a fixture
 from .faultkit import (
     close_frame, connect, encode_frame, read_http_response, read_server_frame, read_until_eof, upgrade_request,
 )
@@ -678,3 +679,25 @@ def test_a_close_that_came_with_the_upgrade_is_answered_while_connection_is_busy
             assert frames[-1].close_code == 4003
     finally:
         release.set()
+
+
+def test_node_ws_mixes_plain_and_compressed_frames_on_a_deflate_connection(make_server, node_ws):
+    """ws compresses messages over its 1024-byte threshold only: the small
+    ones come as plain frames on a connection that negotiated
+    permessage-deflate (the hot path's), the large ones with RSV1 (never
+    the hot path's); the context is taken over between them."""
+    from .conftest import serve_one
+    from .node_client import NodeClient
+
+    server = make_server()
+    connections = serve_one(server, per_message_deflate=True)
+    got: queue.Queue = queue.Queue()
+    sent = [(f"small {i}" if i % 3 else f"large {i} " + "abc" * 600) for i in range(30)]
+    with NodeClient(node_ws, url(server, "/ws")) as client:
+        assert client.next("open")["extensions"].startswith("permessage-deflate")
+        ws = connections.get(timeout=TIMEOUT)
+        ws.on("message", lambda data, is_binary: got.put(data))
+        for message in sent:
+            client.command("send", message, binary=False)
+        received = [got.get(timeout=TIMEOUT) for _ in sent]
+    assert received == sent

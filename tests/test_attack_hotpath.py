@@ -701,3 +701,24 @@ def test_node_ws_mixes_plain_and_compressed_frames_on_a_deflate_connection(make_
             client.command("send", message, binary=False)
         received = [got.get(timeout=TIMEOUT) for _ in sent]
     assert received == sent
+
+
+def test_a_lone_frame_after_the_clients_close_is_not_delivered(make_server):
+    server = make_server()
+    handler, connections = _handler_with(server)
+    got = []
+    handler.on("connection", lambda ws, request: ws.on("message", lambda data, is_binary: got.append(data)))
+    sock, buffer = _open(server, "/h")
+    with sock:
+        ws = connections.get(timeout=TIMEOUT)
+        assert wait_until(lambda: ws._socket_reader._in_loop(), TIMEOUT)
+        _send_alone(sock, ws, _text("before"))
+        _send_alone(sock, ws, close_frame(1000))
+        assert _frames_until_close(sock, buffer)[-1].close_code == 1000
+        try:
+            sock.sendall(_text("after"))  # lingering: read, never parsed
+        except OSError:
+            pass
+        read_until_eof(sock, TIMEOUT)
+    assert got == ["before"]
+    assert handler.stats()["messages_in"] == 1

@@ -324,7 +324,7 @@ class WebSocket(Sending, EventEmitter):
     def _watch(self) -> None:
         """Before the ``'connection'`` listeners: have unread data taken over
         by a reader thread if they keep the request thread long."""
-        self._socket_reader.watch()
+        self._socket_reader.watch(bool(self.request.buffered))
 
     def _serve(self) -> bool:
         """The request thread, after ``'connection'`` listeners: the

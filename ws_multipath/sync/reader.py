@@ -16,7 +16,8 @@ A connection is read in one of three modes:
   frames and messages are never left unread for long; its messages then
   wait in the inbox for ``receive()``. Events that ``receive()`` read
   ahead and left waiting (a close frame read with the message it
-  returned) count as data waiting: the client's close is so answered
+  returned), and the frames that came with the handshake (not parsed
+  before the first read: ``_begin``), count as data waiting: the client's close is so answered
   within ``TAKEOVER_AFTER`` even if the code never calls ``receive()``
   again (and an answer it sends later fails, as in websockets).
 
@@ -76,7 +77,7 @@ class SocketReader(LoopReading):
         "_sock", "_fd", "_tls", "_tls_lock", "_timers", "_loop", "_feed", "_begin", "_resume", "_finish",
         "_recv_size", "_lock", "_mode", "_home", "_runner", "_in_listener", "_began", "_done", "_held", "_paused",
         "_deferred", "_aborted", "_eof_queued", "_registered", "_idle_since", "_watchdog", "_max_queue", "dispatcher", "_sealed",
-        "_plain_feed", "_holder", "_want_write",
+        "_plain_feed", "_holder", "_want_write", "_first_data",
     )
 
     def __init__(
@@ -111,6 +112,7 @@ class SocketReader(LoopReading):
         self._runner: Optional[threading.Thread] = None  # the thread in a task of this connection (LOOP)
         self._in_listener = False  # the runner is inside a listener call
         self._began = False
+        self._first_data = False  # frames came with the handshake: data that waits until _begin
         self._done = False
         self._held = False  # no room for the next message (inbox or dispatcher full)
         self._paused = False  # ws.pause()
@@ -292,9 +294,11 @@ class SocketReader(LoopReading):
 
     # -- IDLE: the watchdog (timer thread) ------------------------------------------
 
-    def watch(self) -> None:
-        """Start watching the socket while the ``'connection'`` listeners run."""
+    def watch(self, first_data: bool = False) -> None:
+        """Start watching the socket while the ``'connection'`` listeners run
+        (``first_data``: frames came with the handshake, which wait as well)."""
         with self._lock:
+            self._first_data = first_data
             if self._mode is Mode.IDLE:
                 self._arm_watchdog(TAKEOVER_AFTER)
 
@@ -316,7 +320,7 @@ class SocketReader(LoopReading):
             if waited < TAKEOVER_AFTER:
                 self._arm_watchdog(TAKEOVER_AFTER - waited)
                 return
-        if not self._holder.waiting() and not self._readable(0):
+        if not self._holder.waiting() and not (self._first_data and not self._began) and not self._readable(0):
             with self._lock:
                 if self._mode is Mode.IDLE:
                     self._arm_watchdog(TAKEOVER_AFTER)

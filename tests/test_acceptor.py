@@ -154,3 +154,26 @@ def test_closing_the_server_answers_an_upgrade_waiting_for_a_handler():
         assert not client.recv(1024).startswith(b"HTTP/1.1 101")
     finally:
         client.close()
+
+
+def test_serve_forever_ends_the_wait_for_handlers():
+    """``serve_forever()`` says the handlers are made: a path none serves
+    gets its 400 at once from then on, not after the grace."""
+    import socket
+
+    from ws_multipath import MultipathServer
+
+    from .conftest import wait_until
+
+    server = MultipathServer(port=0, host="127.0.0.1")
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+            client.sendall(_upgrade_request("/nobody"))
+            assert wait_until(lambda: server._routes.waiting == 1, timeout=5)
+            serving.start()
+            client.settimeout(0.9)  # before the grace (1 s) ends by itself
+            assert client.recv(1024).startswith(b"HTTP/1.1 400")
+    finally:
+        server.close()
+        serving.join(5)

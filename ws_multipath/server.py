@@ -85,10 +85,10 @@ class MultipathServer(ServerClosing, EventEmitter):
       trusts them, so ``request.remote_address`` is the proxy's client).
     - ``auto_listen``: listen in the constructor. With False the server has
       a ``listen()`` method to call; with True it has none (as ws-multipath).
-    - ``reject_unhandled``: answer 400 to paths without a handler. For the
-      first ``HANDLERS_GRACE`` (1 s) after the server starts listening, an
-      upgrade to a path no handler serves waits for the ``create_handler``
-      calls that follow the constructor, instead of getting 400 at once.
+    - ``reject_unhandled``: answer 400 to paths without a handler; in the
+      first ``HANDLERS_GRACE`` (1 s) after listening, or until
+      ``serve_forever()``, such an upgrade first waits for the
+      ``create_handler`` calls that follow the constructor.
     - ``open_timeout``: seconds from accept to the end of the upgrade request,
       TLS handshake included; slower clients are dropped.
     - ``max_connections``: open WebSocket connections on all paths together;
@@ -328,6 +328,7 @@ class MultipathServer(ServerClosing, EventEmitter):
         thread, or by Ctrl-C or SIGTERM, which close it gracefully."""
         if not self._acceptor.bound and not self._closing:
             self._listen()
+        self._routes.expect_handlers(0)  # the handlers are made: no path waits for one any more
         wait_closed(self._closed_event, self.close)
 
     # -- handlers -----------------------------------------------------------

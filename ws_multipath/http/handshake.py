@@ -276,11 +276,14 @@ class HTTPSide:
             if served:  # the WSGI side's pool closes it: the accept loop must not
                 self._detach(sock)
             return served
-        route = self._routes.lookup_or_wait(request.path)  # a handler still to come as the server starts
+        route = self._routes.lookup(request.path)
         if route is None:
             if self._wsgi is not None and self._wsgi.options.websockets:
                 deadline.finish()
                 return self._wsgi.serve_websocket(sock, request, head)
+            if self._refuses_unhandled():
+                route = self._routes.lookup_or_wait(request.path)  # rather than 400: a handler still to come as the server starts
+        if route is None:
             return self._unhandled(sock, request, deadline)
         handler, params = route
         if params:
@@ -308,9 +311,13 @@ class HTTPSide:
         client = format_address(address)
         logger.info("refused %s: %s (%s)", client, error, key, extra={"event": "refused", "client": client, "status": error.status, "reason": key})
 
+    def _refuses_unhandled(self) -> bool:
+        """True when a path no handler serves gets 400 (no ``'unhandled'`` listener takes it)."""
+        return self._reject_unhandled or not self._events.listeners("unhandled")
+
     def _unhandled(self, sock: socket.socket, request: Request, deadline: Deadline) -> bool:
         """Reject or hand over a request for a path no handler serves."""
-        if self._reject_unhandled or not self._events.listeners("unhandled"):
+        if self._refuses_unhandled():
             self.refusals.add(400, "no_handler")
             client = format_address(request.remote_address)
             logger.info(

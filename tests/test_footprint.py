@@ -13,6 +13,8 @@ import threading
 import uuid
 import weakref
 
+from ws_multipath.sync.loop import MAX_SPARES
+
 from .conftest import TIMEOUT, echo, upgrade_head, wait_until
 
 
@@ -52,17 +54,31 @@ def _track(handler) -> "queue.Queue[tuple[object, threading.Thread]]":
 
 
 def test_an_open_connection_keeps_no_thread_and_nothing_of_its_head_but_the_request(server):
-    """Once its 'connection' listeners returned, the connection lives in its
-    handler's event loop: the request thread that read its head ends (and
-    with it every frame that held the head's bytes)."""
+    """Its handshake ran on the server's head loop (``http/head_waiting.py``),
+    and once its 'connection' listeners returned, the connection lives in its
+    handler's event loop: no thread is its own, and nothing that held the
+    head's bytes (the head's waiter) is left."""
+    from ws_multipath.http.head_waiting import HeadWaiter
+
     handler = server.create_handler(path="/echo")
     opened = _track(handler)
     token = uuid.uuid4().hex
     with _open(server, token) as sock:
         ws, thread = opened.get(timeout=TIMEOUT)
+        assert thread.name == "ws_multipath-loop heads"
         _echo_once(sock)
-        thread.join(TIMEOUT)
-        assert not thread.is_alive()
+        before = {t.name for t in threading.enumerate()}
+        more = [_open(server, uuid.uuid4().hex) for _ in range(20)]
+        ours = {sock.getsockname()} | {other.getsockname() for other in more}
+        try:
+            for other in more:
+                _echo_once(other)
+            after = [t.name for t in threading.enumerate()]
+            assert set(after) <= before and after.count("ws_multipath-loop heads") <= 1 + MAX_SPARES, after
+        finally:
+            for other in more:
+                other.close()
+        assert wait_until(lambda: not [o for o in gc.get_objects() if type(o) is HeadWaiter and o.address in ours])
         _echo_once(sock)  # still served, by the loop
         assert ws.request.headers["X-Probe"] == token  # what the application may read stays
 

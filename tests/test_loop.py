@@ -319,3 +319,41 @@ def test_pause_in_the_connection_listener_holds_back_what_came_with_the_handshak
         finally:
             sock.close()
         errors.assert_clean()
+
+
+class _CallsOnly:
+    """A loop client that only has calls run for it (``loop.LoopClient``)."""
+
+    def __init__(self, user_code: bool) -> None:
+        self.in_listener = user_code
+
+    def on_ready(self, me): pass  # noqa: E704
+    def sync_on_loop(self, selector): pass  # noqa: E704
+    def unregister_on_loop(self, selector): pass  # noqa: E704
+    def hand_off(self, stuck): return None  # noqa: E704
+    def run_dispatcher(self, me): pass  # noqa: E704
+
+
+def test_calls_taken_with_a_call_that_blocks_run_on_the_next_owner():
+    """A call in user code that blocks loses the loop; the calls the owner took
+    in the same batch go to the thread that takes over, not after it returns
+    (new connections' handshakes queued behind a blocking 'connection' listener)."""
+    from ws_multipath.sync.handoff import Sysmon
+    from ws_multipath.sync.loop import EventLoop
+
+    sysmon = Sysmon()
+    loop = EventLoop("calls", sysmon)
+    sysmon.watch(loop)
+    queued, release, ran = threading.Event(), threading.Event(), threading.Event()
+    try:
+        loop.call_soon(_CallsOnly(False), lambda: queued.wait(TIMEOUT))  # library code: keeps the loop, never handed off
+        loop.call_soon(_CallsOnly(True), lambda: release.wait(TIMEOUT))  # taken in one batch with the next
+        loop.call_soon(_CallsOnly(False), ran.set)
+        queued.set()
+        assert ran.wait(TIMEOUT / 2)
+        assert not release.is_set()
+    finally:
+        release.set()
+        queued.set()
+        loop.stop()
+        sysmon.stop()

@@ -1,24 +1,27 @@
-"""request_threads.py: each accepted connection still gets a thread of its
-own at once, but a thread that finished one serves the next instead of a
-new thread being started for each."""
+"""request_threads.py: each accepted TLS connection still gets a thread of
+its own at once (plain ones wait for their head in the head loop), but a
+thread that finished one serves the next instead of a new thread being
+started for each."""
 
 from __future__ import annotations
 
 import threading
 
-from websockets.sync.client import connect
-
 from ws_multipath.sync.request_threads import BUSY_NAME, IDLE_NAME, RequestThreads
 
-from .conftest import LEGACY, TIMEOUT, url, wait_until
+from .conftest import TIMEOUT, wait_until
+from .faultkit import tls_contexts
+from .tls_client import tls_connect
 
 
-def test_a_thread_that_served_a_connection_serves_the_next(server):
+def test_a_thread_that_served_a_connection_serves_the_next(make_server, certificate):
+    server_context, client_context = tls_contexts(*certificate)
+    server = make_server(ssl_context=server_context)
     served_on: list[threading.Thread] = []
     handler = server.create_handler(path="/echo")
     handler.on("connection", lambda ws, request: served_on.append(threading.current_thread()))
     for _ in range(3):
-        with connect(url(server, "/echo"), open_timeout=TIMEOUT, **LEGACY):
+        with tls_connect(f"wss://127.0.0.1:{server.port}/echo", client_context, open_timeout=TIMEOUT):
             pass
         # the thread is idle again before the next client comes
         assert wait_until(lambda: [t.name for t in threading.enumerate()].count(IDLE_NAME) == 1)

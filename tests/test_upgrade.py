@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 
@@ -78,14 +79,19 @@ def test_too_many_headers_get_431(make_server):
     assert status_of(raw_request(server, upgrade_head("/echo", extra))) == 431
 
 
-def test_a_client_that_vanishes_mid_head_frees_its_thread(echo_server, library_log):
-    raw_request(echo_server, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")  # starts the shared timer thread
-    assert wait_until(lambda: threading.active_count() <= 3)  # main, accept loop, timers
+def test_a_client_that_vanishes_mid_head_costs_no_thread_and_leaves_nothing(echo_server, library_log):
+    from ws_multipath.http.head_waiting import HeadWaiter
+
+    raw_request(echo_server, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")  # starts the shared timer thread and the head loop
+    assert wait_until(lambda: threading.active_count() <= 5)  # main, accept loop, timers, head loop, sysmon
     baseline = threading.active_count()
+    ours = set()
     for _ in range(20):
         with socket.create_connection(("127.0.0.1", echo_server.port), timeout=TIMEOUT) as sock:
+            ours.add(sock.getsockname())
             sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
-    assert wait_until(lambda: threading.active_count() <= baseline)
+    assert threading.active_count() <= baseline
+    assert wait_until(lambda: not [o for o in gc.get_objects() if type(o) is HeadWaiter and o.address in ours])
     assert not library_log.errors()
 
 

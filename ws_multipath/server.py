@@ -27,7 +27,8 @@ from .cluster.directory import Directory
 from .cluster.message import checked_send_to
 from .emitter import EventEmitter
 from .handler import WebSocketHandler
-from .http.handshake import HeadLimits, HTTPSide
+from .http.handshake import HTTPSide
+from .http.handshake_limits import HeadLimits
 from .http.proxies import TrustedProxies
 from .http.request import Request
 from .http.strictness import MAX_TARGET_SIZE
@@ -220,9 +221,11 @@ class MultipathServer(ServerClosing, EventEmitter):
             self,
             self._detach,
             self._wsgi,
+            self._sysmon,
         )
         self._acceptor = Acceptor(
             host, port, sock, unix_path, backlog, bool(reuse_port), self._http.serve, self._closing_event, functools.partial(self.emit, "error"),
+            self._http.take,
         )
         if auto_listen:
             try:

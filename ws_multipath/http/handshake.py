@@ -1,11 +1,14 @@
 """The HTTP side of every connection: from the accepted socket to a decision.
 
-On the connection's request thread, within one deadline (``open_timeout``,
-TLS included), ``HTTPSide.serve`` reads and parses the request head, then
+Within one deadline (``open_timeout``, TLS included), the request head is
+read: for a plain connection, without a thread, in the server's head loop
+(``HTTPSide.take``, ``head_waiting.py``), whose task then runs the rest; for
+a TLS one, on a request thread of its own (``HTTPSide.serve``). Then it
 decides what the connection becomes:
 
-- an upgrade to a path a handler serves: the handler answers the handshake
-  and serves the WebSocket on this thread (``handler.py``);
+- an upgrade to a path a handler serves: the handler answers the handshake,
+  its ``'connection'`` listeners run, and the connection joins the
+  handler's event loop (``handler.py``);
 - an upgrade to a path no handler serves: 400, or the socket handed to the
   server's ``'unhandled'`` listeners (``reject_unhandled=False``), or, with
   ``wsgi_websockets=True``, the socket given to the WSGI app;
@@ -14,7 +17,9 @@ decides what the connection becomes:
   later upgrade coming back here on a thread of its own), or 426 without one;
 - a malformed or refused request: its error status (``upgrade.py``).
 
-``_lock`` guards the handshakes in progress and the closing flag.
+``_lock`` guards the handshakes in progress, the count of heads awaited
+in the head loop and the closing flag. The head loop stops once the server
+is closing and no head is awaited.
 """
 
 from __future__ import annotations
@@ -32,12 +37,14 @@ from ..errors import HandshakeError
 from ..log import format_address, logger
 from ..stats import Refusals
 from ..sync.dispatch import listener_thread
+from ..sync.handoff import Sysmon
+from ..sync.loop import EventLoop
 from ..sync.timers import Timers
-from .proxies import TrustedProxies
 from .request import Request, parse_request_head
 from .routing import RoutingTable
+from .handshake_limits import Deadline, HeadLimits
 from .head import read_request_head
-from .strictness import MAX_TARGET_SIZE
+from .head_waiting import HeadWaiter
 from .upgrade import error_response, is_upgrade_request
 from .wsgi import WSGIServer
 from .wsgi_socket import linger
@@ -45,7 +52,7 @@ from .wsgi_socket import linger
 if TYPE_CHECKING:
     from ..sync.connection import WebSocket
 
-__all__ = ["HTTPSide", "Deadline", "HeadLimits"]
+__all__ = ["HTTPSide", "Deadline", "HeadLimits"]  # the last two from handshake_limits.py
 
 class UpgradeHandler(Protocol):
     """What the HTTP side needs of a path's handler (``handler.py``): accept
@@ -64,59 +71,8 @@ class UpgradeHandler(Protocol):
 _Outcome = Union[bool, tuple["UpgradeHandler", "WebSocket"]]
 
 
-@dataclasses.dataclass(frozen=True)
-class HeadLimits:
-    """What a request may take before it is answered (server options)."""
-
-    open_timeout: float
-    max_header_size: int
-    max_headers: int
-    proxies: TrustedProxies = dataclasses.field(default_factory=TrustedProxies)
-    max_target_size: int = MAX_TARGET_SIZE
-
-
-class Deadline:
-    """The handshake deadline of one socket.
-
-    ``_lock`` makes the deadline's ``shutdown`` and the owner's ``finish``
-    exclusive, so the deadline never touches a descriptor that was reused.
-    """
-
-    __slots__ = ("sock", "_lock", "_done", "expired", "timer")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self._lock = threading.Lock()
-        self._done = False
-        self.expired = False
-        self.timer: Any = None
-
-    def expire(self, address: tuple[Any, ...], timeout: float) -> None:
-        """The deadline passed: drop the client (timer thread)."""
-        with self._lock:
-            if self._done:
-                return
-            self.expired = True
-        logger.info("dropping %s: handshake not completed within %ss", format_address(address), timeout)
-        self.abort()
-
-    def abort(self) -> None:
-        with self._lock:
-            if not self._done:
-                try:
-                    socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def finish(self) -> None:
-        with self._lock:
-            self._done = True
-        if self.timer is not None:
-            self.timer.cancel()
-
-
 class HTTPSide:
-    """Serves the HTTP side of one server's connections (request threads).
+    """Serves the HTTP side of one server's connections (the head loop, request threads).
 
     ``events`` is the emitter of the ``'unhandled'`` event (the server);
     ``detach(sock)`` tells the accept loop not to close a socket that an
@@ -133,7 +89,10 @@ class HTTPSide:
         events: EventEmitter,
         detach: Callable[[socket.socket], None],
         wsgi: Optional[WSGIServer] = None,
+        sysmon: Optional[Sysmon] = None,
     ) -> None:
+        """``sysmon``: the server's, which watches the head loop (a server
+        without one serves every connection on a request thread)."""
         self._routes = routes
         self._timers = timers
         self._limits = limits
@@ -146,6 +105,12 @@ class HTTPSide:
         self._deadlines: set[Deadline] = set()
         self._closing = False
         self._unhandled_requests: "weakref.WeakKeyDictionary[socket.socket, Request]" = weakref.WeakKeyDictionary()
+        self._sysmon = sysmon
+        self._head_loop: Optional[EventLoop] = None
+        if sysmon is not None:
+            self._head_loop = EventLoop("heads", sysmon)
+            sysmon.watch(self._head_loop)
+        self._waiting = 0  # heads awaited in the head loop
         #: what no handler saw: no_handler, not_websocket, bad_request (stats.py)
         self.refusals = Refusals()
 
@@ -154,8 +119,11 @@ class HTTPSide:
         with self._lock:
             self._closing = True
             deadlines = list(self._deadlines)
+            stop = not self._waiting
         for deadline in deadlines:
-            deadline.abort()
+            deadline.abort()  # an awaited head ends at once: its socket reads its end
+        if stop:
+            self._stop_head_loop()
         if self._wsgi is not None:
             self._wsgi.close()
 
@@ -171,32 +139,83 @@ class HTTPSide:
     def serve(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
         """A new connection, on its request thread: TLS, the first request,
         then what it becomes (a WebSocket served here until it ends)."""
-        self._serve(sock, address, lambda deadline: self._first_request(self._start_tls(sock, deadline), address, deadline))
+        deadline = self._begin(sock, address)
+        if deadline is not None:
+            self._run(deadline, address, lambda: self._first_request(self._start_tls(sock, deadline), address, deadline))
+
+    def take(self, sock: socket.socket, address: tuple[Any, ...]) -> bool:
+        """The accept loop offers a new connection: True when it is taken, a
+        plain one whose head is awaited in the head loop (``head_waiting.py``;
+        the accept loop must not close it); False for a TLS one, which
+        ``serve`` serves on a request thread."""
+        loop = self._head_loop
+        if loop is None or self._ssl_context is not None:
+            return False
+        deadline = self._begin(sock, address, waiting=True)
+        if deadline is None:
+            sock.close()
+            return True
+        waiter = HeadWaiter(sock, address, deadline, loop, self._limits, self._head_ended)
+        if not loop.call_soon(waiter, waiter.start):  # stopped by close() just now
+            self._head_ended(waiter, closed=True)
+        return True
+
+    def _head_ended(self, waiter: HeadWaiter, closed: bool = False) -> None:
+        """A waited head is whole (or the client went or broke a rule): the
+        rest of the handshake, as a task of the head loop; the loop stops
+        once the server is closing and no head is awaited."""
+        with self._lock:
+            self._waiting -= 1
+            stop = self._closing and not self._waiting
+        if stop:
+            self._stop_head_loop()
+        deadline, address = waiter.deadline, waiter.address
+        if closed:
+            self._end(deadline, detached=False)
+            return
+        buffered = waiter.take_buffer()
+        listener_thread.active = True  # the loop's threads run listeners anyway
+        self._run(deadline, address, lambda: self._first_request(deadline.sock, address, deadline, buffered), accepted=False)
+
+    def _stop_head_loop(self) -> None:
+        loop = self._head_loop
+        if loop is not None and self._sysmon is not None:
+            self._sysmon.forget(loop)
+            loop.stop()
 
     def serve_upgrade(self, handler: "UpgradeHandler", sock: socket.socket, head: bytes, address: Any) -> None:
         """``handler.handle_upgrade``: ``serve`` for a socket whose request
         head (or its start) ``head`` someone else has read, for ``handler``;
         the same limits, checks, hooks and handshake deadline. The socket is
         the library's from here on (closed when done)."""
-        with self._lock:
-            closing = self._closing
-        if closing:
+        deadline = self._begin(sock, address)
+        if deadline is None:
             sock.close()
             return
-        self._serve(sock, address, lambda deadline: self._upgrade_for(handler, sock, head, address, deadline))
+        self._run(deadline, address, lambda: self._upgrade_for(handler, sock, head, address, deadline))
 
-    def _serve(self, sock: socket.socket, address: Any, first: Callable[[Deadline], "_Outcome"]) -> None:
-        listener_thread.active = True
+    def _begin(self, sock: socket.socket, address: Any, waiting: bool = False) -> Optional[Deadline]:
+        """Start the handshake deadline of a new connection; None once the
+        server is closing. ``waiting``: its head is awaited in the head loop."""
         deadline = Deadline(sock)
         with self._lock:
             if self._closing:
-                return
+                return None
             self._deadlines.add(deadline)
+            if waiting:
+                self._waiting += 1
         timeout = self._limits.open_timeout
         deadline.timer = self._timers.call_later(timeout, functools.partial(deadline.expire, address, timeout))
+        return deadline
+
+    def _run(self, deadline: Deadline, address: Any, first: Callable[[], "_Outcome"], accepted: bool = True) -> None:
+        """What the connection becomes (``first``: its request read and
+        decided), within ``deadline``. ``accepted``: the accept loop closes
+        the socket after this returns unless told it is owned elsewhere."""
+        listener_thread.active = True
         detached = False
         try:
-            outcome = first(deadline)
+            outcome = first()
             if isinstance(outcome, bool):
                 detached = outcome
             else:
@@ -211,15 +230,18 @@ class HTTPSide:
             linger(deadline.sock)  # a client still sending reads its status (the deadline bounds this)
         except (OSError, ssl.SSLError) as exc:
             if not deadline.expired:
-                logger.debug("dropping %s: connection lost during the handshake (%s)", format_address(address), exc)
+                logger.debug("dropping %s: connection lost during the handshake (%s)", format_address(address), str(exc))  # not exc: a record kept would keep its frames
         finally:
-            deadline.finish()
-            with self._lock:
-                self._deadlines.discard(deadline)
-            if not detached:
-                deadline.sock.close()  # the TLS socket once wrapped, even when its handshake failed
-            else:
-                self._detach(sock)  # a loop or a listener owns it: the accept loop must not close it
+            self._end(deadline, detached, accepted)
+
+    def _end(self, deadline: Deadline, detached: bool, accepted: bool = False) -> None:
+        deadline.finish()
+        with self._lock:
+            self._deadlines.discard(deadline)
+        if not detached:
+            deadline.sock.close()  # the TLS socket once wrapped, even when its handshake failed
+        elif accepted:
+            self._detach(deadline.sock)  # a loop or a listener owns it: the accept loop must not close it
 
     def _start_tls(self, sock: socket.socket, deadline: Deadline) -> socket.socket:
         if self._ssl_context is None:
@@ -228,9 +250,9 @@ class HTTPSide:
         sock.do_handshake()  # the deadline can cut it short now
         return sock
 
-    def _first_request(self, sock: socket.socket, address: tuple[Any, ...], deadline: Deadline) -> "_Outcome":
+    def _first_request(self, sock: socket.socket, address: tuple[Any, ...], deadline: Deadline, buffered: bytes = b"") -> "_Outcome":
         limits = self._limits
-        head, rest = read_request_head(sock, limits.max_header_size, limits.max_headers, limits.max_target_size)
+        head, rest = read_request_head(sock, limits.max_header_size, limits.max_headers, limits.max_target_size, buffered=buffered)
         request = parse_request_head(head, remote_address=address, secure=self._ssl_context is not None, buffered=rest, proxies=limits.proxies)
         return self._decide(sock, request, deadline, head)
 
@@ -278,9 +300,10 @@ class HTTPSide:
             return served
         route = self._routes.lookup(request.path)
         if route is None:
-            if self._wsgi is not None and self._wsgi.options.websockets:
-                deadline.finish()
-                return self._wsgi.serve_websocket(sock, request, head)
+            wsgi = self._wsgi
+            if wsgi is not None and wsgi.options.websockets:
+                deadline.finish()  # the app keeps a thread of its own as long as it uses the socket
+                return wsgi.upgrade_apart(sock, lambda: wsgi.serve_websocket(sock, request, head))
             if self._refuses_unhandled():
                 route = self._routes.lookup_or_wait(request.path)  # rather than 400: a handler still to come as the server starts
         if route is None:
@@ -309,7 +332,8 @@ class HTTPSide:
         key = "not_websocket" if error.status == 426 else "bad_request"
         self.refusals.add(error.status, key)
         client = format_address(address)
-        logger.info("refused %s: %s (%s)", client, error, key, extra={"event": "refused", "client": client, "status": error.status, "reason": key})
+        logger.info("refused %s: %s (%s)", client, str(error), key,  # str: a record kept must not keep its frames
+                    extra={"event": "refused", "client": client, "status": error.status, "reason": key})
 
     def _refuses_unhandled(self) -> bool:
         """True when a path no handler serves gets 400 (no ``'unhandled'`` listener takes it)."""

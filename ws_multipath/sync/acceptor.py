@@ -84,6 +84,7 @@ class Acceptor:
         serve_connection: Callable[[socket.socket, tuple[Any, ...]], None],
         stopping: threading.Event,
         on_error: Callable[[Exception], bool],
+        take_connection: Optional[Callable[[socket.socket, tuple[Any, ...]], bool]] = None,
     ) -> None:
         self._requested = (host, port)
         self._given_socket = sock
@@ -92,6 +93,7 @@ class Acceptor:
         self._backlog = backlog
         self._reuse_port = reuse_port
         self._serve_connection = serve_connection
+        self._take_connection = take_connection
         self._stopping = stopping
         self._on_error = on_error
         self._tcp: Optional[TCPServer] = None
@@ -126,7 +128,8 @@ class Acceptor:
         """Make the listening socket (``OSError``: port in use, ...)."""
         given = self._given_socket
         if given is not None:
-            tcp = TCPServer(given.getsockname(), given.family, self._backlog, self._serve_connection, self._stopping, sock=given)
+            tcp = TCPServer(given.getsockname(), given.family, self._backlog, self._serve_connection, self._stopping, sock=given,
+                            take_connection=self._take_connection)
         else:
             address: Any
             if self._unix_path is not None:
@@ -135,7 +138,8 @@ class Acceptor:
             else:
                 host, port = self._requested
                 family, address = bind_address(host, port)
-            tcp = TCPServer(address, family, self._backlog, self._serve_connection, self._stopping, self._reuse_port)
+            tcp = TCPServer(address, family, self._backlog, self._serve_connection, self._stopping, self._reuse_port,
+                            take_connection=self._take_connection)
             try:
                 tcp.server_bind()
                 tcp.server_activate()
@@ -228,14 +232,19 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         stopping: threading.Event,
         reuse_port: bool = False,
         sock: Optional[socket.socket] = None,
+        take_connection: Optional[Callable[[socket.socket, tuple[Any, ...]], bool]] = None,
     ) -> None:
         """``sock``: an already bound and listening socket to accept on
         (``address`` and ``family`` are then its own; do not call
-        ``server_bind``/``server_activate``)."""
+        ``server_bind``/``server_activate``). ``take_connection(sock,
+        address)`` is offered each accepted connection first: True when it
+        took the socket (an event loop awaits its request), False to serve
+        it on a thread of its own."""
         self.reuse_port = reuse_port
         self.address_family = family
         self.request_queue_size = backlog
         self.serve_connection = serve_connection
+        self.take_connection = take_connection
         self._stopping = stopping
         self.detached: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
         self._exhausted = False
@@ -290,6 +299,8 @@ class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.serve_connection(request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        if self.take_connection is not None and self.take_connection(request, client_address):
+            return
         try:
             self._request_threads.submit(request, client_address)
         except RuntimeError as exc:  # can't start new thread

@@ -67,13 +67,14 @@ __all__ = ["Bound", "Capacity", "measure_capacity", "report_capacity", "exhausti
 #: thread each before). Messages in flight cost their size on top (up to
 #: ``max_queue`` x ``max_payload``), deflate more.
 PER_CONNECTION_BYTES = 7 * 1024
-#: Descriptors the server holds besides its connections and its loops: the
-#: listening socket, the flusher's wake-up socket pair and its epoll
-#: selector (the accept loop uses ``poll()``, which needs none), and the
-#: reserve that answers 503 when the table is full (``reserve.py``). Kept
-#: free until the server listens (``listening=True``: all five are open
-#: then, and counted once, as descriptors in use).
-SERVER_FDS = 5
+#: Descriptors the server holds besides its connections and its handlers'
+#: loops: the listening socket, the flusher's wake-up socket pair and its
+#: epoll selector (the accept loop uses ``poll()``, which needs none), the
+#: head loop's selector and wake-up pair (``http/head_waiting.py``), and
+#: the reserve that answers 503 when the table is full (``reserve.py``).
+#: Kept free until the server listens (``listening=True``: all eight are
+#: open then, and counted once, as descriptors in use).
+SERVER_FDS = 8
 #: Descriptors of each event loop: its epoll selector and its wake-up
 #: socket pair (``EventLoop.__init__``), opened when its handler is created
 #: (``loops=N``: N of them). Once loops exist (``loops=``) they are counted
@@ -86,14 +87,15 @@ LOOP_FDS = 3
 #: open others briefly (a log file rotating, a DNS lookup, a certificate, a
 #: broker reconnecting, a module imported late): 16 more.
 FD_MARGIN = 32
-#: The server's own threads: the accept loop, the timers, the flusher and
-#: the sysmon that hands a blocked loop to another thread (``handoff.py``).
-SERVER_THREADS = 4
+#: The server's own threads: the accept loop, the timers, the flusher, the
+#: sysmon that hands a blocked loop to another thread (``handoff.py``) and
+#: the head loop, where new connections' handshakes run.
+SERVER_THREADS = 5
 #: Threads kept free beyond those: each event loop's thread (one per loop,
 #: started with its first connection, and up to ``MAX_SPARES`` spares after
-#: a hand-off), a handshake in flight (an accepted connection has a thread
-#: until its ``'connection'`` listeners return), a listener that blocks
-#: (its loop goes on on another thread). A connection served in the
+#: a hand-off), a TLS handshake in flight (an accepted TLS connection has a
+#: thread until its ``'connection'`` listeners return), a hook or listener
+#: that blocks (its loop goes on on another thread). A connection served in the
 #: blocking style keeps its thread; those come out of the room beyond this
 #: (``Capacity.threads``).
 THREAD_MARGIN = 64

@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ..log import logger
 
 if TYPE_CHECKING:
-    from .loop import EventLoop
-    from .loop_reading import LoopReading
+    from .loop import EventLoop, LoopClient
 
 __all__ = ["Sysmon", "HandOffs", "PERIOD"]
 
@@ -141,6 +140,8 @@ class HandOffs:
         _lock: threading.Lock
         _spare_cond: threading.Condition
         _calls: list[Any]
+        _pending: Optional[list[Any]]
+        _pending_next: int
         _owner: Optional[threading.Thread]
         _stopped: bool
         _selecting: bool
@@ -149,7 +150,7 @@ class HandOffs:
         _wanted: int
         task_seq: int
         in_task: bool
-        task_reader: Optional["LoopReading"]
+        task_reader: Optional["LoopClient"]
         sampled_seq: int
         bursting: bool
         _quiet: int
@@ -161,7 +162,7 @@ class HandOffs:
     else:
         __slots__ = ()
 
-    def check_stuck(self) -> Optional["LoopReading"]:
+    def check_stuck(self) -> Optional["LoopClient"]:
         """The sysmon's sample: if the owner has been in the same task since
         the last sample, hand the loop off and return the task's reader; a
         task running off the loop (a burst, below) seen at two samples has
@@ -182,6 +183,10 @@ class HandOffs:
             self.sampled_seq = -1
             self.in_task = False  # the owner's task ends off the loop
             self._owner = None
+            pending = self._pending
+            if pending is not None:  # stuck in a call: the calls after it are the new owner's
+                self._calls[:0] = pending[self._pending_next:]
+                self._pending = None
             if reader is not None and stuck is not None:
                 call = reader.hand_off(stuck)
                 if call is not None:  # the connection's own events, from where the stuck thread left them
@@ -212,7 +217,7 @@ class HandOffs:
         return woken
 
     @staticmethod
-    def _in_user_code(reader: Optional["LoopReading"]) -> bool:
+    def _in_user_code(reader: Optional["LoopClient"]) -> bool:
         """Only a task inside a listener is handed off: the library's own
         code on a loop never blocks, and a thread that merely waits for the
         GIL (other threads ran Python meanwhile) gains nothing from it."""
@@ -230,7 +235,7 @@ class HandOffs:
             self._wake()
         return None
 
-    def _run_detached(self, me: threading.Thread, reader: "LoopReading") -> None:
+    def _run_detached(self, me: threading.Thread, reader: "LoopClient") -> None:
         """During a burst of blocking listeners: give the loop to another
         thread first, then run the task (Jetty's execute-produce-consume:
         the thread that found the task runs it, another goes on selecting),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from ..log import logger
 from .dispatch import listener_thread
@@ -39,15 +39,41 @@ from .handoff import HandOffs
 
 if TYPE_CHECKING:
     from .handoff import Sysmon
-    from .loop_reading import LoopReading
 
-__all__ = ["EventLoop", "SPARE_IDLE", "MAX_SPARES"]
+__all__ = ["EventLoop", "LoopClient", "SPARE_IDLE", "MAX_SPARES"]
 
 #: Seconds a spare thread waits for a hand-off before it ends.
 SPARE_IDLE = 10.0
 #: Spare threads kept per loop; a thread that frees itself beyond these ends.
 MAX_SPARES = 2
-Call = tuple["LoopReading", Callable[[], None]]
+
+
+class LoopClient(Protocol):
+    """What a loop runs tasks for: a connection's reading
+    (``loop_reading.LoopReading``) or a request head awaited
+    (``http/head_waiting.HeadWaiter``)."""
+
+    @property
+    def in_listener(self) -> bool:
+        """True while a task of it runs user code (the sysmon hands off only then)."""
+
+    def on_ready(self, me: threading.Thread) -> None:
+        """Its socket is readable: a task."""
+
+    def sync_on_loop(self, selector: selectors.BaseSelector) -> None:
+        """On the owner: have ``selector`` watch its socket as it wants."""
+
+    def unregister_on_loop(self, selector: selectors.BaseSelector) -> None:
+        """On the owner: stop watching its socket."""
+
+    def hand_off(self, stuck: threading.Thread) -> Optional[Callable[[], None]]:
+        """``stuck`` lost the loop inside its task: a call for the loop to take over with, or None."""
+
+    def run_dispatcher(self, me: threading.Thread) -> None:
+        """On the thread that lost the loop, once its task is done."""
+
+
+Call = tuple[LoopClient, Callable[[], None]]
 
 
 class EventLoop(HandOffs):
@@ -69,6 +95,8 @@ class EventLoop(HandOffs):
         self._lock = threading.Lock()
         self._spare_cond = threading.Condition(self._lock)
         self._calls: list[Call] = []
+        self._pending: Optional[list[Call]] = None  # the calls being run (_run_calls)
+        self._pending_next = 0
         self._ready: list[tuple[selectors.SelectorKey, int]] = []
         self._next = 0  # position in _ready of the next task
         self._owner: Optional[threading.Thread] = None
@@ -81,7 +109,7 @@ class EventLoop(HandOffs):
         self.threads = 0  # threads of this loop alive now (owner, dispatchers, spares)
         self.task_seq = 0
         self.in_task = False
-        self.task_reader: Optional["LoopReading"] = None
+        self.task_reader: Optional[LoopClient] = None
         self.sampled_seq = -1  # the sysmon's, under _lock
         #: Set by a hand-off, cleared after ``_BURST_QUIET`` quiet samples:
         #: while set, each task runs off the loop (``_run_detached``).
@@ -95,7 +123,7 @@ class EventLoop(HandOffs):
 
     # -- any thread -----------------------------------------------------------
 
-    def call_soon(self, reader: "LoopReading", fn: Callable[[], None]) -> bool:
+    def call_soon(self, reader: LoopClient, fn: Callable[[], None]) -> bool:
         """Run ``fn`` as a task of ``reader``'s connection on the loop; False
         once the loop has stopped."""
         with self._lock:
@@ -121,7 +149,7 @@ class EventLoop(HandOffs):
         """True on the thread that owns the loop now."""
         return self._owner is threading.current_thread()
 
-    def sync(self, reader: "LoopReading") -> None:
+    def sync(self, reader: LoopClient) -> None:
         """Have the selector watch ``reader``'s socket exactly while it
         wants reading (at once on the loop's owner, else as a call)."""
         with self._lock:
@@ -130,7 +158,7 @@ class EventLoop(HandOffs):
                 return
         self.call_soon(reader, lambda: self.sync(reader))
 
-    def release(self, reader: "LoopReading", then: Callable[[], None]) -> None:
+    def release(self, reader: LoopClient, then: Callable[[], None]) -> None:
         """Stop watching ``reader``'s socket for good, then call ``then``
         (which closes it) on the loop's owner; at once if the loop stopped."""
         with self._lock:
@@ -210,7 +238,7 @@ class EventLoop(HandOffs):
                 self._spares -= 1
             return bool(self._wanted and self._owner is None and not self._stopped)
 
-    def _run_owned(self, me: threading.Thread) -> Optional["LoopReading"]:
+    def _run_owned(self, me: threading.Thread) -> Optional[LoopClient]:
         """Run the loop while this thread owns it. Returns the reader of the
         task in which it lost the loop, or None once stopped."""
         selector = self._selector
@@ -245,20 +273,24 @@ class EventLoop(HandOffs):
                 self._ready, self._next = events, 0
             events = []
 
-    def _run_calls(self, me: threading.Thread, calls: list[Call]) -> Optional["LoopReading"]:
+    def _run_calls(self, me: threading.Thread, calls: list[Call]) -> Optional[LoopClient]:
+        # _pending and _pending_next are the owner's, read by a hand-off (under
+        # _lock, while the owner is inside a call): the calls after the stuck
+        # one go to the new owner then, not after the stuck call returns.
+        self._pending = calls
         for index, (reader, fn) in enumerate(calls):
+            self._pending_next = index + 1
             self._begin_task(reader)
             try:
                 fn()
             except BaseException:  # noqa: BLE001 - a bug, or SystemExit from a listener: log it, keep the loop
                 logger.exception("event loop %s: a call failed", self.name)
             if not self._end_task(me):
-                with self._lock:
-                    self._calls[:0] = calls[index + 1:]  # the new owner runs the rest first
-                return reader
+                return reader  # the hand-off gave the calls after this one to the new owner
+        self._pending = None
         return None
 
-    def _run_ready(self, me: threading.Thread) -> Optional["LoopReading"]:
+    def _run_ready(self, me: threading.Thread) -> Optional[LoopClient]:
         # _ready and _next are the owner's: a hand-off happens only inside a
         # task (after _next moved on), and the new owner reads them once it
         # has taken the loop under _lock.
@@ -270,7 +302,7 @@ class EventLoop(HandOffs):
                 return None
             self._next = position + 1
             key, _ = ready[position]
-            reader: Optional["LoopReading"] = key.data
+            reader: Optional[LoopClient] = key.data
             if reader is None:
                 _drain(self._wake_r)
                 continue
@@ -292,7 +324,7 @@ class EventLoop(HandOffs):
                 self.in_task = False
                 self.task_reader = None
 
-    def _begin_task(self, reader: "LoopReading") -> None:
+    def _begin_task(self, reader: LoopClient) -> None:
         self.task_reader = reader
         self.task_seq += 1
         self.in_task = True

@@ -12,6 +12,20 @@ task was inside one of its connection's listeners, that connection's
 reading moves too: the loop goes on answering its pings while its later
 messages queue for the stuck thread (``reader.SocketReader.hand_off``).
 
+A task whose thread *ran* through the period (it used at least
+``_RUNNING_SHARE`` of a CPU, or waited for one in the kernel's run queue:
+compressing a large message on a busy machine, Python code at work) is
+not stuck yet: it keeps the loop for up to ``_RUNNING_SAMPLES``
+samples more, about 25 ms in all, before it is handed off anyway. The
+hand-off rescues the loop from a task that waits (a lock, a socket, a
+sleep); from one that computes it gains little on a busy machine and costs
+a thread switch per task: with permessage-deflate on, a 64 KiB echo (1.5 ms
+of zlib) that the machine's load stretched past 5 ms was handed off, and
+the threads that followed stretched the next ones (90 to 200 threads,
+a third slower). Go's sysmon makes the same difference: a thread in a
+system call loses its processor within 20 us to 10 ms, a goroutine that
+runs is preempted after 10 ms.
+
 This is Go's ``sysmon``, which retakes the processor of a thread blocked in
 a system call (``runtime/proc.go``, ``retake``), and Jetty's adaptive
 execution strategy, where the thread that found a task runs it while
@@ -26,7 +40,9 @@ the loop sees the flag).
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..log import logger
@@ -42,8 +58,52 @@ PERIOD = 0.005
 
 #: Sysmon samples without a stuck task that end a burst (``EventLoop.bursting``)...
 _BURST_QUIET = 20
-#: ... or tasks in a row run off the loop that ended before a sample saw them.
+#: ... or tasks run off the loop since the last hand-off that ended before
+#: a sample found them stuck (two samples in the task: what hands off an
+#: inline task). A task of a few ms is seen by one sample or another in
+#: most cases: counting only those no sample saw, a burst of such tasks
+#: (compressing 64 KiB messages on a busy machine) went on for as long as
+#: the load, a thread switch per message.
 _BURST_QUICK = 8
+
+#: A task whose thread used at least this share of a CPU since the last
+#: sample is running, not stuck...
+_RUNNING_SHARE = 0.25
+#: ... for at most this many samples in a row; then it is handed off anyway.
+_RUNNING_SAMPLES = 4
+
+_SCHEDSTAT = os.path.exists("/proc/thread-self/schedstat")  # Linux
+_thread_clock = getattr(time, "pthread_getcpuclockid", None)  # elsewhere the CPU time alone; not on Windows or macOS
+
+
+def cpu_mark(thread: Optional[threading.Thread]) -> Optional[tuple[float, float]]:
+    """The seconds ``thread`` has run or waited to run (Linux: its
+    ``schedstat``, time on a CPU plus time in the run queue; elsewhere its
+    CPU time) and the time now, or None where the platform cannot tell.
+    A thread that waits for a lock, a socket or the GIL sleeps: that time
+    is in neither. ``thread`` must be alive (the caller holds the loop's
+    lock, under which neither its owner nor a detached thread ends)."""
+    if thread is None or thread.ident is None:
+        return None
+    try:
+        if _SCHEDSTAT:
+            with open(f"/proc/self/task/{thread.native_id}/schedstat", "rb") as stat:
+                on_cpu, queued = stat.read().split()[:2]
+            return (int(on_cpu) + int(queued)) / 1e9, time.monotonic()
+        if _thread_clock is not None:
+            return time.clock_gettime(_thread_clock(thread.ident)), time.monotonic()
+    except (OSError, ValueError, OverflowError):
+        pass
+    return None
+
+
+def ran(before: Optional[tuple[float, float]], after: Optional[tuple[float, float]]) -> bool:
+    """True if the thread ran or waited to (``_RUNNING_SHARE`` of the time)
+    between two ``cpu_mark``s."""
+    if before is None or after is None:
+        return False
+    return after[0] - before[0] >= _RUNNING_SHARE * (after[1] - before[1])
+
 
 #: Samples with every loop idle before the sysmon sleeps (under load the
 #: loops go idle between batches: no wake-up per batch).
@@ -152,9 +212,12 @@ class HandOffs:
         in_task: bool
         task_reader: Optional["LoopClient"]
         sampled_seq: int
+        sampled_mark: Optional[tuple[float, float]]
+        running_samples: int
         bursting: bool
         _quiet: int
         _quick: int
+        detached_runs: int
         _detached: dict[threading.Thread, list[Any]]
 
         def _start_thread(self) -> None: ...
@@ -164,9 +227,11 @@ class HandOffs:
 
     def check_stuck(self) -> Optional["LoopClient"]:
         """The sysmon's sample: if the owner has been in the same task since
-        the last sample, hand the loop off and return the task's reader; a
-        task running off the loop (a burst, below) seen at two samples has
-        its connection's reading moved to the loop."""
+        the last sample, and did not run through it (``ran``; then for at
+        most ``_RUNNING_SAMPLES``), hand the loop off and return the task's
+        reader; a task running off the loop (a burst, below) seen at two
+        samples, by the same rule, has its connection's reading moved to
+        the loop."""
         with self._lock:
             if self._stopped:
                 return None
@@ -176,7 +241,16 @@ class HandOffs:
                 self._after_sample(woken)
                 return None
             if self.task_seq != self.sampled_seq or not self._in_user_code(self.task_reader):
+                if self.task_seq != self.sampled_seq:
+                    self.running_samples = 0
                 self.sampled_seq = self.task_seq
+                self.sampled_mark = cpu_mark(self._owner)
+                self._after_sample(woken)
+                return None
+            mark = cpu_mark(self._owner)
+            if self.running_samples < _RUNNING_SAMPLES and ran(self.sampled_mark, mark):
+                self.running_samples += 1
+                self.sampled_mark = mark
                 self._after_sample(woken)
                 return None
             stuck, reader = self._owner, self.task_reader
@@ -207,6 +281,11 @@ class HandOffs:
         for thread, entry in list(self._detached.items()):
             if not entry[1]:
                 entry[1] = True  # seen once: stuck if still there at the next sample
+                entry[2] = cpu_mark(thread)
+                continue
+            mark = cpu_mark(thread)
+            if entry[3] < _RUNNING_SAMPLES and ran(entry[2], mark):
+                entry[2], entry[3] = mark, entry[3] + 1  # it runs: not stuck yet
                 continue
             call = entry[0].hand_off(thread)
             if call is not None:
@@ -244,7 +323,7 @@ class HandOffs:
         with self._lock:
             self._owner = None
             self._wanted += 1
-            self._detached[me] = [reader, False]
+            self._detached[me] = [reader, False, None, 0]
             spare = self._spares > 0
             if spare:
                 self._spare_cond.notify()
@@ -257,7 +336,8 @@ class HandOffs:
         finally:
             with self._lock:
                 entry = self._detached.pop(me, None)
-                if entry is not None and not entry[1]:  # it ended within a sample: not a blocking one
+                self.detached_runs += 1
+                if entry is not None:  # not handed off: it would not have been inline either
                     self._quick += 1
                     if self._quick >= _BURST_QUICK:
                         self.bursting = False

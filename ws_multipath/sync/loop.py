@@ -111,12 +111,16 @@ class EventLoop(HandOffs):
         self.in_task = False
         self.task_reader: Optional[LoopClient] = None
         self.sampled_seq = -1  # the sysmon's, under _lock
+        self.sampled_mark: Optional[tuple[float, float]] = None  # the owner's CPU time at that sample (handoff.cpu_mark)
+        self.running_samples = 0  # samples in a row that found the task running (handoff.ran)
         #: Set by a hand-off, cleared after ``_BURST_QUIET`` quiet samples:
         #: while set, each task runs off the loop (``_run_detached``).
         self.bursting = False
         self._quiet = 0  # sysmon samples without a stuck task, during a burst
-        self._quick = 0  # detached tasks in a row that ended before a sample saw them
-        self._detached: dict[threading.Thread, list[Any]] = {}  # thread: [reader, seen by a sample]
+        self._quick = 0  # detached tasks since the last hand-off that ended without one
+        #: Tasks run off the loop so far (stats, tests), under _lock.
+        self.detached_runs = 0
+        self._detached: dict[threading.Thread, list[Any]] = {}  # thread: [reader, seen by a sample, its cpu_mark, running samples]
 
     def __repr__(self) -> str:
         return f"<EventLoop {self.name} threads={self.threads}>"

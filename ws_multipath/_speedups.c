@@ -51,12 +51,17 @@
  *         take), which the caller writes once the socket drains. OSError as
  *         send_nowait. For the small data messages of an echo or a chat:
  *         the transport calls it with its write lock held (sync/transport.py).
- *     recv_nowait(sock, size) -> bytes or None
- *         one non-blocking recv(2) of at most size bytes: the bytes read (b""
- *         at the end of the stream), None when nothing is there (EAGAIN);
- *         OSError otherwise. It keeps the GIL (the call cannot block: the
- *         loop calls it for a socket its selector found readable), which
- *         socket.recv lets go and takes back around every read. *
+ *     recv_nowait(sock, size[, flags]) -> bytes or None
+ *         one non-blocking recv(2) of at most size bytes (flags, such as
+ *         MSG_PEEK, added to MSG_DONTWAIT): the bytes read (b"" at the end
+ *         of the stream), None when nothing is there (EAGAIN); OSError
+ *         otherwise. It keeps the GIL (the call cannot block: the loop
+ *         calls it for a socket its selector found readable), which
+ *         socket.recv lets go and takes back around every read.
+ *     shutdown_now(sock, how) -> None
+ *         shutdown(2), which never blocks, with the GIL kept: on a loop's
+ *         thread, letting the GIL go around a call that cannot wait only
+ *         invites another thread to take it. OSError as socket.shutdown. *
  * data is any bytes-like object (bytes, bytearray, memoryview of bytes) and
  * mask any bytes-like object of exactly 4 bytes; 0 <= start <= end <= len(data).
  *
@@ -642,16 +647,25 @@ speedups_send_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 PyDoc_STRVAR(recv_nowait_doc,
-"recv_nowait(sock, size) -> bytes or None\n\n"
-"One non-blocking recv of at most size bytes (the GIL kept): the bytes, b''\n"
-"at the end of the stream, None when nothing is there; OSError otherwise.");
+"recv_nowait(sock, size[, flags]) -> bytes or None\n\n"
+"One non-blocking recv of at most size bytes (flags added to MSG_DONTWAIT;\n"
+"the GIL kept): the bytes, b'' at the end of the stream, None when nothing\n"
+"is there; OSError otherwise.");
 
 static PyObject *
 speedups_recv_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "recv_nowait() takes exactly 2 arguments");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "recv_nowait() takes 2 or 3 arguments");
         return NULL;
+    }
+    int flags = MSG_DONTWAIT;
+    if (nargs == 3) {
+        long extra = PyLong_AsLong(args[2]);
+        if (extra == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        flags |= (int)extra;
     }
     Py_ssize_t size = PyLong_AsSsize_t(args[1]);
     if (size == -1 && PyErr_Occurred()) {
@@ -671,7 +685,7 @@ speedups_recv_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     ssize_t received;
     do {
-        received = recv(fd, PyBytes_AS_STRING(data), (size_t)size, MSG_DONTWAIT);
+        received = recv(fd, PyBytes_AS_STRING(data), (size_t)size, flags);
     } while (received < 0 && errno == EINTR);
     if (received < 0) {
         Py_DECREF(data);
@@ -684,6 +698,32 @@ speedups_recv_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     return data;
+}
+
+PyDoc_STRVAR(shutdown_now_doc,
+"shutdown_now(sock, how) -> None\n\n"
+"shutdown(2) of sock (it never blocks), with the GIL kept; OSError as\n"
+"socket.shutdown.");
+
+static PyObject *
+speedups_shutdown_now(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "shutdown_now() takes exactly 2 arguments");
+        return NULL;
+    }
+    int fd;
+    if (socket_fd(args[0], &fd) < 0) {
+        return NULL;
+    }
+    long how = PyLong_AsLong(args[1]);
+    if (how == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (shutdown(fd, (int)how) < 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(send_message_doc,
@@ -797,6 +837,7 @@ static PyMethodDef speedups_methods[] = {
     {"send_nowait", (PyCFunction)(void (*)(void))speedups_send_nowait, METH_FASTCALL, send_nowait_doc},
     {"send_message", (PyCFunction)(void (*)(void))speedups_send_message, METH_FASTCALL, send_message_doc},
     {"recv_nowait", (PyCFunction)(void (*)(void))speedups_recv_nowait, METH_FASTCALL, recv_nowait_doc},
+    {"shutdown_now", (PyCFunction)(void (*)(void))speedups_shutdown_now, METH_FASTCALL, shutdown_now_doc},
 #endif
     {NULL, NULL, 0, NULL},
 };

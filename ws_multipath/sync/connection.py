@@ -22,7 +22,6 @@ the inbox is empty. Nothing is ever written after the close frame.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
@@ -33,6 +32,7 @@ from ..log import format_address, logger
 from ..protocol.closing import Closing, FrameKind, ReadyState
 from ..protocol.frames import FrameReader, FrameWriter, check_close_code
 from .heartbeat import Heartbeat
+from .ids import new_id
 from .inbox import Inbox
 from .incoming import Incoming
 from .loop import EventLoop
@@ -45,12 +45,6 @@ if TYPE_CHECKING:
     from ..options import HandlerOptions
 
 __all__ = ["WebSocket", "ReadyState"]
-
-
-def _uuid4_hex() -> str:
-    raw = bytearray(os.urandom(16))  # uuid.uuid4().hex without the UUID object: a third of the cost
-    raw[6], raw[8] = (raw[6] & 0x0F) | 0x40, (raw[8] & 0x3F) | 0x80  # version 4, RFC 4122 variant
-    return raw.hex()
 
 
 class WebSocket(Sending, EventEmitter):
@@ -91,7 +85,7 @@ class WebSocket(Sending, EventEmitter):
         loop: Optional[EventLoop] = None,
     ) -> None:
         super().__init__(error_parent=parent)
-        self.id = _uuid4_hex()  # unique across the cluster: broadcast(exclude=...) travels by id
+        self.id = new_id()  # unique across the cluster: broadcast(exclude=...) travels by id
         self.request = request
         self.protocol = protocol
         self.extensions = extensions

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from ..log import logger
 from .dispatch import listener_thread
+from .sockets import send_small
 from .handoff import HandOffs
 
 if TYPE_CHECKING:
@@ -346,8 +347,8 @@ class EventLoop(HandOffs):
 
     def _wake(self) -> None:
         try:
-            self._wake_w.send(b"\0")
-        except OSError:  # full (a wake-up is pending anyway) or closed
+            send_small(self._wake_w, b"\0")  # the GIL kept (it cannot block): no switch to another thread here
+        except OSError:  # closed (full returns 0: a wake-up is pending anyway)
             pass
 
     def _close(self) -> None:

@@ -82,19 +82,24 @@ def _send_small_python(sock: socket.socket, data: Payload, more: bool = False) -
 send_small: Callable[..., int] = send_nowait if send_nowait is not None else _send_small_python
 
 
-def _recv_nowait_python(sock: socket.socket, size: int) -> Optional[bytes]:
+def _recv_nowait_python(sock: socket.socket, size: int, flags: int = 0) -> Optional[bytes]:
     try:
-        return sock.recv(size, socket.MSG_DONTWAIT)
+        return sock.recv(size, socket.MSG_DONTWAIT | flags)
     except BlockingIOError:
         return None
 
 
-#: ``recv_nowait(sock, size) -> bytes or None``: one non-blocking read of a
-#: plain socket, None when nothing is there, b"" at its end, ``OSError`` when
-#: it failed; the C speedups' keeps the GIL (the read cannot block), which
-#: ``socket.recv`` lets go and takes back around every read.
-recv_nowait: Callable[[socket.socket, int], Optional[bytes]] = _recv_nowait_python
+#: ``recv_nowait(sock, size, flags=0) -> bytes or None``: one non-blocking
+#: read of a plain socket (``flags``: MSG_PEEK...), None when nothing is
+#: there, b"" at its end, ``OSError`` when it failed; the C speedups' keeps
+#: the GIL (the read cannot block), which ``socket.recv`` lets go and takes
+#: back around every read.
+recv_nowait: Callable[..., Optional[bytes]] = _recv_nowait_python
+#: ``shutdown_now(sock, how)``: the C speedups' ``shutdown(2)`` with the GIL
+#: kept (it never blocks), or None on the pure-Python path.
+_shutdown_now: Optional[Callable[[socket.socket, int], None]] = None
 if SPEEDUPS:
+    _shutdown_now = getattr(_speedups, "shutdown_now", None)
     recv_nowait = getattr(_speedups, "recv_nowait", _recv_nowait_python)
 
 
@@ -214,7 +219,10 @@ def as_bytes_view(view: memoryview) -> Payload:
 def shutdown(sock: socket.socket, how: int) -> None:
     """``shutdown(2)``, ignoring a socket that is gone already."""
     try:
-        socket.socket.shutdown(sock, how)
+        if _shutdown_now is not None:
+            _shutdown_now(sock, how)
+        else:
+            socket.socket.shutdown(sock, how)
     except OSError:
         pass
 
@@ -224,13 +232,11 @@ def peer_half_closed(sock: socket.socket) -> bool:
     it can never read a 101 and use the connection (ws destroys such a
     socket before its 101 too). Not knowable here for TLS (its records).
     Never waits, whatever the socket's timeout."""
-    if isinstance(sock, ssl.SSLSocket):
-        return False
-    if not readable(sock, 0):
+    if isinstance(sock, ssl.SSLSocket) or sock.fileno() < 0:
         return False
     try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError, TimeoutError, ValueError):
+        return recv_nowait(sock, 1, socket.MSG_PEEK) == b""  # None: nothing there
+    except (InterruptedError, TimeoutError, ValueError):
         return False
     except OSError:  # reset: gone too
         return True

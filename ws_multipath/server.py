@@ -2,15 +2,18 @@
 
 The server owns the lifecycle (listening, closing) and the routing table;
 its closing sequence and the ``max_connections`` count are the
-``ServerClosing`` mixin (``server_closing.py``).
-Where it listens and the accept loop live in ``sync/acceptor.py``; the loop
-starts one request thread per accepted connection; that thread's HTTP side
-(``http/handshake.py``) reads the request within ``open_timeout``, TLS
-included, and hands the socket to the path's handler, which answers the
-handshake, runs the ``'connection'`` listeners and gives the connection to
-its event loop (``sync/loop.py``); the request thread then ends. A plain
-HTTP request goes to the ``wsgi_app``'s pool of ``wsgi_threads`` threads
-instead (``http/wsgi.py``), and that thread ends.
+``ServerClosing`` mixin (``server_closing.py``), its cluster side
+(``send_to``, presence) the ``ServerCluster`` mixin (``server_cluster.py``).
+Where it listens and the accept loop live in ``sync/acceptor.py``. The
+accept loop gives each plain connection to the server's head loop
+(``http/head_waiting.py``), which reads its request within
+``open_timeout`` without a thread of its own and runs the rest of the
+handshake as a task (a TLS connection gets a request thread instead); the
+HTTP side (``http/handshake.py``) hands the socket to the path's handler,
+which answers the handshake, runs the ``'connection'`` listeners and gives
+the connection to its event loop (``sync/loop.py``). A plain HTTP request
+goes to the ``wsgi_app``'s pool of ``wsgi_threads`` threads instead
+(``http/wsgi.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from .arguments import NO_PORT, NoListen, check_arguments, check_listen_arguments, check_path, wsgi_options
 from .cluster.directory import Directory
-from .cluster.message import checked_send_to
 from .emitter import EventEmitter
 from .handler import WebSocketHandler
 from .http.handshake import HTTPSide
@@ -36,6 +38,7 @@ from .http.routing import RoutingTable
 from .http.wsgi import WSGIServer
 from .options import HandlerOptions, HandlerOptionsDict
 from .server_closing import ServerClosing
+from .server_cluster import ServerCluster
 from .serving import format_listen_address, wait_closed
 from .stats import server_stats
 from .sync.acceptor import Acceptor
@@ -62,7 +65,7 @@ __all__ = ["MultipathServer"]
 HANDLERS_GRACE = 1.0
 
 
-class MultipathServer(ServerClosing, EventEmitter):
+class MultipathServer(ServerClosing, ServerCluster, EventEmitter):
     """A WebSocket server that serves many paths on one port.
 
     ``MultipathServer(port, host=None, auto_listen=True, reject_unhandled=True,
@@ -257,11 +260,6 @@ class MultipathServer(ServerClosing, EventEmitter):
         """True exactly while the server accepts connections."""
         return self._acceptor.bound and not self._closing
 
-    @property
-    def node_id(self) -> Optional[str]:
-        """This server's id in the cluster (the ``origin`` of its messages), or None without a broker."""
-        return self._cluster.id if self._cluster is not None else None
-
     def stats(self) -> dict[str, Any]:
         """The server's counters: totals over its paths, what no handler
         saw (``refused``: ``no_handler``, ``not_websocket``, ``bad_request``)
@@ -285,12 +283,6 @@ class MultipathServer(ServerClosing, EventEmitter):
             held, loops = self._open_connections, self._open_loops
         return measure_capacity(held, listening=self._acceptor.bound, loops=loops,
                                 broker_fds=self._cluster.broker.descriptors() if self._cluster else 0)
-
-    def wait_cluster_ready(self, timeout: Optional[float] = None) -> bool:
-        """Wait until the broker confirmed this server's subscriptions (True),
-        or ``timeout`` passed (False); True at once without a broker.
-        Messages published before that may not reach this server."""
-        return self._cluster.wait_ready(timeout) if self._cluster is not None else True
 
     def __repr__(self) -> str:
         return f"<MultipathServer {self.address} listening={self.listening}>"
@@ -363,34 +355,6 @@ class MultipathServer(ServerClosing, EventEmitter):
         if self._cluster is not None:
             self._cluster.add(handler)
         return handler
-
-    def _presence_for(self, handler: WebSocketHandler) -> None:
-        from .cluster.presence import Presence
-
-        with self._lock:
-            if self._presence is None:
-                cluster = self._cluster
-                store = cluster.broker.presence_store() if cluster is not None else None
-                self._presence = Presence(cluster.id if cluster else None, store, cluster.publish_presence if cluster else None)
-                if cluster is not None:
-                    cluster.presence = self._presence
-            presence = self._presence
-        presence.add_handler(handler)
-
-    # -- one connection, wherever it is ------------------------------------------
-
-    def send_to(self, id: str, data: Union[str, bytes, bytearray, memoryview]) -> bool:
-        """Send ``data`` (str: text, bytes: binary) to the connection whose
-        ``ws.id`` is ``id``, in this process or, with a broker, in any
-        process sharing it (``Publisher(url).send_to`` does the same from
-        outside). At-most-once, as broadcasts: True when it was queued for
-        a local connection or published, False when the id is not here and
-        there is no broker (or the broker dropped it). Never blocks on the
-        client."""
-        id, message = checked_send_to(id, data)
-        if self._directory.send(id, message):
-            return True
-        return self._cluster.send_to(id, message) if self._cluster is not None else False
 
     def unhandled_request(self, sock: socket.socket) -> Optional[Request]:
         """The request read from a socket given to ``'unhandled'`` listeners

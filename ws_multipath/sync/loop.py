@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from ..log import logger
 from .dispatch import listener_thread
-from .sockets import send_small
+from .sockets import recv_nowait, send_small
 from .handoff import HandOffs
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ class LoopClient(Protocol):
 
 
 Call = tuple[LoopClient, Callable[[], None]]
+
+_DRAIN_SIZE = 4096  # wake-up bytes read at once
 
 
 class EventLoop(HandOffs):
@@ -361,8 +363,12 @@ class EventLoop(HandOffs):
 
 
 def _drain(sock: socket.socket) -> None:
+    """Read the wake-up bytes: one read that keeps the GIL, as a rule (a
+    short read emptied the socket); no exception at the end."""
     try:
-        while sock.recv(512):
-            pass
+        while True:
+            data = recv_nowait(sock, _DRAIN_SIZE)
+            if not data or len(data) < _DRAIN_SIZE:
+                return
     except OSError:
         pass

@@ -27,7 +27,7 @@ the loop sees the flag).
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..log import logger
 
@@ -133,7 +133,9 @@ class HandOffs:
     (``bursting``), tasks run off the loop (``_run_detached``): the thread
     that found the task runs it after giving the loop to another, as in
     Jetty's execute-produce-consume mode, so that listeners blocking one
-    after another do not hold up the tasks behind them by a sample each."""
+    after another do not hold up the tasks behind them by a sample each; a
+    task that runs user code from a call, or after its connection was read
+    off the loop, goes off the loop itself (``run_off_loop``)."""
 
     if TYPE_CHECKING:  # EventLoop's fields and methods used here
         name: str
@@ -241,8 +243,46 @@ class HandOffs:
         the thread that found the task runs it, another goes on selecting),
         so that listeners blocking one after another do not hold up the
         tasks behind them by a sample each. The sysmon still watches it."""
+        self._give_away(me, reader)
+        try:
+            reader.on_ready(me)
+        except BaseException:  # noqa: BLE001 - a bug, or SystemExit from a listener: log it
+            logger.exception("event loop %s: a connection failed", self.name)
+        finally:
+            self._detached_done(me)
+
+    def run_off_loop(self, reader: "LoopClient", fn: Callable[[], None]) -> None:
+        """Inside a task on the owner: run ``fn``, the rest of the task, off
+        the loop if a burst lasts (another thread takes the loop first, the
+        calls after this one included, as in ``_run_detached``), else
+        inline. For a task that runs user code that may block, which a
+        burst would otherwise not keep from holding up the loop by a sample
+        each: the handshake of a head awaited in the head loop
+        (``http/head_waiting.py``), which runs as a call or after its
+        connection was read off the loop."""
+        me = threading.current_thread()
+        with self._lock:
+            detach = self.bursting and self._owner is me and not self._stopped
+        if not detach:
+            fn()
+            return
+        self._give_away(me, reader)
+        try:
+            fn()
+        finally:
+            self._detached_done(me)
+
+    def _give_away(self, me: threading.Thread, reader: "LoopClient") -> None:
+        """The owner ``me`` gives the loop to a spare or a new thread and
+        goes on with ``reader``'s task off the loop (``_detached``)."""
         with self._lock:
             self._owner = None
+            self.in_task = False
+            self.task_reader = None
+            pending = self._pending
+            if pending is not None:  # inside a call: the calls after it are the new owner's
+                self._calls[:0] = pending[self._pending_next:]
+                self._pending = None
             self._wanted += 1
             self._detached[me] = [reader, False]
             spare = self._spares > 0
@@ -250,14 +290,11 @@ class HandOffs:
                 self._spare_cond.notify()
         if not spare:
             self._start_thread()
-        try:
-            reader.on_ready(me)
-        except BaseException:  # noqa: BLE001 - a bug, or SystemExit from a listener: log it
-            logger.exception("event loop %s: a connection failed", self.name)
-        finally:
-            with self._lock:
-                entry = self._detached.pop(me, None)
-                if entry is not None and not entry[1]:  # it ended within a sample: not a blocking one
-                    self._quick += 1
-                    if self._quick >= _BURST_QUICK:
-                        self.bursting = False
+
+    def _detached_done(self, me: threading.Thread) -> None:
+        with self._lock:
+            entry = self._detached.pop(me, None)
+            if entry is not None and not entry[1]:  # it ended within a sample: not a blocking one
+                self._quick += 1
+                if self._quick >= _BURST_QUICK:
+                    self.bursting = False

@@ -184,6 +184,7 @@ class HandOffs:
             stuck, reader = self._owner, self.task_reader
             self.sampled_seq = -1
             self.in_task = False  # the owner's task ends off the loop
+            self.task_reader = None
             self._owner = None
             pending = self._pending
             if pending is not None:  # stuck in a call: the calls after it are the new owner's

@@ -204,6 +204,7 @@ class EventLoop(HandOffs):
                 if lost_in is None:
                     return  # stopped
                 lost_in.run_dispatcher(me)
+                lost_in = None  # a spare holds nothing of the connection it served (its socket, its head)
                 if not self._become_spare():
                     return
         except Exception:  # noqa: BLE001 - a bug: log it, a spare or a new thread goes on
@@ -253,6 +254,7 @@ class EventLoop(HandOffs):
                 calls, self._calls = self._calls, []
                 idle = not calls and start >= len(ready)
                 if idle:
+                    self._ready, self._next = [], 0  # a hand-off left them: hold no ended connection while selecting
                     self._selecting = True
                     self._woken = False
             if not idle:

@@ -401,3 +401,35 @@ def test_max_connections_refusal_from_the_head_loop(make_server):
             second.sendall(upgrade_head("/echo"))
             assert _response_head(second).startswith(b"HTTP/1.1 503")
     assert server.stats()["paths"]["/echo"]["refused"] == {503: {"max_connections": 1}}
+
+
+def test_the_sysmon_sleeps_while_handshakes_block_for_good(make_server):
+    """Broke before the fix: a handshake run off the head loop during a
+    burst stayed watched as long as it blocked (a 'connection' listener
+    serving its connection in the blocking style blocks for its lifetime),
+    so the burst never ended and the sysmon sampled every 5 ms meanwhile."""
+    server = make_server()
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def on_connection(ws, request):
+        entered.release()
+        release.wait(TIMEOUT)
+
+    server.create_handler(path="/slow").on("connection", on_connection)
+    socks = [_local(server) for _ in range(4)]
+    try:
+        for sock in socks:
+            sock.sendall(upgrade_head("/slow"))
+        for _ in socks:
+            assert entered.acquire(timeout=TIMEOUT)
+        loop = server._http._head_loop
+        assert wait_until(lambda: server._sysmon.sleeping and not loop.bursting and not loop._detached, timeout=3)
+        assert not release.is_set()
+        with _local(server) as fast:  # the head loop still serves
+            fast.sendall(upgrade_head("/slow"))
+            assert _response_head(fast).startswith(b"HTTP/1.1 101")
+    finally:
+        release.set()
+        for sock in socks:
+            sock.close()

@@ -205,18 +205,23 @@ class HandOffs:
 
     def _check_detached(self) -> bool:
         """Under ``_lock``: move the reading of connections whose detached
-        task is stuck to the loop; True if the loop must be woken for it."""
+        task is stuck to the loop; True if the loop must be woken for it.
+        A task of ``run_off_loop`` (``entry[2]``) has nothing to move: once
+        stuck it is told (``hand_off``) and no longer watched, so that a
+        handshake that blocks for as long as its connection lives keeps
+        neither the burst going nor the sysmon awake."""
         woken = False
         for thread, entry in list(self._detached.items()):
             if not entry[1]:
                 entry[1] = True  # seen once: stuck if still there at the next sample
                 continue
             call = entry[0].hand_off(thread)
-            if call is not None:
+            if call is not None or entry[2]:
                 del self._detached[thread]
+                self.bursting, self._quiet, self._quick = True, 0, 0
+            if call is not None:
                 self._calls.append((entry[0], call))
                 woken = True
-                self.bursting, self._quiet, self._quick = True, 0, 0
         return woken
 
     @staticmethod
@@ -244,7 +249,7 @@ class HandOffs:
         the thread that found the task runs it, another goes on selecting),
         so that listeners blocking one after another do not hold up the
         tasks behind them by a sample each. The sysmon still watches it."""
-        self._give_away(me, reader)
+        self._give_away(me, reader, False)
         try:
             reader.on_ready(me)
         except BaseException:  # noqa: BLE001 - a bug, or SystemExit from a listener: log it
@@ -267,15 +272,16 @@ class HandOffs:
         if not detach:
             fn()
             return
-        self._give_away(me, reader)
+        self._give_away(me, reader, True)
         try:
             fn()
         finally:
             self._detached_done(me)
 
-    def _give_away(self, me: threading.Thread, reader: "LoopClient") -> None:
+    def _give_away(self, me: threading.Thread, reader: "LoopClient", final: bool) -> None:
         """The owner ``me`` gives the loop to a spare or a new thread and
-        goes on with ``reader``'s task off the loop (``_detached``)."""
+        goes on with ``reader``'s task off the loop (``_detached``; ``final``:
+        for good, nothing of it can move back, see ``_check_detached``)."""
         with self._lock:
             self._owner = None
             self.in_task = False
@@ -285,7 +291,7 @@ class HandOffs:
                 self._calls[:0] = pending[self._pending_next:]
                 self._pending = None
             self._wanted += 1
-            self._detached[me] = [reader, False]
+            self._detached[me] = [reader, False, final]
             spare = self._spares > 0
             if spare:
                 self._spare_cond.notify()

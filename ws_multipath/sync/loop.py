@@ -116,7 +116,7 @@ class EventLoop(HandOffs):
         self.bursting = False
         self._quiet = 0  # sysmon samples without a stuck task, during a burst
         self._quick = 0  # detached tasks in a row that ended before a sample saw them
-        self._detached: dict[threading.Thread, list[Any]] = {}  # thread: [reader, seen by a sample]
+        self._detached: dict[threading.Thread, list[Any]] = {}  # thread: [reader, seen by a sample, for good]
 
     def __repr__(self) -> str:
         return f"<EventLoop {self.name} threads={self.threads}>"

@@ -267,22 +267,23 @@ class HandOffs:
         (``http/head_waiting.py``), which runs as a call or after its
         connection was read off the loop."""
         me = threading.current_thread()
-        with self._lock:
-            detach = self.bursting and self._owner is me and not self._stopped
-        if not detach:
+        if not self._give_away(me, reader, True):
             fn()
             return
-        self._give_away(me, reader, True)
         try:
             fn()
         finally:
             self._detached_done(me)
 
-    def _give_away(self, me: threading.Thread, reader: "LoopClient", final: bool) -> None:
+    def _give_away(self, me: threading.Thread, reader: "LoopClient", final: bool) -> bool:
         """The owner ``me`` gives the loop to a spare or a new thread and
         goes on with ``reader``'s task off the loop (``_detached``; ``final``:
-        for good, nothing of it can move back, see ``_check_detached``)."""
+        for good, nothing of it can move back, see ``_check_detached``, and
+        only while a burst lasts and ``me`` still owns the loop: the sysmon
+        may have taken it in the same task). False when it did not."""
         with self._lock:
+            if final and not (self.bursting and self._owner is me and not self._stopped):
+                return False
             self._owner = None
             self.in_task = False
             self.task_reader = None
@@ -297,6 +298,7 @@ class HandOffs:
                 self._spare_cond.notify()
         if not spare:
             self._start_thread()
+        return True
 
     def _detached_done(self, me: threading.Thread) -> None:
         with self._lock:

@@ -433,3 +433,28 @@ def test_the_sysmon_sleeps_while_handshakes_block_for_good(make_server):
         release.set()
         for sock in socks:
             sock.close()
+
+
+def test_a_flood_of_clients_that_reset_or_leave_at_every_point(make_server, library_log):
+    server = make_server()
+    server.create_handler(path="/echo")
+    head = upgrade_head("/echo")
+    cuts = [0, 1, 20, len(head) - 1, len(head)]
+    for round_ in range(40):
+        for cut in cuts:
+            sock = _local(server)
+            if cut:
+                sock.sendall(head[:cut])
+            if round_ % 2:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+            else:
+                sock.shutdown(socket.SHUT_WR)  # an end
+            sock.close()
+    assert wait_until(lambda: server._http._waiting == 0 and not server._http._deadlines)
+    with _local(server) as fast:
+        fast.sendall(head)
+        assert _response_head(fast).startswith(b"HTTP/1.1 101")
+    assert wait_until(lambda: _head_waiters() == 0)
+    assert not library_log.errors()
+    # an end before the head is whole is a 400 (as before the head loop), a reset a drop
+    assert set(server.stats()["refused"]) <= {400}

@@ -99,7 +99,7 @@ class Accepting:
         socket and the answer from now on. True; False (the socket closed
         here) when one of them raised."""
         self._refusals.add(error.status, "bad_upgrade")
-        logger.info("invalid upgrade from %s on %s: %s (to the 'client_error' listeners)", format_address(request.remote_address), self.path, error)
+        logger.info("invalid upgrade from %s on %s: %s (to the 'client_error' listeners)", format_address(request.remote_address), self.path, str(error))
         failed: list[BaseException] = []
         for listener in self._listeners.get("client_error", ()):
             try:
@@ -116,7 +116,7 @@ class Accepting:
         self._refusals.add(error.status, key)
         client = format_address(request.remote_address)
         logger.info(
-            "refused %s on %s: %s (%s)", client, self.path, error, key,
+            "refused %s on %s: %s (%s)", client, self.path, str(error), key,  # str: a record kept must not keep the handshake's frames
             extra={"event": "refused", "path": self.path, "client": client, "status": error.status, "reason": key},
         )
         _send_quietly(sock, error_response(error))

@@ -170,7 +170,9 @@ class HTTPSide:
         if stop:
             self._stop_head_loop()
         deadline, address = waiter.deadline, waiter.address
-        if closed:
+        if closed or waiter.lost is not None:
+            if waiter.lost is not None and not deadline.expired:
+                logger.debug("dropping %s: connection lost during the handshake (%s)", format_address(address), waiter.lost)
             self._end(deadline, detached=False)
             return
         buffered = waiter.take_buffer()

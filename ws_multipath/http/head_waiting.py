@@ -18,7 +18,11 @@ another thread (``sync/handoff.py``) as for a ``'message'`` listener: the
 whole task counts as user code for the sysmon, since the library's own part
 of it (a few hundred microseconds) never blocks: the socket stays in
 blocking mode (the reads here pass ``MSG_DONTWAIT``), and the 101 or an
-error status fits in its send buffer.
+error status fits in its send buffer. Once one has blocked, the loop is in
+a burst (``handoff.py``) and the handshakes after it run off the loop from
+their start (``EventLoop.run_off_loop``): any number of blocking ones hold
+up the others by one sample, not by a sample each. A client that resets
+before its head is whole is dropped, not refused (``lost``).
 
 TLS connections are served on a request thread of their own, as before:
 their handshake takes round trips that a loop would have to drive step by
@@ -62,7 +66,7 @@ class HeadWaiter:
     its socket ready. The buffer and the flags belong to the task that
     holds the claim; ``_registered`` to the loop's owner."""
 
-    __slots__ = ("sock", "address", "deadline", "_loop", "_limits", "_ended", "_buffer", "_fd", "_registered", "_claim", "_done")
+    __slots__ = ("sock", "address", "deadline", "lost", "_loop", "_limits", "_ended", "_buffer", "_fd", "_registered", "_claim", "_done")
 
     def __init__(
         self,
@@ -79,6 +83,9 @@ class HeadWaiter:
         self.sock = sock
         self.address = address
         self.deadline = deadline
+        #: The error's text when the connection broke (a reset) before the
+        #: head was whole: a drop, not a refusal (a later read would see EOF).
+        self.lost: Optional[str] = None
         self._loop = loop
         self._limits = limits
         self._ended = ended
@@ -124,14 +131,21 @@ class HeadWaiter:
             self._loop.release(self, self._end)
 
     def _end(self) -> None:
+        """On the loop's owner: the rest of the handshake, off the loop while
+        a burst of blocking handshakes lasts (``EventLoop.run_off_loop``),
+        so that any number of them hold up the others by one sample at most."""
+        self._loop.run_off_loop(self, self._end_here)
+
+    def _end_here(self) -> None:
         self._ended(self)
 
     def _read(self) -> bool:
         """One read; True when the head can be acted on."""
         try:
             data = recv_nowait(self.sock, _READ_SIZE)
-        except OSError:
-            return True  # reset: the handshake's own read says so
+        except OSError as exc:
+            self.lost = str(exc)  # reset: reported once, a later read sees only an end
+            return True
         if data is None:
             return False
         if not data:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..log import logger
 
@@ -193,7 +193,9 @@ class HandOffs:
     (``bursting``), tasks run off the loop (``_run_detached``): the thread
     that found the task runs it after giving the loop to another, as in
     Jetty's execute-produce-consume mode, so that listeners blocking one
-    after another do not hold up the tasks behind them by a sample each."""
+    after another do not hold up the tasks behind them by a sample each; a
+    task that runs user code from a call, or after its connection was read
+    off the loop, goes off the loop itself (``run_off_loop``)."""
 
     if TYPE_CHECKING:  # EventLoop's fields and methods used here
         name: str
@@ -256,6 +258,7 @@ class HandOffs:
             stuck, reader = self._owner, self.task_reader
             self.sampled_seq = -1
             self.in_task = False  # the owner's task ends off the loop
+            self.task_reader = None
             self._owner = None
             pending = self._pending
             if pending is not None:  # stuck in a call: the calls after it are the new owner's
@@ -276,7 +279,11 @@ class HandOffs:
 
     def _check_detached(self) -> bool:
         """Under ``_lock``: move the reading of connections whose detached
-        task is stuck to the loop; True if the loop must be woken for it."""
+        task is stuck to the loop; True if the loop must be woken for it.
+        A task of ``run_off_loop`` (``entry[4]``) has nothing to move: once
+        stuck it is told (``hand_off``) and no longer watched, so that a
+        handshake that blocks for as long as its connection lives keeps
+        neither the burst going nor the sysmon awake."""
         woken = False
         for thread, entry in list(self._detached.items()):
             if not entry[1]:
@@ -288,11 +295,12 @@ class HandOffs:
                 entry[2], entry[3] = mark, entry[3] + 1  # it runs: not stuck yet
                 continue
             call = entry[0].hand_off(thread)
-            if call is not None:
+            if call is not None or entry[4]:  # for good: nothing moves back, stop watching it
                 del self._detached[thread]
+                self.bursting, self._quiet, self._quick = True, 0, 0
+            if call is not None:
                 self._calls.append((entry[0], call))
                 woken = True
-                self.bursting, self._quiet, self._quick = True, 0, 0
         return woken
 
     @staticmethod
@@ -320,24 +328,62 @@ class HandOffs:
         the thread that found the task runs it, another goes on selecting),
         so that listeners blocking one after another do not hold up the
         tasks behind them by a sample each. The sysmon still watches it."""
-        with self._lock:
-            self._owner = None
-            self._wanted += 1
-            self._detached[me] = [reader, False, None, 0]
-            spare = self._spares > 0
-            if spare:
-                self._spare_cond.notify()
-        if not spare:
-            self._start_thread()
+        self._give_away(me, reader, False)
         try:
             reader.on_ready(me)
         except BaseException:  # noqa: BLE001 - a bug, or SystemExit from a listener: log it
             logger.exception("event loop %s: a connection failed", self.name)
         finally:
-            with self._lock:
-                entry = self._detached.pop(me, None)
-                self.detached_runs += 1
-                if entry is not None:  # not handed off: it would not have been inline either
-                    self._quick += 1
-                    if self._quick >= _BURST_QUICK:
-                        self.bursting = False
+            self._detached_done(me)
+
+    def run_off_loop(self, reader: "LoopClient", fn: Callable[[], None]) -> None:
+        """Inside a task on the owner: run ``fn``, the rest of the task, off
+        the loop if a burst lasts (another thread takes the loop first, the
+        calls after this one included, as in ``_run_detached``), else
+        inline. For a task that runs user code that may block, which a
+        burst would otherwise not keep from holding up the loop by a sample
+        each: the handshake of a head awaited in the head loop
+        (``http/head_waiting.py``), which runs as a call or after its
+        connection was read off the loop."""
+        me = threading.current_thread()
+        if not self._give_away(me, reader, True):
+            fn()
+            return
+        try:
+            fn()
+        finally:
+            self._detached_done(me)
+
+    def _give_away(self, me: threading.Thread, reader: "LoopClient", final: bool) -> bool:
+        """The owner ``me`` gives the loop to a spare or a new thread and
+        goes on with ``reader``'s task off the loop (``_detached``; ``final``:
+        for good, nothing of it can move back, see ``_check_detached``, and
+        only while a burst lasts and ``me`` still owns the loop: the sysmon
+        may have taken it in the same task). False when it did not."""
+        with self._lock:
+            if final and not (self.bursting and self._owner is me and not self._stopped):
+                return False
+            self._owner = None
+            self.in_task = False
+            self.task_reader = None
+            pending = self._pending
+            if pending is not None:  # inside a call: the calls after it are the new owner's
+                self._calls[:0] = pending[self._pending_next:]
+                self._pending = None
+            self._wanted += 1
+            self._detached[me] = [reader, False, None, 0, final]
+            spare = self._spares > 0
+            if spare:
+                self._spare_cond.notify()
+        if not spare:
+            self._start_thread()
+        return True
+
+    def _detached_done(self, me: threading.Thread) -> None:
+        with self._lock:
+            entry = self._detached.pop(me, None)
+            self.detached_runs += 1
+            if entry is not None:  # not handed off: it would not have been inline either
+                self._quick += 1
+                if self._quick >= _BURST_QUICK:
+                    self.bursting = False

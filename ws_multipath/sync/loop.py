@@ -123,7 +123,8 @@ class EventLoop(HandOffs):
         self._quick = 0  # detached tasks since the last hand-off that ended without one
         #: Tasks run off the loop so far (stats, tests), under _lock.
         self.detached_runs = 0
-        self._detached: dict[threading.Thread, list[Any]] = {}  # thread: [reader, seen by a sample, its cpu_mark, running samples]
+        #: thread: [reader, seen by a sample, its cpu_mark, running samples, for good (run_off_loop)]
+        self._detached: dict[threading.Thread, list[Any]] = {}
 
     def __repr__(self) -> str:
         return f"<EventLoop {self.name} threads={self.threads}>"
@@ -211,6 +212,7 @@ class EventLoop(HandOffs):
                 if lost_in is None:
                     return  # stopped
                 lost_in.run_dispatcher(me)
+                lost_in = None  # a spare holds nothing of the connection it served (its socket, its head)
                 if not self._become_spare():
                     return
         except Exception:  # noqa: BLE001 - a bug: log it, a spare or a new thread goes on
@@ -260,6 +262,7 @@ class EventLoop(HandOffs):
                 calls, self._calls = self._calls, []
                 idle = not calls and start >= len(ready)
                 if idle:
+                    self._ready, self._next = [], 0  # a hand-off left them: hold no ended connection while selecting
                     self._selecting = True
                     self._woken = False
             if not idle:

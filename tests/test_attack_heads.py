@@ -116,6 +116,8 @@ def test_blocked_handshakes_do_not_hold_up_a_healthy_one(make_server, library_lo
     warm = _local(server)  # the head loop and the /fast handler's loop are running
     warm.sendall(upgrade_head("/fast"))
     assert _response_head(warm).startswith(b"HTTP/1.1 101")
+    # the 101 goes out before the connection joins its loop, which starts the loop's thread
+    assert wait_until(lambda: "ws_multipath-loop /fast" in _library_threads())
     threads_before, fds_before = len(_library_threads()), _open_fds()
     slow = [_local(server) for _ in range(BLOCKED)]
     try:

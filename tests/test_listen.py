@@ -268,3 +268,25 @@ def test_systemd_variables_for_another_process_are_ignored():
     env = {"LISTEN_FDS": "2", "LISTEN_PID": str(os.getpid()), "LISTEN_FDNAMES": "a:b"}
     assert systemd_listen_fd(env) == 3 and env == {}
     assert systemd_listen_fd({}) is None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_a_server_that_cannot_listen_keeps_no_descriptor():
+    """The constructor opens the head loop's descriptors (its selector and
+    wake-up pair) before it listens: a port in use must not leave them open."""
+    from ws_multipath import MultipathServer
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError):  # a first one: whatever is opened once (imports, caches) is open now
+            MultipathServer(port=port, host="127.0.0.1")
+        before = open_fds()
+        for _ in range(5):
+            with pytest.raises(OSError):
+                MultipathServer(port=port, host="127.0.0.1")
+        assert open_fds() == before

@@ -234,6 +234,7 @@ class MultipathServer(ServerClosing, ServerCluster, EventEmitter):
             try:
                 self._listen()
             except BaseException:
+                self._http.close()  # the head loop's descriptors, opened with it
                 if self._cluster is not None:
                     self._cluster.close()
                 if sock is not None:

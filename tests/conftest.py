@@ -157,3 +157,19 @@ def no_thread_exceptions() -> Iterator[list]:
     yield caught
     threading.excepthook = previous
     assert not caught, f"exception escaped a thread: {caught[0].exc_value!r}"
+
+
+def response_head(sock: socket.socket) -> bytes:
+    """What the server sent up to the end of its response head (less at EOF)."""
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        response += chunk
+    return response
+
+
+def library_threads() -> list[str]:
+    """The names of the library's threads alive now."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("ws_multipath-")]

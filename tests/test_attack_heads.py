@@ -20,7 +20,7 @@ from ws_multipath import MultipathServer
 from ws_multipath.http.head_waiting import HeadWaiter
 from ws_multipath.sync.loop import MAX_SPARES
 
-from .conftest import TIMEOUT, read_until_eof, upgrade_head, wait_until
+from .conftest import TIMEOUT, library_threads, read_until_eof, response_head, upgrade_head, wait_until
 
 #: Blocked handshakes sent just before a healthy one. Each used to hold the
 #: head loop for a sysmon sample (5-10 ms): 60 of them, 0.3-0.6 s.
@@ -41,20 +41,6 @@ def _connect(address, family=socket.AF_INET) -> socket.socket:
 
 def _local(server) -> socket.socket:
     return _connect(("127.0.0.1", server.port))
-
-
-def _response_head(sock: socket.socket) -> bytes:
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        response += chunk
-    return response
-
-
-def _library_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("ws_multipath-")]
 
 
 def _head_waiters() -> int:
@@ -115,10 +101,10 @@ def test_blocked_handshakes_do_not_hold_up_a_healthy_one(make_server, library_lo
     server, slow_path = _blocking_server(make_server, kind, release, entered)
     warm = _local(server)  # the head loop and the /fast handler's loop are running
     warm.sendall(upgrade_head("/fast"))
-    assert _response_head(warm).startswith(b"HTTP/1.1 101")
+    assert response_head(warm).startswith(b"HTTP/1.1 101")
     # the 101 goes out before the connection joins its loop, which starts the loop's thread
-    assert wait_until(lambda: "ws_multipath-loop /fast" in _library_threads())
-    threads_before, fds_before = len(_library_threads()), _open_fds()
+    assert wait_until(lambda: "ws_multipath-loop /fast" in library_threads())
+    threads_before, fds_before = len(library_threads()), _open_fds()
     slow = [_local(server) for _ in range(BLOCKED)]
     try:
         for sock in slow:
@@ -126,13 +112,13 @@ def test_blocked_handshakes_do_not_hold_up_a_healthy_one(make_server, library_lo
         start = time.monotonic()
         with _local(server) as fast:
             fast.sendall(upgrade_head("/fast"))
-            assert _response_head(fast).startswith(b"HTTP/1.1 101")
+            assert response_head(fast).startswith(b"HTTP/1.1 101")
         assert time.monotonic() - start < HELD_UP
         entered.get(timeout=TIMEOUT)
         with _local(server) as fast:  # once they are all blocked, as well
             start = time.monotonic()
             fast.sendall(upgrade_head("/fast"))
-            assert _response_head(fast).startswith(b"HTTP/1.1 101")
+            assert response_head(fast).startswith(b"HTTP/1.1 101")
             assert time.monotonic() - start < HELD_UP
     finally:
         release.set()
@@ -142,7 +128,7 @@ def test_blocked_handshakes_do_not_hold_up_a_healthy_one(make_server, library_lo
     # the threads come back (the head loop keeps MAX_SPARES spares for a
     # while; /slow's accepted connections started its loop), nothing is left
     # of the blocked ones
-    assert wait_until(lambda: len(_library_threads()) <= threads_before + 1 + MAX_SPARES), (threads_before, _library_threads())
+    assert wait_until(lambda: len(library_threads()) <= threads_before + 1 + MAX_SPARES), (threads_before, library_threads())
     assert wait_until(lambda: _head_waiters() == 0)
     assert wait_until(lambda: _open_fds() <= fds_before)
     assert not library_log.errors()
@@ -181,7 +167,7 @@ def test_malformed_heads_get_their_status(make_server, head, status):
     server.create_handler(path="/echo")
     with _local(server) as sock:
         sock.sendall(head)
-        response = _response_head(sock)
+        response = response_head(sock)
         assert response.startswith(b"HTTP/1.1 " + status), response[:60]
 
 
@@ -208,7 +194,7 @@ def test_heads_at_and_over_the_limits(make_server):
             with _local(server) as sock:
                 for at in range(0, len(head), step):
                     sock.sendall(head[at:at + step])
-                response = _response_head(sock)
+                response = response_head(sock)
                 assert response.startswith(b"HTTP/1.1 " + status), (len(head), step, response[:60])
 
 
@@ -226,7 +212,7 @@ def test_the_head_end_straddling_two_reads(make_server):
 
             assert wait_until(read_so_far)
             sock.sendall(head[-cut:])
-            assert _response_head(sock).startswith(b"HTTP/1.1 101")
+            assert response_head(sock).startswith(b"HTTP/1.1 101")
 
 
 def test_frames_in_the_heads_packet_come_in_order(make_server):
@@ -267,7 +253,7 @@ def test_pipelined_requests_and_a_later_upgrade_with_a_wsgi_app(make_server):
         assert response.index(b"/a") < response.index(b"/bb") < response.index(b"/ccc")
     with _local(server) as sock:
         sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert _response_head(sock).startswith(b"HTTP/1.1 200")
+        assert response_head(sock).startswith(b"HTTP/1.1 200")
         sock.sendall(upgrade_head("/echo"))
         received = b""
         while b"101 Switching" not in received:
@@ -281,8 +267,8 @@ def test_many_half_heads_hold_no_thread_and_close_ends_them(make_server, library
     server.create_handler(path="/echo")
     warm = _local(server)
     warm.sendall(upgrade_head("/echo"))
-    assert _response_head(warm).startswith(b"HTTP/1.1 101")
-    threads_before = len(_library_threads())
+    assert response_head(warm).startswith(b"HTTP/1.1 101")
+    threads_before = len(library_threads())
     half = []
     try:
         for i in range(500):
@@ -290,18 +276,18 @@ def test_many_half_heads_hold_no_thread_and_close_ends_them(make_server, library
             sock.sendall(upgrade_head("/echo")[: 10 + i % 60])
             half.append(sock)
         assert wait_until(lambda: len(server._http._deadlines) == 500)
-        assert len(_library_threads()) <= threads_before + MAX_SPARES
+        assert len(library_threads()) <= threads_before + MAX_SPARES
         start = time.monotonic()
         with _local(server) as fast:
             fast.sendall(upgrade_head("/echo"))
-            assert _response_head(fast).startswith(b"HTTP/1.1 101")
+            assert response_head(fast).startswith(b"HTTP/1.1 101")
         assert time.monotonic() - start < HELD_UP
         server.close()
         for sock in half:
             sock.settimeout(TIMEOUT)
             read_until_eof(sock)  # closed at once
         assert wait_until(lambda: server._http._waiting == 0 and not server._http._deadlines)
-        assert wait_until(lambda: "ws_multipath-loop heads" not in _library_threads())
+        assert wait_until(lambda: "ws_multipath-loop heads" not in library_threads())
         assert wait_until(lambda: _head_waiters() == 0)
     finally:
         warm.close()
@@ -338,7 +324,7 @@ def test_close_while_hooks_block_and_heads_are_awaited(make_server, library_log)
         for sock in half + blocked:
             read_until_eof(sock)
         release.set()
-        assert wait_until(lambda: not [n for n in _library_threads() if n != "ws_multipath-sysmon"])
+        assert wait_until(lambda: not [n for n in library_threads() if n != "ws_multipath-sysmon"])
         assert wait_until(lambda: _head_waiters() == 0)
     finally:
         release.set()
@@ -359,7 +345,7 @@ def test_the_deadline_passing_while_a_hook_blocks(make_server, library_log):
         assert read_until_eof(slow) == b""  # dropped at the deadline, the hook still blocked
         with _local(server) as fast:
             fast.sendall(upgrade_head("/fast"))
-            assert _response_head(fast).startswith(b"HTTP/1.1 101")
+            assert response_head(fast).startswith(b"HTTP/1.1 101")
         release.set()
     assert wait_until(lambda: not server._http._deadlines and _head_waiters() == 0)
     assert not library_log.errors()
@@ -368,7 +354,7 @@ def test_the_deadline_passing_while_a_hook_blocks(make_server, library_log):
 def _handshake_through(family, address) -> bytes:
     with _connect(address, family) as sock:
         sock.sendall(upgrade_head("/echo"))
-        return _response_head(sock)
+        return response_head(sock)
 
 
 def test_unix_ipv6_given_socket_and_late_listen(make_server, tmp_path):
@@ -400,10 +386,10 @@ def test_max_connections_refusal_from_the_head_loop(make_server):
     server.create_handler(path="/echo")
     with _local(server) as first:
         first.sendall(upgrade_head("/echo"))
-        assert _response_head(first).startswith(b"HTTP/1.1 101")
+        assert response_head(first).startswith(b"HTTP/1.1 101")
         with _local(server) as second:
             second.sendall(upgrade_head("/echo"))
-            assert _response_head(second).startswith(b"HTTP/1.1 503")
+            assert response_head(second).startswith(b"HTTP/1.1 503")
     assert server.stats()["paths"]["/echo"]["refused"] == {503: {"max_connections": 1}}
 
 
@@ -432,7 +418,7 @@ def test_the_sysmon_sleeps_while_handshakes_block_for_good(make_server):
         assert not release.is_set()
         with _local(server) as fast:  # the head loop still serves
             fast.sendall(upgrade_head("/slow"))
-            assert _response_head(fast).startswith(b"HTTP/1.1 101")
+            assert response_head(fast).startswith(b"HTTP/1.1 101")
     finally:
         release.set()
         for sock in socks:
@@ -457,7 +443,7 @@ def test_a_flood_of_clients_that_reset_or_leave_at_every_point(make_server, libr
     assert wait_until(lambda: server._http._waiting == 0 and not server._http._deadlines)
     with _local(server) as fast:
         fast.sendall(head)
-        assert _response_head(fast).startswith(b"HTTP/1.1 101")
+        assert response_head(fast).startswith(b"HTTP/1.1 101")
     assert wait_until(lambda: _head_waiters() == 0)
     assert not library_log.errors()
     # an end before the head is whole is a 400 (as before the head loop), a reset a drop

@@ -10,7 +10,7 @@ import threading
 
 from ws_multipath.sync.loop import MAX_SPARES
 
-from .conftest import TIMEOUT, read_until_eof, upgrade_head, wait_until
+from .conftest import TIMEOUT, library_threads, read_until_eof, response_head, upgrade_head, wait_until
 
 
 def _connect(server) -> socket.socket:
@@ -19,39 +19,25 @@ def _connect(server) -> socket.socket:
     return sock
 
 
-def _response_head(sock: socket.socket) -> bytes:
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        response += chunk
-    return response
-
-
-def _library_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("ws_multipath-")]
-
-
 def test_clients_sending_their_heads_hold_no_thread(make_server):
     server = make_server()
     server.create_handler(path="/echo")
     head = upgrade_head("/echo")
     first = _connect(server)  # starts the head loop (and the sysmon)
     first.sendall(head)
-    assert _response_head(first).startswith(b"HTTP/1.1 101")
-    before = len(_library_threads())
+    assert response_head(first).startswith(b"HTTP/1.1 101")
+    before = len(library_threads())
     socks = [_connect(server) for _ in range(100)]
     try:
         for sock in socks:
             sock.sendall(head[:40])
         assert wait_until(lambda: len(server._http._deadlines) == 100)  # all accepted, their heads awaited
-        assert len(_library_threads()) <= before + MAX_SPARES
+        assert len(library_threads()) <= before + MAX_SPARES
         for sock in socks:
             sock.sendall(head[40:])
         for sock in socks:
-            assert _response_head(sock).startswith(b"HTTP/1.1 101")
-        assert len(_library_threads()) <= before + 1 + MAX_SPARES  # + the handler's loop
+            assert response_head(sock).startswith(b"HTTP/1.1 101")
+        assert len(library_threads()) <= before + 1 + MAX_SPARES  # + the handler's loop
     finally:
         first.close()
         for sock in socks:
@@ -64,7 +50,7 @@ def test_a_head_sent_a_byte_at_a_time_is_answered(make_server):
     with _connect(server) as sock:
         for byte in upgrade_head("/echo"):
             sock.sendall(bytes([byte]))
-        assert _response_head(sock).startswith(b"HTTP/1.1 101")
+        assert response_head(sock).startswith(b"HTTP/1.1 101")
 
 
 def test_rules_are_applied_as_the_head_comes_not_at_its_end(make_server):
@@ -104,14 +90,14 @@ def test_a_blocking_connection_listener_does_not_hold_up_other_handshakes(make_s
         for sock in fast:
             sock.sendall(upgrade_head("/fast"))
         for sock in fast:
-            assert _response_head(sock).startswith(b"HTTP/1.1 101")
+            assert response_head(sock).startswith(b"HTTP/1.1 101")
             sock.close()
         assert wait_until(lambda: opened.count("/fast") == 5)  # the 101 goes out before 'connection'
         assert not release.is_set()
         # the thread the listener blocks serves that connection now, and says so
-        assert wait_until(lambda: "ws_multipath-connection" in _library_threads())
+        assert wait_until(lambda: "ws_multipath-connection" in library_threads())
         release.set()
-        assert _response_head(slow).startswith(b"HTTP/1.1 101")
+        assert response_head(slow).startswith(b"HTTP/1.1 101")
     finally:
         release.set()
         slow.close()
@@ -124,11 +110,11 @@ def test_close_ends_the_waits_and_the_head_loop(make_server):
     try:
         for sock in socks:
             sock.sendall(upgrade_head("/echo")[:30])
-        assert wait_until(lambda: "ws_multipath-loop heads" in _library_threads())
+        assert wait_until(lambda: "ws_multipath-loop heads" in library_threads())
         server.close()
         for sock in socks:
             read_until_eof(sock)  # closed at once, not at the deadline a minute away
-        assert wait_until(lambda: "ws_multipath-loop heads" not in _library_threads())
+        assert wait_until(lambda: "ws_multipath-loop heads" not in library_threads())
     finally:
         for sock in socks:
             sock.close()
